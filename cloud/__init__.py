@@ -1,0 +1,1 @@
+"""The cloud side of cdca: data, students, teacher and adaptation in torch; never imports device."""

@@ -1,0 +1,1 @@
+"""The edge side of cdca: runs the ONNX student with onnxruntime and NumPy; never imports torch."""

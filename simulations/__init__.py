@@ -1,0 +1,1 @@
+"""The composition root: streams, benchmarks and simulations that wire cloud and device together."""
