@@ -22,6 +22,13 @@ GROUPS: dict[str, tuple[str, str, str]] = {
     "device": ("device.cli", "device-side tools; needs only the device extra (no torch)", "device"),
 }  # fmt: skip
 
+# Third-party packages that come with an extra; a missing one is a set-up problem, not a bug.
+OPTIONAL_DEPENDENCIES = frozenset({
+    "torch", "torchvision", "open_clip", "onnx", "onnxscript", "onnxruntime", "grpc",
+    "google", "flwr", "ray", "rich", "matplotlib", "imagecorruptions", "skimage", "scipy",
+    "cv2", "safetensors", "PIL", "numba",
+})  # fmt: skip
+
 EXIT_OK = 0
 EXIT_USER_ERROR = 2
 EXIT_MISSING_DEPENDENCY = 3
@@ -44,15 +51,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     module_name, _, extra = GROUPS[known.group]
     try:
         module = importlib.import_module(module_name)
+        return int(module.main(rest, prog=f"cdca {known.group}"))
     except ModuleNotFoundError as err:
+        if (err.name or "").split(".")[0] not in OPTIONAL_DEPENDENCIES:
+            raise  # a bug in cdca, not a missing extra
         print(
             f"error: `cdca {known.group}` needs the {extra!r} extra ({err.name} is not "
             f"installed). Install it with: pip install 'cdca[{extra}]'",
             file=sys.stderr,
         )
         return EXIT_MISSING_DEPENDENCY
-    try:
-        return int(module.main(rest, prog=f"cdca {known.group}"))
     except CdcaError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -65,8 +73,7 @@ def _top_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cdca",
         description="Cloud-device continual adaptation. Run `cdca <command> --help` for details.",
-        epilog="commands:\n"
-        + "\n".join(f"  {name:<8} {info[1]}" for name, info in GROUPS.items()),
+        epilog="commands:\n" + "\n".join(f"  {name:<8} {info[1]}" for name, info in GROUPS.items()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")

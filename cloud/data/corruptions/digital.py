@@ -66,10 +66,10 @@ def elastic_transform(
     """Random affine jitter of three anchor points, then a smooth elastic displacement field."""
     alpha, sigma, jitter = params
     height, width = x.shape[:2]
-    centre = np.float32([height, width]) // 2
+    centre = np.array([height, width], dtype=np.float32) // 2
     side = min(height, width) // 3
-    anchors = np.float32(
-        [centre + side, [centre[0] + side, centre[1] - side], centre - side]
+    anchors = np.array(
+        [centre + side, [centre[0] + side, centre[1] - side], centre - side], dtype=np.float32
     )
     moved = anchors + rng.uniform(-jitter, jitter, size=anchors.shape).astype(np.float32)
     affine = cv2.getAffineTransform(anchors, moved)
@@ -96,4 +96,4 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], sigma: float
 
 
 def _to_uint8(x: FloatImage) -> np.ndarray:
-    return np.uint8(np.round(np.clip(x, 0, 1) * 255))
+    return np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)

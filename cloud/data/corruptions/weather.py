@@ -72,6 +72,8 @@ def _frost_photos() -> tuple[np.ndarray, ...]:
         ref = importlib.resources.files("imagecorruptions") / "frost" / name
         with importlib.resources.as_file(ref) as path:
             bgr = cv2.imread(str(path))
+        if bgr is None:
+            raise FileNotFoundError(f"frost photograph {path} is missing from imagecorruptions")
         small = cv2.resize(bgr, (0, 0), fx=_FROST_SCALE, fy=_FROST_SCALE)
         photos.append(small[..., ::-1].astype(np.float32) / 255.0)  # BGR -> RGB
     return tuple(photos)

@@ -1,0 +1,32 @@
+"""Turning uint8 image batches into the normalised float tensors students eat."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-channel mean and std in [0, 1] pixel units, applied after scaling by 1/255."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @classmethod
+    def fit(cls, images: np.ndarray) -> Normalization:
+        """Mean and std per channel of (N, H, W, 3) uint8 images."""
+        scaled = images.reshape(-1, 3).astype(np.float64) / 255.0
+        mean = scaled.mean(axis=0)
+        std = scaled.std(axis=0)
+        return cls(tuple(float(v) for v in mean), tuple(float(v) for v in std))  # type: ignore[arg-type]
+
+    def to_tensor(self, images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+        """(N, H, W, 3) uint8 -> (N, 3, H, W) float32, normalised."""
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)
+        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
+        return (x - mean) / std

@@ -1,0 +1,1 @@
+"""Benchmarks that decide: adaptation methods over shifting streams, reported from one run."""

@@ -1,0 +1,119 @@
+"""Write a benchmark's ``results.json``, ``results.md`` and ``accuracy.png`` from one run's results."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from simulations.bench.adapt import MethodResult
+
+
+def write_report(
+    out_dir: Path, results: list[MethodResult], config: dict[str, object]
+) -> dict[str, Path]:
+    """Write all three files; returns their paths by kind."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "json": out_dir / "results.json",
+        "markdown": out_dir / "results.md",
+        "plot": out_dir / "accuracy.png",
+    }
+    payload = {
+        "config": config,
+        "results": [r.to_json() for r in results],
+        "summary": summarize(results),
+    }
+    paths["json"].write_text(json.dumps(payload, indent=2) + "\n")
+    paths["markdown"].write_text(markdown_report(results, config))
+    plot_accuracy(results, paths["plot"])
+    return paths
+
+
+def summarize(results: list[MethodResult]) -> dict[str, dict[str, float]]:
+    """Per method: mean accuracy over streams, its standard deviation and the stream count."""
+    by_method: dict[str, list[float]] = defaultdict(list)
+    for result in results:
+        by_method[result.method].append(result.mean)
+    return {
+        method: {"mean": float(np.mean(v)), "std": float(np.std(v)), "streams": len(v)}
+        for method, v in by_method.items()
+    }
+
+
+def markdown_report(results: list[MethodResult], config: dict[str, object]) -> str:
+    """One per-domain table per stream, then a summary over streams when there are several."""
+    lines = [
+        "# Adaptation benchmark",
+        "",
+        "Configuration: " + ", ".join(f"{k}={v}" for k, v in config.items()),
+        "",
+    ]
+    lines += ["Online accuracy (%): each batch is predicted before the method adapts on it.", ""]
+    by_stream: dict[str, list[MethodResult]] = defaultdict(list)
+    for result in results:
+        by_stream[result.stream].append(result)
+    for stream, rows in by_stream.items():
+        lines += [f"## Stream `{stream}`", "", *domain_table(rows), ""]
+    if len(by_stream) > 1:
+        lines += [
+            "## Over all streams",
+            "",
+            "| method | mean accuracy (%) | std | streams |",
+            "|---|---|---|---|",
+        ]
+        for method, stats in summarize(results).items():
+            lines.append(
+                f"| {method} | {100 * stats['mean']:.1f} | {100 * stats['std']:.1f} | {stats['streams']} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def domain_table(rows: list[MethodResult]) -> list[str]:
+    """Markdown rows: one per method, one column per domain, the mean last; best mean in bold."""
+    domains = rows[0].domains
+    best = max(r.mean for r in rows)
+    header = "| method | " + " | ".join(_short(d) for d in domains) + " | **mean** | time (s) |"
+    lines = [header, "|---" * (len(domains) + 3) + "|"]
+    for row in rows:
+        cells = " | ".join(f"{100 * row.accuracy[d]:.1f}" for d in domains)
+        mean = f"**{100 * row.mean:.1f}**" if row.mean == best else f"{100 * row.mean:.1f}"
+        lines.append(f"| {row.method} | {cells} | {mean} | {row.seconds:.0f} |")
+    return lines
+
+
+def _short(domain: str) -> str:
+    return (
+        domain.replace("_noise", "")
+        .replace("_blur", "")
+        .replace("_transform", "")
+        .replace("_compression", "")
+    )
+
+
+def plot_accuracy(results: list[MethodResult], path: Path) -> None:
+    """Per-domain accuracy of every method on the first stream, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first = results[0].stream
+    rows = [r for r in results if r.stream == first]
+    domains = rows[0].domains
+    fig, ax = plt.subplots(figsize=(max(8, 0.6 * len(domains) + 3), 4.5))
+    for row in rows:
+        ax.plot(range(len(domains)), [100 * row.accuracy[d] for d in domains], marker="o",
+                label=f"{row.method} ({100 * row.mean:.1f})")  # fmt: skip
+    ax.set_xticks(range(len(domains)), [_short(d) for d in domains], rotation=45, ha="right")
+    ax.set_ylabel("online accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"Accuracy per domain, stream {first} (mean in legend)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

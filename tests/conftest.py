@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny images, a tiny benchmark folder in the CIFAR-10-C layout, a tiny student."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CLASS_NAMES = ("zero", "one", "two")
+
+
+def make_images(count: int, seed: int = 0, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Blobs on black whose brightness pattern depends on the label, so a model can learn them."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, len(CLASS_NAMES), count)
+    images = np.zeros((count, size, size, 3), np.uint8)
+    for i, label in enumerate(labels):
+        top = 4 + 8 * int(label)
+        images[i, top : top + 8, 8:24] = 200 + rng.integers(0, 55)
+    return images, labels.astype(np.int64)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def tiny_benchmark(tmp_path: Path) -> Path:
+    """A CIFAR-10-C-layout folder: 2 corruptions, 5 severities x 12 images, labels.npy, dataset.json."""
+    from cloud.data.corruptions import corrupt_batch
+
+    root = tmp_path / "tiny-c"
+    root.mkdir()
+    images, labels = make_images(12)
+    for name in ("gaussian_noise", "contrast"):
+        blocks = [corrupt_batch(images, name, s) for s in range(1, 6)]
+        np.save(root / f"{name}.npy", np.concatenate(blocks))
+    np.save(root / "labels.npy", np.tile(labels, 5))
+    (root / "dataset.json").write_text(json.dumps({"class_names": list(CLASS_NAMES)}))
+    return root
+
+
+@pytest.fixture
+def tiny_student(tmp_path: Path) -> Path:
+    """A randomly initialised compact CNN checkpoint for the 3 tiny classes."""
+    import torch
+
+    from cloud.students import create_student
+    from cloud.students.checkpoint import StudentInfo, save_student
+    from cloud.students.preprocess import Normalization
+
+    torch.manual_seed(0)
+    model = create_student("compact_cnn", len(CLASS_NAMES))
+    info = StudentInfo("compact_cnn", CLASS_NAMES, Normalization((0.2, 0.2, 0.2), (0.3, 0.3, 0.3)))
+    path = tmp_path / "student.safetensors"
+    save_student(path, model, info)
+    return path

@@ -1,0 +1,93 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from simulations.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def bench_args(tiny_benchmark, tiny_student, out, methods="source,bn_adapt,tent,cotta,vdp"):
+    return ["bench", "adapt", "--data", str(tiny_benchmark), "--student", str(tiny_student),
+            "--methods", methods, "--corruptions", "gaussian_noise,contrast", "--num-per-domain", "12",
+            "--batch-size", "4", "--threads", "1", "--out", str(out)]  # fmt: skip
+
+
+def test_bench_adapt_writes_json_markdown_and_plot(tiny_benchmark, tiny_student, tmp_path):
+    assert main(bench_args(tiny_benchmark, tiny_student, tmp_path / "run")) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    rows = {r["method"]: r for r in results["results"]}
+    assert set(rows) == {"source", "bn_adapt", "tent", "cotta", "vdp"}
+    for row in rows.values():
+        assert row["domains"] == ["gaussian_noise", "contrast"]
+        assert row["num_images"] == 24
+        assert row["mean"] == pytest.approx(np.mean(list(row["accuracy"].values())))
+    table = (tmp_path / "run" / "results.md").read_text()
+    source = rows["source"]
+    assert f"| source | {100 * source['accuracy']['gaussian_noise']:.1f} |" in table
+    assert (tmp_path / "run" / "accuracy.png").stat().st_size > 5000
+
+
+def test_bench_random_orders_report_spread(tiny_benchmark, tiny_student, tmp_path):
+    args = bench_args(tiny_benchmark, tiny_student, tmp_path / "run", methods="source") + [
+        "--stream",
+        "random:3",
+    ]
+    assert main(args) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert len(results["results"]) == 3
+    assert results["summary"]["source"]["streams"] == 3
+    assert "Over all streams" in (tmp_path / "run" / "results.md").read_text()
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "simulations.cli", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data", "/nonexistent/fmnist-c"], "does not exist"),
+        (["--methods", "source,tnet"], "unknown method 'tnet'. Did you mean 'tent'?"),
+        (["--corruptions", "gausian_noise"], "unknown corruption 'gausian_noise'"),
+        (["--student", "/nonexistent/s.safetensors"], "cdca train student"),
+    ],
+)
+def test_bad_input_gives_one_clear_line_and_no_traceback(
+    tiny_benchmark, tiny_student, tmp_path, args, message
+):
+    base = bench_args(tiny_benchmark, tiny_student, tmp_path / "run")
+    for flag, value in zip(args[::2], args[1::2], strict=True):
+        base[base.index(flag) + 1] = value
+    result = cli(*base)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ")
+    assert message in result.stderr
+
+
+def test_corrupt_npy_gives_a_clear_error(tiny_benchmark, tiny_student, tmp_path):
+    np.save(tiny_benchmark / "contrast.npy", np.zeros((10, 32, 32), np.uint8))
+    result = cli(*bench_args(tiny_benchmark, tiny_student, tmp_path / "run"))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "contrast.npy must hold (5*N, H, W, 3) uint8" in result.stderr
+
+
+def test_data_prepare_missing_dataset_error(tmp_path, monkeypatch):
+    result = cli(
+        "data",
+        "prepare",
+        "--source",
+        f"npz:{tmp_path / 'missing.npz'}",
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert result.returncode == 2
+    assert "missing.npz does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
