@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,9 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cloud.data.labelled import LabelledImages
+from cloud.resumable import resume_training_state, save_training_state
 from cloud.students.preprocess import Normalization
-
-logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int, float], None]  # (epoch, step, loss)
 
@@ -84,10 +82,10 @@ def train_supervised(
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch
     )
-    start_epoch = _resume(state_path, config, model, optimizer, scheduler)
+    start_epoch = resume_training_state(state_path, vars_of(config), model, optimizer, scheduler)
     for epoch in range(start_epoch, config.epochs):
         _train_epoch(model, data, norm, config, optimizer, scheduler, epoch, progress)
-        _save_state(state_path, config, epoch, model, optimizer, scheduler)
+        save_training_state(state_path, vars_of(config), epoch, model, optimizer, scheduler)
     model.eval()
     return model
 
@@ -116,44 +114,6 @@ def _train_epoch(
         scheduler.step()
         if progress:
             progress(epoch, step, float(loss.detach()))
-
-
-def _save_state(
-    path: Path,
-    config: TrainConfig,
-    epoch: int,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(
-        {"config": vars_of(config), "epoch": epoch, "model": model.state_dict(),
-         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-        tmp,
-    )  # fmt: skip
-    tmp.replace(path)
-
-
-def _resume(
-    path: Path,
-    config: TrainConfig,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-) -> int:
-    if not path.is_file():
-        return 0
-    state = torch.load(path, weights_only=True)
-    if state.get("config") != vars_of(config):
-        logger.warning("ignoring %s: it was written with a different training config", path)
-        return 0
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    logger.info("resuming from %s after epoch %d", path, state["epoch"] + 1)
-    return int(state["epoch"]) + 1
 
 
 def vars_of(config: TrainConfig) -> dict[str, object]:

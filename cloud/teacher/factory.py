@@ -1,0 +1,168 @@
+"""``create_teacher``: the only module that imports open_clip.
+
+Three sources, one factory:
+  (a) an open_clip model name with a pretrained tag (downloads when online, as open_clip does);
+  (b) a local checkpoint file (``pretrained=/path/file``) or a ``local-dir:`` folder;
+  (c) ``builtin``: cdca's own small CLIP for 32-px images, trained by ``cdca train teacher``.
+The model is frozen here, once; prompt learners train their own parameters only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from cloud.teacher.teacher import Teacher, TeacherPreprocess
+from protocol.errors import ConfigError, DataError, unknown_name
+
+logger = logging.getLogger(__name__)
+
+BUILTIN = "builtin"
+BUILTIN_ARCH = "cdca-fmnist-vit"
+BUILTIN_CONFIG = Path(__file__).resolve().parent / "configs" / f"{BUILTIN_ARCH}.json"
+BUILTIN_CHECKPOINT = (
+    Path(__file__).resolve().parents[1] / "checkpoints" / "teacher_builtin.safetensors"
+)
+# The built-in teacher sees Fashion-MNIST-style 32-px images, each standardised on its own.
+BUILTIN_PREPROCESS = TeacherPreprocess(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), standardize=True)
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``"auto"``: CUDA when present, else CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def create_teacher(
+    name: str = BUILTIN,
+    pretrained: str | None = None,
+    *,
+    device: str | torch.device | None = "auto",
+    precision: str = "fp32",
+    load_weights: bool = True,
+    checkpoint: str | Path | None = None,
+) -> Teacher:
+    """Build a frozen teacher.
+
+    Args:
+        name: ``builtin``, an open_clip model name (``ViT-B-32``), or ``local-dir:PATH``.
+        pretrained: for open_clip names, a pretrained tag (``openai``) or a checkpoint file.
+        device: ``auto`` (CUDA when present), ``cpu``, ``cuda:0``, ...
+        precision: ``fp32``, ``fp16`` or ``bf16``.
+        load_weights: ``False`` gives random weights (tests, or before ``cdca train teacher``).
+        checkpoint: for ``builtin``, a checkpoint other than the shipped one.
+
+    Raises:
+        UnknownNameError: unknown model name or precision.
+        DataError: a missing or unreadable checkpoint, or a tag that cannot be downloaded.
+    """
+    import open_clip
+
+    if precision not in PRECISIONS:
+        raise unknown_name("precision", precision, PRECISIONS)
+    target = resolve_device(device)
+    if name == BUILTIN:
+        model, preprocess = _builtin(open_clip, checkpoint, load_weights)
+        tokenizer = open_clip.get_tokenizer(BUILTIN_ARCH)
+    else:
+        model, preprocess = _from_open_clip(open_clip, name, pretrained, load_weights)
+        tokenizer = open_clip.get_tokenizer(name)
+    model = model.to(device=target, dtype=PRECISIONS[precision]).eval().requires_grad_(False)
+    return Teacher(model, tokenizer, preprocess, name=name if name != BUILTIN else BUILTIN_ARCH)
+
+
+def _builtin(
+    open_clip: ModuleType, checkpoint: str | Path | None, load_weights: bool
+) -> tuple[torch.nn.Module, TeacherPreprocess]:
+    open_clip.add_model_config(BUILTIN_CONFIG)
+    model = open_clip.create_model(BUILTIN_ARCH, pretrained=None)
+    if load_weights:
+        path = Path(checkpoint) if checkpoint is not None else BUILTIN_CHECKPOINT
+        load_teacher_weights(model, path)
+    return model, BUILTIN_PREPROCESS
+
+
+def _from_open_clip(
+    open_clip: ModuleType, name: str, pretrained: str | None, load_weights: bool
+) -> tuple[torch.nn.Module, TeacherPreprocess]:
+    is_local_dir = name.startswith("local-dir:")
+    if not is_local_dir and name not in open_clip.list_models():
+        raise unknown_name("open_clip model", name, open_clip.list_models())
+    if is_local_dir and not Path(name.removeprefix("local-dir:")).is_dir():
+        raise DataError(f"{name}: folder not found (it needs open_clip_config.json and weights)")
+    if (
+        pretrained
+        and not is_local_dir
+        and _looks_like_path(pretrained)
+        and not Path(pretrained).is_file()
+    ):
+        raise DataError(f"checkpoint {pretrained} not found")
+    try:
+        model = open_clip.create_model(
+            name, pretrained=None if is_local_dir else pretrained, load_weights=load_weights
+        )
+    except Exception as err:  # open_clip raises RuntimeError/ValueError/OSError/HF errors
+        raise DataError(_load_failure(name, pretrained, err)) from err
+    cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
+    size = model.visual.image_size
+    preprocess = TeacherPreprocess(
+        image_size=int(size[0] if isinstance(size, tuple | list) else size),
+        mean=tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)),
+        std=tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD)),
+    )
+    return model, preprocess
+
+
+def _looks_like_path(value: str) -> bool:
+    return "/" in value or value.endswith((".pt", ".pth", ".bin", ".safetensors"))
+
+
+def _load_failure(name: str, pretrained: str | None, err: Exception) -> str:
+    if pretrained and not _looks_like_path(pretrained):
+        return (
+            f"could not load {name} with pretrained tag {pretrained!r} ({err}). Tags are "
+            "downloaded on first use: go online once, or pass a local file "
+            "(--pretrained /path/weights.pt) or a local-dir: folder."
+        )
+    return f"could not load teacher {name} (pretrained={pretrained!r}): {err}"
+
+
+def load_teacher_weights(model: torch.nn.Module, path: Path) -> dict[str, object]:
+    """Load a cdca teacher checkpoint (safetensors with metadata) into ``model``; return its metadata."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise DataError(
+            f"teacher checkpoint {path} not found; train it with `cdca train teacher --out {path}`"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = json.loads((handle.metadata() or {}).get("cdca", "{}"))
+        tensors = load_file(str(path))
+        model.load_state_dict({k: v.float() for k, v in tensors.items()})
+    except (SafetensorError, RuntimeError, OSError, json.JSONDecodeError) as err:
+        raise DataError(f"{path} is not a usable cdca teacher checkpoint: {err}") from err
+    return meta
+
+
+def save_teacher_weights(
+    model: torch.nn.Module, path: Path, meta: dict[str, object], half: bool = True
+) -> None:
+    """Write the model's weights (fp16 by default, to keep the repository small) and metadata."""
+    from safetensors.torch import save_file
+
+    if not isinstance(meta, dict):
+        raise ConfigError("teacher metadata must be a dict")
+    dtype = torch.float16 if half else torch.float32
+    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"cdca": json.dumps(meta)})
+    tmp.replace(path)

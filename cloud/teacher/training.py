@@ -1,0 +1,117 @@
+"""Training the built-in teacher: CLIP-style image-text alignment on clean Fashion-MNIST.
+
+Each image is paired with the caption ``"a photo of a {class}."``; since a batch holds
+many images per caption, the contrastive loss is taken against the set of distinct
+captions (one per class), which trains both towers exactly as CLIP's image-to-text loss
+does without counting duplicate captions as negatives. Robustness comes from per-image
+standardisation (in the teacher's preprocessing) and from augmentations disjoint from the
+test corruptions (``augment.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cloud.data.labelled import LabelledImages
+from cloud.resumable import resume_training_state, save_training_state
+from cloud.students.training import augment as translate_and_flip
+from cloud.teacher.augment import augmix, extra_corruptions
+from cloud.teacher.teacher import DEFAULT_TEMPLATE, Teacher
+
+ProgressFn = Callable[[int, int, float], None]  # (epoch, step, loss)
+
+
+@dataclass(frozen=True)
+class TeacherTrainConfig:
+    """Hyper-parameters of the built-in teacher's training."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    extra_corruption_prob: float = 0.5
+    augmix_prob: float = 0.5
+    template: str = DEFAULT_TEMPLATE
+    seed: int = 0
+    threads: int = 2
+
+
+def train_teacher(
+    teacher: Teacher,
+    data: LabelledImages,
+    config: TeacherTrainConfig,
+    state_path: Path,
+    progress: ProgressFn | None = None,
+) -> Teacher:
+    """Train both towers of ``teacher`` in place; resumable from ``state_path`` after each epoch."""
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    model: torch.nn.Module = teacher.model.float().train().requires_grad_(True)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    steps = int(np.ceil(len(data) / config.batch_size))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, total_steps=config.epochs * steps, pct_start=0.15
+    )
+    start = resume_training_state(state_path, asdict(config), model, optimizer, scheduler)
+    captions = [config.template.format(name) for name in data.class_names]
+    for epoch in range(start, config.epochs):
+        rng = np.random.default_rng([config.seed, epoch])
+        generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+        order = rng.permutation(len(data))
+        for step, first in enumerate(range(0, len(data), config.batch_size)):
+            idx = np.sort(order[first : first + config.batch_size])
+            pixels = _augmented_batch(data.images[idx], config, rng, generator)
+            logits = teacher.logits(pixels, teacher.encode_texts(captions))
+            loss = F.cross_entropy(
+                logits, torch.from_numpy(data.labels[idx]), label_smoothing=config.label_smoothing
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            with torch.no_grad():  # CLIP clamps its temperature at 100
+                teacher.model.logit_scale.clamp_(0, np.log(100))
+            if progress:
+                progress(epoch, step, float(loss.detach()))
+        save_training_state(state_path, asdict(config), epoch, model, optimizer, scheduler)
+    model.eval().requires_grad_(False)
+    return teacher
+
+
+def _augmented_batch(
+    images: np.ndarray,
+    config: TeacherTrainConfig,
+    rng: np.random.Generator,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    corrupted = extra_corruptions(images, config.extra_corruption_prob, rng)
+    u8 = torch.from_numpy(corrupted).permute(0, 3, 1, 2).contiguous()
+    mixed = augmix(u8, config.augmix_prob, generator)
+    return translate_and_flip(mixed.float() / 255.0, generator)
+
+
+@torch.no_grad()
+def evaluate_teacher(
+    teacher: Teacher, data: LabelledImages, class_vectors: torch.Tensor, batch_size: int = 500
+) -> float:
+    """Top-1 accuracy of zero-shot classification against ``class_vectors``."""
+    correct = 0
+    for first in range(0, len(data), batch_size):
+        pixels = (
+            torch.from_numpy(np.array(data.images[first : first + batch_size]))
+            .permute(0, 3, 1, 2)
+            .float()
+            / 255
+        )
+        pred = teacher.logits(pixels, class_vectors).argmax(1).cpu().numpy()
+        correct += int((pred == data.labels[first : first + batch_size]).sum())
+    return correct / max(1, len(data))
