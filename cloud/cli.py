@@ -1,0 +1,135 @@
+"""``cdca cloud``: the cloud's own jobs (prompt learning now; distillation, export, serving later)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def main(argv: Sequence[str], prog: str = "cdca cloud") -> int:
+    """Parse ``argv`` and run one cloud command; returns the exit code."""
+    parser = argparse.ArgumentParser(prog=prog, description="Cloud-side jobs.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    learn = sub.add_parser(
+        "learn-prompts",
+        help="CoOp: learn text prompts for the teacher from K labelled images per class",
+        description="Trains CoOp context vectors on K shots per class of the clean Fashion-MNIST "
+        "training split and reports zero-shot vs learned accuracy on clean and shifted test data.",
+    )
+    learn.add_argument(
+        "--teacher", default="builtin", help="builtin | open_clip name | local-dir:PATH"
+    )
+    learn.add_argument(
+        "--pretrained", default=None, help="pretrained tag or checkpoint file for open_clip names"
+    )
+    learn.add_argument(
+        "--shots", default="1,4,16", help="comma-separated shot counts (default: %(default)s)"
+    )
+    learn.add_argument(
+        "--num-ctx", type=int, default=16, help="context tokens when not initialised from words"
+    )
+    learn.add_argument(
+        "--ctx-init", default="a photo of a", help="initial words; '' for random init"
+    )
+    learn.add_argument("--class-specific", action="store_true", help="one context per class (CSC)")
+    learn.add_argument(
+        "--position", default="end", choices=["end", "middle"], help="class token position"
+    )
+    learn.add_argument(
+        "--epochs", type=int, default=None, help="override CoOp's epochs-per-shots schedule"
+    )
+    learn.add_argument("--data-dir", help="where to look for Fashion-MNIST first (or $CDCA_DATA)")
+    learn.add_argument(
+        "--data", default="data/fashion-mnist-c", help="shifted benchmark for evaluation"
+    )
+    learn.add_argument("--severity", type=int, default=5)
+    learn.add_argument("--num-test", type=int, default=2000, help="clean test images")
+    learn.add_argument(
+        "--num-per-domain", type=int, default=500, help="shifted images per corruption"
+    )
+    learn.add_argument("--seed", type=int, default=0)
+    learn.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: runs/coop-<time>)"
+    )
+    learn.set_defaults(handler=_learn_prompts)
+    args = parser.parse_args(argv)
+    return int(args.handler(args))
+
+
+def _learn_prompts(args: argparse.Namespace) -> int:
+    import torch
+
+    from cloud.data.cli import parse_corruptions
+    from cloud.data.fashion_mnist import load_fashion_mnist
+    from cloud.data.formats import open_benchmark
+    from cloud.prompts import CoOpPromptLearner
+    from cloud.prompts.fewshot import (
+        FewShotConfig,
+        evaluate_domains,
+        few_shot_indices,
+        image_features,
+    )
+    from cloud.prompts.fewshot import train_prompts as fit
+    from cloud.teacher.factory import create_teacher
+    from cloud.teacher.text_encoder import TextEncoder
+    from protocol.errors import ConfigError
+
+    shots = [int(s) for s in args.shots.split(",") if s.strip()]
+    if not shots or min(shots) < 1:
+        raise ConfigError(f"--shots needs positive integers, got {args.shots!r}")
+    teacher = create_teacher(args.teacher, args.pretrained)
+    train = load_fashion_mnist("train", args.data_dir)
+    test = load_fashion_mnist("test", args.data_dir).take(args.num_test)
+    domains = {"clean": (image_features(teacher, test.images), test.labels)}
+    if Path(args.data.partition(":")[2] or args.data).is_dir():
+        bench = open_benchmark(args.data)
+        for name in [c for c in parse_corruptions("test") if c in bench.corruptions()]:
+            shifted = bench.load(name, args.severity, args.num_per_domain)
+            domains[name] = (image_features(teacher, shifted.images), shifted.labels)
+    encoder = TextEncoder(teacher)
+    rows = {"zero-shot": evaluate_domains(domains, teacher.class_vectors(train.class_names))}
+    out = args.out or Path("runs") / time.strftime("coop-%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    for k in shots:
+        learner = CoOpPromptLearner(
+            encoder, train.class_names, args.num_ctx, args.ctx_init or None,
+            args.class_specific, args.position, seed=args.seed,
+        )  # fmt: skip
+        picked = train.take(None)
+        idx = few_shot_indices(picked.labels, k, args.seed)
+        subset = type(picked)(
+            picked.images[idx], picked.labels[idx], picked.class_names, f"{k}-shot"
+        )
+        losses = fit(learner, teacher, subset, FewShotConfig(epochs=args.epochs, seed=args.seed))
+        with torch.no_grad():
+            rows[f"CoOp {k}-shot"] = evaluate_domains(domains, learner.class_vectors())
+        torch.save({"ctx": learner.ctx.detach().cpu(), "class_names": list(train.class_names),
+                    "final_loss": losses[-1]}, out / f"coop_{k}shot.pt")  # fmt: skip
+    _write_prompt_report(out, rows, vars(args))
+    return 0
+
+
+def _write_prompt_report(
+    out: Path, rows: dict[str, dict[str, float]], args: dict[str, object]
+) -> None:
+    from cloud.prompts.fewshot import mean_of
+
+    lines = ["# CoOp prompt learning on the teacher", "",
+             "Command arguments: " + ", ".join(f"{k}={v}" for k, v in args.items() if k != "handler"), "",
+             "| prompts | clean (%) | shifted mean (%) |", "|---|---|---|"]  # fmt: skip
+    summary = {}
+    for name, accs in rows.items():
+        shifted = [v for k, v in accs.items() if k != "clean"]
+        summary[name] = {
+            "clean": accs["clean"],
+            "shifted_mean": mean_of(shifted),
+            "per_domain": accs,
+        }
+        lines.append(f"| {name} | {100 * accs['clean']:.1f} | {100 * mean_of(shifted):.1f} |")
+    (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"wrote {out / 'results.json'}, {out / 'results.md'} and the learned prompts")
