@@ -74,3 +74,30 @@ def test_training_learns_and_resumes(tmp_path):
     for key, value in model.state_dict().items():
         torch.testing.assert_close(again.state_dict()[key], value)
     assert np.isclose(evaluate(again, data, norm), evaluate(model, data, norm))
+
+
+def test_train_student_command_writes_a_loadable_checkpoint(tmp_path):
+    from cloud.data import fashion_mnist
+    from simulations.cli import main
+
+    if not fashion_mnist.DEBIAN_DIR.is_dir():
+        pytest.skip("needs the Debian dataset-fashion-mnist package")
+    out = tmp_path / "mnv3.safetensors"
+    args = [
+        "train",
+        "student",
+        "--arch",
+        "mobilenet_v3_small",
+        "--limit",
+        "64",
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    model, info = load_student(out)
+    assert info.arch == "mobilenet_v3_small"
+    assert info.trained["command"].startswith("cdca train student --arch mobilenet_v3_small")
+    assert info.trained["train_images"] == 64
+    assert not out.with_name(out.name + ".state.pt").exists()

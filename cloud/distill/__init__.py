@@ -1,0 +1,1 @@
+"""PromptKD-style distillation of the teacher into the device student."""
