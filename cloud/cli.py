@@ -1,12 +1,15 @@
-"""``cdca cloud``: the cloud's own jobs (prompt learning now; distillation, export, serving later)."""
+"""``cdca cloud``: the cloud's own jobs: CoOp prompt learning and distillation (export and serving next)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from cloud.distill import command as distill_command
 
 
 def main(argv: Sequence[str], prog: str = "cdca cloud") -> int:
@@ -55,7 +58,9 @@ def main(argv: Sequence[str], prog: str = "cdca cloud") -> int:
         "--out", type=Path, default=None, help="output folder (default: runs/coop-<time>)"
     )
     learn.set_defaults(handler=_learn_prompts)
+    distill_command.add_parser(sub)
     args = parser.parse_args(argv)
+    args.command_line = " ".join([prog, *(shlex.quote(a) for a in argv)])  # stored in checkpoints
     return int(args.handler(args))
 
 
@@ -73,6 +78,7 @@ def _learn_prompts(args: argparse.Namespace) -> int:
         image_features,
     )
     from cloud.prompts.fewshot import train_prompts as fit
+    from cloud.prompts.storage import save_prompts
     from cloud.teacher.factory import create_teacher
     from cloud.teacher.text_encoder import TextEncoder
     from protocol.errors import ConfigError
@@ -106,8 +112,7 @@ def _learn_prompts(args: argparse.Namespace) -> int:
         losses = fit(learner, teacher, subset, FewShotConfig(epochs=args.epochs, seed=args.seed))
         with torch.no_grad():
             rows[f"CoOp {k}-shot"] = evaluate_domains(domains, learner.class_vectors())
-        torch.save({"ctx": learner.ctx.detach().cpu(), "class_names": list(train.class_names),
-                    "final_loss": losses[-1]}, out / f"coop_{k}shot.pt")  # fmt: skip
+        save_prompts(out / f"coop_{k}shot.pt", learner, {"shots": k, "final_loss": losses[-1]})
     _write_prompt_report(out, rows, vars(args))
     return 0
 

@@ -46,3 +46,25 @@ def test_distillation_loss_decreases_on_a_tiny_run_without_labels(tmp_path):
     assert len(history) == 6
     assert history[-1] < 0.5 * history[0]
     assert np.isfinite(history).all()
+
+
+def test_distill_command_saves_a_student_that_reloads(tmp_path, monkeypatch):
+    from cloud.data import fashion_mnist
+    from cloud.distill.checkpoint import load_distilled
+    from cloud.teacher.factory import save_teacher_weights
+    from simulations.cli import main
+
+    if not fashion_mnist.DEBIAN_DIR.is_dir():
+        pytest.skip("needs the Debian dataset-fashion-mnist package")
+    teacher = create_teacher("builtin", device="cpu", load_weights=False)
+    save_teacher_weights(teacher.model, tmp_path / "t.safetensors", {})
+    monkeypatch.setattr("cloud.teacher.factory.BUILTIN_CHECKPOINT", tmp_path / "t.safetensors")
+    out = tmp_path / "distilled.safetensors"
+    args = ["cloud", "distill", "--limit", "64", "--epochs", "1", "--num-test", "50",
+            "--data", str(tmp_path / "none"), "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    student, vectors, info = load_distilled(out)
+    assert vectors.shape == (10, info.embed_dim)
+    assert info.trained["train_images"] == 64
+    assert student(torch.zeros(2, 3, 32, 32), vectors).shape == (2, 10)
+    assert "distilled student" in out.with_suffix(".report.md").read_text()
