@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cloud.distill import command as distill_command
+from cloud.export import command as export_command
 
 
 def main(argv: Sequence[str], prog: str = "cdca cloud") -> int:
@@ -59,6 +60,7 @@ def main(argv: Sequence[str], prog: str = "cdca cloud") -> int:
     )
     learn.set_defaults(handler=_learn_prompts)
     distill_command.add_parser(sub)
+    export_command.add_parser(sub)
     args = parser.parse_args(argv)
     args.command_line = " ".join([prog, *(shlex.quote(a) for a in argv)])  # stored in checkpoints
     return int(args.handler(args))

@@ -1,0 +1,128 @@
+"""``cdca cloud export``: the device model file, its manifest, parity and (optionally) int8."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cloud.distill.command import DEFAULT_DISTILLED
+
+DEFAULT_OUT = Path("runs/device-model")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``export`` under ``cdca cloud``."""
+    export = sub.add_parser(
+        "export",
+        help="write the ONNX device model + manifest from the distilled student",
+        description="Exports the distilled student with its adaptation inputs (prompt, input "
+        "affine, norm affine/statistics, statistics mix, class vectors), checks onnxruntime "
+        "against PyTorch, writes the manifest (with the model's SHA-256) and, with --int8, a "
+        "static QDQ int8 copy whose accuracy and latency are compared with fp32.",
+    )
+    export.add_argument(
+        "--student", type=Path, default=DEFAULT_DISTILLED, help="distilled checkpoint"
+    )
+    export.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="output folder (default: %(default)s)"
+    )
+    export.add_argument("--model-version", default="1")
+    export.add_argument("--int8", action="store_true", help="also write a static int8 (QDQ) model")
+    export.add_argument("--calibration-images", type=int, default=512)
+    export.add_argument("--data-dir", help="where to look for Fashion-MNIST first (or $CDCA_DATA)")
+    export.add_argument(
+        "--data", default="data/fashion-mnist-c", help="shifted benchmark for the int8 check"
+    )
+    export.add_argument("--num-test", type=int, default=2000)
+    export.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export, check, optionally quantise; print sizes, parity, latency and accuracy."""
+    from cloud.data.fashion_mnist import load_fashion_mnist
+    from cloud.distill.checkpoint import load_distilled
+    from cloud.export.device_model import DeviceModel
+    from cloud.export.onnx_export import export_device_model, quantize_int8
+    from protocol.manifest import load_manifest
+
+    student, vectors, info = load_distilled(args.student)
+    result = export_device_model(student, vectors, info, args.out, args.model_version)
+    report: dict[str, object] = {
+        "fp32": {"file": str(result.model), "bytes": result.model.stat().st_size,
+                 "parity_max_abs_diff": result.parity_max_abs_diff, "export_seconds": round(result.seconds, 1)},
+    }  # fmt: skip
+    if args.int8:
+        test = load_fashion_mnist("test", args.data_dir).take(args.num_test)
+        train = load_fashion_mnist("train", args.data_dir).take(args.calibration_images)
+        calibration = _normalise(train.images, info.normalization.mean, info.normalization.std)
+        example = DeviceModel(student).neutral_inputs(vectors, batch=2)
+        manifest = load_manifest(result.manifest)
+        int8_path, _ = quantize_int8(result, calibration, manifest, example)
+        eval_sets = {
+            "clean": (test.images, test.labels),
+            **_shifted(args.data, args.num_test // 10),
+        }
+        for name, path in (("fp32", result.model), ("int8", int8_path)):
+            entry = report.setdefault(name, {})
+            assert isinstance(entry, dict)
+            entry.update(
+                _measure(path, example, eval_sets, info.normalization.mean, info.normalization.std)
+            )
+            entry["bytes"] = path.stat().st_size
+    (args.out / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    print(f"wrote {result.model}, {result.manifest} and {args.out / 'export_report.json'}")
+    return 0
+
+
+def _normalise(images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    x = np.asarray(images, np.float32).transpose(0, 3, 1, 2) / 255.0
+    return (x - np.array(mean, np.float32).reshape(1, 3, 1, 1)) / np.array(std, np.float32).reshape(
+        1, 3, 1, 1
+    )
+
+
+def _shifted(data: str, count: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    from cloud.data.corruptions import TEST_CORRUPTIONS
+    from cloud.data.formats import open_benchmark
+
+    if not Path(data.partition(":")[2] or data).is_dir() or count < 1:
+        return {}
+    bench = open_benchmark(data)
+    loaded = [bench.load(c, 5, count) for c in TEST_CORRUPTIONS]
+    return {
+        "severity5": (
+            np.concatenate([d.images for d in loaded]),
+            np.concatenate([d.labels for d in loaded]),
+        )
+    }
+
+
+def _measure(path: Path, example, eval_sets, mean, std) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    neutral = {k: v.numpy() for k, v in example.items() if k != "x"}
+    out: dict[str, object] = {}
+    for name, (images, labels) in eval_sets.items():
+        x = _normalise(images, mean, std)
+        preds = np.concatenate([
+            session.run(["logits"], {**neutral, "x": x[i : i + 256]})[0].argmax(1) for i in range(0, len(x), 256)
+        ])  # fmt: skip
+        out[f"accuracy_{name}"] = round(float((preds == labels).mean()), 4)
+    x1 = _normalise(eval_sets["clean"][0][:64], mean, std)
+    for batch in (1, 64):
+        feeds = {**neutral, "x": x1[:batch]}
+        session.run(["logits"], feeds)
+        start = time.perf_counter()
+        repeats = 50 if batch == 1 else 10
+        for _ in range(repeats):
+            session.run(["logits"], feeds)
+        out[f"ms_per_image_batch{batch}"] = round(
+            (time.perf_counter() - start) / repeats / batch * 1e3, 4
+        )
+    return out

@@ -1,0 +1,164 @@
+"""``DeviceModel``: the distilled student with every adaptation knob as an explicit input.
+
+What the device runs (and the cloud can steer without shipping weights):
+
+* ``prompt`` (1, 3, H, W): additive pixel prompt, broadcast over the batch (U-VPA/VDP).
+* ``input_affine`` (2, 3): per-channel input transform ``x * (1 + a) + b``.
+* ``norm_affine`` (2, K): every BatchNorm2d's scale and shift, ``gamma * (1 + s)``, ``beta + d``.
+* ``norm_stats`` (2, K): reference statistics ``mean + dm``, ``var * exp(dv)``.
+* ``stat_mix`` (1,): blend of reference and current-batch statistics (0 = reference only,
+  1 = batch only; forward-only, no training on the device).
+* ``class_vectors`` (C, D): the teacher's class vectors; new ones need no new model file.
+
+All zeros (and the shipped class vectors) reproduce the distilled student exactly. K is
+the total channel count of the encoder's BatchNorm2d layers, in module order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cloud.distill.student import DistilledStudent
+from protocol.errors import DataError
+
+
+@dataclass(frozen=True)
+class NormLayer:
+    """One BatchNorm2d's slice of the K-long norm inputs."""
+
+    name: str
+    offset: int
+    channels: int
+
+
+class _Knobs:
+    """The current call's adaptation tensors, read by every ``AdaptiveBatchNorm2d``."""
+
+    norm_affine: torch.Tensor
+    norm_stats: torch.Tensor
+    stat_mix: torch.Tensor
+
+
+class AdaptiveBatchNorm2d(nn.Module):
+    """A frozen BatchNorm2d whose statistics and affine come partly from the call's inputs."""
+
+    def __init__(self, source: nn.BatchNorm2d, layer: NormLayer, knobs: _Knobs) -> None:
+        super().__init__()
+        if source.running_mean is None or source.running_var is None:
+            raise DataError(
+                f"{layer.name}: BatchNorm without running statistics cannot be exported"
+            )
+        self.register_buffer("running_mean", source.running_mean.detach().clone())
+        self.register_buffer("running_var", source.running_var.detach().clone())
+        self.register_buffer("weight", source.weight.detach().clone())
+        self.register_buffer("bias", source.bias.detach().clone())
+        self.running_mean: torch.Tensor
+        self.running_var: torch.Tensor
+        self.weight: torch.Tensor
+        self.bias: torch.Tensor
+        self.eps = source.eps
+        self.layer = layer
+        self.knobs = knobs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise with blended statistics, then apply the adjusted affine."""
+        lo, hi = self.layer.offset, self.layer.offset + self.layer.channels
+        knobs = self.knobs
+        ref_mean = self.running_mean + knobs.norm_stats[0, lo:hi]
+        ref_var = self.running_var * torch.exp(knobs.norm_stats[1, lo:hi])
+        batch_mean = x.mean(dim=(0, 2, 3))
+        batch_var = ((x - batch_mean.view(1, -1, 1, 1)) ** 2).mean(dim=(0, 2, 3))
+        mix = knobs.stat_mix.reshape(())
+        mean = (1 - mix) * ref_mean + mix * batch_mean
+        var = (1 - mix) * ref_var + mix * batch_var
+        weight = self.weight * (1 + knobs.norm_affine[0, lo:hi])
+        bias = self.bias + knobs.norm_affine[1, lo:hi]
+        scale = weight / torch.sqrt(var + self.eps)
+        return x * scale.view(1, -1, 1, 1) + (bias - mean * scale).view(1, -1, 1, 1)
+
+
+class DeviceModel(nn.Module):
+    """The exported graph: (x, prompt, input_affine, norm_affine, norm_stats, stat_mix, class_vectors)."""
+
+    INPUTS = (
+        "x",
+        "prompt",
+        "input_affine",
+        "norm_affine",
+        "norm_stats",
+        "stat_mix",
+        "class_vectors",
+    )
+    OUTPUTS = ("logits", "embedding")
+
+    def __init__(self, student: DistilledStudent) -> None:
+        super().__init__()
+        self.student = _copy_eval(student)
+        self.knobs = _Knobs()
+        self.norm_layers = self._swap_batchnorms()
+
+    @property
+    def num_norm_channels(self) -> int:
+        """K: the length of the norm inputs."""
+        return sum(layer.channels for layer in self.norm_layers)
+
+    def _swap_batchnorms(self) -> list[NormLayer]:
+        layers: list[NormLayer] = []
+        offset = 0
+        for name, module in list(self.student.encoder.named_modules()):
+            for child_name, child in list(module.named_children()):
+                if isinstance(child, nn.BatchNorm2d):
+                    full = f"{name}.{child_name}" if name else child_name
+                    layer = NormLayer(full, offset, child.num_features)
+                    setattr(module, child_name, AdaptiveBatchNorm2d(child, layer, self.knobs))
+                    layers.append(layer)
+                    offset += child.num_features
+        return layers
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        prompt: torch.Tensor,
+        input_affine: torch.Tensor,
+        norm_affine: torch.Tensor,
+        norm_stats: torch.Tensor,
+        stat_mix: torch.Tensor,
+        class_vectors: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(batch, 3, H, W) normalised images -> logits (batch, C), embedding (batch, D)."""
+        self.knobs.norm_affine = norm_affine
+        self.knobs.norm_stats = norm_stats
+        self.knobs.stat_mix = stat_mix
+        x = x * (1 + input_affine[0].view(1, 3, 1, 1)) + input_affine[1].view(1, 3, 1, 1) + prompt
+        embedding = F.normalize(
+            self.student.projector(self.student.encoder.forward_features(x)), dim=-1
+        )
+        logits = self.student.logit_scale * embedding @ class_vectors.T
+        return logits, embedding
+
+    def neutral_inputs(
+        self, class_vectors: torch.Tensor, batch: int = 1
+    ) -> dict[str, torch.Tensor]:
+        """Inputs that reproduce the distilled student (zeros everywhere but x and class vectors)."""
+        size = self.student_image_size
+        return {
+            "x": torch.zeros(batch, 3, size, size),
+            "prompt": torch.zeros(1, 3, size, size),
+            "input_affine": torch.zeros(2, 3),
+            "norm_affine": torch.zeros(2, self.num_norm_channels),
+            "norm_stats": torch.zeros(2, self.num_norm_channels),
+            "stat_mix": torch.zeros(1),
+            "class_vectors": class_vectors.float(),
+        }
+
+    student_image_size = 32
+
+
+def _copy_eval(student: DistilledStudent) -> DistilledStudent:
+    import copy
+
+    return copy.deepcopy(student).eval().requires_grad_(False)

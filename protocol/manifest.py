@@ -1,0 +1,151 @@
+"""``ModelManifest``: the JSON that travels with every device model file.
+
+The device never guesses: input names, shapes and dtypes, preprocessing, class names,
+versions and the SHA-256 of the model bytes all come from here. Written by the cloud's
+exporter, read and checked by the device (stdlib only, so both sides share it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from protocol.errors import DataError
+
+MANIFEST_VERSION = 1
+ALLOWED_DTYPES = frozenset({"float32", "float16", "int64", "uint8"})
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model input or output: name, shape (str for symbolic dims) and dtype."""
+
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Pixels (uint8, H x W x 3) -> model input: resize, scale to [0, 1], normalise, NCHW."""
+
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    scale: float = 1 / 255
+    layout: str = "NCHW"
+
+
+@dataclass(frozen=True)
+class ModelManifest:
+    """Everything a device needs to run a model file correctly."""
+
+    model_file: str
+    sha256: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    preprocess: Preprocess
+    class_names: tuple[str, ...]
+    model_version: str
+    defaults_file: str | None = None  # .npz with the default value of every non-image input
+    norm_layers: tuple[dict[str, Any], ...] = ()
+    versions: dict[str, str] = field(default_factory=dict)
+    quantization: str = "fp32"
+    parity: dict[str, float] = field(default_factory=dict)
+    manifest_version: int = MANIFEST_VERSION
+
+    def to_json(self) -> str:
+        """Pretty JSON text."""
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    def input(self, name: str) -> TensorSpec:
+        """The input called ``name``."""
+        for spec in self.inputs:
+            if spec.name == name:
+                return spec
+        raise DataError(f"model has no input {name!r}; it has {[s.name for s in self.inputs]}")
+
+
+def sha256_of(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def manifest_from_json(text: str, source: str = "manifest") -> ModelManifest:
+    """Parse and validate manifest JSON; every problem is a ``DataError`` naming the field."""
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{source} is not valid JSON: {err}") from err
+    if not isinstance(raw, dict):
+        raise DataError(f"{source} must be a JSON object")
+    if raw.get("manifest_version") != MANIFEST_VERSION:
+        raise DataError(
+            f"{source}: manifest_version {raw.get('manifest_version')!r} is not {MANIFEST_VERSION}"
+        )
+    try:
+        manifest = ModelManifest(
+            **{
+                **raw,
+                "inputs": tuple(_spec(s) for s in raw["inputs"]),
+                "outputs": tuple(_spec(s) for s in raw["outputs"]),
+                "preprocess": Preprocess(**{**raw["preprocess"], "mean": tuple(raw["preprocess"]["mean"]),
+                                            "std": tuple(raw["preprocess"]["std"])}),
+                "class_names": tuple(raw["class_names"]),
+                "norm_layers": tuple(raw.get("norm_layers", ())),
+            }
+        )  # fmt: skip
+    except (KeyError, TypeError, ValueError) as err:
+        raise DataError(f"{source} is missing or has a malformed field: {err}") from err
+    _check(manifest, source)
+    return manifest
+
+
+def _spec(raw: dict[str, Any]) -> TensorSpec:
+    return TensorSpec(raw["name"], tuple(raw["shape"]), raw["dtype"], raw.get("description", ""))
+
+
+def _check(manifest: ModelManifest, source: str) -> None:
+    if len(manifest.sha256) != 64 or any(c not in "0123456789abcdef" for c in manifest.sha256):
+        raise DataError(f"{source}: sha256 must be 64 lowercase hex digits")
+    for spec in (*manifest.inputs, *manifest.outputs):
+        if spec.dtype not in ALLOWED_DTYPES:
+            raise DataError(
+                f"{source}: {spec.name} has dtype {spec.dtype!r}; allowed: {sorted(ALLOWED_DTYPES)}"
+            )
+        if not all((isinstance(d, int) and d > 0) or isinstance(d, str) for d in spec.shape):
+            raise DataError(f"{source}: {spec.name} has an invalid shape {spec.shape}")
+    if not manifest.class_names:
+        raise DataError(f"{source}: class_names is empty")
+    if manifest.preprocess.image_size < 1 or min(manifest.preprocess.std) <= 0:
+        raise DataError(f"{source}: preprocess needs image_size >= 1 and positive std")
+
+
+def load_manifest(path: str | Path) -> ModelManifest:
+    """Read a manifest file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"manifest {path} not found; export one with `cdca cloud export`")
+    return manifest_from_json(path.read_text(), str(path))
+
+
+def verify_model_file(manifest: ModelManifest, model_path: str | Path) -> Path:
+    """Check the model file exists and its bytes match the manifest's SHA-256; return its path."""
+    path = Path(model_path)
+    if not path.is_file():
+        raise DataError(f"model file {path} named by the manifest is missing")
+    actual = sha256_of(path)
+    if actual != manifest.sha256:
+        raise DataError(
+            f"{path} does not match its manifest (sha256 {actual[:12]}... != {manifest.sha256[:12]}...); "
+            "the file is corrupt or was tampered with: download or export it again"
+        )
+    return path

@@ -1,0 +1,122 @@
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from cloud.distill.checkpoint import DistilledInfo, save_distilled
+from cloud.distill.student import DistilledStudent
+from cloud.export.device_model import DeviceModel
+from cloud.export.onnx_export import PARITY_TOLERANCE, export_device_model
+from cloud.students import create_student
+from cloud.students.preprocess import Normalization
+from protocol.manifest import load_manifest, sha256_of, verify_model_file
+
+CLASSES = tuple(f"c{i}" for i in range(4))
+
+
+@pytest.fixture(scope="module")
+def distilled():
+    torch.manual_seed(0)
+    student = DistilledStudent(create_student("compact_cnn", len(CLASSES)), 16, 20.0)
+    student.train()
+    with torch.no_grad():  # non-trivial running statistics
+        for _ in range(3):
+            student(torch.randn(32, 3, 32, 32) * 1.5 + 0.3, torch.eye(16)[: len(CLASSES)])
+    student.eval()
+    vectors = torch.nn.functional.normalize(torch.randn(len(CLASSES), 16), dim=-1)
+    info = DistilledInfo(
+        "compact_cnn", CLASSES, Normalization((0.2,) * 3, (0.3,) * 3), 16, 20.0, "tiny"
+    )
+    return student, vectors, info
+
+
+@pytest.fixture(scope="module")
+def exported(distilled, tmp_path_factory):
+    student, vectors, info = distilled
+    return export_device_model(student, vectors, info, tmp_path_factory.mktemp("export"))
+
+
+def test_neutral_inputs_reproduce_the_distilled_student(distilled):
+    student, vectors, _ = distilled
+    model = DeviceModel(student)
+    inputs = model.neutral_inputs(vectors, batch=5)
+    inputs["x"] = torch.randn(5, 3, 32, 32)
+    logits, embedding = model(**inputs)
+    torch.testing.assert_close(logits, student(inputs["x"], vectors), atol=1e-4, rtol=1e-4)
+    assert torch.allclose(embedding.norm(dim=-1), torch.ones(5))
+
+
+def test_adaptation_inputs_change_the_output(distilled):
+    student, vectors, _ = distilled
+    model = DeviceModel(student)
+    inputs = model.neutral_inputs(vectors, batch=4)
+    inputs["x"] = torch.randn(4, 3, 32, 32)
+    base = model(**inputs)[0]
+    for name in ("prompt", "input_affine", "norm_affine", "norm_stats", "stat_mix"):
+        changed = dict(inputs)
+        changed[name] = inputs[name] + 0.5
+        assert not torch.allclose(model(**changed)[0], base), name
+
+
+def test_export_matches_torch_and_has_a_dynamic_batch(exported, distilled):
+    assert exported.parity_max_abs_diff < PARITY_TOLERANCE
+    student, vectors, _ = distilled
+    session = ort.InferenceSession(str(exported.model), providers=["CPUExecutionProvider"])
+    defaults = dict(np.load(exported.defaults))
+    for batch in (1, 3):
+        logits, embedding = session.run(
+            None, {**defaults, "x": np.zeros((batch, 3, 32, 32), np.float32)}
+        )
+        assert logits.shape == (batch, len(CLASSES))
+        assert embedding.shape == (batch, 16)
+    more = np.concatenate([defaults["class_vectors"], defaults["class_vectors"][:1]])
+    logits, _ = session.run(
+        None, {**defaults, "class_vectors": more, "x": np.zeros((2, 3, 32, 32), np.float32)}
+    )
+    assert logits.shape == (2, len(CLASSES) + 1)  # new class vectors, same model file
+
+
+def test_manifest_describes_the_model_and_catches_tampering(exported, tmp_path):
+    manifest = load_manifest(exported.manifest)
+    assert manifest.sha256 == sha256_of(exported.model)
+    assert [s.name for s in manifest.inputs] == list(DeviceModel.INPUTS)
+    assert manifest.input("norm_affine").shape == (2, 320)
+    assert manifest.class_names == CLASSES
+    assert manifest.preprocess.mean == (0.2, 0.2, 0.2)
+    assert sum(layer["channels"] for layer in manifest.norm_layers) == 320
+    verify_model_file(manifest, exported.model)
+    tampered = tmp_path / "student.onnx"
+    data = bytearray(exported.model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    tampered.write_bytes(bytes(data))
+    from protocol.errors import DataError
+
+    with pytest.raises(DataError, match="tampered"):
+        verify_model_file(manifest, tampered)
+
+
+def test_export_command_with_int8_reports_sizes_accuracy_and_latency(distilled, tmp_path):
+    from cloud.data import fashion_mnist
+    from simulations.cli import main
+
+    if not fashion_mnist.DEBIAN_DIR.is_dir():
+        pytest.skip("needs the Debian dataset-fashion-mnist package")
+    student, vectors, info = distilled
+    ten = DistilledStudent(create_student("compact_cnn", 10), 16, 20.0).eval()
+    ten_vectors = torch.nn.functional.normalize(torch.randn(10, 16), dim=-1)
+    ten_info = DistilledInfo(
+        "compact_cnn", tuple(fashion_mnist.CLASS_NAMES), info.normalization, 16, 20.0, "tiny"
+    )
+    save_distilled(tmp_path / "d.safetensors", ten, ten_vectors, ten_info)
+    args = ["cloud", "export", "--student", str(tmp_path / "d.safetensors"), "--out", str(tmp_path / "m"),
+            "--int8", "--calibration-images", "64", "--num-test", "64", "--data", str(tmp_path / "none")]  # fmt: skip
+    assert main(args) == 0
+    report = json.loads((tmp_path / "m" / "export_report.json").read_text())
+    assert report["int8"]["bytes"] < report["fp32"]["bytes"]
+    assert 0 <= report["int8"]["accuracy_clean"] <= 1
+    assert report["fp32"]["ms_per_image_batch1"] > 0
+    int8_manifest = load_manifest(tmp_path / "m" / "student.int8.manifest.json")
+    assert int8_manifest.quantization == "int8-qdq"
+    verify_model_file(int8_manifest, tmp_path / "m" / int8_manifest.model_file)
