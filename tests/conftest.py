@@ -58,3 +58,24 @@ def tiny_student(tmp_path: Path) -> Path:
     path = tmp_path / "student.safetensors"
     save_student(path, model, info)
     return path
+
+
+@pytest.fixture
+def shipped_random_teacher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A random built-in teacher saved and installed as the shipped checkpoint for this test."""
+    from cloud.teacher.factory import create_teacher, save_teacher_weights
+
+    teacher = create_teacher("builtin", device="cpu", load_weights=False)
+    path = tmp_path / "teacher.safetensors"
+    save_teacher_weights(teacher.model, path, {})
+    monkeypatch.setattr("cloud.teacher.factory.BUILTIN_CHECKPOINT", path)
+    return path
+
+
+@pytest.fixture
+def fashion_mnist_installed() -> None:
+    """Skip unless the Debian Fashion-MNIST package is there (make test installs it)."""
+    from cloud.data import fashion_mnist
+
+    if not fashion_mnist.DEBIAN_DIR.is_dir():
+        pytest.skip("needs the Debian dataset-fashion-mnist package")

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cloud.cli_args import add_training_arguments
+
 if TYPE_CHECKING:
     import torch
 
@@ -39,12 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--prompts", type=Path, default=None, help="CoOp prompt file from learn-prompts"
     )
     distill.add_argument("--arch", default="compact_cnn")
-    distill.add_argument("--epochs", type=int, default=8)
-    distill.add_argument("--seed", type=int, default=0)
-    distill.add_argument(
-        "--limit", type=int, default=None, help="use only the first N training images"
-    )
-    distill.add_argument("--data-dir", help="where to look for Fashion-MNIST first (or $CDCA_DATA)")
+    add_training_arguments(distill, epochs=8, lr=2e-3, out=DEFAULT_DISTILLED)
     distill.add_argument(
         "--data", default="data/fashion-mnist-c", help="shifted benchmark for the report"
     )
@@ -53,9 +50,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     distill.add_argument(
         "--num-per-domain", type=int, default=1000, help="shifted images per corruption"
-    )
-    distill.add_argument(
-        "--out", type=Path, default=DEFAULT_DISTILLED, help="checkpoint (default: %(default)s)"
     )
     distill.set_defaults(handler=run)
 
@@ -87,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
     student = DistilledStudent(create_student(args.arch, len(train.class_names)), teacher.embed_dim,
                                float(teacher.logit_scale()))  # fmt: skip
     norm = Normalization.fit(train.images)
-    config = DistillConfig(epochs=args.epochs, seed=args.seed)
+    config = DistillConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed
+    )
     state = args.out.with_name(args.out.name + ".state.pt")
     with epoch_progress(config.epochs, -(-len(train) // config.batch_size)) as advance:
         history = distill(student, train.images, targets, vectors, norm, config, state, advance)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cloud.cli_args import add_training_arguments
+
 DEFAULT_STUDENT = (
     Path(__file__).resolve().parent.parent / "checkpoints" / "student_compact_cnn.safetensors"
 )
@@ -20,17 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "from <out>.state.pt.",
     )
     student.add_argument("--arch", default="compact_cnn", help="compact_cnn | mobilenet_v3_small")
-    student.add_argument("--epochs", type=int, default=8)
-    student.add_argument("--batch-size", type=int, default=128)
-    student.add_argument("--lr", type=float, default=2e-3)
-    student.add_argument("--seed", type=int, default=0)
-    student.add_argument("--data-dir", help="where to look for Fashion-MNIST first (or $CDCA_DATA)")
-    student.add_argument(
-        "--out", type=Path, default=DEFAULT_STUDENT, help="checkpoint (default: %(default)s)"
-    )
-    student.add_argument(
-        "--limit", type=int, default=None, help="use only the first N training images"
-    )
+    add_training_arguments(student, epochs=8, lr=2e-3, out=DEFAULT_STUDENT)
     student.set_defaults(handler=run)
 
 

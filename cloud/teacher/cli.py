@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cloud.cli_args import add_training_arguments
 from cloud.teacher.factory import BUILTIN_CHECKPOINT
 
 if TYPE_CHECKING:
@@ -24,22 +25,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "(never the 15 test corruptions). Resumes from <out>.state.pt. When --eval-data holds a "
         "prepared benchmark, the severity-5 accuracy is measured and stored with the weights.",
     )
-    teacher.add_argument("--epochs", type=int, default=10)
-    teacher.add_argument("--batch-size", type=int, default=128)
-    teacher.add_argument("--lr", type=float, default=1e-3)
-    teacher.add_argument("--seed", type=int, default=0)
-    teacher.add_argument("--data-dir", help="where to look for Fashion-MNIST first (or $CDCA_DATA)")
+    add_training_arguments(teacher, epochs=10, lr=1e-3, out=BUILTIN_CHECKPOINT)
     teacher.add_argument(
         "--eval-data", default="data/fashion-mnist-c", help="benchmark for the severity-5 check"
     )
     teacher.add_argument(
         "--eval-images", type=int, default=1000, help="images per domain for that check"
-    )
-    teacher.add_argument(
-        "--out", type=Path, default=BUILTIN_CHECKPOINT, help="checkpoint (default: %(default)s)"
-    )
-    teacher.add_argument(
-        "--limit", type=int, default=None, help="use only the first N training images"
     )
     teacher.set_defaults(handler=run)
 

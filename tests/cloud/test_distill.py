@@ -48,17 +48,11 @@ def test_distillation_loss_decreases_on_a_tiny_run_without_labels(tmp_path):
     assert np.isfinite(history).all()
 
 
-def test_distill_command_saves_a_student_that_reloads(tmp_path, monkeypatch):
-    from cloud.data import fashion_mnist
+@pytest.mark.usefixtures("fashion_mnist_installed", "shipped_random_teacher")
+def test_distill_command_saves_a_student_that_reloads(tmp_path):
     from cloud.distill.checkpoint import load_distilled
-    from cloud.teacher.factory import save_teacher_weights
     from simulations.cli import main
 
-    if not fashion_mnist.DEBIAN_DIR.is_dir():
-        pytest.skip("needs the Debian dataset-fashion-mnist package")
-    teacher = create_teacher("builtin", device="cpu", load_weights=False)
-    save_teacher_weights(teacher.model, tmp_path / "t.safetensors", {})
-    monkeypatch.setattr("cloud.teacher.factory.BUILTIN_CHECKPOINT", tmp_path / "t.safetensors")
     out = tmp_path / "distilled.safetensors"
     args = ["cloud", "distill", "--limit", "64", "--epochs", "1", "--num-test", "50",
             "--data", str(tmp_path / "none"), "--out", str(out)]  # fmt: skip

@@ -81,19 +81,12 @@ def test_too_many_context_tokens_is_a_clear_error(encoder):
         CoOpPromptLearner(encoder, NAMES, class_token_position="front")
 
 
-def test_learn_prompts_command_reports_zero_shot_and_learned(tmp_path, monkeypatch):
+@pytest.mark.usefixtures("fashion_mnist_installed", "shipped_random_teacher")
+def test_learn_prompts_command_reports_zero_shot_and_learned(tmp_path):
     import json
 
-    from cloud.data import fashion_mnist
     from simulations.cli import main
 
-    if not fashion_mnist.DEBIAN_DIR.is_dir():
-        pytest.skip("needs the Debian dataset-fashion-mnist package")
-    teacher = create_teacher("builtin", device="cpu", load_weights=False)
-    from cloud.teacher.factory import save_teacher_weights
-
-    save_teacher_weights(teacher.model, tmp_path / "t.safetensors", {})
-    monkeypatch.setattr("cloud.teacher.factory.BUILTIN_CHECKPOINT", tmp_path / "t.safetensors")
     code = main(["cloud", "learn-prompts", "--shots", "1", "--epochs", "3", "--num-test", "40",
                  "--data", str(tmp_path / "no-benchmark"), "--out", str(tmp_path / "run")])  # fmt: skip
     assert code == 0
