@@ -79,3 +79,39 @@ def fashion_mnist_installed() -> None:
 
     if not fashion_mnist.DEBIAN_DIR.is_dir():
         pytest.skip("needs the Debian dataset-fashion-mnist package")
+
+
+EXPORT_CLASSES = tuple(f"c{i}" for i in range(4))
+
+
+@pytest.fixture(scope="session")
+def distilled():
+    """A random distilled student (4 classes, 16-d space) with non-trivial BN statistics."""
+    import torch
+
+    from cloud.distill.checkpoint import DistilledInfo
+    from cloud.distill.student import DistilledStudent
+    from cloud.students import create_student
+    from cloud.students.preprocess import Normalization
+
+    torch.manual_seed(0)
+    student = DistilledStudent(create_student("compact_cnn", len(EXPORT_CLASSES)), 16, 20.0)
+    student.train()
+    with torch.no_grad():
+        for _ in range(3):
+            student(torch.randn(32, 3, 32, 32) * 1.5 + 0.3, torch.eye(16)[: len(EXPORT_CLASSES)])
+    student.eval()
+    vectors = torch.nn.functional.normalize(torch.randn(len(EXPORT_CLASSES), 16), dim=-1)
+    info = DistilledInfo(
+        "compact_cnn", EXPORT_CLASSES, Normalization((0.2,) * 3, (0.3,) * 3), 16, 20.0, "tiny"
+    )
+    return student, vectors, info
+
+
+@pytest.fixture(scope="session")
+def exported(distilled, tmp_path_factory):
+    """The distilled fixture exported once: ONNX, defaults and manifest."""
+    from cloud.export.onnx_export import export_device_model
+
+    student, vectors, info = distilled
+    return export_device_model(student, vectors, info, tmp_path_factory.mktemp("export"))
