@@ -51,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
     state = args.out.with_name(args.out.name + ".state.pt")
     with epoch_progress(config.epochs, -(-len(train) // config.batch_size)) as advance:
         train_teacher(teacher, train, config, state, advance)
+    # Measure what ships: the checkpoint is fp16, so round the weights the same way first.
+    teacher.model.half().float()
     class_vectors = teacher.class_vectors(train.class_names, config.template)
     meta: dict[str, object] = {
         "command": args.command_line,
