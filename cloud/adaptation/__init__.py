@@ -1,0 +1,1 @@
+"""U-VPA's cloud core: uncertainty, visual prompt learning with uncertainty-guided updates."""
