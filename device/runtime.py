@@ -22,10 +22,11 @@ IMAGE_INPUT = "x"
 
 @dataclass(frozen=True)
 class Prediction:
-    """Model outputs for one batch: (N, C) logits and (N, D) embeddings."""
+    """Model outputs for one batch: (N, C) logits, (N, D) embeddings, (2, K) BatchNorm batch stats."""
 
     logits: np.ndarray
     embedding: np.ndarray
+    batch_stats: np.ndarray
 
 
 class DeviceRuntime:
@@ -64,12 +65,11 @@ class DeviceRuntime:
         self.adaptation = dict(self.defaults)
 
     def predict(self, images: np.ndarray) -> Prediction:
-        """(N, H, W, 3) uint8 frames -> logits and embeddings under the current adaptation."""
+        """(N, H, W, 3) uint8 frames -> outputs under the current adaptation."""
         x = preprocess(images, self.manifest.preprocess)
-        logits, embedding = self.session.run(
-            ["logits", "embedding"], {**self.adaptation, IMAGE_INPUT: x}
-        )
-        return Prediction(logits, embedding)
+        names = ["logits", "embedding", "batch_stats"]
+        logits, embedding, stats = self.session.run(names, {**self.adaptation, IMAGE_INPUT: x})
+        return Prediction(logits, embedding, stats)
 
     def _check_input(self, name: str, value: np.ndarray) -> np.ndarray:
         if name == IMAGE_INPUT:

@@ -10,6 +10,9 @@ What the device runs (and the cloud can steer without shipping weights):
   1 = batch only; forward-only, no training on the device).
 * ``class_vectors`` (C, D): the teacher's class vectors; new ones need no new model file.
 
+Outputs: ``logits`` (N, C), ``embedding`` (N, D) and ``batch_stats`` (2, K), the batch mean
+and variance every BatchNorm2d saw (what the device uploads with its samples).
+
 All zeros (and the shipped class vectors) reproduce the distilled student exactly. K is
 the total channel count of the encoder's BatchNorm2d layers, in module order.
 """
@@ -41,6 +44,7 @@ class _Knobs:
     norm_affine: torch.Tensor
     norm_stats: torch.Tensor
     stat_mix: torch.Tensor
+    observed: list[torch.Tensor]  # each layer's (2, channels) batch mean/var, in order
 
 
 class AdaptiveBatchNorm2d(nn.Module):
@@ -72,6 +76,7 @@ class AdaptiveBatchNorm2d(nn.Module):
         ref_var = self.running_var * torch.exp(knobs.norm_stats[1, lo:hi])
         batch_mean = x.mean(dim=(0, 2, 3))
         batch_var = ((x - batch_mean.view(1, -1, 1, 1)) ** 2).mean(dim=(0, 2, 3))
+        knobs.observed.append(torch.stack([batch_mean, batch_var]))
         mix = knobs.stat_mix.reshape(())
         mean = (1 - mix) * ref_mean + mix * batch_mean
         var = (1 - mix) * ref_var + mix * batch_var
@@ -93,7 +98,7 @@ class DeviceModel(nn.Module):
         "stat_mix",
         "class_vectors",
     )
-    OUTPUTS = ("logits", "embedding")
+    OUTPUTS = ("logits", "embedding", "batch_stats")
 
     def __init__(self, student: DistilledStudent) -> None:
         super().__init__()
@@ -128,17 +133,22 @@ class DeviceModel(nn.Module):
         norm_stats: torch.Tensor,
         stat_mix: torch.Tensor,
         class_vectors: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(batch, 3, H, W) normalised images -> logits (batch, C), embedding (batch, D)."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(batch, 3, H, W) normalised images -> logits (batch, C), embedding (batch, D), batch_stats (2, K).
+
+        ``batch_stats`` holds the mean and variance each BatchNorm saw in this batch; the device
+        uploads them (2K floats) so the cloud can reproduce its exact normalisation.
+        """
         self.knobs.norm_affine = norm_affine
         self.knobs.norm_stats = norm_stats
         self.knobs.stat_mix = stat_mix
+        self.knobs.observed = []
         x = x * (1 + input_affine[0].view(1, 3, 1, 1)) + input_affine[1].view(1, 3, 1, 1) + prompt
         embedding = F.normalize(
             self.student.projector(self.student.encoder.forward_features(x)), dim=-1
         )
         logits = self.student.logit_scale * embedding @ class_vectors.T
-        return logits, embedding
+        return logits, embedding, torch.cat(self.knobs.observed, dim=1)
 
     def neutral_inputs(
         self, class_vectors: torch.Tensor, batch: int = 1

@@ -37,6 +37,7 @@ DESCRIPTIONS = {
     "class_vectors": "teacher class vectors, one unit-norm row per class",
     "logits": "scaled cosine similarities to the class vectors",
     "embedding": "unit-norm image embedding in the teacher's space",
+    "batch_stats": "mean and variance each BatchNorm2d saw in this batch [mean; var]",
 }
 
 
@@ -151,6 +152,9 @@ def build_manifest(
     outputs = (
         TensorSpec("logits", ("batch", "num_classes"), "float32", DESCRIPTIONS["logits"]),
         TensorSpec("embedding", ("batch", info.embed_dim), "float32", DESCRIPTIONS["embedding"]),
+        TensorSpec(
+            "batch_stats", (2, model.num_norm_channels), "float32", DESCRIPTIONS["batch_stats"]
+        ),
     )
     return ModelManifest(
         model_file=model_path.name, sha256=sha256_of(model_path), inputs=inputs, outputs=outputs,

@@ -18,9 +18,27 @@ def test_neutral_inputs_reproduce_the_distilled_student(distilled):
     model = DeviceModel(student)
     inputs = model.neutral_inputs(vectors, batch=5)
     inputs["x"] = torch.randn(5, 3, 32, 32)
-    logits, embedding = model(**inputs)
+    logits, embedding, batch_stats = model(**inputs)
     torch.testing.assert_close(logits, student(inputs["x"], vectors), atol=1e-4, rtol=1e-4)
     assert torch.allclose(embedding.norm(dim=-1), torch.ones(5))
+    assert batch_stats.shape == (2, model.num_norm_channels)
+    first = model.norm_layers[0]
+    expected_mean = student.encoder.features[0](inputs["x"]).mean(dim=(0, 2, 3))
+    torch.testing.assert_close(batch_stats[0, : first.channels], expected_mean)
+
+
+def test_reported_batch_stats_reproduce_batch_normalisation_with_stat_mix_zero(distilled):
+    student, vectors, _ = distilled
+    model = DeviceModel(student)
+    inputs = model.neutral_inputs(vectors, batch=8)
+    inputs["x"] = torch.randn(8, 3, 32, 32) * 2
+    inputs["stat_mix"] = torch.ones(1)
+    on_device, _, stats = model(**inputs)
+    running = torch.cat([torch.stack([m.running_mean, m.running_var]) for m in model.student.encoder.modules()
+                         if hasattr(m, "layer")], dim=1)  # fmt: skip
+    replay = dict(inputs, stat_mix=torch.zeros(1))
+    replay["norm_stats"] = torch.stack([stats[0] - running[0], torch.log(stats[1] / running[1])])
+    torch.testing.assert_close(model(**replay)[0], on_device, atol=1e-4, rtol=1e-4)
 
 
 def test_adaptation_inputs_change_the_output(distilled):
@@ -41,13 +59,14 @@ def test_export_matches_torch_and_has_a_dynamic_batch(exported, distilled):
     session = ort.InferenceSession(str(exported.model), providers=["CPUExecutionProvider"])
     defaults = dict(np.load(exported.defaults))
     for batch in (1, 3):
-        logits, embedding = session.run(
+        logits, embedding, stats = session.run(
             None, {**defaults, "x": np.zeros((batch, 3, 32, 32), np.float32)}
         )
+        assert stats.shape == (2, 320)
         assert logits.shape == (batch, 4)
         assert embedding.shape == (batch, 16)
     more = np.concatenate([defaults["class_vectors"], defaults["class_vectors"][:1]])
-    logits, _ = session.run(
+    logits, *_ = session.run(
         None, {**defaults, "class_vectors": more, "x": np.zeros((2, 3, 32, 32), np.float32)}
     )
     assert logits.shape == (2, 5)  # new class vectors, same model file
