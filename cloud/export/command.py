@@ -66,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
             "clean": (test.images, test.labels),
             **_shifted(args.data, args.num_test // 10),
         }
+        report["torch"] = _torch_accuracy(
+            student, vectors, eval_sets, info.normalization.mean, info.normalization.std
+        )
         for name, path in (("fp32", result.model), ("int8", int8_path)):
             entry = report.setdefault(name, {})
             assert isinstance(entry, dict)
@@ -84,6 +87,20 @@ def _normalise(images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ..
     return (x - np.array(mean, np.float32).reshape(1, 3, 1, 1)) / np.array(std, np.float32).reshape(
         1, 3, 1, 1
     )
+
+
+def _torch_accuracy(student, vectors, eval_sets, mean, std) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    import torch
+
+    out: dict[str, object] = {}
+    with torch.no_grad():
+        for name, (images, labels) in eval_sets.items():
+            x = torch.from_numpy(_normalise(images, mean, std))
+            preds = torch.cat(
+                [student(x[i : i + 256], vectors).argmax(1) for i in range(0, len(x), 256)]
+            )
+            out[f"accuracy_{name}"] = round(float((preds.numpy() == labels).mean()), 4)
+    return out
 
 
 def _shifted(data: str, count: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:

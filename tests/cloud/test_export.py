@@ -109,6 +109,7 @@ def test_export_command_with_int8_reports_sizes_accuracy_and_latency(distilled, 
     assert main(args) == 0
     report = json.loads((tmp_path / "m" / "export_report.json").read_text())
     assert report["int8"]["bytes"] < report["fp32"]["bytes"]
+    assert report["fp32"]["accuracy_clean"] == report["torch"]["accuracy_clean"]
     assert 0 <= report["int8"]["accuracy_clean"] <= 1
     assert report["fp32"]["ms_per_image_batch1"] > 0
     int8_manifest = load_manifest(tmp_path / "m" / "student.int8.manifest.json")
