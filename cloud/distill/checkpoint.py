@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 
 from cloud.distill.student import DistilledStudent
 from cloud.students import create_student
+from cloud.students.checkpoint import info_fields
 from cloud.students.preprocess import Normalization
+from cloud.weights_io import read_weights, save_weights
 from protocol.errors import DataError
 
-_META_KEY = "cdca"
 _VECTORS = "class_vectors"
 
 
@@ -37,42 +35,22 @@ def save_distilled(
     path: Path, student: DistilledStudent, class_vectors: torch.Tensor, info: DistilledInfo
 ) -> None:
     """Write weights, class vectors and ``info`` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
-    tensors[_VECTORS] = class_vectors.detach().cpu().float().contiguous()
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(asdict(info))})
-    tmp.replace(path)
+    tensors = {**student.state_dict(), _VECTORS: class_vectors.float()}
+    save_weights(path, tensors, asdict(info))
 
 
 def load_distilled(path: str | Path) -> tuple[DistilledStudent, torch.Tensor, DistilledInfo]:
     """Rebuild a distilled student; returns (model in eval mode, class vectors, info)."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(
-            f"distilled student {path} not found; create it with `cdca cloud distill --out {path}`"
-        )
+    tensors, meta = read_weights(
+        path, kind="distilled student", make_it=f"cdca cloud distill --out {path}"
+    )
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            meta = json.loads((handle.metadata() or {})[_META_KEY])
-        tensors = load_file(str(path))
-        norm = meta.pop("normalization")
-        info = DistilledInfo(
-            **{**meta, "class_names": tuple(meta["class_names"])},
-            normalization=Normalization(tuple(norm["mean"]), tuple(norm["std"])),
-        )
+        info = DistilledInfo(**info_fields(meta))
         vectors = tensors.pop(_VECTORS)
-        student = DistilledStudent(
-            create_student(info.arch, len(info.class_names)), info.embed_dim, info.logit_scale
-        )
+        encoder = create_student(info.arch, len(info.class_names))
+        student = DistilledStudent(encoder, info.embed_dim, info.logit_scale)
         student.load_state_dict(tensors)
-    except (
-        SafetensorError,
-        KeyError,
-        TypeError,
-        RuntimeError,
-        json.JSONDecodeError,
-        OSError,
-    ) as err:
+    except (TypeError, KeyError, RuntimeError) as err:
         raise DataError(f"{path} is not a usable distilled-student checkpoint ({err})") from err
     return student.eval(), vectors, info

@@ -6,19 +6,16 @@ weights, so nothing downstream guesses the preprocessing.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from cloud.students.architectures import create_student
 from cloud.students.preprocess import Normalization
+from cloud.weights_io import read_weights, save_weights
 from protocol.errors import DataError
-
-_META_KEY = "cdca"
 
 
 @dataclass(frozen=True)
@@ -34,35 +31,30 @@ class StudentInfo:
 
 def save_student(path: Path, model: nn.Module, info: StudentInfo) -> None:
     """Write weights and ``info`` to ``path`` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(asdict(info))})
-    tmp.replace(path)
+    save_weights(path, dict(model.state_dict()), asdict(info))
+
+
+def info_fields(meta: dict[str, Any]) -> dict[str, Any]:
+    """Metadata JSON -> constructor arguments (tuples and ``Normalization`` restored)."""
+    norm = meta["normalization"]
+    return {
+        **meta,
+        "class_names": tuple(meta["class_names"]),
+        "normalization": Normalization(tuple(norm["mean"]), tuple(norm["std"])),
+    }
 
 
 def load_student(path: str | Path) -> tuple[nn.Module, StudentInfo]:
     """Rebuild the student from a checkpoint; raises ``DataError`` naming the fix when it cannot."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(
-            f"student checkpoint {path} not found; train one with `cdca train student --out {path}`"
-        )
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            meta = json.loads((handle.metadata() or {})[_META_KEY])
-        tensors = load_file(str(path))
-    except (SafetensorError, KeyError, json.JSONDecodeError, OSError) as err:
-        raise DataError(f"{path} is not a cdca student checkpoint ({err})") from err
-    norm = meta.pop("normalization")
-    info = StudentInfo(
-        **{**meta, "class_names": tuple(meta["class_names"])},
-        normalization=Normalization(tuple(norm["mean"]), tuple(norm["std"])),
+    tensors, meta = read_weights(
+        path, kind="student checkpoint", make_it=f"cdca train student --out {path}"
     )
-    model = create_student(info.arch, len(info.class_names))
     try:
+        info = StudentInfo(**info_fields(meta))
+        model = create_student(info.arch, len(info.class_names))
         model.load_state_dict(tensors)
-    except RuntimeError as err:
-        raise DataError(f"{path}: weights do not fit architecture {info.arch!r}: {err}") from err
+    except (TypeError, KeyError, RuntimeError) as err:
+        raise DataError(f"{path}: weights and metadata do not fit a cdca student ({err})") from err
     model.eval()
     return model, info

@@ -9,7 +9,6 @@ The model is frozen here, once; prompt learners train their own parameters only.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from types import ModuleType
@@ -17,7 +16,8 @@ from types import ModuleType
 import torch
 
 from cloud.teacher.teacher import Teacher, TeacherPreprocess
-from protocol.errors import ConfigError, DataError, unknown_name
+from cloud.weights_io import read_weights, save_weights
+from protocol.errors import DataError, unknown_name
 
 logger = logging.getLogger(__name__)
 
@@ -134,20 +134,13 @@ def _load_failure(name: str, pretrained: str | None, err: Exception) -> str:
 
 
 def load_teacher_weights(model: torch.nn.Module, path: Path) -> dict[str, object]:
-    """Load a cdca teacher checkpoint (safetensors with metadata) into ``model``; return its metadata."""
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise DataError(
-            f"teacher checkpoint {path} not found; train it with `cdca train teacher --out {path}`"
-        )
+    """Load a cdca teacher checkpoint into ``model``; return its metadata."""
+    tensors, meta = read_weights(
+        path, kind="teacher checkpoint", make_it=f"cdca train teacher --out {path}"
+    )
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            meta = json.loads((handle.metadata() or {}).get("cdca", "{}"))
-        tensors = load_file(str(path))
         model.load_state_dict({k: v.float() for k, v in tensors.items()})
-    except (SafetensorError, RuntimeError, OSError, json.JSONDecodeError) as err:
+    except RuntimeError as err:
         raise DataError(f"{path} is not a usable cdca teacher checkpoint: {err}") from err
     return meta
 
@@ -156,13 +149,5 @@ def save_teacher_weights(
     model: torch.nn.Module, path: Path, meta: dict[str, object], half: bool = True
 ) -> None:
     """Write the model's weights (fp16 by default, to keep the repository small) and metadata."""
-    from safetensors.torch import save_file
-
-    if not isinstance(meta, dict):
-        raise ConfigError("teacher metadata must be a dict")
     dtype = torch.float16 if half else torch.float32
-    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"cdca": json.dumps(meta)})
-    tmp.replace(path)
+    save_weights(path, {k: v.to(dtype) for k, v in model.state_dict().items()}, meta)

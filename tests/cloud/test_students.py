@@ -47,7 +47,7 @@ def test_missing_and_corrupt_checkpoints_name_the_fix(tmp_path):
     with pytest.raises(DataError, match="cdca train student"):
         load_student(tmp_path / "none.safetensors")
     (tmp_path / "bad.safetensors").write_bytes(b"garbage" * 10)
-    with pytest.raises(DataError, match="not a cdca student checkpoint"):
+    with pytest.raises(DataError, match="not a usable student checkpoint"):
         load_student(tmp_path / "bad.safetensors")
 
 

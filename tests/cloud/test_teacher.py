@@ -84,7 +84,7 @@ def test_missing_and_corrupt_checkpoints(tmp_path, tiny_name):
     with pytest.raises(DataError, match="not found"):
         create_teacher(tiny_name, pretrained=str(tmp_path / "none.pt"), device="cpu")
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 64)
-    with pytest.raises(DataError, match="not a usable cdca teacher checkpoint"):
+    with pytest.raises(DataError, match="not a usable teacher checkpoint"):
         create_teacher("builtin", device="cpu", checkpoint=tmp_path / "bad.safetensors")
     (tmp_path / "bad.pt").write_bytes(b"not a torch file")
     with pytest.raises(DataError, match="could not load"):
