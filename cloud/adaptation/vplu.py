@@ -1,0 +1,174 @@
+"""VPLU: visual prompt learning with uncertainty-guided updating, on the cloud's copy of the device model.
+
+Gan et al., "Cloud-Device Collaborative Adaptation to Continual Changing Environments in
+the Real-world" (U-VPA), CVPR 2023 (https://arxiv.org/abs/2212.00972); the update rule
+follows the same group's SVDP code (uncertainty-modulated EMA of the prompt). Where the
+prompt lives follows PROTOTYPE_FINDINGS.md: besides the pixel prompt, the "prompts" are
+the device model's small inputs (per-channel input affine and BatchNorm scale/shift), and
+the device's own batch statistics (uploaded with the samples) are replayed exactly.
+
+One ``update``: (1) split the uploads into a training part and a held-out part; (2) a few
+Adam steps on the enabled prompt parts, with an align loss (KL to the teacher, weighted
+by teacher confidence) and a supervised loss (cross-entropy on confident teacher
+pseudo-labels); (3) blend with the last shipped prompt by an EMA whose momentum falls as
+the uploads' uncertainty rises; (4) the safety valve: ship only if agreement with the
+teacher on the held-out part improves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from cloud.export.device_model import AdaptiveBatchNorm2d, DeviceModel
+from protocol.errors import ConfigError
+
+PARTS = ("prompt", "input_affine", "norm_affine")
+
+
+@dataclass(frozen=True)
+class VPLUConfig:
+    """Hyper-parameters of one cloud update."""
+
+    parts: tuple[str, ...] = PARTS
+    steps: int = 10
+    lr: float = 5e-3
+    align_weight: float = 1.0
+    supervised_weight: float = 0.5
+    confidence_threshold: float = 0.6
+    ema_base: float = 0.5  # share of the old prompt kept when uploads are certain
+    ema_scale: float = 0.5  # how much uncertainty lowers that share
+    holdout_every: int = 4  # every k-th upload is held out for the safety valve
+    l2: float = 1e-4
+
+    def __post_init__(self) -> None:
+        unknown = set(self.parts) - set(PARTS)
+        if unknown or not self.parts:
+            raise ConfigError(f"VPLU parts must be a non-empty subset of {PARTS}, got {self.parts}")
+        if self.holdout_every < 2:
+            raise ConfigError("holdout_every must be >= 2 (some uploads train, some are held out)")
+
+
+@dataclass(frozen=True)
+class Uploads:
+    """Uploaded samples of one environment, ready for the device model.
+
+    Attributes:
+        x: (N, 3, H, W) normalised images.
+        batch_stats: (2, K) BatchNorm statistics the device used for these frames' batches.
+        uncertainty: (N,) device uncertainty scores in [0, 1].
+        teacher_logits: (N, C) the teacher's logits for the same images.
+    """
+
+    x: torch.Tensor
+    batch_stats: torch.Tensor
+    uncertainty: torch.Tensor
+    teacher_logits: torch.Tensor
+
+
+@dataclass
+class UpdateResult:
+    """What one update decided."""
+
+    shipped: bool
+    prompt: dict[str, torch.Tensor]
+    agreement_before: float
+    agreement_after: float
+    momentum: float
+    losses: list[float] = field(default_factory=list)
+
+
+class VPLU:
+    """Learns the prompt parts for one device model copy; holds no transport state."""
+
+    def __init__(
+        self, model: DeviceModel, class_vectors: torch.Tensor, config: VPLUConfig | None = None
+    ) -> None:
+        self.model = model.eval().requires_grad_(False)
+        self.class_vectors = class_vectors.detach().float()
+        self.config = config or VPLUConfig()
+        norms = [m for m in self.model.modules() if isinstance(m, AdaptiveBatchNorm2d)]
+        running = [torch.stack([m.running_mean, m.running_var]) for m in norms]
+        self.running_stats = torch.cat(running, dim=1)  # (2, K)
+
+    def neutral_prompt(self) -> dict[str, torch.Tensor]:
+        """All-zero prompt parts: the unadapted student."""
+        inputs = self.model.neutral_inputs(self.class_vectors)
+        return {name: inputs[name].clone() for name in PARTS}
+
+    def replay_stats(self, batch_stats: torch.Tensor) -> torch.Tensor:
+        """Device batch statistics -> ``norm_stats`` deltas that reproduce them with stat_mix = 0."""
+        mean = batch_stats[0] - self.running_stats[0]
+        log_var = torch.log(batch_stats[1].clamp_min(1e-8) / self.running_stats[1].clamp_min(1e-8))
+        return torch.stack([mean, log_var])
+
+    def logits(
+        self, x: torch.Tensor, prompt: dict[str, torch.Tensor], norm_stats: torch.Tensor
+    ) -> torch.Tensor:
+        """The device model's logits for ``x`` under ``prompt`` and replayed statistics."""
+        inputs = self.model.neutral_inputs(self.class_vectors, batch=len(x))
+        inputs.update(prompt)
+        inputs.update({"x": x, "norm_stats": norm_stats, "stat_mix": torch.zeros(1)})
+        return self.model(**inputs)[0]
+
+    def update(self, uploads: Uploads, shipped: dict[str, torch.Tensor]) -> UpdateResult:
+        """Learn from ``uploads``; return the prompt to keep on the device (new or ``shipped``)."""
+        cfg = self.config
+        held = torch.zeros(len(uploads.x), dtype=torch.bool)
+        held[cfg.holdout_every - 1 :: cfg.holdout_every] = True
+        stats = self.replay_stats(uploads.batch_stats)
+        learned, losses = self._fit(uploads, ~held, stats, shipped)
+        momentum = float(
+            min(1.0, max(0.0, cfg.ema_base - cfg.ema_scale * float(uploads.uncertainty.mean())))
+        )
+        candidate = {k: momentum * shipped[k] + (1 - momentum) * learned[k] if k in learned else shipped[k]
+                     for k in shipped}  # fmt: skip
+        before = self._agreement(uploads, held, stats, shipped)
+        after = self._agreement(uploads, held, stats, candidate)
+        ship = after > before
+        return UpdateResult(ship, candidate if ship else shipped, before, after, momentum, losses)
+
+    def _fit(
+        self,
+        uploads: Uploads,
+        train: torch.Tensor,
+        stats: torch.Tensor,
+        start: dict[str, torch.Tensor],
+    ) -> tuple[dict[str, torch.Tensor], list[float]]:
+        cfg = self.config
+        params = {k: start[k].clone().requires_grad_(True) for k in cfg.parts}
+        optimizer = torch.optim.Adam(list(params.values()), lr=cfg.lr)
+        x, teacher = uploads.x[train], uploads.teacher_logits[train]
+        teacher_prob = teacher.softmax(dim=1)
+        confidence, pseudo = teacher_prob.max(dim=1)
+        confident = confidence >= cfg.confidence_threshold
+        losses = []
+        for _ in range(cfg.steps):
+            student = self.logits(x, {**start, **params}, stats)
+            kl = F.kl_div(student.log_softmax(1), teacher_prob, reduction="none").sum(1)
+            loss = cfg.align_weight * (confidence * kl).sum() / confidence.sum().clamp_min(1e-8)
+            if confident.any():
+                loss = loss + cfg.supervised_weight * F.cross_entropy(
+                    student[confident], pseudo[confident]
+                )
+            loss = loss + cfg.l2 * sum((p**2).sum() for p in params.values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        return {k: v.detach() for k, v in params.items()}, losses
+
+    @torch.no_grad()
+    def _agreement(
+        self,
+        uploads: Uploads,
+        mask: torch.Tensor,
+        stats: torch.Tensor,
+        prompt: dict[str, torch.Tensor],
+    ) -> float:
+        if not mask.any():
+            return 0.0
+        student = self.logits(uploads.x[mask], prompt, stats).argmax(1)
+        return float((student == uploads.teacher_logits[mask].argmax(1)).float().mean())

@@ -1,0 +1,72 @@
+import pytest
+import torch
+
+from cloud.adaptation.vplu import VPLU, Uploads, VPLUConfig
+from cloud.export.device_model import DeviceModel
+from protocol.errors import ConfigError
+
+
+def device_view(vplu: VPLU, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the device would upload: its batch statistics (stat_mix = 1) and logits."""
+    inputs = vplu.model.neutral_inputs(vplu.class_vectors, batch=len(x))
+    inputs.update({"x": x, "stat_mix": torch.ones(1)})
+    logits, _, stats = vplu.model(**inputs)
+    return stats, logits
+
+
+def test_replayed_statistics_reproduce_the_device(distilled):
+    student, vectors, _ = distilled
+    vplu = VPLU(DeviceModel(student), vectors)
+    x = torch.randn(16, 3, 32, 32) * 0.4 + 1.0
+    stats, device_logits = device_view(vplu, x)
+    replay = vplu.logits(x, vplu.neutral_prompt(), vplu.replay_stats(stats))
+    torch.testing.assert_close(replay, device_logits, atol=1e-4, rtol=1e-4)
+
+
+def test_update_learns_a_prompt_that_moves_the_device_towards_the_teacher(distilled):
+    student, vectors, _ = distilled
+    torch.manual_seed(0)
+    clean = torch.randn(48, 3, 32, 32)
+    teacher_logits = (
+        student(clean, vectors).detach() * 3
+    )  # a confident teacher that sees clean data
+    shifted = 0.2 * clean + 0.8 * torch.randn(1, 3, 32, 32)  # low contrast plus a fixed pattern
+    config = VPLUConfig(
+        parts=("prompt", "input_affine"), steps=40, lr=5e-2, ema_base=0.0, ema_scale=0.0
+    )
+    vplu = VPLU(DeviceModel(student), vectors, config)
+    stats, _ = device_view(vplu, shifted)
+    uploads = Uploads(shifted, stats, torch.full((48,), 0.5), teacher_logits)
+    result = vplu.update(uploads, vplu.neutral_prompt())
+    assert result.losses[-1] < result.losses[0]
+    assert result.shipped
+    assert result.agreement_after > result.agreement_before
+    assert result.prompt["prompt"].abs().sum() > 0
+
+
+def test_safety_valve_keeps_the_old_prompt_when_nothing_improves(distilled):
+    student, vectors, _ = distilled
+    vplu = VPLU(DeviceModel(student), vectors, VPLUConfig(steps=5))
+    x = torch.randn(32, 3, 32, 32)
+    stats, device_logits = device_view(vplu, x)
+    uploads = Uploads(x, stats, torch.zeros(32), device_logits.detach())  # teacher already agrees
+    old = vplu.neutral_prompt()
+    result = vplu.update(uploads, old)
+    assert result.agreement_before == pytest.approx(1.0)
+    assert not result.shipped
+    assert all(torch.equal(result.prompt[k], old[k]) for k in old)
+
+
+def test_uncertain_uploads_move_the_prompt_faster(distilled):
+    student, vectors, _ = distilled
+    vplu = VPLU(DeviceModel(student), vectors, VPLUConfig(steps=1, ema_base=0.9, ema_scale=0.8))
+    x = torch.randn(8, 3, 32, 32)
+    stats, logits = device_view(vplu, x)
+    calm = vplu.update(Uploads(x, stats, torch.zeros(8), logits.detach()), vplu.neutral_prompt())
+    stormy = vplu.update(Uploads(x, stats, torch.ones(8), logits.detach()), vplu.neutral_prompt())
+    assert stormy.momentum < calm.momentum
+
+
+def test_config_rejects_unknown_parts():
+    with pytest.raises(ConfigError, match="subset"):
+        VPLUConfig(parts=("weights",))
