@@ -32,6 +32,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     teacher.add_argument(
         "--eval-images", type=int, default=1000, help="images per domain for that check"
     )
+    teacher.add_argument("--augmix-prob", type=float, default=0.5, help="share of images AugMix-ed")
+    teacher.add_argument(
+        "--extra-prob", type=float, default=0.5, help="share given an extra corruption"
+    )
+    teacher.add_argument(
+        "--init", type=Path, default=None, help="start from this teacher checkpoint (fine-tuning)"
+    )
     teacher.set_defaults(handler=run)
 
 
@@ -45,9 +52,12 @@ def run(args: argparse.Namespace) -> int:
     train = load_fashion_mnist("train", args.data_dir).take(args.limit)
     test = load_fashion_mnist("test", args.data_dir)
     config = TeacherTrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        augmix_prob=args.augmix_prob, extra_corruption_prob=args.extra_prob,
+    )  # fmt: skip
+    teacher = create_teacher(
+        BUILTIN, device="cpu", load_weights=args.init is not None, checkpoint=args.init
     )
-    teacher = create_teacher(BUILTIN, device="cpu", load_weights=False)
     state = args.out.with_name(args.out.name + ".state.pt")
     with epoch_progress(config.epochs, -(-len(train) // config.batch_size)) as advance:
         train_teacher(teacher, train, config, state, advance)
@@ -63,6 +73,13 @@ def run(args: argparse.Namespace) -> int:
         "template": config.template,
         "clean_test_accuracy": round(evaluate_teacher(teacher, test, class_vectors), 4),
     }
+    if args.init is not None:  # the full recipe is the earlier run plus this one
+        from cloud.weights_io import read_weights
+
+        _, earlier = read_weights(
+            args.init, kind="teacher checkpoint", make_it="cdca train teacher"
+        )
+        meta["fine_tuned_from"] = {k: v for k, v in earlier.items() if k != "severity5_accuracy"}
     meta.update(_shifted_accuracy(teacher, class_vectors, args.eval_data, args.eval_images))
     save_teacher_weights(teacher.model, args.out, meta)
     state.unlink(missing_ok=True)
