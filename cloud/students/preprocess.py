@@ -25,7 +25,9 @@ class Normalization:
 
     def to_tensor(self, images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
         """(N, H, W, 3) uint8 -> (N, 3, H, W) float32, normalised."""
-        x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+        x = torch.from_numpy(np.require(images, requirements=["C", "W"])).to(
+            device
+        )  # copy only if read-only
         x = x.permute(0, 3, 1, 2).float().div_(255.0)
         mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
