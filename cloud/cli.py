@@ -72,6 +72,7 @@ def _learn_prompts(args: argparse.Namespace) -> int:
     from cloud.data.cli import parse_corruptions
     from cloud.data.fashion_mnist import load_fashion_mnist
     from cloud.data.formats import open_benchmark
+    from cloud.data.labelled import LabelledImages
     from cloud.prompts import CoOpPromptLearner
     from cloud.prompts.fewshot import (
         FewShotConfig,
@@ -106,10 +107,9 @@ def _learn_prompts(args: argparse.Namespace) -> int:
             encoder, train.class_names, args.num_ctx, args.ctx_init or None,
             args.class_specific, args.position, seed=args.seed,
         )  # fmt: skip
-        picked = train.take(None)
-        idx = few_shot_indices(picked.labels, k, args.seed)
-        subset = type(picked)(
-            picked.images[idx], picked.labels[idx], picked.class_names, f"{k}-shot"
+        idx = few_shot_indices(train.labels, k, args.seed)
+        subset = LabelledImages(
+            train.images[idx], train.labels[idx], train.class_names, f"{k}-shot"
         )
         losses = fit(learner, teacher, subset, FewShotConfig(epochs=args.epochs, seed=args.seed))
         with torch.no_grad():

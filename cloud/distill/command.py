@@ -117,11 +117,12 @@ def _compare(
     from cloud.data.fashion_mnist import load_fashion_mnist
     from cloud.students.checkpoint import load_student
     from cloud.students.cli import DEFAULT_STUDENT
+    from cloud.students.preprocess import pixels_from_uint8
 
     labelled, labelled_info = load_student(DEFAULT_STUDENT)
 
     def as_pixels(images: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float() / 255
+        return pixels_from_uint8(images)
 
     @torch.no_grad()
     def batched(fn: Callable[[np.ndarray], torch.Tensor]) -> Predict:

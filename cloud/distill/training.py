@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from cloud.distill.student import DistilledStudent
 from cloud.resumable import resume_training_state, save_training_state
-from cloud.students.preprocess import Normalization
+from cloud.students.preprocess import Normalization, pixels_from_uint8
 from cloud.teacher.teacher import Teacher
 
 ProgressFn = Callable[[int, int, float], None]
@@ -53,12 +53,7 @@ def teacher_logits(
     """(N, H, W, 3) uint8 -> (N, num_classes) teacher logits, on the CPU."""
     out = []
     for start in range(0, len(images), batch_size):
-        chunk = (
-            torch.from_numpy(np.array(images[start : start + batch_size]))
-            .permute(0, 3, 1, 2)
-            .float()
-            / 255
-        )
+        chunk = pixels_from_uint8(images[start : start + batch_size])
         out.append(teacher.logits(chunk, class_vectors).cpu())
     return torch.cat(out)
 

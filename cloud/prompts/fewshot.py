@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from cloud.data.labelled import LabelledImages
 from cloud.prompts.coop import CoOpPromptLearner
+from cloud.students.preprocess import pixels_from_uint8
 from cloud.teacher.teacher import Teacher
 from protocol.errors import ConfigError
 
@@ -45,9 +46,9 @@ def image_features(teacher: Teacher, images: np.ndarray, batch_size: int = 500) 
     """(N, H, W, 3) uint8 -> (N, embed_dim) unit-norm teacher features."""
     feats = []
     for start in range(0, len(images), batch_size):
-        chunk = np.array(images[start : start + batch_size])
-        pixels = torch.from_numpy(chunk).permute(0, 3, 1, 2).float() / 255.0
-        feats.append(teacher.encode_images(pixels).cpu())
+        feats.append(
+            teacher.encode_images(pixels_from_uint8(images[start : start + batch_size])).cpu()
+        )
     return torch.cat(feats) if feats else torch.zeros(0, teacher.embed_dim)
 
 

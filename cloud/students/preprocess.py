@@ -25,10 +25,13 @@ class Normalization:
 
     def to_tensor(self, images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
         """(N, H, W, 3) uint8 -> (N, 3, H, W) float32, normalised."""
-        x = torch.from_numpy(np.require(images, requirements=["C", "W"])).to(
-            device
-        )  # copy only if read-only
-        x = x.permute(0, 3, 1, 2).float().div_(255.0)
+        x = pixels_from_uint8(images, device)
         mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
         return (x - mean) / std
+
+
+def pixels_from_uint8(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(N, H, W, 3) uint8 (memory-mapped is fine) -> (N, 3, H, W) float32 in [0, 1]."""
+    x = torch.from_numpy(np.require(images, requirements=["C", "W"]))  # copies only if read-only
+    return x.to(device).permute(0, 3, 1, 2).float().div_(255.0)

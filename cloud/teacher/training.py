@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from cloud.data.labelled import LabelledImages
 from cloud.resumable import resume_training_state, save_training_state
+from cloud.students.preprocess import pixels_from_uint8
 from cloud.students.training import augment as translate_and_flip
 from cloud.teacher.augment import augmix, extra_corruptions
 from cloud.teacher.teacher import DEFAULT_TEMPLATE, Teacher
@@ -106,12 +107,7 @@ def evaluate_teacher(
     """Top-1 accuracy of zero-shot classification against ``class_vectors``."""
     correct = 0
     for first in range(0, len(data), batch_size):
-        pixels = (
-            torch.from_numpy(np.array(data.images[first : first + batch_size]))
-            .permute(0, 3, 1, 2)
-            .float()
-            / 255
-        )
+        pixels = pixels_from_uint8(data.images[first : first + batch_size])
         pred = teacher.logits(pixels, class_vectors).argmax(1).cpu().numpy()
         correct += int((pred == data.labels[first : first + batch_size]).sum())
     return correct / max(1, len(data))

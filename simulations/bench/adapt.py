@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from cloud.data.formats import CorruptedDataset
+from cloud.students.preprocess import pixels_from_uint8
 from simulations.peers import PixelModel, create_method
 from simulations.streams import StreamSpec, iterate_batches
 
@@ -55,7 +56,7 @@ def run_method(
     batch_accuracy, batch_domain = [], []
     start = time.perf_counter()
     for batch in iterate_batches(dataset, stream):
-        pixels = torch.from_numpy(np.array(batch.images)).permute(0, 3, 1, 2).float() / 255.0
+        pixels = pixels_from_uint8(batch.images)
         logits = method.step(pixels)
         hits = int((logits.argmax(1).numpy() == batch.labels).sum())
         correct[batch.segment.domain] += hits

@@ -2,12 +2,12 @@
 
 import numpy as np
 import pytest
-import torch
 
 from cloud.data import fashion_mnist
 from cloud.data.corruptions import TEST_CORRUPTIONS, corrupt_batch
 from cloud.students.checkpoint import load_student
 from cloud.students.cli import DEFAULT_STUDENT
+from cloud.students.preprocess import pixels_from_uint8
 from simulations.peers import PixelModel, create_method
 
 pytestmark = pytest.mark.skipif(
@@ -21,7 +21,7 @@ def test_shipped_student_is_accurate_on_clean_data_and_hurt_but_alive_at_severit
     source = create_method("source", PixelModel(student, info.normalization))
 
     def accuracy(images: np.ndarray) -> float:
-        pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+        pixels = pixels_from_uint8(images)
         return float((source.step(pixels).argmax(1).numpy() == test.labels).mean())
 
     assert accuracy(test.images) > 0.88
