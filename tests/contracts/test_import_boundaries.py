@@ -28,7 +28,19 @@ def run_python(code: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize("module", ["protocol", "protocol.errors", "device", "device.cli"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "protocol",
+        "protocol.manifest",
+        "device",
+        "device.cli",
+        "device.runtime",
+        "device.selection",
+        "device.shift",
+        "device.uncertainty",
+    ],
+)
 def test_module_does_not_load_torch(module):
     result = run_python(
         f"import sys, {module}; bad = [m for m in sys.modules if m.split('.')[0] in "
