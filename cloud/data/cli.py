@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +19,7 @@ def main(argv: Sequence[str], prog: str = "cdca data") -> int:
     info.add_argument("path", help="[kind:]PATH, e.g. data/fashion-mnist-c or cifar10-c:/data/CIFAR-10-C")
     info.set_defaults(handler=_run_info)
     args = parser.parse_args(argv)
+    args.command_line = " ".join([prog, *(shlex.quote(a) for a in argv)])  # quoted in the dataset card
     return int(args.handler(args))
 
 
@@ -84,8 +84,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
             bar.update(task, advance=blocks, description=message)
 
         written = prepare_corrupted(request, progress=advance)
-    command = "cdca data " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["data"] else "cdca data prepare"
-    card = write_dataset_card(args.out, command, source.images[: args.num_images])
+    card = write_dataset_card(args.out, args.command_line, source.images[: args.num_images])
     print(
         f"{args.out}: {len(written)} corruption(s) written, "
         f"{len(corruptions) - len(written)} already there; card: {card}"

@@ -58,23 +58,22 @@ def run(args: argparse.Namespace) -> int:
     if args.int8:
         test = load_fashion_mnist("test", args.data_dir).take(args.num_test)
         train = load_fashion_mnist("train", args.data_dir).take(args.calibration_images)
-        calibration = _normalise(train.images, info.normalization.mean, info.normalization.std)
+        norm = info.normalization
+        calibration = norm.to_tensor(train.images).numpy()
         example = DeviceModel(student).neutral_inputs(vectors, batch=2)
         manifest = load_manifest(result.manifest)
         int8_path, _ = quantize_int8(result, calibration, manifest, example)
+        raw_sets = {"clean": (test.images, test.labels), **_shifted(args.data, args.num_test // 10)}
+        # Normalised once, then shared by the PyTorch, fp32 and int8 measurements.
         eval_sets = {
-            "clean": (test.images, test.labels),
-            **_shifted(args.data, args.num_test // 10),
+            name: (norm.to_tensor(images).numpy(), labels)
+            for name, (images, labels) in raw_sets.items()
         }
-        report["torch"] = _torch_accuracy(
-            student, vectors, eval_sets, info.normalization.mean, info.normalization.std
-        )
+        report["torch"] = _torch_accuracy(student, vectors, eval_sets)
         for name, path in (("fp32", result.model), ("int8", int8_path)):
             entry = report.setdefault(name, {})
             assert isinstance(entry, dict)
-            entry.update(
-                _measure(path, example, eval_sets, info.normalization.mean, info.normalization.std)
-            )
+            entry.update(_measure(path, example, eval_sets))
             entry["bytes"] = path.stat().st_size
     (args.out / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
@@ -82,20 +81,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _normalise(images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
-    x = np.asarray(images, np.float32).transpose(0, 3, 1, 2) / 255.0
-    return (x - np.array(mean, np.float32).reshape(1, 3, 1, 1)) / np.array(std, np.float32).reshape(
-        1, 3, 1, 1
-    )
-
-
-def _torch_accuracy(student, vectors, eval_sets, mean, std) -> dict[str, object]:  # type: ignore[no-untyped-def]
+def _torch_accuracy(student, vectors, eval_sets) -> dict[str, object]:  # type: ignore[no-untyped-def]
     import torch
 
     out: dict[str, object] = {}
     with torch.no_grad():
         for name, (images, labels) in eval_sets.items():
-            x = torch.from_numpy(_normalise(images, mean, std))
+            x = torch.from_numpy(images)
             preds = torch.cat(
                 [student(x[i : i + 256], vectors).argmax(1) for i in range(0, len(x), 256)]
             )
@@ -119,19 +111,18 @@ def _shifted(data: str, count: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     }
 
 
-def _measure(path: Path, example, eval_sets, mean, std) -> dict[str, object]:  # type: ignore[no-untyped-def]
+def _measure(path: Path, example, eval_sets) -> dict[str, object]:  # type: ignore[no-untyped-def]
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     neutral = {k: v.numpy() for k, v in example.items() if k != "x"}
     out: dict[str, object] = {}
-    for name, (images, labels) in eval_sets.items():
-        x = _normalise(images, mean, std)
+    for name, (x, labels) in eval_sets.items():
         preds = np.concatenate([
             session.run(["logits"], {**neutral, "x": x[i : i + 256]})[0].argmax(1) for i in range(0, len(x), 256)
         ])  # fmt: skip
         out[f"accuracy_{name}"] = round(float((preds == labels).mean()), 4)
-    x1 = _normalise(eval_sets["clean"][0][:64], mean, std)
+    x1 = eval_sets["clean"][0][:64]
     for batch in (1, 64):
         feeds = {**neutral, "x": x1[:batch]}
         session.run(["logits"], feeds)
