@@ -41,14 +41,25 @@ def read_weights(
     Raises:
         DataError: missing file, not safetensors, or no cdca metadata.
     """
-    if not path.is_file():
-        raise DataError(f"{kind} {path} not found; create it with `{make_it}`")
+    meta = read_metadata(path, kind=kind, make_it=make_it)
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            meta = json.loads((handle.metadata() or {})[META_KEY])
         tensors = load_file(str(path))
-    except (SafetensorError, KeyError, json.JSONDecodeError, OSError) as err:
+    except (SafetensorError, OSError) as err:
         raise DataError(
             f"{path} is not a usable {kind} ({err}); recreate it with `{make_it}`"
         ) from err
     return tensors, meta
+
+
+def read_metadata(path: Path, *, kind: str, make_it: str) -> dict[str, Any]:
+    """Only the cdca metadata of a ``save_weights`` file (cheap: no tensors are loaded)."""
+    if not path.is_file():
+        raise DataError(f"{kind} {path} not found; create it with `{make_it}`")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta: dict[str, Any] = json.loads((handle.metadata() or {})[META_KEY])
+    except (SafetensorError, KeyError, json.JSONDecodeError, OSError) as err:
+        raise DataError(
+            f"{path} is not a usable {kind} ({err}); recreate it with `{make_it}`"
+        ) from err
+    return meta

@@ -4,15 +4,17 @@ Gan et al., "Cloud-Device Collaborative Adaptation to Continual Changing Environ
 the Real-world" (U-VPA), CVPR 2023 (https://arxiv.org/abs/2212.00972); the update rule
 follows the same group's SVDP code (uncertainty-modulated EMA of the prompt). Where the
 prompt lives follows PROTOTYPE_FINDINGS.md: besides the pixel prompt, the "prompts" are
-the device model's small inputs (per-channel input affine and BatchNorm scale/shift), and
-the device's own batch statistics (uploaded with the samples) are replayed exactly.
+the device model's small inputs (per-channel input affine, BatchNorm scale/shift and the
+class vectors), and the device's own batch statistics (uploaded with the samples) are
+replayed exactly.
 
 One ``update``: (1) split the uploads into a training part and a held-out part; (2) a few
 Adam steps on the enabled prompt parts, with an align loss (KL to the teacher, weighted
 by teacher confidence) and a supervised loss (cross-entropy on confident teacher
 pseudo-labels); (3) blend with the last shipped prompt by an EMA whose momentum falls as
 the uploads' uncertainty rises; (4) the safety valve: ship only if agreement with the
-teacher on the held-out part improves.
+teacher on the held-out part does not drop. ``guided=False`` (the ablation) weighs every
+sample alike and keeps the momentum fixed.
 """
 
 from __future__ import annotations
@@ -22,17 +24,20 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from cloud.export.device_model import AdaptiveBatchNorm2d, DeviceModel
+from cloud.export.device_model import AdaptiveBatchNorm, DeviceModel
 from protocol.errors import ConfigError
 
-PARTS = ("prompt", "input_affine", "norm_affine")
+PARTS = ("prompt", "input_affine", "norm_affine", "class_vectors")
+TARGETS = ("teacher", "ensemble")
+PIXEL_PARTS = ("prompt", "input_affine")  # live in input space
+FEATURE_PARTS = ("norm_affine", "class_vectors")  # live inside the network
 
 
 @dataclass(frozen=True)
 class VPLUConfig:
     """Hyper-parameters of one cloud update."""
 
-    parts: tuple[str, ...] = PARTS
+    parts: tuple[str, ...] = ("input_affine", "norm_affine", "class_vectors")
     steps: int = 10
     lr: float = 5e-3
     align_weight: float = 1.0
@@ -41,12 +46,17 @@ class VPLUConfig:
     ema_base: float = 0.5  # share of the old prompt kept when uploads are certain
     ema_scale: float = 0.5  # how much uncertainty lowers that share
     holdout_every: int = 4  # every k-th upload is held out for the safety valve
-    l2: float = 1e-4
+    l2: float = 1e-4  # pull towards the unadapted student
+    guided: bool = True  # uncertainty sets the EMA momentum; False = fixed ema_base
+    target: str = "teacher"  # or "ensemble": teacher and device view, weighted by confidence
+    ship_ties: bool = True  # ship when held-out agreement stays equal (False: must improve)
 
     def __post_init__(self) -> None:
         unknown = set(self.parts) - set(PARTS)
         if unknown or not self.parts:
             raise ConfigError(f"VPLU parts must be a non-empty subset of {PARTS}, got {self.parts}")
+        if self.target not in TARGETS:
+            raise ConfigError(f"VPLU target must be one of {TARGETS}, got {self.target!r}")
         if self.holdout_every < 2:
             raise ConfigError("holdout_every must be >= 2 (some uploads train, some are held out)")
 
@@ -89,12 +99,13 @@ class VPLU:
         self.model = model.eval().requires_grad_(False)
         self.class_vectors = class_vectors.detach().float()
         self.config = config or VPLUConfig()
-        norms = [m for m in self.model.modules() if isinstance(m, AdaptiveBatchNorm2d)]
+        norms = [m for m in self.model.modules() if isinstance(m, AdaptiveBatchNorm)]
         running = [torch.stack([m.running_mean, m.running_var]) for m in norms]
         self.running_stats = torch.cat(running, dim=1)  # (2, K)
+        self.neutral = self.neutral_prompt()
 
     def neutral_prompt(self) -> dict[str, torch.Tensor]:
-        """All-zero prompt parts: the unadapted student."""
+        """The prompt parts of the unadapted student (zeros and the shipped class vectors)."""
         inputs = self.model.neutral_inputs(self.class_vectors)
         return {name: inputs[name].clone() for name in PARTS}
 
@@ -119,41 +130,72 @@ class VPLU:
         held = torch.zeros(len(uploads.x), dtype=torch.bool)
         held[cfg.holdout_every - 1 :: cfg.holdout_every] = True
         stats = self.replay_stats(uploads.batch_stats)
-        learned, losses = self._fit(uploads, ~held, stats, shipped)
-        momentum = float(
-            min(1.0, max(0.0, cfg.ema_base - cfg.ema_scale * float(uploads.uncertainty.mean())))
-        )
+        target = self.targets(uploads, stats, shipped)
+        learned, losses = self._fit(uploads.x[~held], target[~held], stats, shipped)
+        momentum = self.momentum(uploads.uncertainty)
         candidate = {k: momentum * shipped[k] + (1 - momentum) * learned[k] if k in learned else shipped[k]
                      for k in shipped}  # fmt: skip
-        before = self._agreement(uploads, held, stats, shipped)
-        after = self._agreement(uploads, held, stats, candidate)
-        ship = after > before
+        before = self._agreement(uploads.x[held], target[held], stats, shipped)
+        after = self._agreement(uploads.x[held], target[held], stats, candidate)
+        ship = after > before or (cfg.ship_ties and after == before)
         return UpdateResult(ship, candidate if ship else shipped, before, after, momentum, losses)
+
+    def momentum(self, uncertainty: torch.Tensor) -> float:
+        """Share of the old prompt kept: lower when the uploads are uncertain (SVDP's rule).
+
+        Uncertain uploads mean the device is struggling in this environment, so the cloud
+        moves faster; certain ones mean the prompt already works and should change little.
+        """
+        cfg = self.config
+        if not cfg.guided or len(uncertainty) == 0:
+            return cfg.ema_base
+        return float(min(1.0, max(0.0, cfg.ema_base - cfg.ema_scale * float(uncertainty.mean()))))
+
+    @torch.no_grad()
+    def targets(
+        self, uploads: Uploads, stats: torch.Tensor, shipped: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """(N, C) probabilities the device should match: the teacher's, or the ensemble.
+
+        The ensemble weighs the teacher and the device's current view of each sample by
+        their own confidence: where the teacher is weak (in this world: fog, glass blur)
+        the device's batch-normalised view often knows better, and neither alone is best.
+        """
+        teacher = uploads.teacher_logits.softmax(dim=1)
+        if self.config.target == "teacher":
+            return teacher
+        device = self.logits(uploads.x, shipped, stats).softmax(dim=1)
+        w_teacher = teacher.max(dim=1, keepdim=True).values
+        w_device = device.max(dim=1, keepdim=True).values
+        return (w_teacher * teacher + w_device * device) / (w_teacher + w_device)
 
     def _fit(
         self,
-        uploads: Uploads,
-        train: torch.Tensor,
+        x: torch.Tensor,
+        target: torch.Tensor,
         stats: torch.Tensor,
         start: dict[str, torch.Tensor],
     ) -> tuple[dict[str, torch.Tensor], list[float]]:
         cfg = self.config
         params = {k: start[k].clone().requires_grad_(True) for k in cfg.parts}
         optimizer = torch.optim.Adam(list(params.values()), lr=cfg.lr)
-        x, teacher = uploads.x[train], uploads.teacher_logits[train]
-        teacher_prob = teacher.softmax(dim=1)
-        confidence, pseudo = teacher_prob.max(dim=1)
+        confidence, pseudo = target.max(dim=1)
         confident = confidence >= cfg.confidence_threshold
+        # Guided: trust each sample as much as its target does (lesson 4 of the prototype:
+        # the most uncertain uploads are where the teacher is also wrong).
+        weight = confidence if cfg.guided else torch.ones_like(confidence)
         losses = []
         for _ in range(cfg.steps):
             student = self.logits(x, {**start, **params}, stats)
-            kl = F.kl_div(student.log_softmax(1), teacher_prob, reduction="none").sum(1)
-            loss = cfg.align_weight * (confidence * kl).sum() / confidence.sum().clamp_min(1e-8)
+            kl = F.kl_div(student.log_softmax(1), target, reduction="none").sum(1)
+            loss = cfg.align_weight * (weight * kl).sum() / weight.sum().clamp_min(1e-8)
             if confident.any():
                 loss = loss + cfg.supervised_weight * F.cross_entropy(
                     student[confident], pseudo[confident]
                 )
-            loss = loss + cfg.l2 * sum((p**2).sum() for p in params.values())
+            loss = loss + cfg.l2 * sum(
+                ((p - self.neutral[k]) ** 2).sum() for k, p in params.items()
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -163,12 +205,12 @@ class VPLU:
     @torch.no_grad()
     def _agreement(
         self,
-        uploads: Uploads,
-        mask: torch.Tensor,
+        x: torch.Tensor,
+        target: torch.Tensor,
         stats: torch.Tensor,
         prompt: dict[str, torch.Tensor],
     ) -> float:
-        if not mask.any():
+        if len(x) == 0:
             return 0.0
-        student = self.logits(uploads.x[mask], prompt, stats).argmax(1)
-        return float((student == uploads.teacher_logits[mask].argmax(1)).float().mean())
+        student = self.logits(x, prompt, stats).argmax(1)
+        return float((student == target.argmax(1)).float().mean())

@@ -4,17 +4,18 @@ What the device runs (and the cloud can steer without shipping weights):
 
 * ``prompt`` (1, 3, H, W): additive pixel prompt, broadcast over the batch (U-VPA/VDP).
 * ``input_affine`` (2, 3): per-channel input transform ``x * (1 + a) + b``.
-* ``norm_affine`` (2, K): every BatchNorm2d's scale and shift, ``gamma * (1 + s)``, ``beta + d``.
+* ``norm_affine`` (2, K): every BatchNorm's scale and shift, ``gamma * (1 + s)``, ``beta + d``.
 * ``norm_stats`` (2, K): reference statistics ``mean + dm``, ``var * exp(dv)``.
 * ``stat_mix`` (1,): blend of reference and current-batch statistics (0 = reference only,
   1 = batch only; forward-only, no training on the device).
 * ``class_vectors`` (C, D): the teacher's class vectors; new ones need no new model file.
 
 Outputs: ``logits`` (N, C), ``embedding`` (N, D) and ``batch_stats`` (2, K), the batch mean
-and variance every BatchNorm2d saw (what the device uploads with its samples).
+and variance every BatchNorm saw (what the device uploads with its samples).
 
 All zeros (and the shipped class vectors) reproduce the distilled student exactly. K is
-the total channel count of the encoder's BatchNorm2d layers, in module order.
+the total channel count of the student's BatchNorm layers (the encoder's 2d ones, then the
+projector's 1d one), in module order.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from protocol.errors import DataError
 
 @dataclass(frozen=True)
 class NormLayer:
-    """One BatchNorm2d's slice of the K-long norm inputs."""
+    """One BatchNorm's slice of the K-long norm inputs."""
 
     name: str
     offset: int
@@ -39,7 +40,7 @@ class NormLayer:
 
 
 class _Knobs:
-    """The current call's adaptation tensors, read by every ``AdaptiveBatchNorm2d``."""
+    """The current call's adaptation tensors, read by every ``AdaptiveBatchNorm``."""
 
     norm_affine: torch.Tensor
     norm_stats: torch.Tensor
@@ -47,10 +48,12 @@ class _Knobs:
     observed: list[torch.Tensor]  # each layer's (2, channels) batch mean/var, in order
 
 
-class AdaptiveBatchNorm2d(nn.Module):
-    """A frozen BatchNorm2d whose statistics and affine come partly from the call's inputs."""
+class AdaptiveBatchNorm(nn.Module):
+    """A frozen BatchNorm (1d or 2d) whose statistics and affine come partly from the call's inputs."""
 
-    def __init__(self, source: nn.BatchNorm2d, layer: NormLayer, knobs: _Knobs) -> None:
+    def __init__(
+        self, source: nn.BatchNorm1d | nn.BatchNorm2d, layer: NormLayer, knobs: _Knobs
+    ) -> None:
         super().__init__()
         if source.running_mean is None or source.running_var is None:
             raise DataError(
@@ -74,8 +77,10 @@ class AdaptiveBatchNorm2d(nn.Module):
         knobs = self.knobs
         ref_mean = self.running_mean + knobs.norm_stats[0, lo:hi]
         ref_var = self.running_var * torch.exp(knobs.norm_stats[1, lo:hi])
-        batch_mean = x.mean(dim=(0, 2, 3))
-        batch_var = ((x - batch_mean.view(1, -1, 1, 1)) ** 2).mean(dim=(0, 2, 3))
+        dims = (0, *range(2, x.ndim))  # all but channels: (N,) for 1d, (N, H, W) for 2d
+        shape = (1, -1, *([1] * (x.ndim - 2)))
+        batch_mean = x.mean(dim=dims)
+        batch_var = ((x - batch_mean.view(shape)) ** 2).mean(dim=dims)
         knobs.observed.append(torch.stack([batch_mean, batch_var]))
         mix = knobs.stat_mix.reshape(())
         mean = (1 - mix) * ref_mean + mix * batch_mean
@@ -83,7 +88,7 @@ class AdaptiveBatchNorm2d(nn.Module):
         weight = self.weight * (1 + knobs.norm_affine[0, lo:hi])
         bias = self.bias + knobs.norm_affine[1, lo:hi]
         scale = weight / torch.sqrt(var + self.eps)
-        return x * scale.view(1, -1, 1, 1) + (bias - mean * scale).view(1, -1, 1, 1)
+        return x * scale.view(shape) + (bias - mean * scale).view(shape)
 
 
 class DeviceModel(nn.Module):
@@ -114,12 +119,14 @@ class DeviceModel(nn.Module):
     def _swap_batchnorms(self) -> list[NormLayer]:
         layers: list[NormLayer] = []
         offset = 0
-        for name, module in list(self.student.encoder.named_modules()):
+        # Encoder and projector alike: the projector's BatchNorm1d carries shift too (with
+        # batch statistics there, BN-adapt on the distilled student gains ~3 points).
+        for name, module in list(self.student.named_modules()):
             for child_name, child in list(module.named_children()):
-                if isinstance(child, nn.BatchNorm2d):
+                if isinstance(child, (nn.BatchNorm1d, nn.BatchNorm2d)):
                     full = f"{name}.{child_name}" if name else child_name
                     layer = NormLayer(full, offset, child.num_features)
-                    setattr(module, child_name, AdaptiveBatchNorm2d(child, layer, self.knobs))
+                    setattr(module, child_name, AdaptiveBatchNorm(child, layer, self.knobs))
                     layers.append(layer)
                     offset += child.num_features
         return layers

@@ -37,7 +37,7 @@ DESCRIPTIONS = {
     "class_vectors": "teacher class vectors, one unit-norm row per class",
     "logits": "scaled cosine similarities to the class vectors",
     "embedding": "unit-norm image embedding in the teacher's space",
-    "batch_stats": "mean and variance each BatchNorm2d saw in this batch [mean; var]",
+    "batch_stats": "mean and variance each BatchNorm saw in this batch [mean; var]",
 }
 
 

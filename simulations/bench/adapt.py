@@ -15,7 +15,7 @@ import torch
 
 from cloud.data.formats import CorruptedDataset
 from cloud.students.preprocess import pixels_from_uint8
-from simulations.peers import PixelModel, create_method
+from simulations.methods import MethodMaker
 from simulations.streams import StreamSpec, iterate_batches
 
 ProgressFn = Callable[[str, int], None]  # (description, images advanced)
@@ -34,6 +34,8 @@ class MethodResult:
     seconds: float
     batch_accuracy: list[float] = field(default_factory=list)  # for curves
     batch_domain: list[str] = field(default_factory=list)
+    costs: dict[str, float] = field(default_factory=dict)  # uploads, bytes, cloud compute
+    uses_backprop: bool = False
 
     def to_json(self) -> dict[str, object]:
         """Plain dict for ``results.json``."""
@@ -42,7 +44,7 @@ class MethodResult:
 
 def run_method(
     method_name: str,
-    model: PixelModel,
+    make: MethodMaker,
     dataset: CorruptedDataset,
     stream: StreamSpec,
     seed: int = 0,
@@ -50,7 +52,7 @@ def run_method(
 ) -> MethodResult:
     """Feed ``stream`` to a fresh instance of ``method_name`` and score its online predictions."""
     torch.manual_seed(seed)
-    method = create_method(method_name, model)
+    method = make(method_name)
     correct: dict[str, int] = dict.fromkeys(stream.domains(), 0)
     seen: dict[str, int] = dict.fromkeys(stream.domains(), 0)
     batch_accuracy, batch_domain = [], []
@@ -70,20 +72,21 @@ def run_method(
         method=method_name, stream=stream.name, domains=list(accuracy), accuracy=accuracy,
         mean=float(np.mean(list(accuracy.values()))), num_images=sum(seen.values()),
         seconds=time.perf_counter() - start, batch_accuracy=batch_accuracy, batch_domain=batch_domain,
+        costs=method.costs(), uses_backprop=method.uses_backprop,
     )  # fmt: skip
 
 
 def run_benchmark(
     methods: Sequence[str],
-    model: PixelModel,
+    make: MethodMaker,
     dataset: CorruptedDataset,
     streams: Sequence[StreamSpec],
     seed: int = 0,
     progress: ProgressFn | None = None,
 ) -> list[MethodResult]:
-    """Every method on every stream, each from the same source weights."""
+    """Every method on every stream, each built fresh from the same source weights."""
     return [
-        run_method(name, model, dataset, stream, seed, progress)
+        run_method(name, make, dataset, stream, seed, progress)
         for stream in streams
         for name in methods
     ]

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 DEFAULT_DATA = Path("data/fashion-mnist-c")
-DEFAULT_METHODS = "source,bn_adapt,tent,cotta,vdp"
+DEFAULT_METHODS = "source,bn_adapt,tent,cotta,vdp,uvpa,cloud_teacher"
 
 
 def main(argv: Sequence[str], prog: str = "cdca bench") -> int:
@@ -29,11 +29,26 @@ def main(argv: Sequence[str], prog: str = "cdca bench") -> int:
         "--student",
         type=Path,
         default=None,
-        help="student checkpoint (default: the shipped compact CNN)",
+        help="student checkpoint: a distilled one (all methods) or a label-trained one (on-device "
+        "peers only); default: the shipped distilled compact CNN",
     )
     adapt.add_argument(
-        "--methods", default=DEFAULT_METHODS, help="comma-separated (default: %(default)s)"
+        "--teacher",
+        default="builtin",
+        help="cloud teacher for the cloud-device rows (default: builtin)",
     )
+    adapt.add_argument(
+        "--delay", type=int, default=1,
+        help="batches before a prompt learned from batch t reaches the device (default: 1)",
+    )  # fmt: skip
+    adapt.add_argument(
+        "--budget", type=float, default=0.1,
+        help="share of frames a device may upload (default: %(default)s)",
+    )  # fmt: skip
+    adapt.add_argument(
+        "--methods", default=DEFAULT_METHODS,
+        help="comma-separated, from: " + ", ".join(_method_names()) + " (default: %(default)s)",
+    )  # fmt: skip
     adapt.add_argument(
         "--stream",
         default="continual",
@@ -62,6 +77,12 @@ def main(argv: Sequence[str], prog: str = "cdca bench") -> int:
     return _run_adapt(args)
 
 
+def _method_names() -> list[str]:
+    from simulations.methods import list_methods
+
+    return list_methods()
+
+
 def _run_adapt(args: argparse.Namespace) -> int:
     import torch
     from rich.progress import (
@@ -74,19 +95,19 @@ def _run_adapt(args: argparse.Namespace) -> int:
 
     from cloud.data.cli import parse_corruptions
     from cloud.data.formats import open_benchmark
-    from cloud.students.checkpoint import load_student
-    from cloud.students.cli import DEFAULT_STUDENT
+    from cloud.distill.command import DEFAULT_DISTILLED
     from simulations.bench.adapt import run_benchmark
+    from simulations.bench.models import load_bench_models
     from simulations.bench.report import write_report
-    from simulations.peers import PixelModel, create_method
+    from simulations.methods import MethodFactory
     from simulations.streams import parse_stream
 
     torch.set_num_threads(args.threads)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    student, info = load_student(args.student or DEFAULT_STUDENT)
-    model = PixelModel(student, info.normalization)
+    loaded = load_bench_models(args.student or DEFAULT_DISTILLED, args.teacher)
+    factory = MethodFactory(loaded.model, loaded.world, args.delay, args.budget)
     for name in methods:  # fail on a typo before any work is done
-        create_method(name, model)
+        factory.check(name)
     dataset = open_benchmark(args.data)
     corruptions = parse_corruptions(args.corruptions)
     streams = parse_stream(
@@ -111,11 +132,11 @@ def _run_adapt(args: argparse.Namespace) -> int:
     with Progress(*columns) as bar:
         task = bar.add_task("adapting", total=total)
         results = run_benchmark(
-            methods, model, dataset, streams, args.seed,
+            methods, factory.create, dataset, streams, args.seed,
             progress=lambda text, n: bar.update(task, advance=n, description=text),
         )  # fmt: skip
     config = {
-        "data": args.data, "student": str(args.student or DEFAULT_STUDENT), "arch": info.arch,
+        "data": args.data, **loaded.description, "delay": args.delay, "budget": args.budget,
         "stream": args.stream, "corruptions": args.corruptions, "severity": args.severity,
         "num_per_domain": args.num_per_domain, "batch_size": args.batch_size, "seed": args.seed,
         "threads": args.threads,

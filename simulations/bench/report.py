@@ -56,7 +56,7 @@ def markdown_report(results: list[MethodResult], config: dict[str, object]) -> s
     for result in results:
         by_stream[result.stream].append(result)
     for stream, rows in by_stream.items():
-        lines += [f"## Stream `{stream}`", "", *domain_table(rows), ""]
+        lines += [f"## Stream `{stream}`", "", *domain_table(rows), "", *cost_table(rows), ""]
     if len(by_stream) > 1:
         lines += [
             "## Over all streams",
@@ -83,6 +83,36 @@ def domain_table(rows: list[MethodResult]) -> list[str]:
         mean = f"**{100 * row.mean:.1f}**" if row.mean == best else f"{100 * row.mean:.1f}"
         lines.append(f"| {row.method} | {cells} | {mean} | {row.seconds:.0f} |")
     return lines
+
+
+def cost_table(rows: list[MethodResult]) -> list[str]:
+    """What each method cost and how it compares with Source, domain by domain."""
+    source = next((r for r in rows if r.method == "source"), None)
+    lines = [
+        "| method | mean (%) | vs source | domains below source | uploaded (%) "
+        "| up (KB / 1k frames) | down (KB / 1k frames) | cloud ms / upload | trains on device |",
+        "|---" * 9 + "|",
+    ]
+    for row in rows:
+        gain, worse = "n/a", "n/a"
+        if source is not None:
+            gain = f"{100 * (row.mean - source.mean):+.1f}"
+            worse = str(sum(row.accuracy[d] < source.accuracy[d] for d in row.domains))
+        cells = [row.method, f"{100 * row.mean:.1f}", gain, worse, *_cost_cells(row)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _cost_cells(row: MethodResult) -> list[str]:
+    c = row.costs
+    cloud_ms = c.get("cloud_ms_per_upload")
+    return [
+        f"{100 * c.get('upload_fraction', 0.0):.1f}",
+        f"{c.get('bytes_up_per_1000', 0.0) / 1e3:.1f}",
+        f"{c.get('bytes_down_per_1000', 0.0) / 1e3:.1f}",
+        "-" if cloud_ms is None else f"{cloud_ms:.1f}",
+        "yes" if row.uses_backprop else "no",
+    ]
 
 
 def _short(domain: str) -> str:

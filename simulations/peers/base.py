@@ -50,6 +50,10 @@ class AdaptationMethod(abc.ABC):
     def step(self, pixels: torch.Tensor) -> torch.Tensor:
         """Predict the batch, then adapt on it; returns the (batch, num_classes) prediction logits."""
 
+    def costs(self) -> dict[str, float]:
+        """On-device methods upload nothing and receive nothing."""
+        return {"upload_fraction": 0.0, "bytes_up_per_1000": 0.0, "bytes_down_per_1000": 0.0}
+
     def reset(self) -> None:
         """Restore the source weights (the continual protocol never calls this mid-stream)."""
         self.model.load_state_dict(self._initial_state)

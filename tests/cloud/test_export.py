@@ -12,6 +12,10 @@ from cloud.export.onnx_export import PARITY_TOLERANCE
 from cloud.students import create_student
 from protocol.manifest import load_manifest, sha256_of, verify_model_file
 
+# The tiny fixture's norm channels: 320 in the compact CNN's BatchNorm2d layers plus the
+# projector's BatchNorm1d (2 x the 16-d joint space).
+TINY_K = 320 + 32
+
 
 def test_neutral_inputs_reproduce_the_distilled_student(distilled):
     student, vectors, _ = distilled
@@ -34,7 +38,7 @@ def test_reported_batch_stats_reproduce_batch_normalisation_with_stat_mix_zero(d
     inputs["x"] = torch.randn(8, 3, 32, 32) * 2
     inputs["stat_mix"] = torch.ones(1)
     on_device, _, stats = model(**inputs)
-    running = torch.cat([torch.stack([m.running_mean, m.running_var]) for m in model.student.encoder.modules()
+    running = torch.cat([torch.stack([m.running_mean, m.running_var]) for m in model.student.modules()
                          if hasattr(m, "layer")], dim=1)  # fmt: skip
     replay = dict(inputs, stat_mix=torch.zeros(1))
     replay["norm_stats"] = torch.stack([stats[0] - running[0], torch.log(stats[1] / running[1])])
@@ -62,7 +66,7 @@ def test_export_matches_torch_and_has_a_dynamic_batch(exported, distilled):
         logits, embedding, stats = session.run(
             None, {**defaults, "x": np.zeros((batch, 3, 32, 32), np.float32)}
         )
-        assert stats.shape == (2, 320)
+        assert stats.shape == (2, TINY_K)
         assert logits.shape == (batch, 4)
         assert embedding.shape == (batch, 16)
     more = np.concatenate([defaults["class_vectors"], defaults["class_vectors"][:1]])
@@ -76,10 +80,10 @@ def test_manifest_describes_the_model_and_catches_tampering(exported, tmp_path):
     manifest = load_manifest(exported.manifest)
     assert manifest.sha256 == sha256_of(exported.model)
     assert [s.name for s in manifest.inputs] == list(DeviceModel.INPUTS)
-    assert manifest.input("norm_affine").shape == (2, 320)
+    assert manifest.input("norm_affine").shape == (2, TINY_K)
     assert len(manifest.class_names) == 4
     assert manifest.preprocess.mean == (0.2, 0.2, 0.2)
-    assert sum(layer["channels"] for layer in manifest.norm_layers) == 320
+    assert sum(layer["channels"] for layer in manifest.norm_layers) == TINY_K
     verify_model_file(manifest, exported.model)
     tampered = tmp_path / "student.onnx"
     data = bytearray(exported.model.read_bytes())

@@ -44,9 +44,9 @@ def test_update_learns_a_prompt_that_moves_the_device_towards_the_teacher(distil
     assert result.prompt["prompt"].abs().sum() > 0
 
 
-def test_safety_valve_keeps_the_old_prompt_when_nothing_improves(distilled):
+def test_strict_safety_valve_keeps_the_old_prompt_when_nothing_improves(distilled):
     student, vectors, _ = distilled
-    vplu = VPLU(DeviceModel(student), vectors, VPLUConfig(steps=5))
+    vplu = VPLU(DeviceModel(student), vectors, VPLUConfig(steps=5, ship_ties=False))
     x = torch.randn(32, 3, 32, 32)
     stats, device_logits = device_view(vplu, x)
     uploads = Uploads(x, stats, torch.zeros(32), device_logits.detach())  # teacher already agrees
@@ -67,6 +67,24 @@ def test_uncertain_uploads_move_the_prompt_faster(distilled):
     assert stormy.momentum < calm.momentum
 
 
-def test_config_rejects_unknown_parts():
+def test_ensemble_target_sits_between_teacher_and_device(distilled):
+    student, vectors, _ = distilled
+    vplu = VPLU(DeviceModel(student), vectors, VPLUConfig(target="ensemble"))
+    x = torch.randn(8, 3, 32, 32)
+    stats, device_logits = device_view(vplu, x)
+    teacher_logits = torch.zeros_like(device_logits)
+    teacher_logits[:, 0] = 10.0  # a confident teacher that always says class 0
+    uploads = Uploads(x, stats, torch.zeros(8), teacher_logits)
+    target = vplu.targets(uploads, vplu.replay_stats(stats), vplu.neutral_prompt())
+    torch.testing.assert_close(target.sum(1), torch.ones(8))
+    device_p, teacher_p = device_logits.softmax(1), teacher_logits.softmax(1)
+    low = torch.minimum(device_p, teacher_p) - 1e-5
+    high = torch.maximum(device_p, teacher_p) + 1e-5
+    assert torch.all((target >= low) & (target <= high))
+
+
+def test_config_rejects_unknown_parts_and_targets():
     with pytest.raises(ConfigError, match="subset"):
         VPLUConfig(parts=("weights",))
+    with pytest.raises(ConfigError, match="target"):
+        VPLUConfig(target="oracle")

@@ -7,6 +7,10 @@ from device.runtime import DeviceRuntime
 from protocol.errors import DataError
 from protocol.manifest import Preprocess, load_manifest
 
+# The tiny fixture's norm channels: 320 in the compact CNN's BatchNorm2d layers plus the
+# projector's BatchNorm1d (2 x the 16-d joint space).
+TINY_K = 320 + 32
+
 
 def test_preprocess_matches_the_student_normalisation():
     from cloud.students.preprocess import Normalization
@@ -56,7 +60,7 @@ def test_prompt_changes_predictions_and_reset_restores(exported):
     [
         ({"prompt": np.full((1, 3, 32, 32), np.nan, np.float32)}, "NaN"),
         ({"prompt": np.zeros((1, 3, 16, 16), np.float32)}, "shape"),
-        ({"norm_affine": np.zeros((2, 320), np.float64)}, "float32"),
+        ({"norm_affine": np.zeros((2, TINY_K), np.float64)}, "float32"),
         ({"temperature": np.zeros(1, np.float32)}, "no input 'temperature'"),
     ],
 )

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from device.selection import BudgetSelector, class_balanced, top_k
-from device.shift import ShiftDetector
+from device.shift import ShiftDetector, batch_signature
 from protocol.errors import ConfigError
 
 
@@ -44,12 +44,22 @@ def test_bad_budget_is_refused():
 def test_shift_detector_fires_at_a_change_and_not_within_an_environment():
     rng = np.random.default_rng(2)
     detector = ShiftDetector()
-    centre_a, centre_b = rng.normal(size=16), rng.normal(size=16)
+    centre_a, centre_b = rng.normal(size=(2, 16)), rng.normal(size=(2, 16))
     fired = []
     for batch in range(40):
         centre = centre_a if batch < 20 else centre_b
-        embedding = centre + 0.3 * rng.normal(size=(64, 16))
-        entropy = np.full(64, 0.2 if batch < 20 else 0.5)
-        fired.append(detector.update(embedding, entropy))
-    assert fired.index(True) in (20, 21)
+        noisy = centre + 0.02 * rng.normal(size=(2, 16))
+        stats = np.stack([noisy[0], np.exp(noisy[1])])  # mean, variance
+        fired.append(detector.update(batch_signature(stats, 8)))
+    assert fired.index(True) == 20
     assert sum(fired) == 1
+
+
+def test_signature_is_first_channels_mean_and_log_std():
+    stats = np.stack([np.arange(6.0), np.full(6, np.e**2)])
+    np.testing.assert_allclose(batch_signature(stats, 3), [0, 1, 2, 1, 1, 1])
+
+
+def test_detector_config_is_checked():
+    with pytest.raises(ConfigError, match="ShiftDetector"):
+        ShiftDetector(warmup=1)

@@ -32,6 +32,48 @@ def test_bench_adapt_writes_json_markdown_and_plot(tiny_benchmark, tiny_student,
     assert (tmp_path / "run" / "accuracy.png").stat().st_size > 5000
 
 
+@pytest.fixture
+def tiny_distilled(tmp_path):
+    """A random distilled student in the built-in teacher's 128-d space, for the 3 tiny classes."""
+    import torch
+
+    from cloud.distill.checkpoint import DistilledInfo, save_distilled
+    from cloud.distill.student import DistilledStudent
+    from cloud.students import create_student
+    from cloud.students.preprocess import Normalization
+    from tests.conftest import CLASS_NAMES
+
+    torch.manual_seed(0)
+    student = DistilledStudent(create_student("compact_cnn", 3), 128, 20.0).eval()
+    vectors = torch.nn.functional.normalize(torch.randn(3, 128), dim=-1)
+    info = DistilledInfo(
+        "compact_cnn", CLASS_NAMES, Normalization((0.2,) * 3, (0.3,) * 3), 128, 20.0, "builtin"
+    )
+    path = tmp_path / "distilled.safetensors"
+    save_distilled(path, student, vectors, info)
+    return path
+
+
+def test_cloud_device_rows_report_uploads_and_bytes(
+    tiny_benchmark, tiny_distilled, shipped_random_teacher, tmp_path
+):
+    args = bench_args(tiny_benchmark, tiny_distilled, tmp_path / "run", "source,uvpa,cloud_teacher")
+    assert main([*args, "--budget", "0.25", "--delay", "2"]) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    rows = {r["method"]: r for r in results["results"]}
+    assert 0 < rows["uvpa"]["costs"]["upload_fraction"] <= 0.25
+    assert rows["cloud_teacher"]["costs"]["upload_fraction"] == 1.0
+    assert rows["source"]["costs"]["bytes_up_per_1000"] == 0
+    assert results["config"]["delay"] == 2
+    assert "| uvpa |" in (tmp_path / "run" / "results.md").read_text()
+
+
+def test_cloud_device_rows_need_a_distilled_student(tiny_benchmark, tiny_student, tmp_path):
+    result = cli(*bench_args(tiny_benchmark, tiny_student, tmp_path / "run", "source,uvpa"))
+    assert result.returncode == 2
+    assert "needs a distilled student" in result.stderr
+
+
 def test_bench_random_orders_report_spread(tiny_benchmark, tiny_student, tmp_path):
     args = bench_args(tiny_benchmark, tiny_student, tmp_path / "run", methods="source") + [
         "--stream",
@@ -55,7 +97,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
         (["--data", "/nonexistent/fmnist-c"], "does not exist"),
         (["--methods", "source,tnet"], "unknown method 'tnet'. Did you mean 'tent'?"),
         (["--corruptions", "gausian_noise"], "unknown corruption 'gausian_noise'"),
-        (["--student", "/nonexistent/s.safetensors"], "cdca train student"),
+        (["--student", "/nonexistent/s.safetensors"], "cdca cloud distill"),
     ],
 )
 def test_bad_input_gives_one_clear_line_and_no_traceback(

@@ -1,0 +1,152 @@
+"""One device's adaptation state in the cloud: its upload buffer, prompt bank and VPLU learner.
+
+This is what the gRPC server, the Flower app and the simulations call for every batch of
+uploads a device sends (Gan et al., U-VPA, CVPR 2023, https://arxiv.org/abs/2212.00972).
+No transport code: callers hand in tensors and get back the prompt to ship, if any.
+
+Per batch: a reported shift folds the ending environment into the shared prompt and empties
+the buffer (PROTOTYPE_FINDINGS lesson 7: a stale buffer mixes shifts); the teacher labels
+the new uploads once; VPLU refits the current environment's prompt on the whole buffer,
+replaying the device's average batch statistics; a prompt that passes the safety valve is
+returned for delivery.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from cloud.adaptation.prompt_bank import Prompt, PromptBank
+from cloud.adaptation.vplu import VPLU, Uploads
+from protocol.errors import ConfigError, DataError
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """Buffer and schedule of one device's cloud session."""
+
+    buffer_size: int = 192  # most recent uploads of the current environment kept
+    min_uploads: int = 8  # no update before the buffer holds this many
+    restart_on_shift: bool = True  # DSP restarts when the device reports a new environment
+
+    def __post_init__(self) -> None:
+        if self.buffer_size < self.min_uploads or self.min_uploads < 2:
+            raise ConfigError("need buffer_size >= min_uploads >= 2")
+
+
+@dataclass(frozen=True)
+class UploadBatch:
+    """What one device batch sends up.
+
+    Attributes:
+        pixels: (n, 3, H, W) selected frames in [0, 1] (n may be 0).
+        uncertainty: (n,) the device's scores for them, in [0, 1].
+        batch_stats: (2, K) the normalisation statistics the device used for that batch.
+        shift: the device's shift detector fired on this batch.
+    """
+
+    pixels: torch.Tensor
+    uncertainty: torch.Tensor
+    batch_stats: torch.Tensor
+    shift: bool = False
+
+
+@dataclass(frozen=True)
+class _Sample:
+    x: torch.Tensor
+    teacher_logits: torch.Tensor
+    uncertainty: float
+    batch_stats: torch.Tensor
+
+
+class AdaptationSession:
+    """Cloud-side U-VPA for one device.
+
+    Args:
+        vplu: the learner over the cloud's copy of this device's model.
+        teacher: [0, 1] pixels -> teacher logits over the device's classes.
+        normalize: [0, 1] pixels -> the device model's input.
+        bank: the device's prompts (shared and environment-specific).
+        config: buffer and schedule.
+    """
+
+    def __init__(
+        self,
+        vplu: VPLU,
+        teacher: Callable[[torch.Tensor], torch.Tensor],
+        normalize: Callable[[torch.Tensor], torch.Tensor],
+        bank: PromptBank | None = None,
+        config: SessionConfig | None = None,
+    ) -> None:
+        self.vplu, self.teacher, self.normalize = vplu, teacher, normalize
+        self.bank = bank or PromptBank(vplu.neutral_prompt())
+        self.config = config or SessionConfig()
+        self.buffer: deque[_Sample] = deque(maxlen=self.config.buffer_size)
+        self.uploads = self.updates = self.shipped = self.shifts = 0
+        self.seconds = 0.0
+
+    def ingest(self, batch: UploadBatch) -> Prompt | None:
+        """Take one batch of uploads; return the prompt the device should switch to, if any."""
+        start = time.perf_counter()
+        try:
+            return self._ingest(batch)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def _ingest(self, batch: UploadBatch) -> Prompt | None:
+        _check(batch, self.vplu.running_stats.shape)
+        changed = False
+        if batch.shift and self.config.restart_on_shift:
+            self.bank.new_environment()
+            self.buffer.clear()
+            self.shifts += 1
+            changed = True  # the device should drop the old environment's prompt now
+        if len(batch.pixels):
+            self._store(batch)
+        if len(self.buffer) >= self.config.min_uploads and len(batch.pixels):
+            changed = self._update() or changed
+        return self.bank.current() if changed else None
+
+    @torch.no_grad()
+    def _store(self, batch: UploadBatch) -> None:
+        x = self.normalize(batch.pixels)
+        teacher_logits = self.teacher(batch.pixels).float()
+        stats = batch.batch_stats.detach().float()
+        for i in range(len(x)):
+            self.buffer.append(_Sample(x[i], teacher_logits[i], float(batch.uncertainty[i]), stats))
+        self.uploads += len(x)
+
+    def _update(self) -> bool:
+        samples = list(self.buffer)
+        uploads = Uploads(
+            x=torch.stack([s.x for s in samples]),
+            batch_stats=torch.stack([s.batch_stats for s in samples]).mean(dim=0),
+            uncertainty=torch.tensor([s.uncertainty for s in samples]),
+            teacher_logits=torch.stack([s.teacher_logits for s in samples]),
+        )
+        result = self.vplu.update(uploads, self.bank.current())
+        self.updates += 1
+        if result.shipped:
+            self.bank.accept(result.prompt)
+            self.shipped += 1
+        return result.shipped
+
+
+def _check(batch: UploadBatch, stats_shape: torch.Size) -> None:
+    """Reject malformed uploads before they touch the buffer (a bad batch must cost nothing)."""
+    n = len(batch.pixels)
+    if batch.pixels.ndim != 4 or batch.pixels.shape[1] != 3:
+        raise DataError(f"uploads must be (n, 3, H, W) pixels, got {tuple(batch.pixels.shape)}")
+    if batch.uncertainty.shape != (n,):
+        raise DataError(f"expected {n} uncertainty scores, got {tuple(batch.uncertainty.shape)}")
+    if batch.batch_stats.shape != stats_shape:
+        raise DataError(
+            f"batch_stats must be {tuple(stats_shape)}, got {tuple(batch.batch_stats.shape)}"
+        )
+    for name, tensor in (("pixels", batch.pixels), ("batch_stats", batch.batch_stats)):
+        if not torch.isfinite(tensor).all():
+            raise DataError(f"uploaded {name} contain NaN or Inf")

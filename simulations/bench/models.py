@@ -1,0 +1,63 @@
+"""Load what a benchmark runs on: the device student and, for a distilled one, its cloud world."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cloud.weights_io import read_metadata
+from simulations.cloud_device import CloudDeviceWorld
+from simulations.peers import PixelModel
+
+
+class ClassVectorHead(nn.Module):
+    """A distilled student with its class vectors bound in: images -> logits, like any student."""
+
+    def __init__(self, student: nn.Module, class_vectors: torch.Tensor) -> None:
+        super().__init__()
+        self.student = student
+        self.class_vectors: torch.Tensor
+        self.register_buffer("class_vectors", class_vectors.detach().float().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, 3, H, W) normalised -> (batch, classes) logits."""
+        out: torch.Tensor = self.student(x, self.class_vectors)
+        return out
+
+
+@dataclass(frozen=True)
+class BenchModels:
+    """The student as peers see it, the cloud world (distilled students only), a description."""
+
+    model: PixelModel
+    world: CloudDeviceWorld | None
+    description: dict[str, object]
+
+
+def load_bench_models(student_path: Path, teacher: str = "builtin") -> BenchModels:
+    """A label-trained student (peers only) or a distilled one (peers and cloud-device rows)."""
+    meta = read_metadata(
+        student_path,
+        kind="student checkpoint",
+        make_it="cdca cloud distill (or `cdca train student` for a label-trained one)",
+    )
+    if "embed_dim" not in meta:  # label-trained: no joint space, no teacher to learn from
+        from cloud.students.checkpoint import load_student
+
+        student, info = load_student(student_path)
+        return BenchModels(PixelModel(student, info.normalization), None,
+                           {"student": str(student_path), "arch": info.arch, "kind": "label-trained"})  # fmt: skip
+    from cloud.distill.checkpoint import load_distilled
+    from cloud.export.device_model import DeviceModel
+    from cloud.teacher.factory import create_teacher
+
+    distilled, vectors, dinfo = load_distilled(student_path)
+    model = PixelModel(ClassVectorHead(distilled, vectors), dinfo.normalization)
+    cloud_teacher = create_teacher(teacher)
+    world = CloudDeviceWorld(DeviceModel(distilled), vectors, dinfo.normalization,
+                             lambda pixels: cloud_teacher.logits(pixels, vectors))  # fmt: skip
+    return BenchModels(model, world, {"student": str(student_path), "arch": dinfo.arch,
+                                      "kind": "distilled", "teacher": teacher})  # fmt: skip

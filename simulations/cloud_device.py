@@ -1,0 +1,177 @@
+"""U-VPA in one process: a device (the exported graph, forward only) and its cloud session.
+
+Gan et al., "Cloud-Device Collaborative Adaptation to Continual Changing Environments in
+the Real-world" (U-VPA), CVPR 2023 (https://arxiv.org/abs/2212.00972). The device runs
+``DeviceModel``, the exact graph ``cdca cloud export`` writes to ONNX (the export's parity
+check bounds the difference), with its own batch statistics (forward only, no training)
+and the latest prompt the cloud delivered. ``device.sampling`` picks the uploads;
+``cloud.adaptation.session`` learns the next prompt. A prompt learned from batch t reaches
+the device at batch t + ``delay``. The same pieces run over gRPC and Flower in later
+layers; only the transport changes.
+
+Bytes are counted as the wire would carry them: uint8 frames plus a float32 score and an
+8-byte frame id per upload, the (2, K) float32 batch statistics once per batch that
+uploads, and float32 prompt parts on the way down.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from cloud.adaptation.prompt_bank import BankConfig, Prompt, PromptBank
+from cloud.adaptation.session import AdaptationSession, SessionConfig, UploadBatch
+from cloud.adaptation.vplu import VPLU, VPLUConfig
+from cloud.export.device_model import DeviceModel
+from cloud.students.preprocess import Normalization
+from device.sampling import SamplingConfig, UncertaintySampler
+
+UPLOAD_OVERHEAD_BYTES = 4 + 8  # float32 score + int64 frame id per uploaded frame
+MESSAGE_OVERHEAD_BYTES = 16  # per message (device id, batch id, shift flag)
+
+
+@dataclass(frozen=True)
+class CloudDeviceWorld:
+    """What every cloud-device method shares: the device graph, class vectors and the teacher.
+
+    ``teacher`` maps [0, 1] pixels to the teacher's logits over the device's classes.
+    """
+
+    device_model: DeviceModel
+    class_vectors: torch.Tensor
+    normalization: Normalization
+    teacher: Callable[[torch.Tensor], torch.Tensor]
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[0, 1] pixels -> the device model's input."""
+        mean = pixels.new_tensor(self.normalization.mean).view(1, 3, 1, 1)
+        std = pixels.new_tensor(self.normalization.std).view(1, 3, 1, 1)
+        return (pixels - mean) / std
+
+    @torch.no_grad()
+    def teacher_logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits over the device's classes."""
+        return self.teacher(pixels).float().cpu()
+
+
+@dataclass(frozen=True)
+class UVPAConfig:
+    """Every knob of one cloud-device method."""
+
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    vplu: VPLUConfig = field(default_factory=VPLUConfig)
+    session: SessionConfig = field(default_factory=SessionConfig)
+    bank: BankConfig = field(default_factory=BankConfig)
+    delay: int = 1  # batches between learning a prompt and the device using it
+    stat_mix: float = 1.0  # device normalises with its own batch statistics
+
+
+class Traffic:
+    """Bytes and frames counted on the way up and down."""
+
+    def __init__(self) -> None:
+        self.frames = self.uploaded = self.bytes_up = self.bytes_down = 0
+
+    def costs(self, cloud_seconds: float) -> dict[str, float]:
+        """Per-1,000-frame traffic, upload share and cloud compute per uploaded frame."""
+        per_k = 1000 / max(1, self.frames)
+        return {
+            "upload_fraction": self.uploaded / max(1, self.frames),
+            "bytes_up_per_1000": self.bytes_up * per_k,
+            "bytes_down_per_1000": self.bytes_down * per_k,
+            "cloud_ms_per_upload": 1000 * cloud_seconds / max(1, self.uploaded),
+        }
+
+
+class UVPAMethod:
+    """The device and its cloud session, stepped one batch at a time (predict, then adapt)."""
+
+    uses_backprop = False  # on the device: backprop happens only in the cloud
+
+    def __init__(self, name: str, world: CloudDeviceWorld, config: UVPAConfig) -> None:
+        self.name, self.world, self.config = name, world, config
+        vplu = VPLU(world.device_model, world.class_vectors, config.vplu)
+        self.session = AdaptationSession(
+            vplu, world.teacher_logits, world.normalize,
+            PromptBank(vplu.neutral_prompt(), config.bank), config.session,
+        )  # fmt: skip
+        first_norm = world.device_model.norm_layers[0].channels
+        self.sampler = UncertaintySampler(config.sampling, signature_channels=first_norm)
+        self.inputs = world.device_model.neutral_inputs(world.class_vectors)
+        self.inputs["stat_mix"] = torch.full((1,), float(config.stat_mix))
+        self.in_flight: deque[tuple[int, Prompt]] = deque()
+        self.batch_index = 0
+        self.traffic = Traffic()
+
+    @torch.no_grad()
+    def step(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Predict with the prompt in force, upload the chosen frames, let the cloud learn."""
+        self._receive_due_prompts()
+        self.traffic.frames += len(pixels)
+        logits, _, stats = self.world.device_model(
+            **{**self.inputs, "x": self.world.normalize(pixels)}
+        )
+        decision = self.sampler.decide(logits.numpy(), stats.numpy())
+        chosen = torch.from_numpy(decision.indices)
+        upload = UploadBatch(
+            pixels[chosen], torch.from_numpy(decision.scores), stats, decision.shift
+        )
+        self._count_up(upload)
+        with torch.enable_grad():
+            new_prompt = self.session.ingest(upload)
+        if new_prompt is not None:  # only the parts the cloud learns ever change
+            new_prompt = {k: new_prompt[k] for k in self.config.vplu.parts}
+            self.in_flight.append((self.batch_index + self.config.delay, new_prompt))
+            self.traffic.bytes_down += MESSAGE_OVERHEAD_BYTES + sum(
+                int(v.numel()) * 4 for v in new_prompt.values()
+            )
+        self.batch_index += 1
+        return logits
+
+    def costs(self) -> dict[str, float]:
+        """Traffic and cloud compute so far."""
+        return {**self.traffic.costs(self.session.seconds), "shifts_reported": self.session.shifts,
+                "prompts_shipped": self.session.shipped}  # fmt: skip
+
+    def _receive_due_prompts(self) -> None:
+        while self.in_flight and self.in_flight[0][0] <= self.batch_index:
+            self.inputs.update(self.in_flight.popleft()[1])
+
+    def _count_up(self, upload: UploadBatch) -> None:
+        n = len(upload.pixels)
+        self.traffic.uploaded += n
+        self.traffic.bytes_up += MESSAGE_OVERHEAD_BYTES
+        if n:
+            self.traffic.bytes_up += n * (
+                int(np.prod(upload.pixels.shape[1:])) + UPLOAD_OVERHEAD_BYTES
+            )
+            self.traffic.bytes_up += int(upload.batch_stats.numel()) * 4
+
+
+class CloudTeacherMethod:
+    """The bandwidth-hungry reference: every frame goes up, the teacher's answer comes down."""
+
+    uses_backprop = False
+
+    def __init__(self, name: str, world: CloudDeviceWorld) -> None:
+        self.name, self.world = name, world
+        self.traffic = Traffic()
+
+    def step(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Send the batch, get the teacher's logits back (float32 per class per frame)."""
+        logits = self.world.teacher_logits(pixels)
+        self.traffic.frames += len(pixels)
+        self.traffic.uploaded += len(pixels)
+        self.traffic.bytes_up += MESSAGE_OVERHEAD_BYTES + len(pixels) * (
+            int(np.prod(pixels.shape[1:])) + UPLOAD_OVERHEAD_BYTES
+        )
+        self.traffic.bytes_down += MESSAGE_OVERHEAD_BYTES + int(logits.numel()) * 4
+        return logits
+
+    def costs(self) -> dict[str, float]:
+        """Traffic so far; the cloud's compute is the teacher's forward pass per frame."""
+        return self.traffic.costs(0.0)

@@ -1,0 +1,107 @@
+"""Every method the benchmark can run, by name: on-device peers and cloud-device (U-VPA) rows.
+
+The U-VPA ablations each change one thing against ``uvpa`` so the table shows what each
+part contributes: how uploads are chosen, whether uncertainty guides the update, where the
+prompt lives, whether environments restart, and the upload-everything reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Protocol
+
+import torch
+
+from cloud.adaptation.session import SessionConfig
+from cloud.adaptation.vplu import FEATURE_PARTS, PIXEL_PARTS, VPLUConfig
+from device.sampling import SamplingConfig
+from protocol.errors import ConfigError, unknown_name
+from simulations.cloud_device import CloudDeviceWorld, CloudTeacherMethod, UVPAConfig, UVPAMethod
+from simulations.peers import PEERS, PixelModel
+
+
+class OnlineMethod(Protocol):
+    """What the benchmark drives: predict-then-adapt per batch, plus what it cost."""
+
+    name: str
+    uses_backprop: bool
+
+    def step(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Predict the batch (returned logits), then adapt on it."""
+        ...
+
+    def costs(self) -> dict[str, float]:
+        """Uploads, bytes per 1,000 frames and cloud compute so far."""
+        ...
+
+
+def _uvpa_variants(base: UVPAConfig) -> dict[str, UVPAConfig]:
+    vplu, sampling, session = base.vplu, base.sampling, base.session
+    return {
+        "uvpa": base,
+        "uvpa_random": replace(base, sampling=replace(sampling, score="random")),
+        "uvpa_unguided": replace(base, vplu=replace(vplu, guided=False)),
+        "uvpa_pixel": replace(base, vplu=replace(vplu, parts=PIXEL_PARTS)),
+        "uvpa_feature": replace(base, vplu=replace(vplu, parts=FEATURE_PARTS)),
+        "uvpa_no_restart": replace(
+            base,
+            session=replace(session, restart_on_shift=False),
+            sampling=replace(sampling, detect_shifts=False),
+        ),  # fmt: skip
+    }
+
+
+CLOUD_DEVICE_METHODS = (*_uvpa_variants(UVPAConfig()), "cloud_teacher")
+
+
+def list_methods() -> list[str]:
+    """Every name, peers first, in table order."""
+    return [*PEERS, *CLOUD_DEVICE_METHODS]
+
+
+class MethodFactory:
+    """Builds fresh methods by name around the same source model (and cloud, when there is one).
+
+    Args:
+        model: the device student taking [0, 1] pixels, for the on-device peers.
+        world: device graph, teacher and class vectors; None when the student has no
+            teacher (a label-trained student), which rules out the cloud-device rows.
+        delay: batches between the cloud learning a prompt and the device using it.
+        budget: share of frames a device may upload.
+    """
+
+    def __init__(
+        self, model: PixelModel, world: CloudDeviceWorld | None, delay: int = 1, budget: float = 0.1
+    ) -> None:
+        if delay < 1:
+            raise ConfigError(
+                f"--delay must be >= 1 batch (the earliest a prompt can arrive), got {delay}"
+            )
+        self.model, self.world = model, world
+        base = UVPAConfig(sampling=SamplingConfig(budget=budget), vplu=VPLUConfig(),
+                          session=SessionConfig(), delay=delay)  # fmt: skip
+        self.variants = _uvpa_variants(base)
+
+    def check(self, name: str) -> None:
+        """Fail before any work when ``name`` cannot be built."""
+        if name not in PEERS and name not in CLOUD_DEVICE_METHODS:
+            raise unknown_name("method", name, list_methods())
+        if name in CLOUD_DEVICE_METHODS and self.world is None:
+            raise ConfigError(
+                f"method {name!r} needs a distilled student and its teacher; pass --student "
+                "with a checkpoint from `cdca cloud distill` (the default student is one)"
+            )
+
+    def create(self, name: str) -> OnlineMethod:
+        """A fresh method; peers copy the model, cloud-device methods share the frozen graph."""
+        self.check(name)
+        if name in PEERS:
+            return PEERS[name](self.model)
+        assert self.world is not None
+        if name == "cloud_teacher":
+            return CloudTeacherMethod(name, self.world)
+        return UVPAMethod(name, self.world, self.variants[name])
+
+
+MethodMaker = Callable[[str], OnlineMethod]

@@ -1,0 +1,74 @@
+import pytest
+import torch
+
+from cloud.adaptation.session import AdaptationSession, SessionConfig, UploadBatch
+from cloud.adaptation.vplu import VPLU, VPLUConfig
+from cloud.export.device_model import DeviceModel
+from protocol.errors import ConfigError, DataError
+
+
+@pytest.fixture
+def session(distilled):
+    student, vectors, _ = distilled
+    model = DeviceModel(student)
+    vplu = VPLU(model, vectors, VPLUConfig(steps=2))
+
+    def teacher(pixels):  # a confident teacher: the student itself on un-shifted inputs
+        inputs = model.neutral_inputs(vectors, batch=len(pixels))
+        return 3 * model(**{**inputs, "x": pixels * 2 - 1})[0]
+
+    return AdaptationSession(vplu, teacher, lambda p: p * 2 - 1, config=SessionConfig(8, 4))
+
+
+def batch(session, n, shift=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    stats = session.vplu.running_stats.clone()
+    return UploadBatch(
+        torch.rand(n, 3, 32, 32, generator=g), torch.rand(n, generator=g), stats, shift
+    )
+
+
+def test_no_update_until_the_buffer_is_big_enough_then_prompts_come_back(session):
+    assert session.ingest(batch(session, 2)) is None
+    assert session.updates == 0
+    prompt = None
+    for seed in range(1, 4):
+        prompt = session.ingest(batch(session, 3, seed=seed)) or prompt
+    assert session.updates >= 1
+    assert session.uploads == 11
+    assert len(session.buffer) == 8  # capped: only the most recent uploads stay
+    if session.shipped:
+        assert prompt is not None
+        assert set(prompt) == set(session.vplu.neutral_prompt())
+
+
+def test_a_reported_shift_restarts_the_environment_and_ships_the_shared_prompt(session):
+    for seed in range(3):
+        session.ingest(batch(session, 3, seed=seed))
+    prompt = session.ingest(batch(session, 0, shift=True))
+    assert prompt is not None
+    assert session.shifts == 1
+    assert len(session.buffer) == 0
+    assert session.bank.environments == 2
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda b: UploadBatch(b.pixels[:, :1], b.uncertainty, b.batch_stats), "(n, 3, H, W)"),
+        (lambda b: UploadBatch(b.pixels, b.uncertainty[:1], b.batch_stats), "uncertainty"),
+        (lambda b: UploadBatch(b.pixels, b.uncertainty, b.batch_stats[:, :5]), "batch_stats must"),
+        (lambda b: UploadBatch(b.pixels * float("nan"), b.uncertainty, b.batch_stats), "NaN"),
+    ],
+)
+def test_malformed_uploads_are_refused_and_cost_nothing(session, change, message):
+    session.ingest(batch(session, 2))
+    with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        session.ingest(change(batch(session, 3, seed=5)))
+    assert len(session.buffer) == 2
+    assert session.uploads == 2
+
+
+def test_session_config_is_checked():
+    with pytest.raises(ConfigError):
+        SessionConfig(buffer_size=4, min_uploads=8)

@@ -1,0 +1,85 @@
+import pytest
+import torch
+
+from cloud.adaptation.session import SessionConfig
+from cloud.adaptation.vplu import VPLUConfig
+from cloud.export.device_model import DeviceModel
+from device.sampling import SamplingConfig
+from protocol.errors import ConfigError
+from simulations.cloud_device import CloudDeviceWorld, CloudTeacherMethod, UVPAConfig, UVPAMethod
+from simulations.methods import MethodFactory, list_methods
+from simulations.peers import PixelModel
+
+
+@pytest.fixture
+def world(distilled):
+    student, vectors, info = distilled
+    model = DeviceModel(student)
+
+    def teacher(pixels):  # confident and fixed: the student on the un-normalised pixels
+        inputs = model.neutral_inputs(vectors, batch=len(pixels))
+        return 5 * model(**{**inputs, "x": pixels})[0]
+
+    return CloudDeviceWorld(model, vectors, info.normalization, teacher)
+
+
+def batches(count, n=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(n, 3, 32, 32, generator=g) for _ in range(count)]
+
+
+def config(delay=1):
+    return UVPAConfig(
+        sampling=SamplingConfig(budget=0.25), vplu=VPLUConfig(steps=2),
+        session=SessionConfig(buffer_size=32, min_uploads=4), delay=delay,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("delay", [1, 3])
+def test_a_prompt_learned_from_batch_t_is_used_from_batch_t_plus_delay(world, delay):
+    method = UVPAMethod("uvpa", world, config(delay))
+    arrivals = []
+    for t, pixels in enumerate(batches(8)):
+        before = {k: v.clone() for k, v in method.inputs.items()}
+        method.step(pixels)
+        due = [when for when, _ in method.in_flight]
+        arrivals += [(t, when) for when in due if when == t + delay]
+        changed = any(not torch.equal(before[k], method.inputs[k]) for k in before if k != "x")
+        assert not changed or t >= delay  # nothing can arrive before the first delay passed
+    assert method.session.updates > 0
+    assert all(when - learned == delay for learned, when in arrivals)
+
+
+def test_costs_count_uploads_within_budget_and_both_directions(world):
+    method = UVPAMethod("uvpa", world, config())
+    for pixels in batches(6):
+        logits = method.step(pixels)
+        assert logits.shape == (32, len(world.class_vectors))
+    costs = method.costs()
+    assert 0 < costs["upload_fraction"] <= 0.25
+    per_frame_up = 3 * 32 * 32  # uint8 frames dominate the uplink
+    assert costs["bytes_up_per_1000"] >= costs["upload_fraction"] * 1000 * per_frame_up
+    assert costs["bytes_down_per_1000"] > 0 or method.session.shipped == 0
+
+
+def test_cloud_teacher_uploads_every_frame(world):
+    method = CloudTeacherMethod("cloud_teacher", world)
+    for pixels in batches(2):
+        method.step(pixels)
+    costs = method.costs()
+    assert costs["upload_fraction"] == 1.0
+    assert costs["bytes_up_per_1000"] > 1000 * 3 * 32 * 32
+
+
+def test_factory_builds_every_method_and_refuses_cloud_rows_without_a_teacher(world, distilled):
+    from simulations.bench.models import ClassVectorHead
+
+    student, vectors, info = distilled
+    model = PixelModel(ClassVectorHead(student, vectors), info.normalization)
+    factory = MethodFactory(model, world)
+    for name in list_methods():
+        assert factory.create(name).step(batches(1)[0]).shape == (32, len(vectors))
+    with pytest.raises(ConfigError, match="distilled student"):
+        MethodFactory(model, None).check("uvpa")
+    with pytest.raises(ConfigError, match="delay"):
+        MethodFactory(model, world, delay=0)
