@@ -1,8 +1,10 @@
 """Every method the benchmark can run, by name: on-device peers and cloud-device (U-VPA) rows.
 
 The U-VPA ablations each change one thing against ``uvpa`` so the table shows what each
-part contributes: how uploads are chosen, whether uncertainty guides the update, where the
-prompt lives, whether environments restart, and the upload-everything reference.
+part contributes: how uploads are chosen (``random``), whether uncertainty guides the
+update (``unguided``), what the device is taught to match (``teacher_target``), where the
+prompt lives (``pixel``, ``all_parts``), how environments hand over (``homeostasis``,
+``no_restart``), and the upload-everything reference (``cloud_teacher``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Protocol
 
 import torch
 
+from cloud.adaptation.prompt_bank import BankConfig
 from cloud.adaptation.session import SessionConfig
 from cloud.adaptation.vplu import FEATURE_PARTS, PIXEL_PARTS, VPLUConfig
 from device.sampling import SamplingConfig
@@ -39,11 +42,13 @@ class OnlineMethod(Protocol):
 def _uvpa_variants(base: UVPAConfig) -> dict[str, UVPAConfig]:
     vplu, sampling, session = base.vplu, base.sampling, base.session
     return {
-        "uvpa": base,
+        "uvpa": base,  # feature-space prompt (BatchNorm scale/shift), ensemble target
         "uvpa_random": replace(base, sampling=replace(sampling, score="random")),
         "uvpa_unguided": replace(base, vplu=replace(vplu, guided=False)),
+        "uvpa_teacher_target": replace(base, vplu=replace(vplu, target="teacher")),
         "uvpa_pixel": replace(base, vplu=replace(vplu, parts=PIXEL_PARTS)),
-        "uvpa_feature": replace(base, vplu=replace(vplu, parts=FEATURE_PARTS)),
+        "uvpa_all_parts": replace(base, vplu=replace(vplu, parts=PIXEL_PARTS + FEATURE_PARTS)),
+        "uvpa_homeostasis": replace(base, bank=BankConfig(shared_rate=0.5, sensitive_quantile=0.8)),
         "uvpa_no_restart": replace(
             base,
             session=replace(session, restart_on_shift=False),

@@ -25,10 +25,15 @@ Prompt = dict[str, torch.Tensor]
 
 @dataclass(frozen=True)
 class BankConfig:
-    """How environments hand knowledge to the shared prompt."""
+    """How environments hand knowledge to the shared prompt.
 
-    shared_rate: float = 0.5  # share of the ending environment's delta folded into the DAP
-    sensitive_quantile: float = 0.8  # entries above this |delta| quantile are held back
+    The defaults carry the whole ending environment over (the prompt keeps working while
+    the new environment's buffer fills): on Fashion-MNIST-C holding entries back did not
+    help (docs/uvpa.md). VDP-style homeostasis is ``shared_rate=0.5, sensitive_quantile=0.8``.
+    """
+
+    shared_rate: float = 1.0  # share of the ending environment's delta folded into the DAP
+    sensitive_quantile: float = 1.0  # entries above this |delta| quantile are held back
 
     def __post_init__(self) -> None:
         if not 0 <= self.shared_rate <= 1 or not 0 < self.sensitive_quantile <= 1:

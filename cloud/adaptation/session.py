@@ -30,7 +30,7 @@ class SessionConfig:
     """Buffer and schedule of one device's cloud session."""
 
     buffer_size: int = 192  # most recent uploads of the current environment kept
-    min_uploads: int = 8  # no update before the buffer holds this many
+    min_uploads: int = 24  # no update before the buffer holds this many (fits on fewer are noise)
     restart_on_shift: bool = True  # DSP restarts when the device reports a new environment
 
     def __post_init__(self) -> None:

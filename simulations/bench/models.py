@@ -42,7 +42,7 @@ def load_bench_models(student_path: Path, teacher: str = "builtin") -> BenchMode
     meta = read_metadata(
         student_path,
         kind="student checkpoint",
-        make_it="cdca cloud distill (or `cdca train student` for a label-trained one)",
+        make_it="cdca cloud distill",
     )
     if "embed_dim" not in meta:  # label-trained: no joint space, no teacher to learn from
         from cloud.students.checkpoint import load_student
