@@ -77,3 +77,68 @@ def decode_prompt(
             shape=expected_shapes[name], max_bytes=max_bytes, finite=True,
         )  # fmt: skip
     return DecodedPrompt(message.version, message.scope, message.environment_id, parts)
+
+
+@dataclass(frozen=True)
+class DecodedUpload:
+    """One upload chunk that passed every check."""
+
+    device_id: str
+    batch_id: int
+    images: np.ndarray  # (n, H, W, 3) uint8
+    uncertainty: np.ndarray  # (n,) float32 in [0, 1]
+    frame_ids: np.ndarray  # (n,) int64
+    predicted: np.ndarray  # (n,) int64
+    batch_stats: np.ndarray | None  # (2, K) float32, on the batch's first chunk
+    shift: bool
+    frames_seen: int
+
+
+def upload_chunks(
+    device_id: str, batch_id: int, images: np.ndarray, uncertainty: np.ndarray,
+    frame_ids: np.ndarray, predicted: np.ndarray, batch_stats: np.ndarray, *,
+    shift: bool, frames_seen: int, max_chunk_bytes: int = 1024 * 1024,
+) -> list[cdca_pb2.UploadChunk]:  # fmt: skip
+    """Split one batch's uploads into chunks under ``max_chunk_bytes`` (the first carries the stats)."""
+    per_chunk = max(1, max_chunk_bytes // max(1, images[0].nbytes if len(images) else 1))
+    chunks = []
+    for first in range(0, max(1, len(images)), per_chunk):
+        samples = [
+            cdca_pb2.Sample(image=encode(images[i]), uncertainty=float(uncertainty[i]),
+                            frame_id=int(frame_ids[i]), predicted_class=int(predicted[i]))
+            for i in range(first, min(first + per_chunk, len(images)))
+        ]  # fmt: skip
+        chunk = cdca_pb2.UploadChunk(device_id=device_id, batch_id=batch_id, samples=samples,
+                                     shift=shift, frames_seen=frames_seen)  # fmt: skip
+        if first == 0:
+            chunk.batch_stats.CopyFrom(encode(np.asarray(batch_stats, np.float32)))
+        chunks.append(chunk)
+    return chunks
+
+
+def decode_upload(
+    chunk: cdca_pb2.UploadChunk,
+    image_shape: tuple[int, int, int],
+    stats_shape: tuple[int, int],
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> DecodedUpload:
+    """Check every sample against the device model's image size, and the statistics if present."""
+    n = len(chunk.samples)
+    images = np.zeros((n, *image_shape), np.uint8)
+    uncertainty = np.zeros(n, np.float32)
+    for i, sample in enumerate(chunk.samples):
+        images[i] = decode(sample.image, name=f"sample {i} image", dtype="uint8",
+                           shape=image_shape, max_bytes=max_bytes)  # fmt: skip
+        uncertainty[i] = sample.uncertainty
+    if not np.all(np.isfinite(uncertainty) & (uncertainty >= 0) & (uncertainty <= 1)):
+        raise ProtocolError("uncertainty scores must be finite and in [0, 1]")
+    stats = None
+    if chunk.HasField("batch_stats"):
+        stats = decode(chunk.batch_stats, name="batch_stats", dtype="float32",
+                       shape=stats_shape, max_bytes=max_bytes, finite=True)  # fmt: skip
+    return DecodedUpload(
+        device_id=chunk.device_id, batch_id=chunk.batch_id, images=images, uncertainty=uncertainty,
+        frame_ids=np.array([s.frame_id for s in chunk.samples], np.int64),
+        predicted=np.array([s.predicted_class for s in chunk.samples], np.int64),
+        batch_stats=stats, shift=chunk.shift, frames_seen=chunk.frames_seen,
+    )  # fmt: skip
