@@ -3,8 +3,9 @@
 The U-VPA ablations each change one thing against ``uvpa`` so the table shows what each
 part contributes: how uploads are chosen (``random``), whether uncertainty guides the
 update (``unguided``), what the device is taught to match (``teacher_target``), where the
-prompt lives (``pixel``, ``all_parts``), how environments hand over (``homeostasis``,
-``no_restart``), and the upload-everything reference (``cloud_teacher``).
+prompt lives (``pixel`` full-image, ``pixel_border``, ``pixel_patch``, ``all_parts``), how
+environments hand over (``homeostasis``, ``no_restart``), and the upload-everything
+reference (``cloud_teacher``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,12 @@ def _uvpa_variants(base: UVPAConfig) -> dict[str, UVPAConfig]:
         "uvpa_unguided": replace(base, vplu=replace(vplu, guided=False)),
         "uvpa_teacher_target": replace(base, vplu=replace(vplu, target="teacher")),
         "uvpa_pixel": replace(base, vplu=replace(vplu, parts=PIXEL_PARTS)),
+        "uvpa_pixel_border": replace(
+            base, vplu=replace(vplu, parts=PIXEL_PARTS, pixel_prompt="border:4")
+        ),
+        "uvpa_pixel_patch": replace(
+            base, vplu=replace(vplu, parts=PIXEL_PARTS, pixel_prompt="patch:8")
+        ),
         "uvpa_all_parts": replace(base, vplu=replace(vplu, parts=PIXEL_PARTS + FEATURE_PARTS)),
         "uvpa_homeostasis": replace(base, bank=BankConfig(shared_rate=0.5, sensitive_quantile=0.8)),
         "uvpa_no_restart": replace(

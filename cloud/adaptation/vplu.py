@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from cloud.adaptation.pixel_prompts import prompt_mask
 from cloud.export.device_model import AdaptiveBatchNorm, DeviceModel
 from protocol.errors import ConfigError
 
@@ -52,6 +53,7 @@ class VPLUConfig:
     guided: bool = True  # uncertainty sets the EMA momentum; False = fixed ema_base
     target: str = "ensemble"  # teacher and device view weighted by confidence, or "teacher"
     ship_ties: bool = True  # ship when held-out agreement stays equal (False: must improve)
+    pixel_prompt: str = "full"  # where the pixel prompt may be non-zero: full, border:W, patch:S
 
     def __post_init__(self) -> None:
         unknown = set(self.parts) - set(PARTS)
@@ -59,6 +61,7 @@ class VPLUConfig:
             raise ConfigError(f"VPLU parts must be a non-empty subset of {PARTS}, got {self.parts}")
         if self.target not in TARGETS:
             raise ConfigError(f"VPLU target must be one of {TARGETS}, got {self.target!r}")
+        prompt_mask(self.pixel_prompt, 32)  # fail on a bad shape at configuration time
         if self.holdout_every < 2:
             raise ConfigError("holdout_every must be >= 2 (some uploads train, some are held out)")
 
@@ -105,6 +108,7 @@ class VPLU:
         running = [torch.stack([m.running_mean, m.running_var]) for m in norms]
         self.running_stats = torch.cat(running, dim=1)  # (2, K)
         self.neutral = self.neutral_prompt()
+        self.prompt_mask = prompt_mask(self.config.pixel_prompt, self.neutral["prompt"].shape[-1])
 
     def neutral_prompt(self) -> dict[str, torch.Tensor]:
         """The prompt parts of the unadapted student (zeros and the shipped class vectors)."""
@@ -201,6 +205,9 @@ class VPLU:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if "prompt" in params:  # keep the pixel prompt inside its shape (border, patch)
+                with torch.no_grad():
+                    params["prompt"].mul_(self.prompt_mask)
             losses.append(float(loss.detach()))
         return {k: v.detach() for k, v in params.items()}, losses
 

@@ -81,7 +81,15 @@ def _builtin(
     open_clip: ModuleType, checkpoint: str | Path | None, load_weights: bool
 ) -> tuple[torch.nn.Module, TeacherPreprocess]:
     open_clip.add_model_config(BUILTIN_CONFIG)
-    model = open_clip.create_model(BUILTIN_ARCH, pretrained=None)
+    # open_clip warns "initialized randomly" for every model built without a pretrained tag;
+    # here the weights come from our own checkpoint right after, so the warning would mislead.
+    quiet = logging.getLogger()  # open_clip logs through the root logger
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        model = open_clip.create_model(BUILTIN_ARCH, pretrained=None)
+    finally:
+        quiet.setLevel(level)
     if load_weights:
         path = Path(checkpoint) if checkpoint is not None else BUILTIN_CHECKPOINT
         load_teacher_weights(model, path)

@@ -88,3 +88,35 @@ def test_config_rejects_unknown_parts_and_targets():
         VPLUConfig(parts=("weights",))
     with pytest.raises(ConfigError, match="target"):
         VPLUConfig(target="oracle")
+
+
+@pytest.mark.parametrize(
+    ("shape", "ones"), [("full", 32 * 32), ("border:4", 32 * 32 - 24 * 24), ("patch:8", 64)]
+)
+def test_pixel_prompt_shapes(shape, ones):
+    from cloud.adaptation.pixel_prompts import prompt_mask
+
+    assert int(prompt_mask(shape, 32).sum()) == ones
+
+
+def test_learned_border_prompt_stays_on_the_border(distilled):
+    student, vectors, _ = distilled
+    config = VPLUConfig(
+        parts=("prompt",), steps=3, lr=5e-2, pixel_prompt="border:2", ema_base=0.0, ema_scale=0.0
+    )
+    vplu = VPLU(DeviceModel(student), vectors, config)
+    x = torch.randn(16, 3, 32, 32)
+    stats, logits = device_view(vplu, x)
+    result = vplu.update(Uploads(x, stats, torch.ones(16), -logits.detach()), vplu.neutral_prompt())
+    learned = vplu._fit(
+        x, (-logits).softmax(1).detach(), vplu.replay_stats(stats), vplu.neutral_prompt()
+    )[0]
+    assert learned["prompt"][..., 2:-2, 2:-2].abs().sum() == 0
+    assert learned["prompt"].abs().sum() > 0
+    assert result.prompt["prompt"][..., 2:-2, 2:-2].abs().sum() == 0
+
+
+@pytest.mark.parametrize("shape", ["ring:3", "border:0", "patch:99", "border:x"])
+def test_bad_pixel_prompt_shapes_are_refused(shape):
+    with pytest.raises(ConfigError, match="pixel prompt shape"):
+        VPLUConfig(pixel_prompt=shape)
