@@ -1,7 +1,7 @@
 """The device half of U-VPA: score each frame's uncertainty, pick the uploads (UGS), flag shifts.
 
 Gan et al., U-VPA, CVPR 2023 (https://arxiv.org/abs/2212.00972), Uncertainty Guided
-Sampling. Works on what the ONNX model returns (logits and embeddings), in NumPy only; it
+Sampling. Works on what the ONNX model returns (logits and batch statistics), in NumPy only; it
 must not import torch. ``score="random"`` is the ablation that spends the same budget on
 uniformly random frames.
 """

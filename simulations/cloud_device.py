@@ -48,9 +48,7 @@ class CloudDeviceWorld:
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """[0, 1] pixels -> the device model's input."""
-        mean = pixels.new_tensor(self.normalization.mean).view(1, 3, 1, 1)
-        std = pixels.new_tensor(self.normalization.std).view(1, 3, 1, 1)
-        return (pixels - mean) / std
+        return self.normalization.apply(pixels)
 
     @torch.no_grad()
     def teacher_logits(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -85,6 +83,13 @@ class Traffic:
             "bytes_down_per_1000": self.bytes_down * per_k,
             "cloud_ms_per_upload": 1000 * cloud_seconds / max(1, self.uploaded),
         }
+
+    def count_upload(self, frames: torch.Tensor, extra_bytes: int = 0) -> None:
+        """One upload message: uint8 frames with their score and id, plus ``extra_bytes``."""
+        n = len(frames)
+        self.uploaded += n
+        self.bytes_up += MESSAGE_OVERHEAD_BYTES + extra_bytes
+        self.bytes_up += n * (int(np.prod(frames.shape[1:])) + UPLOAD_OVERHEAD_BYTES)
 
 
 class UVPAMethod:
@@ -142,14 +147,9 @@ class UVPAMethod:
             self.inputs.update(self.in_flight.popleft()[1])
 
     def _count_up(self, upload: UploadBatch) -> None:
-        n = len(upload.pixels)
-        self.traffic.uploaded += n
-        self.traffic.bytes_up += MESSAGE_OVERHEAD_BYTES
-        if n:
-            self.traffic.bytes_up += n * (
-                int(np.prod(upload.pixels.shape[1:])) + UPLOAD_OVERHEAD_BYTES
-            )
-            self.traffic.bytes_up += int(upload.batch_stats.numel()) * 4
+        # the batch statistics travel only with a batch that uploads frames
+        stats_bytes = int(upload.batch_stats.numel()) * 4 if len(upload.pixels) else 0
+        self.traffic.count_upload(upload.pixels, stats_bytes)
 
 
 class CloudTeacherMethod:
@@ -165,10 +165,7 @@ class CloudTeacherMethod:
         """Send the batch, get the teacher's logits back (float32 per class per frame)."""
         logits = self.world.teacher_logits(pixels)
         self.traffic.frames += len(pixels)
-        self.traffic.uploaded += len(pixels)
-        self.traffic.bytes_up += MESSAGE_OVERHEAD_BYTES + len(pixels) * (
-            int(np.prod(pixels.shape[1:])) + UPLOAD_OVERHEAD_BYTES
-        )
+        self.traffic.count_upload(pixels)
         self.traffic.bytes_down += MESSAGE_OVERHEAD_BYTES + int(logits.numel()) * 4
         return logits
 

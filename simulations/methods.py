@@ -22,7 +22,7 @@ from cloud.adaptation.vplu import FEATURE_PARTS, PIXEL_PARTS, VPLUConfig
 from device.sampling import SamplingConfig
 from protocol.errors import ConfigError, unknown_name
 from simulations.cloud_device import CloudDeviceWorld, CloudTeacherMethod, UVPAConfig, UVPAMethod
-from simulations.peers import PEERS, PixelModel
+from simulations.peers import PEERS, PixelModel, create_method
 
 
 class OnlineMethod(Protocol):
@@ -109,7 +109,7 @@ class MethodFactory:
         """A fresh method; peers copy the model, cloud-device methods share the frozen graph."""
         self.check(name)
         if name in PEERS:
-            return PEERS[name](self.model)
+            return create_method(name, self.model)
         assert self.world is not None
         if name == "cloud_teacher":
             return CloudTeacherMethod(name, self.world)

@@ -25,10 +25,13 @@ class Normalization:
 
     def to_tensor(self, images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
         """(N, H, W, 3) uint8 -> (N, 3, H, W) float32, normalised."""
-        x = pixels_from_uint8(images, device)
-        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
-        return (x - mean) / std
+        return self.apply(pixels_from_uint8(images, device))
+
+    def apply(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) float pixels in [0, 1] -> normalised, on the same device."""
+        mean = pixels.new_tensor(self.mean).view(1, 3, 1, 1)
+        std = pixels.new_tensor(self.std).view(1, 3, 1, 1)
+        return (pixels - mean) / std
 
 
 def pixels_from_uint8(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
