@@ -1,4 +1,4 @@
-"""``cdca cloud``: the cloud's own jobs: CoOp prompt learning and distillation (export and serving next)."""
+"""``cdca cloud``: the cloud's jobs: CoOp prompt learning, distillation, export and the server."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 from cloud.distill import command as distill_command
 from cloud.export import command as export_command
+from cloud.server import command as server_command
 
 
 def main(argv: Sequence[str], prog: str = "cdca cloud") -> int:
@@ -61,6 +62,7 @@ def main(argv: Sequence[str], prog: str = "cdca cloud") -> int:
     learn.set_defaults(handler=_learn_prompts)
     distill_command.add_parser(sub)
     export_command.add_parser(sub)
+    server_command.add_parsers(sub)
     args = parser.parse_args(argv)
     args.command_line = " ".join([prog, *(shlex.quote(a) for a in argv)])  # stored in checkpoints
     return int(args.handler(args))

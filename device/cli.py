@@ -20,11 +20,13 @@ def main(argv: Sequence[str], prog: str = "cdca device") -> int:
         "doctor", help="check this machine can run a cdca device: runtime, providers, no torch"
     )
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    from device.run_command import add_parser
+
+    add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "doctor":
         return _doctor(as_json=args.json)
-    parser.error(f"unknown command {args.command!r}")
-    return 2
+    return int(args.handler(args))
 
 
 def environment_report() -> dict[str, object]:

@@ -14,24 +14,15 @@ old file or the new one, never half of one. NumPy and the standard library only.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from protocol.errors import ConfigError
+from protocol.files import atomic_write
 
 _SUFFIX = ".chunk"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
 
 
 class UploadQueue:
@@ -64,7 +55,7 @@ class UploadQueue:
                 f"a {len(payload)}-byte chunk can never fit a {self.max_bytes}-byte queue"
             )
         seq = self._next
-        _atomic_write(self._path(seq), payload)
+        atomic_write(self._path(seq), payload)
         self._next += 1
         self._enforce_bounds()
         return seq
@@ -92,7 +83,7 @@ class UploadQueue:
             total -= sizes[oldest]
             self._path(oldest).unlink(missing_ok=True)
             self.dropped += 1
-        _atomic_write(self._counter, str(self.dropped).encode())
+        atomic_write(self._counter, str(self.dropped).encode())
 
     def _sequence_numbers(self) -> list[int]:
         return sorted(int(p.stem) for p in self.folder.glob(f"*{_SUFFIX}") if p.stem.isdigit())
@@ -115,7 +106,7 @@ class PromptCache:
         buffer = io.BytesIO()
         arrays: dict[str, Any] = {"__version__": np.array(version, np.int64), **parts}
         np.savez(buffer, **arrays)
-        _atomic_write(self.path, buffer.getvalue())
+        atomic_write(self.path, buffer.getvalue())
 
     def load(self) -> tuple[int, dict[str, np.ndarray]] | None:
         """The cached (version, parts); None when there is none or it cannot be read."""

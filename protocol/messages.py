@@ -18,6 +18,15 @@ from protocol.tensors import DEFAULT_MAX_BYTES, decode, encode
 from protocol.v1 import cdca_pb2
 
 PROTOCOL_VERSION = 1
+SERVICE_NAME = "cdca.v1.CloudAdaptation"  # also the name gRPC health checking reports on
+DEVICE_METADATA = "x-cdca-device"  # every call carries the device id ...
+TOKEN_METADATA = "authorization"  # ... and "Bearer <token>"
+SHARED_PROMPT_ID = "shared"  # PromptRequest.device_id for the shared prompt
+
+
+def call_metadata(device_id: str, token: str) -> tuple[tuple[str, str], ...]:
+    """The metadata a device attaches to every call."""
+    return ((DEVICE_METADATA, device_id), (TOKEN_METADATA, f"Bearer {token}"))
 
 
 class ProtocolError(CdcaError):
@@ -35,12 +44,12 @@ def check_protocol_version(version: int) -> None:
 
 def prompt_message(
     parts: Mapping[str, np.ndarray], *, version: int, scope: str = "device",
-    environment_id: str = "", learned_from_batch: int = 0,
+    environment_id: str = "", learned_from_batch: int = 0, created_unix_ms: int = 0,
 ) -> cdca_pb2.Prompt:  # fmt: skip
     """Prompt parts (float32 arrays by ONNX input name) -> a Prompt message."""
     return cdca_pb2.Prompt(
         version=version, scope=scope, environment_id=environment_id,
-        learned_from_batch=learned_from_batch,
+        learned_from_batch=learned_from_batch, created_unix_ms=created_unix_ms,
         parts={name: encode(np.asarray(value, np.float32)) for name, value in parts.items()},
     )  # fmt: skip
 
@@ -53,6 +62,8 @@ class DecodedPrompt:
     scope: str
     environment_id: str
     parts: dict[str, np.ndarray]
+    learned_from_batch: int = 0
+    created_unix_ms: int = 0
 
 
 def decode_prompt(
@@ -76,7 +87,10 @@ def decode_prompt(
             tensor, name=f"prompt part {name!r}", dtype="float32",
             shape=expected_shapes[name], max_bytes=max_bytes, finite=True,
         )  # fmt: skip
-    return DecodedPrompt(message.version, message.scope, message.environment_id, parts)
+    return DecodedPrompt(
+        message.version, message.scope, message.environment_id, parts,
+        message.learned_from_batch, message.created_unix_ms,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

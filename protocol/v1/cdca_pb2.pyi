@@ -84,7 +84,7 @@ class UploadSummary(_message.Message):
     def __init__(self, accepted: _Optional[int] = ..., refused_over_budget: _Optional[int] = ...) -> None: ...
 
 class Prompt(_message.Message):
-    __slots__ = ("version", "scope", "environment_id", "parts", "learned_from_batch")
+    __slots__ = ("version", "scope", "environment_id", "parts", "learned_from_batch", "created_unix_ms")
     class PartsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -97,12 +97,14 @@ class Prompt(_message.Message):
     ENVIRONMENT_ID_FIELD_NUMBER: _ClassVar[int]
     PARTS_FIELD_NUMBER: _ClassVar[int]
     LEARNED_FROM_BATCH_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     version: int
     scope: str
     environment_id: str
     parts: _containers.MessageMap[str, Tensor]
     learned_from_batch: int
-    def __init__(self, version: _Optional[int] = ..., scope: _Optional[str] = ..., environment_id: _Optional[str] = ..., parts: _Optional[_Mapping[str, Tensor]] = ..., learned_from_batch: _Optional[int] = ...) -> None: ...
+    created_unix_ms: int
+    def __init__(self, version: _Optional[int] = ..., scope: _Optional[str] = ..., environment_id: _Optional[str] = ..., parts: _Optional[_Mapping[str, Tensor]] = ..., learned_from_batch: _Optional[int] = ..., created_unix_ms: _Optional[int] = ...) -> None: ...
 
 class PromptRequest(_message.Message):
     __slots__ = ("device_id", "known_version")
@@ -119,13 +121,15 @@ class ModelRequest(_message.Message):
     def __init__(self, device_id: _Optional[str] = ...) -> None: ...
 
 class ModelChunk(_message.Message):
-    __slots__ = ("manifest_json", "data", "offset", "total_size")
+    __slots__ = ("manifest_json", "data", "offset", "total_size", "file_name")
     MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     TOTAL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    FILE_NAME_FIELD_NUMBER: _ClassVar[int]
     manifest_json: str
     data: bytes
     offset: int
     total_size: int
-    def __init__(self, manifest_json: _Optional[str] = ..., data: _Optional[bytes] = ..., offset: _Optional[int] = ..., total_size: _Optional[int] = ...) -> None: ...
+    file_name: str
+    def __init__(self, manifest_json: _Optional[str] = ..., data: _Optional[bytes] = ..., offset: _Optional[int] = ..., total_size: _Optional[int] = ..., file_name: _Optional[str] = ...) -> None: ...

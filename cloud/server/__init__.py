@@ -1,0 +1,1 @@
+"""The cloud server: gRPC service, device registry, upload inbox and the adaptation worker."""

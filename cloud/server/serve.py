@@ -1,0 +1,105 @@
+"""Start, run and stop one cloud server: gRPC (optionally TLS), health checking, the worker.
+
+Start-up order matters for crash safety: the registry and prompt banks load first, then
+uploads left in the inbox by a previous run are queued, then the port opens. SIGINT or
+SIGTERM stops taking calls, lets the running VPLU update finish and leaves queued uploads
+on disk for the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from cloud.server.board import PromptBoard
+from cloud.server.config import ServerConfig
+from cloud.server.registry import DeviceRegistry
+from cloud.server.service import CloudAdaptationService
+from cloud.server.storage import Inbox
+from cloud.server.worker import AdaptationWorker
+from cloud.server.world import CloudWorld, load_world
+from protocol.errors import ConfigError
+from protocol.messages import SERVICE_NAME
+from protocol.v1 import cdca_pb2_grpc
+
+log = logging.getLogger("cdca.cloud")
+SHUTDOWN_GRACE_SECONDS = 5.0
+
+
+def registry_path(state_dir: Path) -> Path:
+    """Where a state folder keeps its SQLite registry."""
+    return state_dir / "registry.sqlite"
+
+
+async def serve(config: ServerConfig, port_file: Path | None = None) -> None:
+    """Run the server until SIGINT/SIGTERM."""
+    world = load_world(config.student, config.teacher, config.state_dir, config.model_dir)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await run_server(config, world, stop, port_file)
+
+
+async def run_server(
+    config: ServerConfig, world: CloudWorld, stop: asyncio.Event, port_file: Path | None = None
+) -> None:
+    """Serve ``world`` until ``stop`` is set (the testable core of ``serve``)."""
+    registry = DeviceRegistry(registry_path(config.state_dir))
+    board = PromptBoard()
+    inbox = Inbox(config.state_dir / "inbox")
+    worker = AdaptationWorker(world, registry, inbox, board, config.state_dir)
+    requeued = worker.restore()
+    server, port, health_servicer = _build_server(config, registry, inbox, worker, board, world)
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    worker_task = asyncio.create_task(worker.run())
+    log.info("cdca cloud listening on %s:%d (%s, %d devices enrolled, %d uploads re-queued, "
+             "state %s)", config.host, port, "TLS" if config.tls else "insecure",
+             registry.count(), requeued, config.state_dir)  # fmt: skip
+    if port_file is not None:  # tests and scripts start on port 0 and read the real one here
+        port_file.write_text(str(port))
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down: %d uploads still queued stay on disk", worker.queue.qsize())
+        await health_servicer.enter_graceful_shutdown()
+        await board.close()
+        await server.stop(SHUTDOWN_GRACE_SECONDS)
+        worker_task.cancel()
+        await asyncio.gather(worker_task, return_exceptions=True)
+        worker.close()
+        registry.close()
+
+
+def _build_server(config, registry, inbox, worker, board, world):  # type: ignore[no-untyped-def]
+    limit = config.max_message_bytes
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
+    ])  # fmt: skip
+    service = CloudAdaptationService(config, registry, inbox, worker, board, world.served)
+    cdca_pb2_grpc.add_CloudAdaptationServicer_to_server(service, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = _bind(server, config)
+    return server, port, health_servicer
+
+
+def _bind(server: grpc.aio.Server, config: ServerConfig) -> int:
+    if config.tls is None:
+        port = server.add_insecure_port(config.address)
+    else:
+        cert, key, client_ca = config.tls.read()
+        credentials = grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+        )
+        port = server.add_secure_port(config.address, credentials)
+    if port == 0:
+        raise ConfigError(f"cannot listen on {config.address}: is the port in use?")
+    return port

@@ -1,0 +1,126 @@
+"""What the server keeps on disk: the upload inbox and each device's prompt bank.
+
+Uploads are written to the inbox before the device is told they arrived, and removed only
+after the adaptation worker has ingested them, so an accepted sample is either processed
+or still on disk after a crash. Every file is written to a temporary name, fsynced and
+renamed: a crash leaves the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from cloud.adaptation.prompt_bank import BankConfig, Prompt, PromptBank
+from protocol.errors import DataError
+from protocol.files import atomic_write
+
+
+@dataclass(frozen=True)
+class StoredBatch:
+    """One device batch's accepted uploads, as the worker will ingest them."""
+
+    device_id: str
+    batch_id: int
+    images: np.ndarray  # (n, H, W, 3) uint8
+    uncertainty: np.ndarray  # (n,) float32
+    batch_stats: np.ndarray  # (2, K) float32
+    shift: bool
+    frames_seen: int
+
+
+class Inbox:
+    """Accepted upload batches waiting for the adaptation worker, oldest first."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.tmp"):  # half-written: never acknowledged to the device
+            stale.unlink()
+        existing = self.pending()
+        self._next = int(existing[-1].name.split("-")[0]) + 1 if existing else 0
+
+    def put(self, batch: StoredBatch) -> Path:
+        """Persist one batch; returns its file."""
+        buffer = io.BytesIO()
+        meta = {"device_id": batch.device_id, "batch_id": batch.batch_id,
+                "shift": batch.shift, "frames_seen": batch.frames_seen}  # fmt: skip
+        np.savez(buffer, images=batch.images, uncertainty=batch.uncertainty,
+                 batch_stats=batch.batch_stats, meta=np.array(json.dumps(meta)))  # fmt: skip
+        path = self.folder / f"{self._next:012d}-{batch.device_id}.npz"
+        self._next += 1
+        atomic_write(path, buffer.getvalue())
+        return path
+
+    def pending(self) -> list[Path]:
+        """Files not yet ingested, in arrival order."""
+        return sorted(self.folder.glob("*.npz"))
+
+    @staticmethod
+    def load(path: Path) -> StoredBatch:
+        """Read one batch back."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(str(data["meta"]))
+                return StoredBatch(
+                    meta["device_id"], int(meta["batch_id"]), data["images"],
+                    data["uncertainty"], data["batch_stats"], bool(meta["shift"]),
+                    int(meta["frames_seen"]),
+                )  # fmt: skip
+        except (OSError, ValueError, KeyError, EOFError) as err:
+            raise DataError(f"inbox file {path} is unreadable: {err}") from err
+
+    @staticmethod
+    def done(path: Path) -> None:
+        """The worker ingested it."""
+        path.unlink(missing_ok=True)
+
+
+def save_bank(path: Path, bank: PromptBank, version: int) -> None:
+    """Persist a device's prompt bank (shared and specific deltas) and its prompt's version."""
+    tensors: dict[str, torch.Tensor] = {}
+    for group, prompt in (("shared", bank.shared), ("specific", bank.specific)):
+        tensors.update({f"{group}.{k}": v.detach().float().contiguous() for k, v in prompt.items()})
+    metadata = {"environments": str(bank.environments), "version": str(version)}
+    atomic_write(path, save_safetensors(tensors, metadata=metadata))
+
+
+def load_bank(
+    path: Path, neutral: Prompt, config: BankConfig | None = None
+) -> tuple[PromptBank, int]:
+    """A bank and its prompt version from disk (fresh, version 0, without a file)."""
+    bank = PromptBank(neutral, config)
+    if not path.is_file():
+        return bank, 0
+    try:
+        data = path.read_bytes()
+        tensors = load_safetensors(data)
+        metadata = _read_metadata(data)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise DataError(f"prompt bank {path} is unreadable: {err}") from err
+    for group, target in (("shared", bank.shared), ("specific", bank.specific)):
+        for key, like in neutral.items():
+            value = tensors.get(f"{group}.{key}")
+            if value is None or value.shape != like.shape:
+                raise DataError(
+                    f"prompt bank {path} does not fit the served model ({group}.{key}); "
+                    "move it away to start this device from scratch"
+                )
+            target[key] = value
+    bank.environments = int(metadata.get("environments", 1))
+    return bank, int(metadata.get("version", 0))
+
+
+def _read_metadata(data: bytes) -> dict[str, str]:
+    header_size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + header_size])
+    metadata: dict[str, str] = header.get("__metadata__", {})
+    return metadata

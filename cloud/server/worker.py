@@ -1,0 +1,150 @@
+"""``AdaptationWorker``: turns the upload inbox into prompts, one batch at a time, off the event loop.
+
+Each device gets an ``AdaptationSession`` (cloud/adaptation/session.py) whose prompt bank
+is restored from disk at start-up. VPLU runs in one background thread (torch releases the
+GIL, so the gRPC loop keeps answering); a prompt that passes the safety valve is saved,
+then published. An inbox file is removed only after its batch was ingested and the bank
+saved, so a crash re-runs at most that batch. A batch the session refuses is moved to
+``rejected/`` with a log line: one bad batch never stops the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cloud.adaptation.session import AdaptationSession, UploadBatch
+from cloud.server.board import PromptBoard
+from cloud.server.registry import DeviceRegistry
+from cloud.server.storage import Inbox, StoredBatch, load_bank, save_bank
+from cloud.server.world import CloudWorld
+from protocol.errors import CdcaError
+from protocol.messages import prompt_message
+from protocol.v1 import cdca_pb2
+
+log = logging.getLogger("cdca.cloud")
+
+
+class AdaptationWorker:
+    """Per-device sessions, the inbox queue and prompt publication."""
+
+    def __init__(
+        self,
+        world: CloudWorld,
+        registry: DeviceRegistry,
+        inbox: Inbox,
+        board: PromptBoard,
+        state_dir: Path,
+    ) -> None:
+        self.world, self.registry, self.inbox, self.board = world, registry, inbox, board
+        self.banks = state_dir / "prompts"
+        self.rejected = state_dir / "rejected"
+        self.sessions: dict[str, AdaptationSession] = {}
+        self.queue: asyncio.Queue[Path] = asyncio.Queue()
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="vplu")
+        self.processed = 0
+
+    def restore(self) -> int:
+        """Reload every saved prompt bank and re-queue uploads that were never ingested."""
+        for path in sorted(self.banks.glob("*.safetensors")):
+            device_id = path.stem
+            if not self.registry.is_enrolled(device_id):
+                continue
+            session, version = self._load_session(device_id)
+            if version:
+                self.board.restore(device_id, self._message(session, version, batch_id=0))
+                log.info("restored %s's prompt bank (prompt v%d, %d environments)",
+                         device_id, version, session.bank.environments)  # fmt: skip
+        pending = self.inbox.pending()
+        for path in pending:
+            self.queue.put_nowait(path)
+        return len(pending)
+
+    def submit(self, path: Path) -> None:
+        """Queue a persisted inbox file."""
+        self.queue.put_nowait(path)
+
+    async def run(self) -> None:
+        """Ingest queued batches until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            path = await self.queue.get()
+            try:
+                await self._process(loop, path)
+            except CdcaError as err:
+                log.warning("rejected %s: %s", path.name, err)
+                self.rejected.mkdir(parents=True, exist_ok=True)
+                path.replace(self.rejected / path.name)
+
+    def shared_prompt(self) -> cdca_pb2.Prompt:
+        """Every device's domain-agnostic prompt, averaged with weight = environments it learned."""
+        neutral = self.world.neutral_prompt()
+        parts = self.world.vplu.parts
+        total = {k: torch.zeros_like(neutral[k]) for k in parts}
+        weight = 0
+        for session in self.sessions.values():
+            evidence = session.bank.environments - 1
+            for k in parts:
+                total[k] += evidence * session.bank.shared[k]
+            weight += evidence
+        shared = {k: neutral[k] + total[k] / max(1, weight) for k in parts}
+        return prompt_message(_numpy(shared), version=weight, scope="shared",
+                              created_unix_ms=int(time.time() * 1000))  # fmt: skip
+
+    def close(self) -> None:
+        """Let the running update finish, then stop the thread."""
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+    async def _process(self, loop: asyncio.AbstractEventLoop, path: Path) -> None:
+        batch = self.inbox.load(path)
+        if not self.registry.is_enrolled(batch.device_id):
+            raise CdcaError(f"device {batch.device_id!r} is no longer enrolled")
+        session = self.sessions.get(batch.device_id) or self._load_session(batch.device_id)[0]
+        message = await loop.run_in_executor(self.executor, self._ingest, session, batch)
+        if message is not None:
+            await self.board.publish(batch.device_id, message)
+            log.info("prompt v%d for %s (environment %s, from batch %d, %d uploads buffered)",
+                     message.version, batch.device_id, message.environment_id,
+                     batch.batch_id, len(session.buffer))  # fmt: skip
+        self.inbox.done(path)  # last: a crash before this re-ingests the batch, loses nothing
+        self.processed += 1
+
+    def _ingest(self, session: AdaptationSession, batch: StoredBatch) -> cdca_pb2.Prompt | None:
+        """In the worker thread: learn, and if a prompt ships, persist the bank before publishing."""
+        pixels = torch.from_numpy(batch.images).permute(0, 3, 1, 2).float() / 255
+        upload = UploadBatch(pixels, torch.from_numpy(batch.uncertainty),
+                             torch.from_numpy(batch.batch_stats), batch.shift)  # fmt: skip
+        if batch.shift:
+            log.info("%s reports a new environment at batch %d", batch.device_id, batch.batch_id)
+        prompt = session.ingest(upload)
+        if prompt is None:
+            return None
+        version = self.registry.next_prompt_version(batch.device_id)
+        save_bank(self.banks / f"{batch.device_id}.safetensors", session.bank, version)
+        return self._message(session, version, batch.batch_id)
+
+    def _load_session(self, device_id: str) -> tuple[AdaptationSession, int]:
+        neutral = self.world.neutral_prompt()
+        bank, version = load_bank(self.banks / f"{device_id}.safetensors", neutral, self.world.bank)
+        session = self.world.new_session(bank)
+        self.sessions[device_id] = session
+        return session, version
+
+    def _message(self, session: AdaptationSession, version: int, batch_id: int) -> cdca_pb2.Prompt:
+        current = session.bank.current()
+        parts = {k: current[k] for k in self.world.vplu.parts}
+        return prompt_message(
+            _numpy(parts), version=version, scope="device",
+            environment_id=f"env-{session.bank.environments}", learned_from_batch=batch_id,
+            created_unix_ms=int(time.time() * 1000),
+        )  # fmt: skip
+
+
+def _numpy(parts: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().float().numpy() for k, v in parts.items()}

@@ -1,0 +1,123 @@
+"""What one cloud server adapts with: the served device model, the cloud's torch copy, the teacher.
+
+The devices run the ONNX file this module serves (exported from ``student`` into the state
+folder on first start, or a folder the operator names); the cloud learns prompts on the
+same graph in PyTorch (``DeviceModel``), so a prompt fits the device exactly. Devices must
+register with that model's SHA-256 (fp32 or its int8 copy).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from cloud.adaptation.prompt_bank import BankConfig, PromptBank
+from cloud.adaptation.session import AdaptationSession, SessionConfig
+from cloud.adaptation.vplu import VPLU, VPLUConfig
+from cloud.export.device_model import DeviceModel
+from cloud.students.preprocess import Normalization
+from protocol.errors import DataError
+from protocol.manifest import ModelManifest, load_manifest, verify_model_file
+
+log = logging.getLogger("cdca.cloud")
+MANIFEST_NAME = "student.manifest.json"
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """The model folder devices download, and what the server checks uploads against."""
+
+    folder: Path
+    manifest: ModelManifest
+    manifest_path: Path
+    accepted_sha256: frozenset[str]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, 3) of an uploaded frame: the model's input size."""
+        size = self.manifest.preprocess.image_size
+        return (size, size, 3)
+
+    @property
+    def stats_shape(self) -> tuple[int, int]:
+        """(2, K) batch statistics."""
+        shape = self.manifest.input("norm_stats").shape
+        return (int(shape[0]), int(shape[1]))
+
+    def model_bytes(self) -> bytes:
+        """The fp32 model file, after checking its hash."""
+        path = verify_model_file(self.manifest, self.folder / self.manifest.model_file)
+        return path.read_bytes()
+
+
+@dataclass
+class CloudWorld:
+    """The frozen pieces every device session shares."""
+
+    device_model: DeviceModel
+    class_vectors: torch.Tensor
+    normalization: Normalization
+    teacher: Callable[[torch.Tensor], torch.Tensor]
+    served: ServedModel
+    vplu: VPLUConfig = field(default_factory=VPLUConfig)
+    session: SessionConfig = field(default_factory=SessionConfig)
+    bank: BankConfig = field(default_factory=BankConfig)
+
+    def neutral_prompt(self) -> dict[str, torch.Tensor]:
+        """The unadapted student's prompt parts."""
+        return VPLU(self.device_model, self.class_vectors, self.vplu).neutral_prompt()
+
+    def new_session(self, bank: PromptBank | None = None) -> AdaptationSession:
+        """A device's cloud session (its bank restored from disk when given)."""
+        vplu = VPLU(self.device_model, self.class_vectors, self.vplu)
+        bank = bank or PromptBank(vplu.neutral_prompt(), self.bank)
+        return AdaptationSession(
+            vplu, self._teacher_logits, self.normalization.apply, bank, self.session
+        )
+
+    @torch.no_grad()
+    def _teacher_logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.teacher(pixels).float().cpu()
+
+
+def load_world(student: Path, teacher: str, state_dir: Path, model_dir: Path | None) -> CloudWorld:
+    """Load the student and teacher, and export (or check) the model folder devices get."""
+    from cloud.distill.checkpoint import load_distilled
+    from cloud.teacher.factory import create_teacher
+
+    distilled, vectors, info = load_distilled(student)
+    device_model = DeviceModel(distilled)
+    folder = model_dir or state_dir / "model"
+    if model_dir is None and not (folder / MANIFEST_NAME).is_file():
+        from cloud.export.onnx_export import export_device_model
+
+        log.info("exporting the device model into %s", folder)
+        export_device_model(distilled, vectors, info, folder)
+    served = served_model(folder, device_model)
+    cloud_teacher = create_teacher(teacher)
+    return CloudWorld(
+        device_model, vectors, info.normalization,
+        lambda pixels: cloud_teacher.logits(pixels, vectors), served,
+    )  # fmt: skip
+
+
+def served_model(folder: Path, device_model: DeviceModel) -> ServedModel:
+    """Check an exported model folder against the cloud's copy of the student."""
+    manifest_path = folder / MANIFEST_NAME
+    manifest = load_manifest(manifest_path)
+    verify_model_file(manifest, folder / manifest.model_file)
+    channels = int(manifest.input("norm_stats").shape[1])
+    if channels != device_model.num_norm_channels:
+        raise DataError(
+            f"{manifest_path} has {channels} normalisation channels but the student has "
+            f"{device_model.num_norm_channels}: export the model from the same student"
+        )
+    accepted = {manifest.sha256}
+    int8 = folder / MANIFEST_NAME.replace(".manifest", ".int8.manifest")
+    if int8.is_file():
+        accepted.add(load_manifest(int8).sha256)
+    return ServedModel(folder, manifest, manifest_path, frozenset(accepted))

@@ -1,0 +1,46 @@
+"""Fetch the model folder from the cloud (``DownloadModel``) and refuse it unless the hash matches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+
+from protocol.errors import DataError
+from protocol.files import atomic_write
+from protocol.manifest import manifest_from_json, verify_model_file
+from protocol.messages import call_metadata
+from protocol.v1 import cdca_pb2, cdca_pb2_grpc
+
+MANIFEST_FILE = "student.manifest.json"
+
+
+def download_model(
+    channel: grpc.Channel, device_id: str, token: str, folder: Path, timeout: float = 120.0
+) -> Path:
+    """Write the manifest and the files it names into ``folder``; returns the manifest path."""
+    stub = cdca_pb2_grpc.CloudAdaptationStub(channel)  # type: ignore[no-untyped-call]
+    chunks = stub.DownloadModel(
+        cdca_pb2.ModelRequest(device_id=device_id), metadata=call_metadata(device_id, token),
+        timeout=timeout,
+    )  # fmt: skip
+    manifest_text = ""
+    files: dict[str, bytearray] = {}
+    for chunk in chunks:
+        if chunk.manifest_json:
+            manifest_text = chunk.manifest_json
+        if chunk.file_name:
+            files.setdefault(chunk.file_name, bytearray()).extend(chunk.data)
+    manifest = manifest_from_json(manifest_text, "downloaded manifest")
+    expected = {manifest.model_file, *([manifest.defaults_file] if manifest.defaults_file else [])}
+    if set(files) != expected or any(Path(name).name != name for name in files):
+        raise DataError(
+            f"the cloud sent files {sorted(files)}, the manifest names {sorted(expected)}"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        atomic_write(folder / name, bytes(data))
+    verify_model_file(manifest, folder / manifest.model_file)  # before the manifest makes it usable
+    path = folder / MANIFEST_FILE
+    atomic_write(path, manifest_text.encode())
+    return path

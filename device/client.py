@@ -1,0 +1,228 @@
+"""``DeviceClient``: predict every frame, pick uploads (UGS), apply the cloud's prompts; no torch.
+
+The main loop never waits for the network. Per batch it applies the newest prompt the
+watcher thread received (at a batch boundary, so a batch never mixes two prompts), runs
+the ONNX model with its own batch statistics (``stat_mix`` = 1, the U-VPA device
+configuration), writes one JSON line per frame, and queues the chosen frames on disk for
+the uploader thread. The last applied prompt is cached on disk, so a restarted device
+keeps it even with the cloud away.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from device.link import CloudLink, LinkConfig, LinkStats, encode_batch
+from device.preprocess import resize_bilinear
+from device.runtime import DeviceRuntime
+from device.sampling import SamplingConfig, UncertaintySampler
+from device.sources import Frames
+from device.spool import PromptCache, UploadQueue
+from protocol.errors import CdcaError
+from protocol.messages import DecodedPrompt
+
+log = logging.getLogger("cdca.device")
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """How one device runs."""
+
+    state_dir: Path
+    sampling: SamplingConfig = SamplingConfig()
+    stat_mix: float = 1.0  # 1: normalise with the batch's own statistics; 0: the source's
+    fps: float | None = None  # pace the stream like a camera; None = as fast as possible
+    drain_seconds: float = 5.0  # at the end, wait this long for queued uploads
+    queue_items: int = 1000
+
+
+class DeviceClient:
+    """One device: runtime, sampler, on-disk queue and prompt cache, and an optional cloud link."""
+
+    def __init__(
+        self, runtime: DeviceRuntime, config: ClientConfig, link: LinkConfig | None
+    ) -> None:
+        self.runtime, self.config = runtime, config
+        runtime.set_adaptation(stat_mix=np.full((1,), config.stat_mix, np.float32))
+        self.cache = PromptCache(config.state_dir / "prompt.npz")
+        self.queue = UploadQueue(config.state_dir / "queue", max_items=config.queue_items)
+        first_norm = (
+            int(runtime.manifest.norm_layers[0]["channels"]) if runtime.manifest.norm_layers else 32
+        )
+        self.sampler = UncertaintySampler(config.sampling, signature_channels=first_norm)
+        self.prompt_version = self._restore_prompt()
+        self._pending: DecodedPrompt | None = None
+        self._lock = threading.Lock()
+        self.link = None
+        if link is not None:
+            shapes = {k: tuple(v.shape) for k, v in runtime.defaults.items()}
+            self.link = CloudLink(link, self.queue, shapes, self._receive, self.prompt_version)
+        self.report = RunReport()
+
+    def run(self, batches: Iterable[Frames], out: TextIO | None) -> RunReport:
+        """Predict the whole stream; returns the run's numbers."""
+        if self.link is not None:
+            self.link.start()
+        try:
+            for frames in batches:
+                started = time.perf_counter()
+                self._step(frames, out)
+                self._pace(len(frames.images), started)
+        finally:
+            self._finish()
+        return self.report
+
+    def _step(self, frames: Frames, out: TextIO | None) -> None:
+        self._apply_pending()
+        start = time.perf_counter()
+        prediction = self.runtime.predict(frames.images)
+        ms = (time.perf_counter() - start) * 1e3
+        decision = self.sampler.decide(prediction.logits, prediction.batch_stats)
+        first_id = self.report.frames
+        self.report.count(prediction.logits, frames.labels, ms, self.prompt_version)
+        if len(decision.indices) or decision.shift:
+            self._queue_upload(frames.images, prediction, decision, first_id)
+        if out is not None:
+            self._write_lines(
+                out, prediction.logits, frames.labels, first_id, ms / len(frames.images)
+            )
+
+    def _queue_upload(self, images, prediction, decision, first_id) -> None:  # type: ignore[no-untyped-def]
+        chosen = decision.indices
+        size = self.runtime.manifest.preprocess.image_size
+        frames = images[chosen] if images.ndim == 4 else np.repeat(images[chosen][..., None], 3, -1)
+        small = np.clip(np.rint(resize_bilinear(frames, size)), 0, 255).astype(np.uint8)
+        payload = encode_batch({
+            "batch_id": self.report.batches - 1, "images": small, "uncertainty": decision.scores,
+            "frame_ids": first_id + chosen, "predicted": prediction.logits[chosen].argmax(1),
+            "batch_stats": prediction.batch_stats, "shift": decision.shift,
+            "frames_seen": self.report.frames,
+        })  # fmt: skip
+        self.queue.put(payload)
+        self.report.queued += len(chosen)
+        if self.link is not None:
+            self.link.notify()
+
+    def _write_lines(self, out, logits, labels, first_id, ms_per_frame) -> None:  # type: ignore[no-untyped-def]
+        names = self.runtime.manifest.class_names
+        exp = np.exp(logits - logits.max(1, keepdims=True))
+        confidence = (exp / exp.sum(1, keepdims=True)).max(1)
+        for i, k in enumerate(logits.argmax(1)):
+            line = {"frame": first_id + i, "class": names[k], "index": int(k),
+                    "confidence": round(float(confidence[i]), 4), "latency_ms": round(ms_per_frame, 4),
+                    "prompt_version": self.prompt_version}  # fmt: skip
+            if labels is not None:
+                line["label"] = int(labels[i])
+            out.write(json.dumps(line) + "\n")
+
+    def _receive(self, prompt: DecodedPrompt) -> None:
+        """From the watcher thread: keep the newest; the main loop applies it."""
+        with self._lock:
+            self._pending = prompt
+
+    def _apply_pending(self) -> None:
+        with self._lock:
+            prompt, self._pending = self._pending, None
+        if prompt is None or prompt.version <= self.prompt_version:
+            return
+        try:
+            self.runtime.set_adaptation(**prompt.parts)
+        except CdcaError as err:
+            log.error("prompt v%d does not fit this model: %s", prompt.version, err)
+            return
+        self.prompt_version = prompt.version
+        self.report.prompts_applied += 1
+        self.cache.save(prompt.version, prompt.parts)
+        log.info("applied prompt v%d (%s)", prompt.version, prompt.environment_id)
+
+    def _restore_prompt(self) -> int:
+        cached = self.cache.load()
+        if cached is None:
+            return 0
+        version, parts = cached
+        try:
+            self.runtime.set_adaptation(**parts)
+        except CdcaError as err:
+            log.warning("ignoring the cached prompt: %s", err)
+            return 0
+        log.info("restored prompt v%d from %s", version, self.cache.path)
+        return version
+
+    def _pace(self, frames: int, started: float) -> None:
+        if self.config.fps:
+            time.sleep(max(0.0, frames / self.config.fps - (time.perf_counter() - started)))
+
+    def _finish(self) -> None:
+        if self.link is not None:
+            self.link.drain(self.config.drain_seconds)
+            self.link.close()
+            self.report.link = self.link.stats
+        self.report.queue_left = len(self.queue)
+        self.report.dropped = self.queue.dropped
+
+
+class RunReport:
+    """Counters of one device run, printed as its summary."""
+
+    def __init__(self) -> None:
+        self.frames = self.batches = self.correct = self.labelled = 0
+        self.queued = self.prompts_applied = self.queue_left = self.dropped = 0
+        self.batch_ms: list[float] = []
+        self.frame_ms: list[float] = []
+        self.correct_with_prompt = self.labelled_with_prompt = 0
+        self.link: LinkStats | None = None
+
+    def count(
+        self, logits: np.ndarray, labels: np.ndarray | None, ms: float, prompt_version: int
+    ) -> None:
+        """One batch's predictions."""
+        n = len(logits)
+        self.frames += n
+        self.batches += 1
+        self.batch_ms.append(ms)
+        self.frame_ms.append(ms / n)
+        if labels is not None:
+            hits = int((logits.argmax(1) == labels).sum())
+            self.correct += hits
+            self.labelled += n
+            if prompt_version:
+                self.correct_with_prompt += hits
+                self.labelled_with_prompt += n
+
+    def summary(self) -> dict[str, object]:
+        """JSON-ready numbers."""
+        out: dict[str, object] = {
+            "frames": self.frames, "batches": self.batches, "uploads_queued": self.queued,
+            "prompts_applied": self.prompts_applied, "queue_left": self.queue_left,
+            "queue_dropped": self.dropped,
+            "ms_per_frame_p50": _pct(self.frame_ms, 50), "ms_per_batch_p50": _pct(self.batch_ms, 50),
+            "ms_per_batch_p99": _pct(self.batch_ms, 99),
+        }  # fmt: skip
+        if self.labelled:
+            out["accuracy"] = round(self.correct / self.labelled, 4)
+        if self.labelled_with_prompt:
+            out["accuracy_with_cloud_prompt"] = round(
+                self.correct_with_prompt / self.labelled_with_prompt, 4
+            )
+        if self.link is not None:
+            s = self.link
+            out.update({"uploads_acked": s.uploads_acked, "samples_acked": s.samples_acked,
+                        "samples_refused": s.samples_refused, "uploads_rejected": s.uploads_rejected,
+                        "rpc_errors": s.rpc_errors, "prompts_received": s.prompts_received,
+                        "upload_ms_p50": _pct(s.upload_ms, 50), "upload_ms_p99": _pct(s.upload_ms, 99),
+                        "prompt_delivery_ms_p50": _pct(s.delivery_ms, 50),
+                        "prompt_delivery_ms_p99": _pct(s.delivery_ms, 99)})  # fmt: skip
+        return out
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 3) if values else None

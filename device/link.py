@@ -1,0 +1,293 @@
+"""``CloudLink``: the device's connection to the cloud, in two background threads.
+
+The uploader drains the on-disk ``UploadQueue`` (a chunk leaves only when the cloud
+acknowledged it); the watcher registers, then keeps a ``WatchPrompts`` stream open and
+hands every valid prompt to the main loop. Neither ever blocks prediction: when the cloud
+is down they retry with exponential backoff and jitter, and every RPC has a deadline.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from device.spool import UploadQueue
+from protocol.errors import CdcaError
+from protocol.messages import (
+    PROTOCOL_VERSION,
+    DecodedPrompt,
+    call_metadata,
+    decode_prompt,
+    upload_chunks,
+)
+from protocol.v1 import cdca_pb2, cdca_pb2_grpc
+
+log = logging.getLogger("cdca.device")
+# Calls the cloud will refuse again if repeated unchanged: drop the upload instead of retrying.
+PERMANENT = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED}
+STOP_WATCHING = {grpc.StatusCode.FAILED_PRECONDITION}
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    """Where the cloud is and how patiently to talk to it."""
+
+    target: str
+    device_id: str
+    token: str
+    model_sha256: str
+    ca_cert: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    rpc_timeout: float = 10.0  # deadline of every unary call and upload
+    watch_timeout: float = 60.0  # a WatchPrompts stream is re-opened after this
+    backoff_initial: float = 0.2
+    backoff_max: float = 10.0
+    max_message_bytes: int = 4 * 1024 * 1024
+
+
+class Backoff:
+    """Exponential backoff with full jitter: wait a random time up to the current ceiling."""
+
+    def __init__(self, initial: float, maximum: float) -> None:
+        self.initial, self.maximum, self.ceiling = initial, maximum, initial
+
+    def next_wait(self) -> float:
+        """Seconds to wait before the next try; the ceiling doubles up to the maximum."""
+        wait = random.uniform(self.ceiling / 2, self.ceiling)
+        self.ceiling = min(self.maximum, self.ceiling * 2)
+        return wait
+
+    def reset(self) -> None:
+        """After a success."""
+        self.ceiling = self.initial
+
+
+@dataclass
+class LinkStats:
+    """What the link did, for the device's summary."""
+
+    uploads_acked: int = 0
+    samples_acked: int = 0
+    samples_refused: int = 0
+    uploads_rejected: int = 0
+    rpc_errors: int = 0
+    prompts_received: int = 0
+    upload_ms: list[float] = field(default_factory=list)
+    delivery_ms: list[float] = field(default_factory=list)
+
+
+def channel(config: LinkConfig) -> grpc.Channel:
+    """A channel with the message caps and, when certificates are given, TLS."""
+    options = [("grpc.max_receive_message_length", config.max_message_bytes),
+               ("grpc.max_send_message_length", config.max_message_bytes)]  # fmt: skip
+    if config.ca_cert is None:
+        return grpc.insecure_channel(config.target, options=options)
+    credentials = grpc.ssl_channel_credentials(
+        _read(config.ca_cert), _read(config.client_key), _read(config.client_cert)
+    )
+    return grpc.secure_channel(config.target, credentials, options=options)
+
+
+def _read(path: Path | None) -> bytes | None:
+    return path.read_bytes() if path else None
+
+
+def encode_batch(batch: dict[str, Any]) -> bytes:
+    """One batch's uploads as queue bytes (npz)."""
+    buffer = io.BytesIO()
+    arrays: dict[str, Any] = {k: np.asarray(v) for k, v in batch.items()}
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _decode_batch(payload: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(payload), allow_pickle=False) as data:
+        return {name: data[name] for name in data.files}
+
+
+class CloudLink:
+    """Background upload and prompt delivery for one device.
+
+    Args:
+        config: server address, identity and patience.
+        queue: the on-disk upload queue the main loop fills.
+        prompt_shapes: the model's adaptation input shapes (prompts are checked against them).
+        on_prompt: called from the watcher thread with each valid new prompt.
+        known_version: the prompt version the device already runs (from its cache).
+    """
+
+    def __init__(
+        self,
+        config: LinkConfig,
+        queue: UploadQueue,
+        prompt_shapes: dict[str, tuple[int, ...]],
+        on_prompt: Callable[[DecodedPrompt], None],
+        known_version: int = 0,
+    ) -> None:
+        self.config, self.queue, self.prompt_shapes = config, queue, prompt_shapes
+        self.on_prompt, self.known_version = on_prompt, known_version
+        self.stats = LinkStats()
+        self.metadata = call_metadata(config.device_id, config.token)
+        self._channel = channel(config)
+        self._stub = cdca_pb2_grpc.CloudAdaptationStub(self._channel)  # type: ignore[no-untyped-call]
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._watch_call: grpc.Future | None = None
+        self._threads = [threading.Thread(target=self._upload_loop, name="uploader", daemon=True),
+                         threading.Thread(target=self._watch_loop, name="watcher", daemon=True)]  # fmt: skip
+
+    def start(self) -> None:
+        """Start both threads."""
+        for thread in self._threads:
+            thread.start()
+
+    def notify(self) -> None:
+        """The main loop queued something: upload it now."""
+        self._wake.set()
+
+    def drain(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for the queue to empty; True when it did."""
+        deadline = time.monotonic() + seconds
+        while len(self.queue) and time.monotonic() < deadline:
+            self._wake.set()
+            time.sleep(0.05)
+        return len(self.queue) == 0
+
+    def close(self) -> None:
+        """Stop both threads and the channel."""
+        self._stop.set()
+        self._wake.set()
+        if self._watch_call is not None:
+            self._watch_call.cancel()
+        for thread in self._threads:
+            thread.join(timeout=self.config.rpc_timeout)
+        self._channel.close()
+
+    def _upload_loop(self) -> None:
+        backoff = Backoff(self.config.backoff_initial, self.config.backoff_max)
+        while not self._stop.is_set():
+            item = self.queue.peek()
+            if item is None:
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            if self._send(*item):
+                backoff.reset()
+            else:
+                self._stop.wait(backoff.next_wait())
+
+    def _send(self, seq: int, payload: bytes) -> bool:
+        """Upload one queued batch; True when the queue moved on (acknowledged or dropped)."""
+        try:
+            batch = _decode_batch(payload)
+        except (OSError, ValueError, KeyError) as err:
+            log.warning("dropping an unreadable queued upload %d: %s", seq, err)
+            self.queue.ack(seq)
+            return True
+        chunks = upload_chunks(
+            self.config.device_id, int(batch["batch_id"]), batch["images"], batch["uncertainty"],
+            batch["frame_ids"], batch["predicted"], batch["batch_stats"],
+            shift=bool(batch["shift"]), frames_seen=int(batch["frames_seen"]),
+        )  # fmt: skip
+        start = time.perf_counter()
+        try:
+            summary = self._stub.Upload(
+                iter(chunks), metadata=self.metadata, timeout=self.config.rpc_timeout
+            )
+        except grpc.RpcError as err:
+            return self._upload_failed(seq, err)
+        self.stats.upload_ms.append((time.perf_counter() - start) * 1e3)
+        self.queue.ack(seq)
+        self.stats.uploads_acked += 1
+        self.stats.samples_acked += summary.accepted
+        self.stats.samples_refused += summary.refused_over_budget
+        return True
+
+    def _upload_failed(self, seq: int, err: grpc.RpcError) -> bool:
+        self.stats.rpc_errors += 1
+        code = err.code()
+        if code in PERMANENT:
+            log.error(
+                "the cloud refused upload %d (%s): %s; dropping it", seq, code.name, err.details()
+            )
+            self.queue.ack(seq)
+            self.stats.uploads_rejected += 1
+            return True
+        log.debug("upload %d failed (%s); will retry", seq, code.name)
+        return False
+
+    def _watch_loop(self) -> None:
+        backoff = Backoff(self.config.backoff_initial, self.config.backoff_max)
+        while not self._stop.is_set():
+            try:
+                self._register()
+                backoff.reset()
+                self._watch()
+            except grpc.RpcError as err:
+                code = err.code()
+                if self._stop.is_set() or code == grpc.StatusCode.CANCELLED:
+                    return
+                self.stats.rpc_errors += 1
+                if code in STOP_WATCHING:
+                    log.error("the cloud will not adapt this device: %s", err.details())
+                    return
+                log.debug("prompt stream ended (%s); reconnecting", code.name)
+                self._stop.wait(backoff.next_wait())
+
+    def _register(self) -> None:
+        request = cdca_pb2.RegisterRequest(
+            device_id=self.config.device_id, protocol_version=PROTOCOL_VERSION,
+            model_sha256=self.config.model_sha256,
+        )  # fmt: skip
+        response = self._stub.Register(
+            request, metadata=self.metadata, timeout=self.config.rpc_timeout
+        )
+        log.info(
+            "registered with %s (upload budget %.2f)", self.config.target, response.upload_budget
+        )
+        if response.HasField("prompt"):
+            self._deliver(response.prompt, pushed=False)
+
+    def _watch(self) -> None:
+        request = cdca_pb2.PromptRequest(
+            device_id=self.config.device_id, known_version=self.known_version
+        )
+        call = self._stub.WatchPrompts(
+            request, metadata=self.metadata, timeout=self.config.watch_timeout
+        )
+        self._watch_call = call
+        try:
+            for message in call:
+                self._deliver(message)
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise  # a deadline just means: re-open the stream
+
+    def _deliver(self, message: cdca_pb2.Prompt, pushed: bool = True) -> None:
+        if message.version <= self.known_version:
+            return
+        self.known_version = message.version  # a refused version is not asked for again
+        try:
+            prompt = decode_prompt(message, self.prompt_shapes)
+        except CdcaError as err:
+            log.error(
+                "refused prompt v%d from the cloud: %s; keeping the last good one",
+                message.version,
+                err,
+            )
+            return
+        self.stats.prompts_received += 1
+        if pushed and prompt.created_unix_ms:  # a prompt handed over at registration is old news
+            self.stats.delivery_ms.append(time.time() * 1e3 - prompt.created_unix_ms)
+        self.on_prompt(prompt)

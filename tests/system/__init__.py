@@ -1,0 +1,1 @@
+"""Tests that run the cloud server and device clients over real gRPC on loopback."""

@@ -1,0 +1,84 @@
+import time
+
+import numpy as np
+
+from cloud.server.storage import Inbox, StoredBatch
+from protocol.messages import decode_prompt
+from protocol.v1 import cdca_pb2
+from tests.system.conftest import start_server, tiny_world
+from tests.system.test_wire_errors import K, good_chunks, upload
+
+
+def wait_until_ingested(state_dir, timeout=30):
+    deadline = time.monotonic() + timeout
+    while Inbox(state_dir / "inbox").pending() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Inbox(state_dir / "inbox").pending(), "uploads left in the inbox"
+
+
+def wait_for_prompt(server, known=0, timeout=30):
+    stub = server.stub()
+    request = cdca_pb2.PromptRequest(device_id="cam-a", known_version=known)
+    for prompt in stub.WatchPrompts(request, metadata=server.metadata(), timeout=timeout):
+        return prompt
+    raise AssertionError("no prompt pushed")
+
+
+def test_uploads_turn_into_a_pushed_prompt_that_fits_the_model(live_server):
+    for batch in range(3):
+        upload(
+            live_server,
+            good_chunks(n=8, batch_id=batch, frames_seen=1000 * (batch + 1), seed=batch),
+        )
+    prompt = wait_for_prompt(live_server)
+    decoded = decode_prompt(prompt, {"norm_affine": (2, K)})
+    assert prompt.version >= 1
+    assert prompt.scope == "device"
+    assert prompt.created_unix_ms > 0
+    assert np.isfinite(decoded.parts["norm_affine"]).all()
+    polled = live_server.stub().GetPrompt(
+        cdca_pb2.PromptRequest(device_id="cam-a"), metadata=live_server.metadata(), timeout=5
+    )
+    assert polled.version >= prompt.version
+    newer_only = live_server.stub().GetPrompt(
+        cdca_pb2.PromptRequest(device_id="cam-a", known_version=polled.version),
+        metadata=live_server.metadata(), timeout=5,
+    )  # fmt: skip
+    assert newer_only.version == 0
+
+
+def test_a_restart_restores_prompts_and_ingests_uploads_left_on_disk(
+    live_server, exported, distilled
+):
+    for batch in range(3):
+        upload(
+            live_server,
+            good_chunks(n=8, batch_id=batch, frames_seen=1000 * (batch + 1), seed=batch),
+        )
+    wait_for_prompt(live_server)
+    wait_until_ingested(live_server.state_dir)
+    before = live_server.stub().GetPrompt(
+        cdca_pb2.PromptRequest(device_id="cam-a"), metadata=live_server.metadata(), timeout=5
+    )
+    live_server.stop()
+    address, shutdown = start_server(tiny_world(exported, distilled), live_server.state_dir)
+    try:
+        live_server.address = address
+        after = live_server.stub().GetPrompt(
+            cdca_pb2.PromptRequest(device_id="cam-a"), metadata=live_server.metadata(), timeout=5
+        )
+    finally:
+        shutdown()
+    assert after.version == before.version  # nothing new was uploaded: this is the saved bank
+    assert after.parts["norm_affine"].data == before.parts["norm_affine"].data
+    # an upload that was acknowledged but never ingested (the server died in between)
+    rng = np.random.default_rng(5)
+    Inbox(live_server.state_dir / "inbox").put(StoredBatch(
+        "cam-a", 9, rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
+        np.full(8, 0.5, np.float32), np.abs(rng.normal(size=(2, K))).astype(np.float32), False, 5000,
+    ))  # fmt: skip
+    address, shutdown = start_server(tiny_world(exported, distilled), live_server.state_dir)
+    try:
+        wait_until_ingested(live_server.state_dir)
+    finally:
+        shutdown()
