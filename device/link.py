@@ -171,7 +171,8 @@ class CloudLink:
         if self._watch_call is not None:
             self._watch_call.cancel()
         for thread in self._threads:
-            thread.join(timeout=self.config.rpc_timeout)
+            if thread.is_alive():
+                thread.join(timeout=self.config.rpc_timeout)
         self._channel.close()
 
     def _upload_loop(self) -> None:

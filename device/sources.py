@@ -47,6 +47,8 @@ def open_source(
     if spec.startswith("camera:"):
         return _camera(spec.partition(":")[2], batch_size)
     path = Path(spec)
+    if not path.exists():
+        raise DataError(f"input {spec!r} does not exist")
     if path.is_dir() and corruptions:
         return _domains(path, corruptions, severity, batch_size, limit)
     if path.is_dir():
@@ -116,10 +118,13 @@ def _domains(
 ) -> Iterator[Frames]:
     files = [root / f"{name}.npy" for name in corruptions]
     missing = [str(f) for f in files if not f.is_file()]
-    if missing:
+    if missing:  # checked before the first frame, not halfway through the stream
         raise DataError(f"missing corruption files: {', '.join(missing)}")
-    for file in files:
-        yield from _batches(*_npy(file, severity or SEVERITIES), batch_size, limit)
+    return (
+        batch
+        for file in files
+        for batch in _batches(*_npy(file, severity or SEVERITIES), batch_size, limit)
+    )
 
 
 def _image_folder(path: Path) -> tuple[np.ndarray, None]:

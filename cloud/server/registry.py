@@ -86,7 +86,7 @@ class DeviceRegistry:
     def enrol(self, device_id: str, token: str | None = None) -> str:
         """Add (or re-key) a device; returns its token (a fresh random one unless given)."""
         check_device_id(device_id)
-        token = token or secrets.token_urlsafe(32)
+        token = token or secrets.token_hex(32)  # hex: never starts with "-" on a command line
         with self._lock:
             self._db.execute(
                 "INSERT INTO devices (device_id, token_sha256, enrolled_at) VALUES (?, ?, ?) "

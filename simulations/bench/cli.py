@@ -73,7 +73,12 @@ def main(argv: Sequence[str], prog: str = "cdca bench") -> int:
     adapt.add_argument(
         "--out", type=Path, default=None, help="output folder (default: runs/bench-adapt-<time>)"
     )
+    from simulations.bench.system_command import add_parser as add_system
+
+    add_system(sub)
     args = parser.parse_args(argv)
+    if args.command == "system":
+        return int(args.handler(args))
     return _run_adapt(args)
 
 

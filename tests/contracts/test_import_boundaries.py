@@ -39,6 +39,13 @@ def run_python(code: str) -> subprocess.CompletedProcess:
         "device.selection",
         "device.shift",
         "device.uncertainty",
+        "device.client",
+        "device.link",
+        "device.sources",
+        "device.bootstrap",
+        "device.run_command",
+        "device.spool",
+        "device.sampling",
     ],
 )
 def test_module_does_not_load_torch(module):
@@ -55,6 +62,26 @@ def test_cdca_device_runs_without_torch_installed():
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "torch_loaded: False" in result.stdout
+
+
+def test_cdca_device_run_predicts_without_torch_installed(exported, tmp_path):
+    import numpy as np
+
+    stream = tmp_path / "frames.npz"
+    rng = np.random.default_rng(0)
+    np.savez(stream, images=rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8),
+             labels=rng.integers(0, 4, 40))  # fmt: skip
+    argv = ["device", "run", "--input", str(stream), "--model", str(exported.manifest),
+            "--state-dir", str(tmp_path / "state"), "--batch-size", "16"]  # fmt: skip
+    result = run_python(
+        BLOCK_HEAVY + f"from simulations.cli import main; code = main({argv!r}); "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'cloud')]; "
+        "assert not bad, bad; sys.exit(code)"
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 40
+    assert '"accuracy"' in result.stderr
 
 
 def test_cdca_help_is_light():

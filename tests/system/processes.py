@@ -68,7 +68,7 @@ def start_device(stream: Path, state_dir: Path, model_dir: Path, port: int, devi
         return subprocess.Popen(
             [*CDCA, "device", "run", "--input", str(stream), "--model", str(model_dir),
              "--state-dir", str(state_dir / device_id), "--server", f"127.0.0.1:{port}",
-             "--device-id", device_id, "--token", token, "--fps", str(fps), "--out", str(out),
+             "--device-id", device_id, f"--token={token}", "--fps", str(fps), "--out", str(out),
              "--summary", str(state_dir / f"{device_id}.summary.json"), "--rpc-timeout", "5",
              "--backoff-max", "1", "--drain-seconds", "30"],
             stdout=subprocess.DEVNULL, stderr=log, env=ENV,

@@ -1,0 +1,186 @@
+"""``cdca bench system``: the running system (server + device processes) next to its simulation.
+
+The same device streams go (a) through ``UVPAMethod`` in one process, where a prompt learned
+from batch t is used from batch t + 1, and (b) through a real ``cdca cloud serve`` process
+and one ``cdca device run`` process per device on loopback, paced like cameras, where
+prompts arrive when the cloud has learned them. Reported per device: online accuracy of the
+source model, of the device alone (own batch statistics, no cloud), of U-VPA simulated and
+of U-VPA over gRPC; the device's per-frame latency with and without a prompt in force; and
+upload and prompt-delivery latency on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+CDCA = [sys.executable, "-c", "import sys; from simulations.cli import main; sys.exit(main())"]
+
+
+@dataclass(frozen=True)
+class SystemBenchConfig:
+    """One run of the system benchmark."""
+
+    data: str
+    out: Path
+    devices: int = 3
+    corruptions: tuple[str, ...] = ()
+    per_domain: int = 200
+    batch_size: int = 64
+    fps: float = 40.0
+    seed: int = 0
+
+
+def materialise_streams(config: SystemBenchConfig) -> list[Path]:
+    """Each device's stream as an .npz of frames and labels (its own order and images)."""
+    from cloud.data.formats import open_benchmark
+    from simulations.streams import continual, device_streams, iterate_batches
+
+    dataset = open_benchmark(config.data)
+    base = continual(config.corruptions, 5, config.per_domain, config.batch_size)
+    pool = len(dataset.load(config.corruptions[0], 5))
+    paths = []
+    for i, spec in enumerate(device_streams(base, config.devices, pool, config.seed)):
+        batches = list(iterate_batches(dataset, spec))
+        path = config.out / "streams" / f"device-{i}.npz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, images=np.concatenate([b.images for b in batches]),
+                 labels=np.concatenate([b.labels for b in batches]))  # fmt: skip
+        paths.append(path)
+    return paths
+
+
+def simulate(streams: list[Path], batch_size: int) -> list[dict[str, float]]:
+    """Source, device alone and U-VPA (delay 1) on each stream, in this process."""
+    import torch
+
+    from cloud.distill.command import DEFAULT_DISTILLED
+    from simulations.bench.models import load_bench_models
+    from simulations.cloud_device import UVPAConfig, UVPAMethod
+
+    world = load_bench_models(DEFAULT_DISTILLED).world
+    assert world is not None  # the shipped student is distilled
+    results = []
+    for path in streams:
+        with np.load(path) as data:
+            images, labels = data["images"], data["labels"]
+        rows: dict[str, float] = {}
+        for name, stat_mix, learn in (("source", 0.0, False), ("device_alone", 1.0, False),
+                                      ("uvpa_simulated", 1.0, True)):  # fmt: skip
+            method = UVPAMethod(name, world, UVPAConfig(stat_mix=stat_mix))
+            hits = 0
+            for start in range(0, len(images), batch_size):
+                pixels = (
+                    torch.from_numpy(images[start : start + batch_size]).permute(0, 3, 1, 2).float()
+                    / 255
+                )
+                logits = method.step(pixels) if learn else _predict_only(method, pixels)
+                hits += int((logits.argmax(1).numpy() == labels[start : start + batch_size]).sum())
+            rows[name] = hits / len(images)
+        results.append(rows)
+    return results
+
+
+def _predict_only(method, pixels):  # type: ignore[no-untyped-def]
+    import torch
+
+    with torch.no_grad():
+        logits, _, _ = method.world.device_model(
+            **{**method.inputs, "x": method.world.normalize(pixels)}
+        )
+    return logits
+
+
+def run_system(
+    config: SystemBenchConfig, streams: list[Path]
+) -> tuple[list[dict[str, object]], Path]:
+    """A server process and one device process per stream; returns the device summaries."""
+    work = Path(tempfile.mkdtemp(prefix="cdca-system-"))
+    state = work / "cloud"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    tokens = {}
+    for i in range(len(streams)):
+        out = subprocess.run([*CDCA, "cloud", "enrol", "--device", f"device-{i}", "--state-dir", str(state)],
+                             capture_output=True, text=True, env=env, check=True)  # fmt: skip
+        tokens[f"device-{i}"] = out.stdout.strip()
+    log = config.out / "server.log"
+    port_file = state / "port"
+    with open(log, "w") as handle:
+        server = subprocess.Popen([*CDCA, "cloud", "serve", "--state-dir", str(state), "--port", "0",
+                                   "--port-file", str(port_file)], stdout=handle, stderr=subprocess.STDOUT,
+                                  env=env)  # fmt: skip
+    try:
+        _wait_for(port_file, server, log)
+        port = port_file.read_text()
+        devices = []
+        for i, path in enumerate(streams):
+            device_id = f"device-{i}"
+            with open(config.out / f"{device_id}.log", "w") as dlog:
+                devices.append(subprocess.Popen(
+                    [*CDCA, "device", "run", "--input", str(path), "--model", str(state / "model"),
+                     "--state-dir", str(work / device_id), "--server", f"127.0.0.1:{port}",
+                     "--device-id", device_id, f"--token={tokens[device_id]}", "--fps", str(config.fps),
+                     "--batch-size", str(config.batch_size), "--threads", "1", "--out", "none",
+                     "--summary", str(config.out / f"{device_id}.summary.json")],
+                    stdout=subprocess.DEVNULL, stderr=dlog, env=env,
+                ))  # fmt: skip
+        for process in devices:
+            if process.wait() != 0:
+                raise RuntimeError(f"a device failed; see {config.out}/device-*.log")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+    summaries = [
+        json.loads((config.out / f"device-{i}.summary.json").read_text())
+        for i in range(len(streams))
+    ]
+    return summaries, work
+
+
+def _wait_for(port_file: Path, server: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 300
+    while not port_file.is_file():
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the server did not start; see {log}")
+        time.sleep(0.2)
+
+
+def device_latency(
+    model_dir: Path, prompt_cache: Path, batch_size: int, repeats: int = 200, rounds: int = 5
+) -> dict[str, float]:
+    """Per-frame onnxruntime latency at batch 1 and ``batch_size``: no prompt vs a learned one.
+
+    "No prompt" is the shipped defaults (zero prompt, source statistics); "with prompt" is the
+    prompt device 0 ended the run with, plus its own batch statistics. Medians over rounds.
+    """
+    from device.runtime import DeviceRuntime
+    from device.spool import PromptCache
+
+    runtime = DeviceRuntime.load(model_dir / "student.manifest.json", threads=1)
+    frames = np.random.default_rng(0).integers(0, 256, (batch_size, 32, 32, 3), dtype=np.uint8)
+    cached = PromptCache(prompt_cache).load()
+    prompt = cached[1] if cached else {}
+    settings = {"no_prompt": {}, "with_prompt": {**prompt, "stat_mix": np.ones(1, np.float32)}}
+    samples: dict[str, list[float]] = {}
+    for _ in range(rounds):  # interleaved, so drift in machine load hits both settings alike
+        for label, inputs in settings.items():
+            runtime.reset_adaptation()
+            runtime.set_adaptation(**inputs)
+            for batch in (1, batch_size):
+                runtime.predict(frames[:batch])
+                count = max(5, repeats // batch)
+                start = time.perf_counter()
+                for _ in range(count):
+                    runtime.predict(frames[:batch])
+                seconds = (time.perf_counter() - start) / count / batch
+                samples.setdefault(f"{label}_ms_per_frame_batch{batch}", []).append(seconds * 1e3)
+    return {key: round(float(np.median(values)), 4) for key, values in samples.items()}

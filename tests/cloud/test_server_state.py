@@ -1,0 +1,95 @@
+import sqlite3
+
+import numpy as np
+import pytest
+import torch
+
+from cloud.adaptation.prompt_bank import PromptBank
+from cloud.server.config import load_config
+from cloud.server.registry import DeviceRegistry, check_device_id
+from cloud.server.storage import Inbox, StoredBatch, load_bank, save_bank
+from protocol.errors import ConfigError, DataError
+
+
+def test_registry_keeps_only_token_hashes_and_checks_them(tmp_path):
+    registry = DeviceRegistry(tmp_path / "r.sqlite")
+    token = registry.enrol("cam-1")
+    assert registry.authenticate("cam-1", token)
+    assert not registry.authenticate("cam-1", token + "x")
+    assert not registry.authenticate("cam-2", token)
+    registry.close()
+    dump = "\n".join(sqlite3.connect(tmp_path / "r.sqlite").iterdump())
+    assert token not in dump
+
+
+def test_registry_counts_frames_across_device_restarts(tmp_path):
+    registry = DeviceRegistry(tmp_path / "r.sqlite")
+    registry.enrol("cam-1", "t")
+    registry.count_upload("cam-1", 640, 60, 0)
+    registry.count_upload("cam-1", 128, 10, 2)  # the device restarted and counts from 0 again
+    record = registry.record("cam-1")
+    assert (record.frames_seen, record.accepted, record.refused) == (768, 70, 2)
+    assert [registry.next_prompt_version("cam-1") for _ in range(2)] == [1, 2]
+
+
+@pytest.mark.parametrize("bad", ["", "shared", "../etc", "a" * 65, "-x"])
+def test_device_ids_are_short_safe_names(bad):
+    with pytest.raises(ConfigError):
+        check_device_id(bad)
+
+
+def test_inbox_round_trip_and_stale_temporaries(tmp_path):
+    inbox = Inbox(tmp_path)
+    batch = StoredBatch("cam-1", 3, np.zeros((2, 32, 32, 3), np.uint8), np.ones(2, np.float32),
+                        np.ones((2, 8), np.float32), True, 640)  # fmt: skip
+    first, second = inbox.put(batch), inbox.put(batch)
+    (tmp_path / "000000000009-cam-1.npz.tmp").write_bytes(b"half")
+    again = Inbox(tmp_path)  # a restart: temporaries go, order stays
+    assert again.pending() == [first, second]
+    loaded = again.load(first)
+    assert (loaded.device_id, loaded.batch_id, loaded.shift, loaded.frames_seen) == (
+        "cam-1",
+        3,
+        True,
+        640,
+    )
+    again.done(first)
+    assert again.put(batch).name.startswith("000000000002")
+    first.write_bytes(b"garbage")
+    with pytest.raises(DataError):
+        again.load(first)
+
+
+def test_prompt_bank_survives_a_save_and_refuses_another_model(tmp_path):
+    neutral = {"norm_affine": torch.zeros(2, 6)}
+    bank = PromptBank(neutral)
+    bank.accept({"norm_affine": torch.ones(2, 6)})
+    bank.new_environment()
+    bank.accept({"norm_affine": torch.full((2, 6), 3.0)})
+    save_bank(tmp_path / "b.safetensors", bank, version=7)
+    restored, version = load_bank(tmp_path / "b.safetensors", neutral)
+    assert version == 7
+    assert restored.environments == 2
+    assert torch.equal(restored.current()["norm_affine"], bank.current()["norm_affine"])
+    with pytest.raises(DataError, match="does not fit"):
+        load_bank(tmp_path / "b.safetensors", {"norm_affine": torch.zeros(2, 9)})
+    assert load_bank(tmp_path / "none.safetensors", neutral)[1] == 0
+
+
+def test_config_reads_toml_and_flags_win(tmp_path):
+    path = tmp_path / "cloud.toml"
+    path.write_text('port = 6000\nupload_budget = 0.2\n[tls]\ncert = "c.pem"\nkey = "k.pem"\n')
+    config = load_config(path, port=7000, host=None)
+    assert (config.port, config.upload_budget, config.host) == (7000, 0.2, "127.0.0.1")
+    assert config.tls is not None
+    assert config.tls.client_ca is None
+    with pytest.raises(ConfigError, match="TLS file"):
+        config.tls.read()
+    path.write_text("prot = 1\n")
+    with pytest.raises(ConfigError, match="unknown server settings"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="upload_budget"):
+        load_config(None, upload_budget=2.0)
+    path.write_text("port = [")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(path)
