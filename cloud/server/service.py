@@ -9,6 +9,7 @@ missing/unknown device, bad token      UNAUTHENTICATED
 another device's id or prompt          PERMISSION_DENIED
 wrong dtype, shape, size, NaN, ids     INVALID_ARGUMENT
 wrong protocol version or model        FAILED_PRECONDITION
+upload before registering that model   FAILED_PRECONDITION
 too many samples in one upload         RESOURCE_EXHAUSTED
 message over the size cap              RESOURCE_EXHAUSTED (gRPC itself)
 =====================================  =====================
@@ -94,6 +95,10 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
     ) -> cdca_pb2.UploadSummary:
         """Collect one batch's chunks, enforce the budget, persist, queue for the worker."""
         device_id = await self._authenticate(context)
+        record = self.registry.record(device_id)
+        if record is None or record.model_sha256 not in self.served.accepted_sha256:
+            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION,
+                         "register with the served model before uploading")  # fmt: skip
         parts: list[DecodedUpload] = []
         async for chunk in request_iterator:
             parts.append(await self._decode_chunk(context, device_id, chunk, parts))

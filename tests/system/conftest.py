@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from protocol.messages import call_metadata
-from protocol.v1 import cdca_pb2_grpc
+from protocol.v1 import cdca_pb2, cdca_pb2_grpc
 
 TOKENS = {"cam-a": "token-a", "cam-b": "token-b"}
 
@@ -106,5 +106,11 @@ def live_server(exported, distilled, tmp_path):
     world = tiny_world(exported, distilled)
     address, shutdown = start_server(world, tmp_path / "state")
     server = LiveServer(address, tmp_path / "state", world.served.manifest.sha256, world, shutdown)
+    for device_id in TOKENS:  # uploads need a registration with the served model first
+        server.stub().Register(
+            cdca_pb2.RegisterRequest(device_id=device_id, protocol_version=1,
+                                     model_sha256=server.manifest_sha256),
+            metadata=server.metadata(device_id), timeout=5,
+        )  # fmt: skip
     yield server
     server.stop()

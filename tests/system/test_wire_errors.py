@@ -94,6 +94,23 @@ def test_oversize_messages_are_refused_by_grpc(live_server):
     assert upload(live_server, good_chunks()).accepted == 4
 
 
+def test_uploads_need_a_registration_with_the_served_model(live_server):
+    bad = cdca_pb2.RegisterRequest(device_id="cam-a", protocol_version=1, model_sha256="ab" * 32)
+    with pytest.raises(grpc.RpcError):
+        live_server.stub().Register(bad, metadata=live_server.metadata(), timeout=5)
+    assert upload(live_server, good_chunks()).accepted == 4  # the refused call changed nothing
+    from cloud.server.registry import DeviceRegistry
+
+    registry = DeviceRegistry(live_server.state_dir / "registry.sqlite")
+    registry.enrol("cam-c", "token-c")
+    registry.close()
+    code, details = status_of(
+        lambda: upload(live_server, good_chunks("cam-c"), call_metadata("cam-c", "token-c"))
+    )
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "register" in details
+
+
 def test_uploads_cannot_name_another_device_or_mix_batches(live_server):
     code, _ = status_of(lambda: upload(live_server, good_chunks("cam-b")))
     assert code == grpc.StatusCode.PERMISSION_DENIED
