@@ -36,6 +36,9 @@ log = logging.getLogger("cdca.device")
 # Calls the cloud will refuse again if repeated unchanged: drop the upload instead of retrying.
 PERMANENT = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED}
 STOP_WATCHING = {grpc.StatusCode.FAILED_PRECONDITION}
+# Refusals a retry will not fix by itself: say so loudly (but keep retrying: it may be re-keyed).
+NEEDS_OPERATOR = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
+                  grpc.StatusCode.FAILED_PRECONDITION}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,7 @@ class CloudLink:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._watch_call: grpc.Future | None = None
+        self._last_refusal = ""
         self._threads = [threading.Thread(target=self._upload_loop, name="uploader", daemon=True),
                          threading.Thread(target=self._watch_loop, name="watcher", daemon=True)]  # fmt: skip
 
@@ -225,7 +229,7 @@ class CloudLink:
             self.queue.ack(seq)
             self.stats.uploads_rejected += 1
             return True
-        log.debug("upload %d failed (%s); will retry", seq, code.name)
+        self._explain(err, f"upload {seq} failed; will retry")
         return False
 
     def _watch_loop(self) -> None:
@@ -243,8 +247,19 @@ class CloudLink:
                 if code in STOP_WATCHING:
                     log.error("the cloud will not adapt this device: %s", err.details())
                     return
-                log.debug("prompt stream ended (%s); reconnecting", code.name)
+                self._explain(err, "prompt stream ended; reconnecting")
                 self._stop.wait(backoff.next_wait())
+
+    def _explain(self, err: grpc.RpcError, what: str) -> None:
+        """Refusals that need an operator are errors (once per new reason); outages are debug."""
+        code = err.code()
+        if code not in NEEDS_OPERATOR:
+            log.debug("%s (%s)", what, code.name)
+            return
+        reason = f"{code.name}: {err.details()}"
+        if reason != self._last_refusal:
+            log.error("the cloud refused this device (%s); still predicting offline", reason)
+            self._last_refusal = reason
 
     def _register(self) -> None:
         request = cdca_pb2.RegisterRequest(

@@ -117,11 +117,11 @@ def _manifest(args: argparse.Namespace, token: str) -> Path:
     from device.bootstrap import MANIFEST_FILE, download_model
     from device.link import channel
 
-    path = args.model or args.state_dir / "model"
-    if path.is_dir():
+    path = Path(args.model or args.state_dir / "model")
+    if path.suffix != ".json":  # a folder, existing or to download into
         path = path / MANIFEST_FILE
     if path.is_file() or not args.bootstrap:
-        return Path(path)
+        return path
     if not args.server:
         raise ConfigError("--bootstrap needs --server")
     with channel(_link_config(args, token, "")) as chan:
