@@ -82,3 +82,27 @@ def test_a_restart_restores_prompts_and_ingests_uploads_left_on_disk(
         wait_until_ingested(live_server.state_dir)
     finally:
         shutdown()
+
+
+def test_a_shift_folds_the_environment_into_the_shared_prompt(live_server):
+    for batch in range(3):
+        upload(
+            live_server,
+            good_chunks(n=8, batch_id=batch, frames_seen=1000 * (batch + 1), seed=batch),
+        )
+    first = wait_for_prompt(live_server)
+    shifted = good_chunks(n=8, batch_id=3, frames_seen=4000, seed=3)
+    shifted[0].shift = True
+    upload(live_server, shifted)
+    wait_until_ingested(live_server.state_dir)
+    stub = live_server.stub()
+    shared = stub.GetPrompt(
+        cdca_pb2.PromptRequest(device_id="shared"),
+        metadata=live_server.metadata("cam-b"),
+        timeout=5,
+    )
+    assert shared.scope == "shared"
+    assert shared.version == 1  # one environment folded in, from one device
+    restarted = stub.GetPrompt(cdca_pb2.PromptRequest(device_id="cam-a", known_version=first.version),
+                               metadata=live_server.metadata(), timeout=5)  # fmt: skip
+    assert restarted.environment_id == "env-2"
