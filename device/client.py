@@ -27,6 +27,7 @@ from device.runtime import DeviceRuntime
 from device.sampling import SamplingConfig, UncertaintySampler
 from device.sources import Frames
 from device.spool import PromptCache, UploadQueue
+from device.uncertainty import perturbed_views
 from protocol.errors import CdcaError
 from protocol.messages import DecodedPrompt
 
@@ -60,6 +61,7 @@ class DeviceClient:
         )
         self.sampler = UncertaintySampler(config.sampling, signature_channels=first_norm)
         self.prompt_version = self._restore_prompt()
+        self._view_rng = np.random.default_rng(config.sampling.seed)
         self._pending: DecodedPrompt | None = None
         self._lock = threading.Lock()
         self.link = None
@@ -86,7 +88,8 @@ class DeviceClient:
         start = time.perf_counter()
         prediction = self.runtime.predict(frames.images)
         ms = (time.perf_counter() - start) * 1e3
-        decision = self.sampler.decide(prediction.logits, prediction.batch_stats)
+        views = self._view_logits(frames.images) if self.sampler.needs_views else ()
+        decision = self.sampler.decide(prediction.logits, prediction.batch_stats, views)
         first_id = self.report.frames
         self.report.count(prediction.logits, frames.labels, ms, self.prompt_version)
         if len(decision.indices) or decision.shift:
@@ -95,6 +98,11 @@ class DeviceClient:
             self._write_lines(
                 out, prediction.logits, frames.labels, first_id, ms / len(frames.images)
             )
+
+    def _view_logits(self, images: np.ndarray) -> list[np.ndarray]:
+        """Logits of the mirrored and noisy copies (disagreement scoring: 2 extra passes)."""
+        views = perturbed_views(images, self.config.sampling.noise_std, self._view_rng)
+        return [self.runtime.predict(view).logits for view in views]
 
     def _queue_upload(self, images, prediction, decision, first_id) -> None:  # type: ignore[no-untyped-def]
         chosen = decision.indices

@@ -47,7 +47,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     run.add_argument("--client-cert", type=Path, help="TLS: this device's certificate")
     run.add_argument("--client-key", type=Path, help="TLS: this device's key")
     run.add_argument("--budget", type=float, default=0.1, help="largest share of frames uploaded")
-    run.add_argument("--score", default="entropy", choices=["entropy", "margin", "random"])
+    run.add_argument(
+        "--score", default="entropy", choices=["entropy", "margin", "disagreement", "random"]
+    )
     run.add_argument("--stat-mix", type=float, default=1.0,
                      help="1: normalise with each batch's statistics (U-VPA); 0: source statistics")  # fmt: skip
     run.add_argument("--fps", type=float, help="pace frames like a camera (default: flat out)")

@@ -3,21 +3,24 @@
 Gan et al., U-VPA, CVPR 2023 (https://arxiv.org/abs/2212.00972), Uncertainty Guided
 Sampling. Works on what the ONNX model returns (logits and batch statistics), in NumPy only; it
 must not import torch. ``score="random"`` is the ablation that spends the same budget on
-uniformly random frames.
+uniformly random frames; ``score="disagreement"`` ranks frames by how much the model's
+answer moves under a mirror and a little noise (two extra forward passes per batch, which
+the caller makes and hands in as ``view_logits``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from device.selection import BudgetSelector
 from device.shift import ShiftDetector, batch_signature
-from device.uncertainty import entropy, margin
+from device.uncertainty import disagreement, entropy, margin
 from protocol.errors import ConfigError
 
-SCORES = ("entropy", "margin", "random")
+SCORES = ("entropy", "margin", "disagreement", "random")
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class SamplingConfig:
     class_balance: bool = True
     detect_shifts: bool = True
     seed: int = 0
+    noise_std: float = 0.02  # of the noisy view for ``disagreement``, as a share of 255
 
     def __post_init__(self) -> None:
         if self.score not in SCORES:
@@ -77,13 +81,29 @@ class UncertaintySampler:
         )
         self.detector = ShiftDetector() if cfg.detect_shifts else None
 
-    def decide(self, logits: np.ndarray, batch_stats: np.ndarray) -> UploadDecision:
-        """Score the (N, C) logits, choose uploads within budget, check (2, K) stats for a shift."""
+    @property
+    def needs_views(self) -> bool:
+        """Whether ``decide`` needs the logits of perturbed views (see ``perturbed_views``)."""
+        return self.config.score == "disagreement"
+
+    def decide(
+        self,
+        logits: np.ndarray,
+        batch_stats: np.ndarray,
+        view_logits: Sequence[np.ndarray] = (),
+    ) -> UploadDecision:
+        """Score the (N, C) logits, choose uploads within budget, check (2, K) stats for a shift.
+
+        ``view_logits``: the same frames under ``perturbed_views``, for ``disagreement``.
+        The scores sent with the uploads are always the entropy, in [0, 1].
+        """
+        if self.needs_views and not view_logits:
+            raise ConfigError("disagreement scoring needs the logits of the perturbed views")
         uncertainty = entropy(logits)
         shift = False
         if self.detector is not None:
             shift = self.detector.update(batch_signature(batch_stats, self.signature_channels))
-        scores = self._scores(logits, uncertainty)
+        scores = self._scores(logits, uncertainty, view_logits)
         chosen = self.selector.select(scores, logits.argmax(axis=1))
         return UploadDecision(chosen, uncertainty[chosen], shift)
 
@@ -92,9 +112,13 @@ class UncertaintySampler:
         """Frames uploaded so far / frames seen."""
         return self.selector.uploaded_fraction
 
-    def _scores(self, logits: np.ndarray, uncertainty: np.ndarray) -> np.ndarray:
+    def _scores(
+        self, logits: np.ndarray, uncertainty: np.ndarray, view_logits: Sequence[np.ndarray]
+    ) -> np.ndarray:
         if self.config.score == "margin":
             return margin(logits)
+        if self.config.score == "disagreement":
+            return disagreement([logits, *view_logits])
         if self.config.score == "random":
             return self.random_scores.random(len(logits)).astype(np.float32)
         return uncertainty

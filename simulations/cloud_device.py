@@ -29,6 +29,7 @@ from cloud.adaptation.vplu import VPLU, VPLUConfig
 from cloud.export.device_model import DeviceModel
 from cloud.students.preprocess import Normalization
 from device.sampling import SamplingConfig, UncertaintySampler
+from device.uncertainty import perturbed_views
 
 UPLOAD_OVERHEAD_BYTES = 4 + 8  # float32 score + int64 frame id per uploaded frame
 MESSAGE_OVERHEAD_BYTES = 16  # per message (device id, batch id, shift flag)
@@ -106,6 +107,7 @@ class UVPAMethod:
         )  # fmt: skip
         first_norm = world.device_model.norm_layers[0].channels
         self.sampler = UncertaintySampler(config.sampling, signature_channels=first_norm)
+        self.view_rng = np.random.default_rng(config.sampling.seed)
         self.inputs = world.device_model.neutral_inputs(world.class_vectors)
         self.inputs["stat_mix"] = torch.full((1,), float(config.stat_mix))
         self.in_flight: deque[tuple[int, Prompt]] = deque()
@@ -120,7 +122,8 @@ class UVPAMethod:
         logits, _, stats = self.world.device_model(
             **{**self.inputs, "x": self.world.normalize(pixels)}
         )
-        decision = self.sampler.decide(logits.numpy(), stats.numpy())
+        views = self._view_logits(pixels) if self.sampler.needs_views else []
+        decision = self.sampler.decide(logits.numpy(), stats.numpy(), views)
         chosen = torch.from_numpy(decision.indices)
         upload = UploadBatch(
             pixels[chosen], torch.from_numpy(decision.scores), stats, decision.shift
@@ -136,6 +139,17 @@ class UVPAMethod:
             )
         self.batch_index += 1
         return logits
+
+    def _view_logits(self, pixels: torch.Tensor) -> list[np.ndarray]:
+        """The device's two extra passes for disagreement, on the same uint8 views it would see."""
+        frames = (pixels * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        views = perturbed_views(frames, self.config.sampling.noise_std, self.view_rng)
+        out = []
+        for view in views:
+            x = torch.from_numpy(view).permute(0, 3, 1, 2).float() / 255
+            logits, _, _ = self.world.device_model(**{**self.inputs, "x": self.world.normalize(x)})
+            out.append(logits.numpy())
+        return out
 
     def costs(self) -> dict[str, float]:
         """Traffic and cloud compute so far."""

@@ -45,6 +45,7 @@ def _uvpa_variants(base: UVPAConfig) -> dict[str, UVPAConfig]:
     return {
         "uvpa": base,  # feature-space prompt (BatchNorm scale/shift), ensemble target
         "uvpa_random": replace(base, sampling=replace(sampling, score="random")),
+        "uvpa_disagreement": replace(base, sampling=replace(sampling, score="disagreement")),
         "uvpa_unguided": replace(base, vplu=replace(vplu, guided=False)),
         "uvpa_teacher_target": replace(base, vplu=replace(vplu, target="teacher")),
         "uvpa_pixel": replace(base, vplu=replace(vplu, parts=PIXEL_PARTS)),

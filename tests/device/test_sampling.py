@@ -14,12 +14,13 @@ def stream(rng, batches, shift_at=None, n=64, classes=10, channels=32):
         yield rng.normal(size=(n, classes)) * 3, np.stack([noisy[0], np.exp(noisy[1])])
 
 
-@pytest.mark.parametrize("score", ["entropy", "margin", "random"])
+@pytest.mark.parametrize("score", ["entropy", "margin", "disagreement", "random"])
 def test_never_uploads_more_than_the_budget(rng, score):
     sampler = UncertaintySampler(SamplingConfig(budget=0.1, score=score))
     picked = 0
     for logits, embedding in stream(rng, 30):
-        decision = sampler.decide(logits, embedding)
+        views = [logits + rng.normal(size=logits.shape)] if score == "disagreement" else []
+        decision = sampler.decide(logits, embedding, views)
         picked += len(decision.indices)
         assert len(decision.scores) == len(decision.indices)
         assert np.all((decision.scores >= 0) & (decision.scores <= 1))
@@ -47,3 +48,19 @@ def test_a_jump_in_the_embeddings_is_reported_as_a_shift(rng):
 def test_unknown_score_is_refused():
     with pytest.raises(ConfigError, match="entropy"):
         SamplingConfig(score="vibes")
+
+
+def test_disagreement_picks_frames_whose_answer_moves_under_perturbation(rng):
+    sampler = UncertaintySampler(SamplingConfig(budget=0.1, score="disagreement", random_fraction=0.0,
+                                                class_balance=False, detect_shifts=False))  # fmt: skip
+    stable = np.eye(10)[rng.integers(0, 10, 64)] * 5
+    moved = stable.copy()
+    flaky = np.arange(0, 64, 8)
+    moved[flaky] = np.roll(moved[flaky], 3, axis=1)  # these frames change class in the view
+    chosen = set()
+    for _ in range(20):
+        chosen |= set(sampler.decide(stable, np.ones((2, 32)), [moved]).indices.tolist())
+    assert chosen
+    assert chosen <= set(flaky.tolist())
+    with pytest.raises(ConfigError, match="perturbed views"):
+        sampler.decide(stable, np.ones((2, 32)))

@@ -50,8 +50,12 @@ def test_a_prompt_learned_from_batch_t_is_used_from_batch_t_plus_delay(world, de
     assert all(when - learned == delay for learned, when in arrivals)
 
 
-def test_costs_count_uploads_within_budget_and_both_directions(world):
-    method = UVPAMethod("uvpa", world, config())
+@pytest.mark.parametrize("score", ["entropy", "disagreement"])
+def test_costs_count_uploads_within_budget_and_both_directions(world, score):
+    from dataclasses import replace
+
+    base = config()
+    method = UVPAMethod("uvpa", world, replace(base, sampling=replace(base.sampling, score=score)))
     for pixels in batches(6):
         logits = method.step(pixels)
         assert logits.shape == (32, len(world.class_vectors))
