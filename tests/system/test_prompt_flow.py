@@ -9,6 +9,12 @@ from tests.system.conftest import start_server, tiny_world
 from tests.system.test_wire_errors import K, good_chunks, upload
 
 
+def upload_three_batches(server):
+    """Enough uploads (24 over 3 batches) for the tiny server's first VPLU update."""
+    for batch in range(3):
+        upload(server, good_chunks(n=8, batch_id=batch, frames_seen=1000 * (batch + 1), seed=batch))
+
+
 def wait_until_ingested(state_dir, timeout=30):
     deadline = time.monotonic() + timeout
     while Inbox(state_dir / "inbox").pending() and time.monotonic() < deadline:
@@ -25,11 +31,7 @@ def wait_for_prompt(server, known=0, timeout=30):
 
 
 def test_uploads_turn_into_a_pushed_prompt_that_fits_the_model(live_server):
-    for batch in range(3):
-        upload(
-            live_server,
-            good_chunks(n=8, batch_id=batch, frames_seen=1000 * (batch + 1), seed=batch),
-        )
+    upload_three_batches(live_server)
     prompt = wait_for_prompt(live_server)
     decoded = decode_prompt(prompt, {"norm_affine": (2, K)})
     assert prompt.version >= 1
@@ -50,11 +52,7 @@ def test_uploads_turn_into_a_pushed_prompt_that_fits_the_model(live_server):
 def test_a_restart_restores_prompts_and_ingests_uploads_left_on_disk(
     live_server, exported, distilled
 ):
-    for batch in range(3):
-        upload(
-            live_server,
-            good_chunks(n=8, batch_id=batch, frames_seen=1000 * (batch + 1), seed=batch),
-        )
+    upload_three_batches(live_server)
     wait_for_prompt(live_server)
     wait_until_ingested(live_server.state_dir)
     before = live_server.stub().GetPrompt(
@@ -85,11 +83,7 @@ def test_a_restart_restores_prompts_and_ingests_uploads_left_on_disk(
 
 
 def test_a_shift_folds_the_environment_into_the_shared_prompt(live_server):
-    for batch in range(3):
-        upload(
-            live_server,
-            good_chunks(n=8, batch_id=batch, frames_seen=1000 * (batch + 1), seed=batch),
-        )
+    upload_three_batches(live_server)
     first = wait_for_prompt(live_server)
     shifted = good_chunks(n=8, batch_id=3, frames_seen=4000, seed=3)
     shifted[0].shift = True
