@@ -8,11 +8,9 @@ import grpc
 
 from protocol.errors import DataError
 from protocol.files import atomic_write
-from protocol.manifest import manifest_from_json, verify_model_file
+from protocol.manifest import MANIFEST_FILE, manifest_from_json, verify_model_file
 from protocol.messages import call_metadata
 from protocol.v1 import cdca_pb2, cdca_pb2_grpc
-
-MANIFEST_FILE = "student.manifest.json"
 
 
 def download_model(

@@ -22,7 +22,7 @@ from typing import TextIO
 import numpy as np
 
 from device.link import CloudLink, LinkConfig, LinkStats, encode_batch
-from device.preprocess import resize_bilinear
+from device.preprocess import as_rgb, resize_bilinear
 from device.runtime import DeviceRuntime
 from device.sampling import SamplingConfig, UncertaintySampler
 from device.sources import Frames
@@ -107,7 +107,7 @@ class DeviceClient:
     def _queue_upload(self, images, prediction, decision, first_id) -> None:  # type: ignore[no-untyped-def]
         chosen = decision.indices
         size = self.runtime.manifest.preprocess.image_size
-        frames = images[chosen] if images.ndim == 4 else np.repeat(images[chosen][..., None], 3, -1)
+        frames = as_rgb(images[chosen])
         small = np.clip(np.rint(resize_bilinear(frames, size)), 0, 255).astype(np.uint8)
         payload = encode_batch({
             "batch_id": self.report.batches - 1, "images": small, "uncertainty": decision.scores,

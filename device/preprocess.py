@@ -25,6 +25,11 @@ def resize_bilinear(images: np.ndarray, size: int) -> np.ndarray:
     return resized
 
 
+def as_rgb(images: np.ndarray) -> np.ndarray:
+    """(N, H, W) grey frames -> (N, H, W, 3); colour frames unchanged."""
+    return np.repeat(images[..., np.newaxis], 3, axis=-1) if images.ndim == 3 else images
+
+
 def preprocess(images: np.ndarray, spec: Preprocess) -> np.ndarray:
     """(N, H, W, 3) or (N, H, W) uint8 -> (N, 3, size, size) float32 model input.
 
@@ -33,8 +38,7 @@ def preprocess(images: np.ndarray, spec: Preprocess) -> np.ndarray:
     """
     if images.dtype != np.uint8:
         raise DataError(f"images must be uint8, got {images.dtype}")
-    if images.ndim == 3:
-        images = np.repeat(images[..., np.newaxis], 3, axis=-1)
+    images = as_rgb(images)
     if images.ndim != 4 or images.shape[-1] != 3:
         raise DataError(f"images must be (N, H, W, 3) or (N, H, W), got {images.shape}")
     x = resize_bilinear(images, spec.image_size) * np.float32(spec.scale)

@@ -116,8 +116,9 @@ def _token(args: argparse.Namespace) -> str:
 
 
 def _manifest(args: argparse.Namespace, token: str) -> Path:
-    from device.bootstrap import MANIFEST_FILE, download_model
+    from device.bootstrap import download_model
     from device.link import channel
+    from protocol.manifest import MANIFEST_FILE
 
     path = Path(args.model or args.state_dir / "model")
     if path.suffix != ".json":  # a folder, existing or to download into

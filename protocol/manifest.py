@@ -16,6 +16,8 @@ from typing import Any
 from protocol.errors import DataError
 
 MANIFEST_VERSION = 1
+MANIFEST_FILE = "student.manifest.json"  # what `cdca cloud export` writes, devices look for
+INT8_MANIFEST_FILE = "student.int8.manifest.json"  # its int8 copy's
 ALLOWED_DTYPES = frozenset({"float32", "float16", "int64", "uint8"})
 
 

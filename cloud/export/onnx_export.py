@@ -22,7 +22,14 @@ from cloud.distill.checkpoint import DistilledInfo
 from cloud.distill.student import DistilledStudent
 from cloud.export.device_model import DeviceModel
 from protocol.errors import DataError
-from protocol.manifest import ModelManifest, Preprocess, TensorSpec, sha256_of
+from protocol.manifest import (
+    INT8_MANIFEST_FILE,
+    MANIFEST_FILE,
+    ModelManifest,
+    Preprocess,
+    TensorSpec,
+    sha256_of,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +84,7 @@ def export_device_model(
     manifest = build_manifest(
         device_model, example, info, model_path, defaults_path, model_version, diff
     )
-    manifest_path = out_dir / "student.manifest.json"
+    manifest_path = out_dir / MANIFEST_FILE
     manifest_path.write_text(manifest.to_json())
     return ExportResult(model_path, manifest_path, defaults_path, diff, time.perf_counter() - start)
 
@@ -222,6 +229,6 @@ def quantize_int8(
     int8_manifest = replace(
         manifest, model_file=int8_path.name, sha256=sha256_of(int8_path), quantization="int8-qdq"
     )
-    manifest_path = export.manifest.with_name("student.int8.manifest.json")
+    manifest_path = export.manifest.with_name(INT8_MANIFEST_FILE)
     manifest_path.write_text(int8_manifest.to_json())
     return int8_path, manifest_path

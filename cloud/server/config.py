@@ -23,9 +23,8 @@ from typing import Any
 
 import tomllib
 
+from cloud.distill.command import DEFAULT_DISTILLED
 from protocol.errors import ConfigError
-
-DEFAULT_STUDENT = Path(__file__).resolve().parents[1] / "checkpoints/student_distilled.safetensors"
 
 
 @dataclass(frozen=True)
@@ -66,7 +65,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     state_dir: Path = Path("runs/cloud-state")
-    student: Path = DEFAULT_STUDENT
+    student: Path = DEFAULT_DISTILLED
     teacher: str = "builtin"
     model_dir: Path | None = None
     upload_budget: float = 0.1

@@ -84,7 +84,7 @@ class AdaptationWorker:
 
     def shared_prompt(self) -> cdca_pb2.Prompt:
         """Every device's domain-agnostic prompt, averaged with weight = environments it learned."""
-        neutral = self.world.neutral_prompt()
+        neutral = self.world.neutral
         parts = self.world.vplu.parts
         total = {k: torch.zeros_like(neutral[k]) for k in parts}
         weight = 0
@@ -130,8 +130,9 @@ class AdaptationWorker:
         return self._message(session, version, batch.batch_id)
 
     def _load_session(self, device_id: str) -> tuple[AdaptationSession, int]:
-        neutral = self.world.neutral_prompt()
-        bank, version = load_bank(self.banks / f"{device_id}.safetensors", neutral, self.world.bank)
+        bank, version = load_bank(
+            self.banks / f"{device_id}.safetensors", self.world.neutral, self.world.bank
+        )
         session = self.world.new_session(bank)
         self.sessions[device_id] = session
         return session, version

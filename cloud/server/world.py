@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -21,10 +22,15 @@ from cloud.adaptation.vplu import VPLU, VPLUConfig
 from cloud.export.device_model import DeviceModel
 from cloud.students.preprocess import Normalization
 from protocol.errors import DataError
-from protocol.manifest import ModelManifest, load_manifest, verify_model_file
+from protocol.manifest import (
+    INT8_MANIFEST_FILE,
+    MANIFEST_FILE,
+    ModelManifest,
+    load_manifest,
+    verify_model_file,
+)
 
 log = logging.getLogger("cdca.cloud")
-MANIFEST_NAME = "student.manifest.json"
 
 
 @dataclass(frozen=True)
@@ -67,14 +73,15 @@ class CloudWorld:
     session: SessionConfig = field(default_factory=SessionConfig)
     bank: BankConfig = field(default_factory=BankConfig)
 
-    def neutral_prompt(self) -> dict[str, torch.Tensor]:
-        """The unadapted student's prompt parts."""
+    @cached_property
+    def neutral(self) -> dict[str, torch.Tensor]:
+        """The unadapted student's prompt parts (built once; read-only: banks copy them)."""
         return VPLU(self.device_model, self.class_vectors, self.vplu).neutral_prompt()
 
     def new_session(self, bank: PromptBank | None = None) -> AdaptationSession:
         """A device's cloud session (its bank restored from disk when given)."""
         vplu = VPLU(self.device_model, self.class_vectors, self.vplu)
-        bank = bank or PromptBank(vplu.neutral_prompt(), self.bank)
+        bank = bank or PromptBank(self.neutral, self.bank)
         return AdaptationSession(
             vplu, self._teacher_logits, self.normalization.apply, bank, self.session
         )
@@ -92,7 +99,7 @@ def load_world(student: Path, teacher: str, state_dir: Path, model_dir: Path | N
     distilled, vectors, info = load_distilled(student)
     device_model = DeviceModel(distilled)
     folder = model_dir or state_dir / "model"
-    if model_dir is None and not (folder / MANIFEST_NAME).is_file():
+    if model_dir is None and not (folder / MANIFEST_FILE).is_file():
         from cloud.export.onnx_export import export_device_model
 
         log.info("exporting the device model into %s", folder)
@@ -107,7 +114,7 @@ def load_world(student: Path, teacher: str, state_dir: Path, model_dir: Path | N
 
 def served_model(folder: Path, device_model: DeviceModel) -> ServedModel:
     """Check an exported model folder against the cloud's copy of the student."""
-    manifest_path = folder / MANIFEST_NAME
+    manifest_path = folder / MANIFEST_FILE
     manifest = load_manifest(manifest_path)
     verify_model_file(manifest, folder / manifest.model_file)
     channels = int(manifest.input("norm_stats").shape[1])
@@ -117,7 +124,7 @@ def served_model(folder: Path, device_model: DeviceModel) -> ServedModel:
             f"{device_model.num_norm_channels}: export the model from the same student"
         )
     accepted = {manifest.sha256}
-    int8 = folder / MANIFEST_NAME.replace(".manifest", ".int8.manifest")
+    int8 = folder / INT8_MANIFEST_FILE
     if int8.is_file():
         accepted.add(load_manifest(int8).sha256)
     return ServedModel(folder, manifest, manifest_path, frozenset(accepted))

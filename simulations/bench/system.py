@@ -107,20 +107,10 @@ def run_system(
     work = Path(tempfile.mkdtemp(prefix="cdca-system-"))
     state = work / "cloud"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    tokens = {}
-    for i in range(len(streams)):
-        out = subprocess.run([*CDCA, "cloud", "enrol", "--device", f"device-{i}", "--state-dir", str(state)],
-                             capture_output=True, text=True, env=env, check=True)  # fmt: skip
-        tokens[f"device-{i}"] = out.stdout.strip()
-    log = config.out / "server.log"
-    port_file = state / "port"
-    with open(log, "w") as handle:
-        server = subprocess.Popen([*CDCA, "cloud", "serve", "--state-dir", str(state), "--port", "0",
-                                   "--port-file", str(port_file)], stdout=handle, stderr=subprocess.STDOUT,
-                                  env=env)  # fmt: skip
+    tokens = {f"device-{i}": enrol(state, f"device-{i}", env) for i in range(len(streams))}
+    (config.out / "server.log").unlink(missing_ok=True)
+    server, port = launch_server(state, 0, config.out / "server.log", env)
     try:
-        _wait_for(port_file, server, log)
-        port = port_file.read_text()
         devices = []
         for i, path in enumerate(streams):
             device_id = f"device-{i}"
@@ -146,12 +136,32 @@ def run_system(
     return summaries, work
 
 
-def _wait_for(port_file: Path, server: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 300
+def enrol(state_dir: Path, device_id: str, env: dict[str, str]) -> str:
+    """``cdca cloud enrol`` in a subprocess; returns the device's token."""
+    out = subprocess.run([*CDCA, "cloud", "enrol", "--device", device_id, "--state-dir", str(state_dir)],
+                         capture_output=True, text=True, env=env, check=True)  # fmt: skip
+    return out.stdout.strip()
+
+
+def launch_server(
+    state_dir: Path, port: int, log: Path, env: dict[str, str], timeout: float = 300
+) -> tuple[subprocess.Popen[bytes], int]:
+    """``cdca cloud serve`` (output appended to ``log``), once it listens; returns it and its port."""
+    port_file = state_dir / "port"
+    port_file.unlink(missing_ok=True)
+    with open(log, "a") as handle:
+        server = subprocess.Popen(
+            [*CDCA, "cloud", "serve", "--state-dir", str(state_dir), "--port", str(port),
+             "--port-file", str(port_file)],
+            stdout=handle, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+    deadline = time.monotonic() + timeout
     while not port_file.is_file():
         if server.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the server did not start; see {log}")
-        time.sleep(0.2)
+            server.kill()
+            raise RuntimeError(f"the server did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.1)
+    return server, int(port_file.read_text())
 
 
 def device_latency(
@@ -164,8 +174,9 @@ def device_latency(
     """
     from device.runtime import DeviceRuntime
     from device.spool import PromptCache
+    from protocol.manifest import MANIFEST_FILE
 
-    runtime = DeviceRuntime.load(model_dir / "student.manifest.json", threads=1)
+    runtime = DeviceRuntime.load(model_dir / MANIFEST_FILE, threads=1)
     frames = np.random.default_rng(0).integers(0, 256, (batch_size, 32, 32, 3), dtype=np.uint8)
     cached = PromptCache(prompt_cache).load()
     prompt = cached[1] if cached else {}

@@ -7,13 +7,13 @@ import os
 import signal
 import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-CDCA = [sys.executable, "-c", "import sys; from simulations.cli import main; sys.exit(main())"]
+from simulations.bench import system
+
+CDCA = system.CDCA
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
@@ -38,28 +38,12 @@ def corrupted_stream(path: Path, domains: list[str], per_domain: int, offset: in
 
 
 def enrol(state_dir: Path, device_id: str) -> str:
-    out = subprocess.run([*CDCA, "cloud", "enrol", "--device", device_id, "--state-dir", str(state_dir)],
-                         capture_output=True, text=True, env=ENV, check=True)  # fmt: skip
-    return out.stdout.strip()
+    return system.enrol(state_dir, device_id, ENV)
 
 
 def start_server(state_dir: Path, port: int, log: Path) -> subprocess.Popen:
     """``cdca cloud serve`` with the shipped student and built-in teacher; waits until it listens."""
-    port_file = state_dir / "port"
-    port_file.unlink(missing_ok=True)
-    with open(log, "a") as handle:
-        process = subprocess.Popen(
-            [*CDCA, "cloud", "serve", "--state-dir", str(state_dir), "--port", str(port),
-             "--port-file", str(port_file)],
-            stdout=handle, stderr=subprocess.STDOUT, env=ENV,
-        )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not port_file.is_file():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError(f"server did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.1)
-    return process
+    return system.launch_server(state_dir, port, log, ENV, timeout=120)[0]
 
 
 def start_device(stream: Path, state_dir: Path, model_dir: Path, port: int, device_id: str,
