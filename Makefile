@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.cdca-installed
-EXTRAS ?= cloud,device,dev
+EXTRAS ?= cloud,device,flower,dev
 DATA := data/fashion-mnist-c
 
 .PHONY: demo test lint setup fashion-mnist clean-venv

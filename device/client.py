@@ -21,13 +21,12 @@ from typing import TextIO
 
 import numpy as np
 
+from device.agent import DeviceAgent
 from device.link import CloudLink, LinkConfig, LinkStats, encode_batch
-from device.preprocess import as_rgb, resize_bilinear
 from device.runtime import DeviceRuntime
-from device.sampling import SamplingConfig, UncertaintySampler
+from device.sampling import SamplingConfig
 from device.sources import Frames
 from device.spool import PromptCache, UploadQueue
-from device.uncertainty import perturbed_views
 from protocol.errors import CdcaError
 from protocol.messages import DecodedPrompt
 
@@ -53,15 +52,10 @@ class DeviceClient:
         self, runtime: DeviceRuntime, config: ClientConfig, link: LinkConfig | None
     ) -> None:
         self.runtime, self.config = runtime, config
-        runtime.set_adaptation(stat_mix=np.full((1,), config.stat_mix, np.float32))
+        self.agent = DeviceAgent(runtime, config.sampling, config.stat_mix)
         self.cache = PromptCache(config.state_dir / "prompt.npz")
         self.queue = UploadQueue(config.state_dir / "queue", max_items=config.queue_items)
-        first_norm = (
-            int(runtime.manifest.norm_layers[0]["channels"]) if runtime.manifest.norm_layers else 32
-        )
-        self.sampler = UncertaintySampler(config.sampling, signature_channels=first_norm)
         self.prompt_version = self._restore_prompt()
-        self._view_rng = np.random.default_rng(config.sampling.seed)
         self._pending: DecodedPrompt | None = None
         self._lock = threading.Lock()
         self.link = None
@@ -85,40 +79,20 @@ class DeviceClient:
 
     def _step(self, frames: Frames, out: TextIO | None) -> None:
         self._apply_pending()
-        start = time.perf_counter()
-        prediction = self.runtime.predict(frames.images)
-        ms = (time.perf_counter() - start) * 1e3
-        views = self._view_logits(frames.images) if self.sampler.needs_views else ()
-        decision = self.sampler.decide(prediction.logits, prediction.batch_stats, views)
+        step = self.agent.step(frames.images)
+        logits = step.prediction.logits
         first_id = self.report.frames
-        self.report.count(prediction.logits, frames.labels, ms, self.prompt_version)
-        if len(decision.indices) or decision.shift:
-            self._queue_upload(frames.images, prediction, decision, first_id)
-        if out is not None:
-            self._write_lines(
-                out, prediction.logits, frames.labels, first_id, ms / len(frames.images)
+        self.report.count(logits, frames.labels, step.ms, self.prompt_version)
+        if step.uploads:
+            fields = self.agent.upload(
+                frames.images, step, self.report.batches - 1, first_id, self.report.frames
             )
-
-    def _view_logits(self, images: np.ndarray) -> list[np.ndarray]:
-        """Logits of the mirrored and noisy copies (disagreement scoring: 2 extra passes)."""
-        views = perturbed_views(images, self.config.sampling.noise_std, self._view_rng)
-        return [self.runtime.predict(view).logits for view in views]
-
-    def _queue_upload(self, images, prediction, decision, first_id) -> None:  # type: ignore[no-untyped-def]
-        chosen = decision.indices
-        size = self.runtime.manifest.preprocess.image_size
-        frames = as_rgb(images[chosen])
-        small = np.clip(np.rint(resize_bilinear(frames, size)), 0, 255).astype(np.uint8)
-        payload = encode_batch({
-            "batch_id": self.report.batches - 1, "images": small, "uncertainty": decision.scores,
-            "frame_ids": first_id + chosen, "predicted": prediction.logits[chosen].argmax(1),
-            "batch_stats": prediction.batch_stats, "shift": decision.shift,
-            "frames_seen": self.report.frames,
-        })  # fmt: skip
-        self.queue.put(payload)
-        self.report.queued += len(chosen)
-        if self.link is not None:
-            self.link.notify()
+            self.queue.put(encode_batch(fields))
+            self.report.queued += len(step.decision.indices)
+            if self.link is not None:
+                self.link.notify()
+        if out is not None:
+            self._write_lines(out, logits, frames.labels, first_id, step.ms / len(frames.images))
 
     def _write_lines(self, out, logits, labels, first_id, ms_per_frame) -> None:  # type: ignore[no-untyped-def]
         names = self.runtime.manifest.class_names

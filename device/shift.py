@@ -18,13 +18,9 @@ from __future__ import annotations
 import numpy as np
 
 from protocol.errors import ConfigError
+from protocol.signature import batch_signature, signature_distance
 
-
-def batch_signature(batch_stats: np.ndarray, channels: int) -> np.ndarray:
-    """(2, K) batch mean/variance -> the first ``channels`` means and log standard deviations."""
-    mean, var = batch_stats[0, :channels], batch_stats[1, :channels]
-    signature: np.ndarray = np.concatenate([mean, 0.5 * np.log(np.maximum(var, 1e-8))])
-    return signature.astype(np.float64)
+__all__ = ["ShiftDetector", "batch_signature"]
 
 
 class ShiftDetector:
@@ -61,7 +57,7 @@ class ShiftDetector:
         if self.reference is None or self.reference.shape != signature.shape:
             self._restart(signature)
             return False
-        distance = float(np.sqrt(np.mean((signature - self.reference) ** 2)))
+        distance = signature_distance(signature, self.reference)
         limit = max(self.min_distance, self.sensitivity * self.jitter)
         if self.batches_in_environment >= self.warmup and distance > limit:
             self.outliers += 1

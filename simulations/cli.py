@@ -19,6 +19,7 @@ GROUPS: dict[str, tuple[str, str, str]] = {
     "data": ("cloud.data.cli", "prepare corrupted benchmarks (Fashion-MNIST-C) and inspect them", "cloud"),
     "train": ("cloud.train_cli", "train the device student or the built-in CLIP teacher", "cloud"),
     "cloud": ("cloud.cli", "cloud jobs: CoOp prompt learning for the teacher", "cloud"),
+    "simulate": ("simulations.fleet.command", "the main job: many devices, one cloud, a report with plots", "cloud"),
     "bench": ("simulations.bench.cli", "run adaptation methods over a shifting stream and report", "cloud"),
     "device": ("device.cli", "device-side tools; needs only the device extra (no torch)", "device"),
 }  # fmt: skip

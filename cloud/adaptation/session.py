@@ -89,19 +89,25 @@ class AdaptationSession:
         self.uploads = self.updates = self.shipped = self.shifts = 0
         self.seconds = 0.0
 
-    def ingest(self, batch: UploadBatch) -> Prompt | None:
-        """Take one batch of uploads; return the prompt the device should switch to, if any."""
-        start = time.perf_counter()
-        try:
-            return self._ingest(batch)
-        finally:
-            self.seconds += time.perf_counter() - start
+    def ingest(self, batch: UploadBatch, start: Prompt | None = None) -> Prompt | None:
+        """Take one batch of uploads; return the prompt the device should switch to, if any.
 
-    def _ingest(self, batch: UploadBatch) -> Prompt | None:
+        ``start``: on a reported shift, the prompt the new environment starts from (e.g. a
+        remembered environment's, from ``cloud.adaptation.fleet``) instead of the shared one.
+        """
+        began = time.perf_counter()
+        try:
+            return self._ingest(batch, start)
+        finally:
+            self.seconds += time.perf_counter() - began
+
+    def _ingest(self, batch: UploadBatch, start: Prompt | None) -> Prompt | None:
         _check(batch, self.vplu.running_stats.shape)
         changed = False
         if batch.shift and self.config.restart_on_shift:
             self.bank.new_environment()
+            if start is not None:
+                self.bank.accept(start)
             self.buffer.clear()
             self.shifts += 1
             changed = True  # the device should drop the old environment's prompt now

@@ -83,11 +83,12 @@ class CloudWorld:
         vplu = VPLU(self.device_model, self.class_vectors, self.vplu)
         bank = bank or PromptBank(self.neutral, self.bank)
         return AdaptationSession(
-            vplu, self._teacher_logits, self.normalization.apply, bank, self.session
+            vplu, self.teacher_logits, self.normalization.apply, bank, self.session
         )
 
     @torch.no_grad()
-    def _teacher_logits(self, pixels: torch.Tensor) -> torch.Tensor:
+    def teacher_logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits over the device classes, on the CPU."""
         return self.teacher(pixels).float().cpu()
 
 

@@ -1,0 +1,154 @@
+"""U-VPA for a fleet: one cloud session per device, plus what devices teach each other.
+
+Gan et al., U-VPA, CVPR 2023 (https://arxiv.org/abs/2212.00972) adapts one device; a cloud
+serving many devices can also pass knowledge between them:
+
+- the shared (domain-agnostic, VDP) prompt is aggregated over devices, weighted by the
+  environments each has learned, and a device entering an unknown environment starts
+  from it;
+- the environment bank (``cloud.adaptation.environments``) remembers every environment a
+  device leaves; a device entering one that any device has seen starts from its prompt.
+
+No transport code: the in-process simulation, the gRPC server and the Flower ServerApp
+all hand uploads to ``FleetCloud.ingest`` and ship what it returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from cloud.adaptation.environments import EnvironmentBank, EnvironmentBankConfig, mean_prompt
+from cloud.adaptation.prompt_bank import BankConfig, Prompt, PromptBank
+from cloud.adaptation.session import AdaptationSession, SessionConfig, UploadBatch
+from cloud.adaptation.vplu import VPLU
+from protocol.signature import batch_signature
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """What devices share through the cloud."""
+
+    environment_bank: bool = True
+    share_across_devices: bool = True  # unknown environments start from the fleet's shared prompt
+    bank: EnvironmentBankConfig = field(default_factory=EnvironmentBankConfig)
+
+
+@dataclass
+class _Stay:
+    """The current environment of one device: its signature so far and uploads at its start."""
+
+    signature_sum: np.ndarray | None = None
+    batches: int = 0
+    uploads_at_start: int = 0
+    started_from_bank: bool = False
+
+    def add(self, signature: np.ndarray) -> None:
+        self.signature_sum = (
+            signature if self.signature_sum is None else self.signature_sum + signature
+        )
+        self.batches += 1
+
+    def signature(self) -> np.ndarray | None:
+        return None if self.signature_sum is None else self.signature_sum / self.batches
+
+
+class FleetCloud:
+    """Cloud-side U-VPA for many devices.
+
+    Args:
+        vplu: the learner (stateless across devices; shared).
+        teacher: [0, 1] pixels -> teacher logits over the devices' classes.
+        normalize: [0, 1] pixels -> the device model's input.
+        session: buffer and schedule of each device's session.
+        bank: how each device's ending environment feeds its shared prompt.
+        fleet: what devices share.
+        signature_channels: channels of the device model's first normalisation layer.
+    """
+
+    def __init__(
+        self,
+        vplu: VPLU,
+        teacher: Callable[[torch.Tensor], torch.Tensor],
+        normalize: Callable[[torch.Tensor], torch.Tensor],
+        session: SessionConfig | None = None,
+        bank: BankConfig | None = None,
+        fleet: FleetConfig | None = None,
+        signature_channels: int | None = None,
+    ) -> None:
+        self.vplu, self.teacher, self.normalize = vplu, teacher, normalize
+        self.session_config, self.bank_config = session or SessionConfig(), bank or BankConfig()
+        self.config = fleet or FleetConfig()
+        first = vplu.model.norm_layers[0].channels if vplu.model.norm_layers else 0
+        self.channels = signature_channels or first
+        self.environments = EnvironmentBank(self.config.bank)
+        self.sessions: dict[str, AdaptationSession] = {}
+        self.stays: dict[str, _Stay] = {}
+        self.starts = {"bank": 0, "fleet_shared": 0, "own_shared": 0}
+
+    def session(self, device_id: str) -> AdaptationSession:
+        """The device's session, created on first use."""
+        if device_id not in self.sessions:
+            bank = PromptBank(self.vplu.neutral_prompt(), self.bank_config)
+            self.sessions[device_id] = AdaptationSession(
+                self.vplu, self.teacher, self.normalize, bank, self.session_config
+            )
+            self.stays[device_id] = _Stay()
+        return self.sessions[device_id]
+
+    def ingest(self, device_id: str, upload: UploadBatch) -> Prompt | None:
+        """One device batch's uploads; returns the prompt that device should switch to, if any."""
+        session = self.session(device_id)
+        stay = self.stays[device_id]
+        signature = batch_signature(upload.batch_stats.detach().cpu().numpy(), self.channels)
+        start = None
+        if upload.shift and session.config.restart_on_shift:
+            self._leave(session, stay)
+            start, source = self._starting_point(device_id, signature)
+            self.starts[source] += 1
+            self.stays[device_id] = stay = _Stay(uploads_at_start=session.uploads,
+                                                 started_from_bank=source == "bank")  # fmt: skip
+        stay.add(signature)
+        return session.ingest(upload, start)
+
+    def shared_prompt(self, leaving: str | None = None) -> Prompt:
+        """Every device's domain-agnostic prompt, weighted by the environments it has learned.
+
+        ``leaving``: a device whose current environment is ending; it counts with the prompt
+        it ends with (what its own shared prompt is about to absorb).
+        """
+        neutral = self.vplu.neutral
+        weighted = []
+        for device_id, session in self.sessions.items():
+            bank = session.bank
+            if device_id == leaving:
+                weighted.append((bank.current(), float(bank.environments)))
+            else:
+                shared = {k: neutral[k] + bank.shared[k] for k in neutral}
+                weighted.append((shared, float(bank.environments - 1)))
+        return mean_prompt(weighted) or {k: v.clone() for k, v in neutral.items()}
+
+    def stats(self) -> dict[str, int]:
+        """Counters for reports: environments remembered, bank hits, where new environments started."""
+        return {"environments_remembered": len(self.environments.entries),
+                "bank_lookups": self.environments.lookups, "bank_hits": self.environments.hits,
+                **{f"started_from_{k}": v for k, v in self.starts.items()}}  # fmt: skip
+
+    def _leave(self, session: AdaptationSession, stay: _Stay) -> None:
+        signature = stay.signature()
+        if self.config.environment_bank and signature is not None:
+            evidence = session.uploads - stay.uploads_at_start
+            self.environments.record(signature, session.bank.current(), evidence)
+
+    def _starting_point(self, device_id: str, signature: np.ndarray) -> tuple[Prompt | None, str]:
+        if self.config.environment_bank:
+            known = self.environments.match(signature)
+            if known is not None:
+                return known.prompt, "bank"
+        others = [s for d, s in self.sessions.items() if d != device_id]
+        if self.config.share_across_devices and any(s.bank.environments > 1 for s in others):
+            return self.shared_prompt(leaving=device_id), "fleet_shared"
+        return None, "own_shared"

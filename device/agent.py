@@ -1,0 +1,83 @@
+"""``DeviceAgent``: one device's adaptation loop without any transport; no torch.
+
+Predict a batch under the prompt in force (own batch statistics, ``stat_mix`` = 1, the U-VPA
+device configuration), score and pick the uploads (UGS, ``device.sampling``), and build the
+upload the cloud expects. ``DeviceClient`` (gRPC, threads, disk queue), the Flower ClientApp
+and the in-process fleet simulation all wrap this one class, so an engine changes how
+uploads and prompts travel, never what the device does.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from device.preprocess import as_rgb, resize_bilinear
+from device.runtime import DeviceRuntime, Prediction
+from device.sampling import SamplingConfig, UncertaintySampler, UploadDecision
+from device.uncertainty import perturbed_views
+
+
+@dataclass(frozen=True)
+class AgentStep:
+    """What one batch produced: the model's outputs and the upload decision."""
+
+    prediction: Prediction
+    decision: UploadDecision
+    ms: float
+
+    @property
+    def uploads(self) -> bool:
+        """Whether this batch sends anything up (frames, or a shift report)."""
+        return bool(len(self.decision.indices) or self.decision.shift)
+
+
+class DeviceAgent:
+    """Runtime plus sampler: predict, choose uploads, apply prompts."""
+
+    def __init__(
+        self, runtime: DeviceRuntime, sampling: SamplingConfig, stat_mix: float = 1.0
+    ) -> None:
+        self.runtime, self.sampling = runtime, sampling
+        runtime.set_adaptation(stat_mix=np.full((1,), stat_mix, np.float32))
+        norm_layers = runtime.manifest.norm_layers
+        first_norm = int(norm_layers[0]["channels"]) if norm_layers else 32
+        self.sampler = UncertaintySampler(sampling, signature_channels=first_norm)
+        self.view_rng = np.random.default_rng(sampling.seed)
+
+    def step(self, images: np.ndarray) -> AgentStep:
+        """Predict (N, H, W, 3) uint8 frames and decide what goes up."""
+        start = time.perf_counter()
+        prediction = self.runtime.predict(images)
+        ms = (time.perf_counter() - start) * 1e3
+        views = self._view_logits(images) if self.sampler.needs_views else ()
+        decision = self.sampler.decide(prediction.logits, prediction.batch_stats, views)
+        return AgentStep(prediction, decision, ms)
+
+    def apply(self, parts: dict[str, np.ndarray]) -> None:
+        """Switch to a prompt (validated by the runtime; a bad one raises and changes nothing)."""
+        self.runtime.set_adaptation(**parts)
+
+    def upload(
+        self, images: np.ndarray, step: AgentStep, batch_id: int, first_frame_id: int,
+        frames_seen: int,
+    ) -> dict[str, object]:  # fmt: skip
+        """The fields of one upload message (``protocol.messages``), frames at the model's size."""
+        chosen = step.decision.indices
+        size = self.runtime.manifest.preprocess.image_size
+        frames = as_rgb(images[chosen])
+        small = np.clip(np.rint(resize_bilinear(frames, size)), 0, 255).astype(np.uint8)
+        return {
+            "batch_id": batch_id, "images": small, "uncertainty": step.decision.scores,
+            "frame_ids": first_frame_id + chosen,
+            "predicted": step.prediction.logits[chosen].argmax(1),
+            "batch_stats": step.prediction.batch_stats, "shift": step.decision.shift,
+            "frames_seen": frames_seen,
+        }  # fmt: skip
+
+    def _view_logits(self, images: np.ndarray) -> list[np.ndarray]:
+        """Logits of the mirrored and noisy copies (disagreement scoring: 2 extra passes)."""
+        views = perturbed_views(images, self.sampling.noise_std, self.view_rng)
+        return [self.runtime.predict(view).logits for view in views]

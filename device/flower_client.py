@@ -1,0 +1,120 @@
+"""The Flower ClientApp: a fleet device answering the cloud's rounds; no torch.
+
+Flower is server-driven (a SuperNode pulls instructions and replies), so the cloud asks:
+
+- ``query.step``: "run your next batches" (``first-batch``, ``count``). The device predicts
+  them under its prompt, picks its uploads (UGS) and replies with one ``ArrayRecord`` per
+  upload (``upload-<batch>``) and one ``ConfigRecord`` per batch (``batch-<batch>``: frames,
+  correct, uploaded, shift, bytes).
+- ``train.prompt``: "switch to this prompt" (an ``ArrayRecord`` ``prompt`` and its
+  ``version``). A prompt that does not fit the model, or holds NaN, is refused with an
+  error reply and the device keeps its last good one.
+
+It wraps the same ``DeviceAgent`` and ``ReplayDevice`` as every other engine. Where the
+stream and the model live: the node's config (``stream``, ``model-dir``, set with
+``flower-supernode --node-config``) or, in simulation, the folders the cloud names in each
+message with the node's ``partition-id``. The agent's state (budget, shift detector, prompt
+in force) lives in ``context.state``, so it survives a fresh ClientApp process per message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from device.agent import DeviceAgent
+from device.replay import ReplayDevice
+from device.runtime import DeviceRuntime
+from device.sampling import SamplingConfig
+from protocol.errors import CdcaError
+from protocol.manifest import MANIFEST_FILE
+
+app = ClientApp()
+
+STATE_KEY = "cdca-device"
+UPLOAD_ARRAYS = ("images", "uncertainty", "frame_ids", "predicted", "batch_stats")
+_RUNTIMES: dict[str, DeviceRuntime] = {}  # one onnxruntime session per model per process
+
+
+@app.query("step")
+def step(message: Message, context: Context) -> Message:
+    """Run the next batches of this device's stream and reply with the uploads."""
+    config = message.content.config_records["step"]
+    device = _device(config, context)
+    content = RecordDict()
+    first, count = int(config["first-batch"]), int(config["count"])
+    for batch in range(first, min(first + count, device.num_batches)):
+        record, fields = device.run(batch)
+        content[f"batch-{batch}"] = ConfigRecord(dict(record.to_json()))  # type: ignore[arg-type]
+        if fields is not None:
+            content[f"upload-{batch}"] = _upload_record(fields)
+    content["device"] = ConfigRecord({"device-id": device.device_id, "batches": device.num_batches})
+    _save(device, context)
+    return Message(content, reply_to=message)
+
+
+@app.train("prompt")
+def prompt(message: Message, context: Context) -> Message:
+    """Apply the prompt the cloud sent (validated; a bad one changes nothing)."""
+    config = message.content.config_records["step"]
+    device = _device(config, context)
+    parts = {k: v.numpy() for k, v in message.content.array_records["prompt"].items()}
+    version = int(message.content.config_records["prompt-info"]["version"])
+    try:
+        wire_bytes = device.apply(parts, version)
+    except CdcaError as err:
+        return Message(
+            RecordDict({"refused": ConfigRecord({"reason": str(err)})}), reply_to=message
+        )
+    _save(device, context)
+    return Message(RecordDict({"applied": ConfigRecord({"version": version, "bytes": wire_bytes})}),
+                   reply_to=message)  # fmt: skip
+
+
+def _device(config: ConfigRecord, context: Context) -> ReplayDevice:
+    index = int(context.node_config.get("partition-id", config.get("device-index", 0)))
+    stream = Path(
+        str(context.node_config.get("stream", f"{config['stream-dir']}/device-{index}.npz"))
+    )
+    model_dir = str(context.node_config.get("model-dir", config["model-dir"]))
+    if model_dir not in _RUNTIMES:
+        _RUNTIMES[model_dir] = DeviceRuntime.load(Path(model_dir) / MANIFEST_FILE, threads=1)
+    runtime = _RUNTIMES[model_dir]
+    runtime.reset_adaptation()
+    sampling = SamplingConfig(budget=float(config["budget"]), score=str(config["score"]),
+                              seed=int(config["seed"]) + index)  # fmt: skip
+    device = ReplayDevice(DeviceAgent(runtime, sampling), stream, int(config["batch-size"]),
+                          f"device-{index}")  # fmt: skip
+    if STATE_KEY in context.state.config_records:
+        device.restore(bytes(context.state.config_records[STATE_KEY]["state"]))  # type: ignore[arg-type]
+    return device
+
+
+def _save(device: ReplayDevice, context: Context) -> None:
+    context.state.config_records[STATE_KEY] = ConfigRecord({"state": device.state()})
+
+
+def _upload_record(fields: dict[str, object]) -> ArrayRecord:
+    arrays = {k: Array(np.ascontiguousarray(np.asarray(fields[k]))) for k in UPLOAD_ARRAYS}
+    arrays["meta"] = Array(
+        np.array(
+            [
+                int(fields["batch_id"]),
+                int(bool(fields["shift"])),  # type: ignore[call-overload]
+                int(fields["frames_seen"]),
+            ],
+            np.int64,
+        )
+    )  # type: ignore[call-overload]
+    return ArrayRecord(array_dict=arrays)
+
+
+def upload_fields(record: ArrayRecord) -> dict[str, object]:
+    """The cloud's side of ``_upload_record``: back to the fields ``FleetTeacher.ingest`` takes."""
+    fields: dict[str, object] = {k: record[k].numpy() for k in UPLOAD_ARRAYS}
+    batch_id, shift, frames_seen = (int(v) for v in record["meta"].numpy())
+    fields.update(batch_id=batch_id, shift=bool(shift), frames_seen=frames_seen)
+    return fields

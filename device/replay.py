@@ -1,0 +1,104 @@
+"""``ReplayDevice``: a device walking through a labelled stream file, batch by batch; no torch.
+
+Fleet simulations (in one process, or one Flower node per device) replay recorded streams
+instead of a camera. Each batch is predicted under the prompt in force, scored against
+its labels, and turned into the upload the cloud would receive. Bytes are counted as the
+gRPC wire would carry them (the protobuf size of the upload chunks and of the prompt).
+
+Stream files hold ``images`` (N, H, W, 3) uint8, ``labels`` (N,) and ``domain`` (N,).
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from device.agent import DeviceAgent
+from protocol.errors import DataError
+from protocol.messages import prompt_message, upload_chunks
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """What one batch did, for the report."""
+
+    batch: int
+    domain: int
+    frames: int
+    correct: int
+    uploaded: int
+    shift: bool
+    bytes_up: int
+    prompt_version: int
+
+    def to_json(self) -> dict[str, int | bool]:
+        """Plain dict."""
+        return dict(self.__dict__)
+
+
+def batch_starts(domain: np.ndarray, batch_size: int) -> list[int]:
+    """Where batches begin, plus the end: every ``batch_size`` frames, anew at each domain.
+
+    No batch mixes two domains, as in ``simulations.streams``.
+    """
+    changes = [0, *(np.flatnonzero(np.diff(domain)) + 1).tolist(), len(domain)]
+    starts = []
+    for begin, end in zip(changes[:-1], changes[1:], strict=True):
+        starts.extend(range(begin, end, batch_size))
+    return [*starts, len(domain)]
+
+
+class ReplayDevice:
+    """The agent plus its stream, its position and the prompt version in force."""
+
+    def __init__(self, agent: DeviceAgent, stream: Path, batch_size: int, device_id: str) -> None:
+        self.agent, self.batch_size, self.device_id = agent, batch_size, device_id
+        if not stream.is_file():
+            raise DataError(f"stream file {stream} is missing; write it with `cdca simulate`")
+        with np.load(stream, allow_pickle=False) as data:
+            self.images, self.labels = data["images"], data["labels"]
+            self.domain = data["domain"]
+        self.starts = batch_starts(self.domain, batch_size)
+        self.prompt_version = 0
+
+    @property
+    def num_batches(self) -> int:
+        """Batches in the whole stream."""
+        return len(self.starts) - 1
+
+    def apply(self, parts: dict[str, np.ndarray], version: int) -> int:
+        """Switch to a prompt; returns the bytes it took on the wire."""
+        self.agent.apply(parts)
+        self.prompt_version = version
+        return prompt_message(parts, version=version).ByteSize()
+
+    def run(self, batch: int) -> tuple[BatchRecord, dict[str, object] | None]:
+        """Predict one batch; returns its record and the upload's fields (None: nothing goes up)."""
+        start, stop = self.starts[batch], self.starts[batch + 1]
+        images, labels = self.images[start:stop], self.labels[start:stop]
+        step = self.agent.step(images)
+        fields = None
+        bytes_up = 0
+        if step.uploads:
+            fields = self.agent.upload(images, step, batch, start, start + len(images))
+            chunks = upload_chunks(self.device_id, **fields)  # type: ignore[arg-type]
+            bytes_up = sum(chunk.ByteSize() for chunk in chunks)
+        correct = int((step.prediction.logits.argmax(1) == labels).sum())
+        record = BatchRecord(batch, int(self.domain[start]), len(images), correct,
+                             len(step.decision.indices), step.decision.shift, bytes_up,
+                             self.prompt_version)  # fmt: skip
+        return record, fields
+
+    def state(self) -> bytes:
+        """What must survive between two calls in a fresh process (a Flower node's ClientApp)."""
+        return pickle.dumps((self.agent.sampler, self.agent.view_rng,
+                             self.agent.runtime.adaptation, self.prompt_version))  # fmt: skip
+
+    def restore(self, state: bytes) -> None:
+        """Take back ``state()`` written by this same node (never data from elsewhere)."""
+        sampler, rng, adaptation, version = pickle.loads(state)  # noqa: S301 - the node's own state
+        self.agent.sampler, self.agent.view_rng = sampler, rng
+        self.agent.runtime.adaptation, self.prompt_version = adaptation, version

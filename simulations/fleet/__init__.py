@@ -1,0 +1,1 @@
+"""``cdca simulate``: many devices, each in its own changing world, taught by one cloud."""

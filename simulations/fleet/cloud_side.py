@@ -1,0 +1,58 @@
+"""The cloud of a fleet simulation: the shipped models, ``FleetCloud``, and wire-shaped glue.
+
+Every engine builds the cloud here: the in-process loop and the Flower ServerApp call
+``FleetTeacher.ingest`` with the fields a device upload carries and get back the prompt
+parts to send, already as float32 NumPy arrays the device runtime accepts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cloud.adaptation.fleet import FleetCloud, FleetConfig
+from cloud.adaptation.session import UploadBatch
+from cloud.adaptation.vplu import VPLU
+from cloud.server.world import CloudWorld, load_world
+
+
+def load_fleet_world(student: str, teacher: str, run_dir: Path) -> CloudWorld:
+    """The student and teacher; the device model exported into ``run_dir/model`` (kept if present)."""
+    from cloud.distill.command import DEFAULT_DISTILLED
+
+    path = Path(student) if student else DEFAULT_DISTILLED
+    return load_world(path, teacher, run_dir, None)
+
+
+@dataclass
+class FleetTeacher:
+    """``FleetCloud`` plus per-device prompt versions, speaking NumPy on both sides."""
+
+    cloud: FleetCloud
+    parts: tuple[str, ...]
+
+    @classmethod
+    def build(cls, world: CloudWorld, fleet: FleetConfig) -> FleetTeacher:
+        """One cloud for the whole fleet, with the world's VPLU, session and bank settings."""
+        vplu = VPLU(world.device_model, world.class_vectors, world.vplu)
+        cloud = FleetCloud(vplu, world.teacher_logits, world.normalization.apply,
+                           world.session, world.bank, fleet)  # fmt: skip
+        return cls(cloud, tuple(world.vplu.parts))
+
+    def ingest(self, device_id: str, fields: dict[str, object]) -> dict[str, np.ndarray] | None:
+        """One upload's fields (``device.agent``) -> the prompt parts to ship, if any."""
+        images = np.asarray(fields["images"])
+        pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+        upload = UploadBatch(
+            pixels,
+            torch.from_numpy(np.asarray(fields["uncertainty"], np.float32)),
+            torch.from_numpy(np.asarray(fields["batch_stats"], np.float32)),
+            bool(fields["shift"]),
+        )
+        prompt = self.cloud.ingest(device_id, upload)
+        if prompt is None:
+            return None
+        return {k: prompt[k].detach().cpu().float().numpy() for k in self.parts}

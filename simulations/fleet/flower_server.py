@@ -1,0 +1,171 @@
+"""The Flower ServerApp: the cloud of a fleet, round by round over Flower's Message API.
+
+Each round: devices with a new prompt get a ``train.prompt`` message; then every device
+still in its stream gets ``query.step`` ("run your next batches, send your uploads"); the
+replies go through ``FleetTeacher`` (the U-VPA core), whose prompts go out next round. A
+device whose reply does not come back within ``round_timeout_s`` simply does not advance:
+the round goes on with the others (partial results are accepted as long as
+``min_devices`` replied; otherwise the round is retried), so one slow device never
+stalls the fleet. The ClientApp is ``device.flower_client``.
+
+``app`` is what ``flwr run`` starts (run config in ``[tool.flwr.app.config]``);
+``cdca simulate --engine flower-sim|flower`` builds the same loop around its own objects.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from device.flower_client import upload_fields
+from protocol.errors import CdcaError
+from simulations.fleet.cloud_side import FleetTeacher
+from simulations.fleet.scenario import Scenario
+
+log = logging.getLogger("cdca.flower")
+app = ServerApp()
+RESULTS_FILE = "flower-results.json"
+
+
+class FleetRounds:
+    """The round loop over a Grid; holds what the report needs."""
+
+    def __init__(self, scenario: Scenario, teacher: FleetTeacher, stream_dir: Path,
+                 model_dir: Path, progress: Callable[[int], None] | None = None) -> None:  # fmt: skip
+        self.scenario, self.teacher, self.progress = scenario, teacher, progress
+        self.base = {"stream-dir": str(stream_dir), "model-dir": str(model_dir),
+                     "budget": scenario.budget, "score": scenario.score, "seed": scenario.seed,
+                     "batch-size": scenario.batch_size}  # fmt: skip
+        self.records: dict[int, list[dict[str, object]]] = {}
+        self.bytes_down: dict[int, int] = {}
+        self.rounds = self.partial_rounds = self.refused_prompts = 0
+
+    def run(self, grid: Grid) -> dict[str, object]:
+        """Until every device has finished its stream; returns records keyed by device index."""
+        nodes = self._wait_for_nodes(grid)
+        next_batch = dict.fromkeys(nodes, 0)
+        total: dict[int, int | None] = dict.fromkeys(nodes, None)
+        index: dict[int, int] = {}
+        pending: dict[int, tuple[dict[str, object], int]] = {}
+        versions: dict[int, int] = {}
+        while any(total[n] is None or next_batch[n] < total[n] for n in nodes):  # type: ignore[operator]
+            self._deliver(grid, pending, index)
+            active = [n for n in nodes if total[n] is None or next_batch[n] < total[n]]  # type: ignore[operator]
+            replies = self._query(grid, active, next_batch)
+            for node, reply in sorted(replies.items()):
+                device = reply.content.config_records["device"]
+                i = index.setdefault(node, int(str(device["device-id"]).split("-")[-1]))
+                total[node] = int(device["batches"])  # type: ignore[call-overload]
+                next_batch[node] = self._ingest(node, i, reply, next_batch[node], pending, versions)
+            self.rounds += 1
+        count = len(nodes)
+        order = sorted(index, key=index.get)  # type: ignore[arg-type]
+        return {"records": [self.records.get(index[n], []) for n in order][:count],
+                "bytes_down": [self.bytes_down.get(index[n], 0) for n in order][:count],
+                "cloud": {**self.teacher.cloud.stats(), "rounds": self.rounds,
+                          "partial_rounds": self.partial_rounds,
+                          "refused_prompts": self.refused_prompts,
+                          "cloud_seconds": sum(s.seconds for s in self.teacher.cloud.sessions.values())}}  # fmt: skip
+
+    def _wait_for_nodes(self, grid: Grid, timeout: float = 300.0) -> list[int]:
+        deadline = time.monotonic() + timeout
+        wanted = self.scenario.devices
+        while len(nodes := sorted(grid.get_node_ids())) < wanted:
+            if time.monotonic() > deadline:
+                raise CdcaError(
+                    f"only {len(nodes)} of {wanted} Flower nodes connected in {timeout:.0f} s"
+                )
+            time.sleep(0.5)
+        return nodes[:wanted]
+
+    def _deliver(self, grid: Grid, pending: dict[int, tuple[dict[str, object], int]],
+                 index: dict[int, int]) -> None:  # fmt: skip
+        messages = []
+        for node, (parts, version) in pending.items():
+            content = RecordDict({"prompt": ArrayRecord(array_dict={k: Array(np.asarray(v)) for k, v in parts.items()}),
+                                  "prompt-info": ConfigRecord({"version": version}),
+                                  "step": ConfigRecord({**self.base, "device-index": index[node]})})  # fmt: skip
+            messages.append(Message(content, dst_node_id=node, message_type="train.prompt"))
+        pending.clear()
+        for reply in grid.send_and_receive(messages, timeout=self.scenario.round_timeout_s):
+            if not reply.has_content():
+                continue
+            node = reply.metadata.src_node_id
+            if "refused" in reply.content.config_records:
+                self.refused_prompts += 1
+                log.warning("node %d refused a prompt: %s", node,
+                            reply.content.config_records["refused"]["reason"])  # fmt: skip
+                continue
+            applied = reply.content.config_records["applied"]
+            self.bytes_down[index[node]] = self.bytes_down.get(index[node], 0) + int(
+                applied["bytes"]
+            )  # type: ignore[call-overload]
+
+    def _query(
+        self, grid: Grid, nodes: list[int], next_batch: dict[int, int]
+    ) -> dict[int, Message]:
+        k = self.scenario.batches_per_round
+        messages = [Message(RecordDict({"step": ConfigRecord({**self.base, "first-batch": next_batch[n],
+                                                               "count": k})}),
+                            dst_node_id=n, message_type="query.step") for n in nodes]  # fmt: skip
+        replies = {r.metadata.src_node_id: r
+                   for r in grid.send_and_receive(messages, timeout=self.scenario.round_timeout_s)
+                   if r.has_content()}  # fmt: skip
+        if len(replies) < len(nodes):
+            self.partial_rounds += 1
+            log.warning(
+                "round %d: %d of %d devices replied in time", self.rounds, len(replies), len(nodes)
+            )
+        if len(replies) < min(self.scenario.min_devices, len(nodes)):
+            log.warning("round %d: fewer than min_devices=%d replies; retrying", self.rounds,
+                        self.scenario.min_devices)  # fmt: skip
+            return {}
+        return replies
+
+    def _ingest(self, node: int, i: int, reply: Message, first: int,
+                pending: dict[int, tuple[dict[str, object], int]], versions: dict[int, int]) -> int:  # fmt: skip
+        content = reply.content
+        batch = first
+        while f"batch-{batch}" in content.config_records:
+            record = dict(content.config_records[f"batch-{batch}"])
+            self.records.setdefault(i, []).append(record)
+            if self.progress:
+                self.progress(int(record["frames"]))  # type: ignore[call-overload]
+            if f"upload-{batch}" in content.array_records:
+                prompt = self.teacher.ingest(
+                    f"device-{i}", upload_fields(content.array_records[f"upload-{batch}"])
+                )
+                if prompt is not None:
+                    versions[node] = versions.get(node, 0) + 1
+                    pending[node] = (prompt, versions[node])  # type: ignore[assignment]
+            batch += 1
+        return batch
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """``flwr run``: the scenario from the run config; results into ``<run-dir>/flower-results.json``."""
+    from cloud.adaptation.fleet import FleetConfig
+    from simulations.fleet.cloud_side import load_fleet_world
+    from simulations.fleet.scenario import load_scenario
+    from simulations.fleet.streams import write_streams
+
+    config = dict(context.run_config)
+    run_dir = Path(str(config.pop("run-dir", "runs/flower")))
+    scenario = load_scenario(None, **{k.replace("-", "_"): v for k, v in config.items()})
+    run_dir.mkdir(parents=True, exist_ok=True)
+    world = load_fleet_world(scenario.student, scenario.teacher, run_dir)
+    write_streams(scenario, run_dir / "streams")
+    teacher = FleetTeacher.build(
+        world, FleetConfig(scenario.environment_bank, scenario.share_across_devices)
+    )
+    results = FleetRounds(scenario, teacher, run_dir / "streams", world.served.folder).run(grid)
+    (run_dir / RESULTS_FILE).write_text(json.dumps(results) + "\n")
+    log.info("wrote %s", run_dir / RESULTS_FILE)

@@ -1,0 +1,79 @@
+"""The ``inprocess`` engine: every device and the cloud in this process, stepped in rounds.
+
+A round: each device applies the prompt the cloud sent after the previous round, predicts
+its next ``batches_per_round`` batches and uploads; the cloud ingests each upload in
+order. The Flower engines run exactly this schedule with messages in between, so results
+agree; only the transport differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from cloud.adaptation.fleet import FleetConfig
+from cloud.server.world import CloudWorld
+from device.agent import DeviceAgent
+from device.replay import BatchRecord, ReplayDevice
+from device.runtime import DeviceRuntime
+from device.sampling import SamplingConfig
+from protocol.manifest import MANIFEST_FILE
+from simulations.fleet.cloud_side import FleetTeacher
+from simulations.fleet.scenario import Scenario
+
+Progress = Callable[[int], None]  # frames advanced
+
+
+def device_sampling(scenario: Scenario, index: int) -> SamplingConfig:
+    """Device ``index``'s upload policy (its own seed, so devices do not pick in lockstep)."""
+    return SamplingConfig(budget=scenario.budget, score=scenario.score, seed=scenario.seed + index)
+
+
+def replay_devices(scenario: Scenario, streams: list[Path], model_dir: Path) -> list[ReplayDevice]:
+    """One torch-free device per stream, each with its own onnxruntime session."""
+    devices = []
+    for i, path in enumerate(streams):
+        sampling = device_sampling(scenario, i)
+        runtime = DeviceRuntime.load(model_dir / MANIFEST_FILE, threads=1)
+        agent = DeviceAgent(runtime, sampling)
+        devices.append(ReplayDevice(agent, path, scenario.batch_size, f"device-{i}"))
+    return devices
+
+
+def run_inprocess(
+    scenario: Scenario,
+    streams: list[Path],
+    world: CloudWorld,
+    fleet: FleetConfig,
+    progress: Progress | None = None,
+) -> dict[str, object]:
+    """Run the fleet; returns per-device batch records, bytes down and the cloud's counters."""
+    devices = replay_devices(scenario, streams, world.served.folder)
+    teacher = FleetTeacher.build(world, fleet)
+    records: list[list[BatchRecord]] = [[] for _ in devices]
+    bytes_down = [0] * len(devices)
+    pending: dict[int, tuple[dict[str, np.ndarray], int]] = {}
+    versions = [0] * len(devices)
+    k = scenario.batches_per_round
+    rounds = -(-max(d.num_batches for d in devices) // k)
+    for round_index in range(rounds):
+        for i, device in enumerate(devices):
+            if i in pending:
+                bytes_down[i] += device.apply(*pending.pop(i))
+            for batch in range(round_index * k, min((round_index + 1) * k, device.num_batches)):
+                record, fields = device.run(batch)
+                records[i].append(record)
+                if progress:
+                    progress(record.frames)
+                prompt = teacher.ingest(device.device_id, fields) if fields else None
+                if prompt is not None:
+                    versions[i] += 1
+                    pending[i] = (prompt, versions[i])
+    return {
+        "records": [[r.to_json() for r in device_records] for device_records in records],
+        "bytes_down": bytes_down,
+        "cloud": {**teacher.cloud.stats(), "cloud_seconds": sum(
+            s.seconds for s in teacher.cloud.sessions.values())},
+    }  # fmt: skip

@@ -1,0 +1,156 @@
+"""A fleet run's folder: ``results.json``, ``report.md`` and three plots people look at first.
+
+- ``accuracy_over_time.png``: per device, U-VPA's online accuracy (a running mean over
+  batches) next to Source and the best on-device peer, with the domain changes marked;
+- ``uploads.png``: per device, the share of frames uploaded and the uplink per 1,000 frames;
+- ``comparison.png``: fleet mean accuracy per method, and accuracy right after shifts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+OURS = "uvpa"
+
+
+def write_run(out: Path, results: dict[str, object]) -> dict[str, Path]:
+    """Write the JSON, the markdown report and the plots; returns their paths."""
+    paths = {"json": out / "results.json", "report": out / "report.md",
+             "accuracy": out / "accuracy_over_time.png", "uploads": out / "uploads.png",
+             "comparison": out / "comparison.png"}  # fmt: skip
+    paths["json"].write_text(json.dumps(results, indent=2) + "\n")
+    paths["report"].write_text(markdown(results, paths))
+    _plot_accuracy(results, paths["accuracy"])
+    _plot_uploads(results, paths["uploads"])
+    _plot_comparison(results, paths["comparison"])
+    return paths
+
+
+def best_peer(table: dict[str, dict[str, float]]) -> str | None:
+    """The on-device peer with the highest fleet mean (Source does not count)."""
+    peers = [m for m in table if m not in ("source",) and not m.startswith(OURS)]
+    return max(peers, key=lambda m: table[m]["mean"]) if peers else None
+
+
+def markdown(results: dict[str, object], paths: dict[str, Path]) -> str:
+    """The report: what ran, the fleet table, per-device rows, the bank's benefit, the plots."""
+    config = results["config"]
+    table: dict[str, dict[str, float]] = results["table"]  # type: ignore[assignment]
+    lines = ["# Fleet simulation", "",
+             f"Engine `{config['engine']}`, {config['devices']} devices, {config['per_domain']} "  # type: ignore[index]
+             f"frames per domain each, severity {config['severity']}, batch {config['batch_size']}, "  # type: ignore[index]
+             f"upload budget {config['budget']:.0%}; wall time {results['wall_seconds']:.0f} s.", "",  # type: ignore[index]
+             "Online accuracy (%), mean over domains, then over devices (± spread over devices).",
+             "\"After shift\": the first batches of every new domain.", "",
+             "| method | mean accuracy | after shift | uploads | up KB / 1k frames | down KB / 1k frames |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for name, row in table.items():
+        traffic = ("| {:.1%} | {:.1f} | {:.1f} |".format(row["upload_fraction"],
+                   row["bytes_up_per_1000"] / 1000, row["bytes_down_per_1000"] / 1000)
+                   if "upload_fraction" in row else "| 0 | 0 | 0 |")  # fmt: skip
+        lines.append(f"| {name} | {100 * row['mean']:.1f} ± {100 * row['std']:.1f} | "
+                     f"{100 * row['after_shift']:.1f} {traffic}")  # fmt: skip
+    lines += ["", *_verdict(table), "", "## Per device", "",
+              "| device | " + " | ".join(table) + " |", "|---|" + "---|" * len(table)]  # fmt: skip
+    per_device = results["devices"]
+    for i in range(int(config["devices"])):  # type: ignore[index, call-overload]
+        cells = [f"{100 * per_device[m][i]['mean']:.1f}" for m in table]  # type: ignore[index]
+        lines.append(f"| device-{i} | " + " | ".join(cells) + " |")
+    lines += ["", "## Cloud", "", "```", json.dumps(results["cloud"], indent=2), "```", "",
+              "## Plots", ""] + [f"![{k}]({p.name})" for k, p in paths.items() if p.suffix == ".png"]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _verdict(table: dict[str, dict[str, float]]) -> list[str]:
+    if OURS not in table:
+        return []
+    peer = best_peer(table)
+    ours = table[OURS]["mean"]
+    out = []
+    if "source" in table:
+        out.append(f"- U-VPA vs Source: {100 * (ours - table['source']['mean']):+.1f} points.")
+    if peer:
+        out.append(f"- U-VPA vs the best on-device peer ({peer}): "
+                   f"{100 * (ours - table[peer]['mean']):+.1f} points.")  # fmt: skip
+    if "uvpa_no_bank" in table:
+        out.append(f"- Environment bank, first batches after a shift: "
+                   f"{100 * table[OURS]['after_shift']:.1f} % with, "
+                   f"{100 * table['uvpa_no_bank']['after_shift']:.1f} % without.")  # fmt: skip
+    return out
+
+
+def _running_mean(values: list[float], window: int = 4) -> np.ndarray:
+    """Trailing mean over the last ``window`` batches (shorter at the start): no look-ahead."""
+    sums = np.cumsum(np.concatenate([[0.0], np.asarray(values, dtype=float)]))
+    ends = np.arange(1, len(values) + 1)
+    begins = np.maximum(0, ends - window)
+    return (sums[ends] - sums[begins]) / (ends - begins)
+
+
+def _plot_accuracy(results: dict[str, object], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    devices: dict[str, list[dict[str, object]]] = results["devices"]  # type: ignore[assignment]
+    table: dict[str, dict[str, float]] = results["table"]  # type: ignore[assignment]
+    shown = [m for m in ("source", best_peer(table), OURS) if m in devices]
+    count = len(devices[OURS])
+    fig, axes = plt.subplots(count, 1, figsize=(11, 2.4 * count), sharex=True, squeeze=False)
+    for i, ax in enumerate(axes[:, 0]):
+        for name in shown:
+            ax.plot(100 * _running_mean(devices[name][i]["batch_accuracy"]), label=name,  # type: ignore[arg-type]
+                    lw=1.6 if name == OURS else 1.0)  # fmt: skip
+        for boundary in results["boundaries"][i]:  # type: ignore[index]
+            ax.axvline(boundary, color="grey", lw=0.5, ls=":")
+        ax.set_ylabel(f"device-{i}\nacc. (%)")
+        ax.set_ylim(0, 100)
+    axes[0, 0].legend(loc="lower left", ncol=len(shown), fontsize=8)
+    axes[-1, 0].set_xlabel("batch (dotted: the domain changes)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_uploads(results: dict[str, object], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ours: list[dict[str, float]] = results["devices"][OURS]  # type: ignore[index]
+    names = [f"device-{i}" for i in range(len(ours))]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3))
+    left.bar(names, [100 * d["upload_fraction"] for d in ours])
+    left.set_ylabel("frames uploaded (%)")
+    right.bar(names, [d["bytes_up_per_1000"] / 1000 for d in ours], label="up")
+    right.bar(names, [d["bytes_down_per_1000"] / 1000 for d in ours], label="down", alpha=0.7)
+    right.set_ylabel("KB per 1,000 frames")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_comparison(results: dict[str, object], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table: dict[str, dict[str, float]] = results["table"]  # type: ignore[assignment]
+    names = list(table)
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(names)), 3.2))
+    ax.bar(x - 0.2, [100 * table[n]["mean"] for n in names], 0.4, label="mean")
+    ax.bar(x + 0.2, [100 * table[n]["after_shift"] for n in names], 0.4, label="after shift")
+    ax.set_xticks(x, names, rotation=20)
+    ax.set_ylabel("online accuracy (%)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

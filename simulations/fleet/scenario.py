@@ -1,0 +1,89 @@
+"""A fleet scenario: how many devices, which stream each walks through, how the cloud teaches.
+
+The built-in default is the README's main job: 4 devices, each with its own order of the 15
+Fashion-MNIST-C corruptions at severity 5, the shipped teacher and distilled student, 10 %
+uploads, the environment bank on. A TOML file may set any field (unknown keys are refused
+with their names); command-line flags override both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import tomllib
+
+from protocol.errors import ConfigError
+
+ENGINES = ("inprocess", "grpc", "flower-sim", "flower")
+PEERS = ("source", "bn_adapt", "tent")  # the on-device methods every report compares with
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """Everything one simulation needs; ``resolved()`` is what lands in the run folder."""
+
+    engine: str = "inprocess"
+    devices: int = 4
+    data: str = "data/fashion-mnist-c"
+    corruptions: tuple[str, ...] = ()  # empty: the 15 test corruptions
+    severity: int = 5
+    per_domain: int = 500  # frames per corruption per device
+    batch_size: int = 64
+    batches_per_round: int = 1  # device batches between two prompt deliveries
+    budget: float = 0.1
+    score: str = "entropy"
+    environment_bank: bool = True
+    share_across_devices: bool = True
+    compare_bank: bool = True  # also run without the bank, to measure what it brings
+    peers: tuple[str, ...] = PEERS
+    student: str = ""  # empty: the shipped distilled student
+    teacher: str = "builtin"
+    seed: int = 0
+    round_timeout_s: float = 120.0  # flower engines: a round waits this long for replies
+    min_devices: int = 1  # flower engines: fewest replies that still make a round
+    fps: float = 0.0  # grpc engine: pace each device like a camera (0: as fast as possible)
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ConfigError(f"unknown engine {self.engine!r}; choose from {', '.join(ENGINES)}")
+        if self.devices < 1 or self.per_domain < 1 or self.batch_size < 1:
+            raise ConfigError("devices, per_domain and batch_size must be >= 1")
+        if self.batches_per_round < 1:
+            raise ConfigError("batches_per_round must be >= 1")
+        if not 0 < self.budget <= 1:
+            raise ConfigError(f"budget must be in (0, 1], got {self.budget}")
+        if not 1 <= self.min_devices <= self.devices:
+            raise ConfigError("min_devices must be between 1 and devices")
+
+    def resolved(self) -> dict[str, object]:
+        """Plain data for ``config.json`` (tuples as lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def load_scenario(path: Path | None, **overrides: object) -> Scenario:
+    """The default, updated by a TOML file's keys, then by non-None ``overrides``."""
+    values: dict[str, object] = {}
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"scenario file {path} does not exist")
+        try:
+            values = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path} is not valid TOML: {err}") from err
+        values = values.get("scenario", values)  # a [scenario] table or top-level keys
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in fields(Scenario)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown scenario keys {unknown}; known: {sorted(known)}")
+    for key in ("corruptions", "peers"):  # lists in TOML, comma-separated in Flower's run config
+        value = values.get(key)
+        if isinstance(value, str):
+            values[key] = tuple(v.strip() for v in value.split(",") if v.strip())
+        elif value is not None:
+            values[key] = tuple(value)  # type: ignore[call-overload]
+    try:
+        return replace(Scenario(), **values)  # type: ignore[arg-type]
+    except TypeError as err:
+        raise ConfigError(f"bad scenario value: {err}") from err
