@@ -115,3 +115,24 @@ def exported(distilled, tmp_path_factory):
 
     student, vectors, info = distilled
     return export_device_model(student, vectors, info, tmp_path_factory.mktemp("export"))
+
+
+@pytest.fixture
+def tiny_distilled(tmp_path):
+    """A random distilled student in the built-in teacher's 128-d space, for the 3 tiny classes."""
+    import torch
+
+    from cloud.distill.checkpoint import DistilledInfo, save_distilled
+    from cloud.distill.student import DistilledStudent
+    from cloud.students import create_student
+    from cloud.students.preprocess import Normalization
+
+    torch.manual_seed(0)
+    student = DistilledStudent(create_student("compact_cnn", 3), 128, 20.0).eval()
+    vectors = torch.nn.functional.normalize(torch.randn(3, 128), dim=-1)
+    info = DistilledInfo(
+        "compact_cnn", CLASS_NAMES, Normalization((0.2,) * 3, (0.3,) * 3), 128, 20.0, "builtin"
+    )
+    path = tmp_path / "distilled.safetensors"
+    save_distilled(path, student, vectors, info)
+    return path

@@ -92,8 +92,14 @@ class CloudWorld:
         return self.teacher(pixels).float().cpu()
 
 
-def load_world(student: Path, teacher: str, state_dir: Path, model_dir: Path | None) -> CloudWorld:
-    """Load the student and teacher, and export (or check) the model folder devices get."""
+def load_world(
+    student: Path, teacher: str, state_dir: Path, model_dir: Path | None,
+    teacher_checkpoint: Path | None = None,
+) -> CloudWorld:  # fmt: skip
+    """Load the student and teacher, and export (or check) the model folder devices get.
+
+    ``teacher_checkpoint``: for the built-in teacher, weights other than the shipped file.
+    """
     from cloud.distill.checkpoint import load_distilled
     from cloud.teacher.factory import create_teacher
 
@@ -106,7 +112,7 @@ def load_world(student: Path, teacher: str, state_dir: Path, model_dir: Path | N
         log.info("exporting the device model into %s", folder)
         export_device_model(distilled, vectors, info, folder)
     served = served_model(folder, device_model)
-    cloud_teacher = create_teacher(teacher)
+    cloud_teacher = create_teacher(teacher, checkpoint=teacher_checkpoint)
     return CloudWorld(
         device_model, vectors, info.normalization,
         lambda pixels: cloud_teacher.logits(pixels, vectors), served,

@@ -14,17 +14,37 @@ import numpy as np
 import torch
 
 from cloud.adaptation.fleet import FleetCloud, FleetConfig
-from cloud.adaptation.session import UploadBatch
+from cloud.adaptation.session import SessionConfig, UploadBatch
 from cloud.adaptation.vplu import VPLU
 from cloud.server.world import CloudWorld, load_world
+from protocol.errors import ConfigError
 
 
-def load_fleet_world(student: str, teacher: str, run_dir: Path) -> CloudWorld:
-    """The student and teacher; the device model exported into ``run_dir/model`` (kept if present)."""
+def load_fleet_world(
+    student: str, teacher: str, run_dir: Path, teacher_checkpoint: str = "",
+    min_uploads: int | None = None,
+) -> CloudWorld:  # fmt: skip
+    """The student and teacher; the device model exported into ``run_dir/model`` (kept if present).
+
+    Empty ``student`` / ``teacher_checkpoint``: the shipped files. Where the code runs from a
+    copy without them (a Flower App Bundle), the caller must name them.
+    """
     from cloud.distill.command import DEFAULT_DISTILLED
 
     path = Path(student) if student else DEFAULT_DISTILLED
-    return load_world(path, teacher, run_dir, None)
+    if not path.is_file():
+        raise ConfigError(
+            f"no student checkpoint at {path}. Under `flwr run` the app runs from a copy without "
+            "the shipped checkpoints: pass --run-config \"student='/abs/student_distilled.safetensors' "
+            "teacher-checkpoint='/abs/teacher_builtin.safetensors'\" (`cdca simulate --engine "
+            "flower` does this for you)"
+        )
+    checkpoint = Path(teacher_checkpoint) if teacher_checkpoint else None
+    world = load_world(path, teacher, run_dir, None, checkpoint)
+    if min_uploads is not None:
+        buffer = max(world.session.buffer_size, min_uploads)
+        world.session = SessionConfig(buffer_size=buffer, min_uploads=min_uploads)
+    return world
 
 
 @dataclass

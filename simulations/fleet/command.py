@@ -93,7 +93,9 @@ def simulate(scenario: Scenario, out: Path, threads: int = 2) -> dict[str, objec
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(scenario.resolved(), indent=2) + "\n")
-    world = load_fleet_world(scenario.student, scenario.teacher, out)
+    world = load_fleet_world(
+        scenario.student, scenario.teacher, out, scenario.teacher_checkpoint, scenario.min_uploads
+    )
     streams, specs = write_streams(scenario, out / "streams")
     frames = sum(s.num_images() for s in specs)
     fleet = FleetConfig(scenario.environment_bank, scenario.share_across_devices)

@@ -24,6 +24,12 @@ def run_engine(
         return run_inprocess(scenario, streams, world, fleet, progress)
     if engine == "flower-sim":
         return run_flower_simulation(scenario, streams, world, fleet, progress)
+    if engine == "flower":
+        from simulations.fleet.deployment import run_deployment
+
+        if fleet != FleetConfig(scenario.environment_bank, scenario.share_across_devices):
+            raise ValueError("the flower engine takes its fleet settings from the scenario")
+        return run_deployment(scenario, out, progress)
     raise NotImplementedError(f"engine {engine!r} is not wired yet")
 
 

@@ -32,6 +32,7 @@ from simulations.fleet.scenario import Scenario
 log = logging.getLogger("cdca.flower")
 app = ServerApp()
 RESULTS_FILE = "flower-results.json"
+PROGRESS_FILE = "flower-progress"
 
 
 class FleetRounds:
@@ -59,11 +60,15 @@ class FleetRounds:
             self._deliver(grid, pending, index)
             active = [n for n in nodes if total[n] is None or next_batch[n] < total[n]]  # type: ignore[operator]
             replies = self._query(grid, active, next_batch)
-            for node, reply in sorted(replies.items()):
+            for node, reply in replies.items():
                 device = reply.content.config_records["device"]
-                i = index.setdefault(node, int(str(device["device-id"]).split("-")[-1]))
+                index.setdefault(node, int(str(device["device-id"]).split("-")[-1]))
                 total[node] = int(device["batches"])  # type: ignore[call-overload]
-                next_batch[node] = self._ingest(node, i, reply, next_batch[node], pending, versions)
+            # in device order, as the in-process engine does: the environment bank and the
+            # shared prompt see the same sequence whatever order the replies came back in
+            for node in sorted(replies, key=index.__getitem__):
+                next_batch[node] = self._ingest(node, index[node], replies[node], next_batch[node],
+                                                pending, versions)  # fmt: skip
             self.rounds += 1
         count = len(nodes)
         order = sorted(index, key=index.get)  # type: ignore[arg-type]
@@ -161,11 +166,23 @@ def main(grid: Grid, context: Context) -> None:
     run_dir = Path(str(config.pop("run-dir", "runs/flower")))
     scenario = load_scenario(None, **{k.replace("-", "_"): v for k, v in config.items()})
     run_dir.mkdir(parents=True, exist_ok=True)
-    world = load_fleet_world(scenario.student, scenario.teacher, run_dir)
-    write_streams(scenario, run_dir / "streams")
-    teacher = FleetTeacher.build(
-        world, FleetConfig(scenario.environment_bank, scenario.share_across_devices)
+    world = load_fleet_world(
+        scenario.student,
+        scenario.teacher,
+        run_dir,
+        scenario.teacher_checkpoint,
+        scenario.min_uploads,
     )
-    results = FleetRounds(scenario, teacher, run_dir / "streams", world.served.folder).run(grid)
+    write_streams(scenario, run_dir / "streams")
+    fleet = FleetConfig(scenario.environment_bank, scenario.share_across_devices)
+    done = [0]
+
+    def progress(frames: int) -> None:  # `cdca simulate --engine flower` polls this file
+        done[0] += frames
+        (run_dir / PROGRESS_FILE).write_text(str(done[0]))
+
+    rounds = FleetRounds(scenario, FleetTeacher.build(world, fleet), run_dir / "streams",
+                         world.served.folder, progress)  # fmt: skip
+    results = rounds.run(grid)
     (run_dir / RESULTS_FILE).write_text(json.dumps(results) + "\n")
     log.info("wrote %s", run_dir / RESULTS_FILE)

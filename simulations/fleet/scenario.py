@@ -32,6 +32,7 @@ class Scenario:
     batch_size: int = 64
     batches_per_round: int = 1  # device batches between two prompt deliveries
     budget: float = 0.1
+    min_uploads: int = 24  # uploads of an environment before the cloud's first update for it
     score: str = "entropy"
     environment_bank: bool = True
     share_across_devices: bool = True
@@ -39,6 +40,7 @@ class Scenario:
     peers: tuple[str, ...] = PEERS
     student: str = ""  # empty: the shipped distilled student
     teacher: str = "builtin"
+    teacher_checkpoint: str = ""  # empty: the shipped built-in teacher
     seed: int = 0
     round_timeout_s: float = 120.0  # flower engines: a round waits this long for replies
     min_devices: int = 1  # flower engines: fewest replies that still make a round

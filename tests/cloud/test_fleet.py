@@ -31,7 +31,8 @@ def test_revisiting_keeps_the_better_taught_prompt_and_averages_the_signature():
     bank.record(np.full(2, 0.02), prompt(3), evidence=50)  # longer stay: prompt replaced
     [entry] = bank.entries
     assert entry.prompt["norm_affine"][0, 0] == 3
-    assert entry.evidence == 90 and entry.visits == 3
+    assert entry.evidence == 90
+    assert entry.visits == 3
     np.testing.assert_allclose(entry.signature, (0 * 30 + 0.06 * 10 + 0.02 * 50) / 90)
 
 
@@ -61,7 +62,9 @@ def upload(cloud, n, stats_shift=0.0, shift=False, seed=0):
     g = torch.Generator().manual_seed(seed)
     stats = cloud.vplu.running_stats.clone()
     stats[0, :4] += stats_shift  # the signature the bank matches on
-    return UploadBatch(torch.rand(n, 3, 32, 32, generator=g), torch.rand(n, generator=g), stats, shift)
+    return UploadBatch(
+        torch.rand(n, 3, 32, 32, generator=g), torch.rand(n, generator=g), stats, shift
+    )
 
 
 def walk(cloud, device, environment, batches=4, first=False):

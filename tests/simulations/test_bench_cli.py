@@ -32,28 +32,6 @@ def test_bench_adapt_writes_json_markdown_and_plot(tiny_benchmark, tiny_student,
     assert (tmp_path / "run" / "accuracy.png").stat().st_size > 5000
 
 
-@pytest.fixture
-def tiny_distilled(tmp_path):
-    """A random distilled student in the built-in teacher's 128-d space, for the 3 tiny classes."""
-    import torch
-
-    from cloud.distill.checkpoint import DistilledInfo, save_distilled
-    from cloud.distill.student import DistilledStudent
-    from cloud.students import create_student
-    from cloud.students.preprocess import Normalization
-    from tests.conftest import CLASS_NAMES
-
-    torch.manual_seed(0)
-    student = DistilledStudent(create_student("compact_cnn", 3), 128, 20.0).eval()
-    vectors = torch.nn.functional.normalize(torch.randn(3, 128), dim=-1)
-    info = DistilledInfo(
-        "compact_cnn", CLASS_NAMES, Normalization((0.2,) * 3, (0.3,) * 3), 128, 20.0, "builtin"
-    )
-    path = tmp_path / "distilled.safetensors"
-    save_distilled(path, student, vectors, info)
-    return path
-
-
 def test_cloud_device_rows_report_uploads_and_bytes(
     tiny_benchmark, tiny_distilled, shipped_random_teacher, tmp_path
 ):

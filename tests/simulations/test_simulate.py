@@ -1,0 +1,92 @@
+"""``cdca simulate`` end to end on tiny data: in-process, Flower Simulation Engine, Deployment Engine."""
+
+import json
+import subprocess
+
+import pytest
+
+from protocol.errors import ConfigError
+from simulations.cli import main
+from simulations.fleet.scenario import Scenario, load_scenario
+
+
+def scenario_file(tmp_path, tiny_benchmark, tiny_distilled, teacher, **extra):
+    values = {"devices": 2, "per_domain": 12, "batch_size": 4, "budget": 0.5, "min_uploads": 4,
+              "corruptions": ["gaussian_noise", "contrast"], "data": str(tiny_benchmark),
+              "student": str(tiny_distilled), "teacher_checkpoint": str(teacher), "peers": [],
+              "compare_bank": False, **extra}  # fmt: skip
+    path = tmp_path / "scenario.toml"
+    path.write_text("[scenario]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
+    return path
+
+
+def run(tmp_path, name, scenario, *flags):
+    out = tmp_path / name
+    assert (
+        main(["simulate", "--scenario", str(scenario), "--out", str(out), "--threads", "1", *flags])
+        == 0
+    )
+    return json.loads((out / "results.json").read_text()), out
+
+
+@pytest.fixture
+def tiny_scenario(tmp_path, tiny_benchmark, tiny_distilled, shipped_random_teacher):
+    return scenario_file(tmp_path, tiny_benchmark, tiny_distilled, shipped_random_teacher)
+
+
+def test_simulate_writes_the_run_folder_with_peers_and_the_bank_comparison(tmp_path, tiny_scenario):
+    results, out = run(tmp_path, "run", tiny_scenario, "--peers", "source,bn_adapt")
+    assert set(results["table"]) == {"source", "bn_adapt", "uvpa"}
+    uvpa = results["devices"]["uvpa"]
+    assert len(uvpa) == 2
+    for device in uvpa:
+        assert device["frames"] == 24
+        assert 0 < device["upload_fraction"] <= 0.5
+        assert device["prompts_applied"] >= 1  # the cloud taught every device something
+        assert device["bytes_down_per_1000"] > 0
+    report = (out / "report.md").read_text()
+    assert "| uvpa |" in report
+    assert "best on-device peer (bn_adapt)" in report
+    for plot in ("accuracy_over_time.png", "uploads.png", "comparison.png"):
+        assert (out / plot).stat().st_size > 5000
+    assert json.loads((out / "config.json").read_text())["devices"] == 2
+
+
+def test_flower_simulation_engine_gives_the_in_process_results(tmp_path, tiny_scenario):
+    inprocess, _ = run(tmp_path, "inprocess", tiny_scenario)
+    flower, _ = run(tmp_path, "flower-sim", tiny_scenario, "--engine", "flower-sim")
+    assert flower["devices"]["uvpa"] == inprocess["devices"]["uvpa"]  # transport only
+    assert flower["cloud"]["uvpa"]["rounds"] == 6
+    assert flower["cloud"]["uvpa"]["partial_rounds"] == 0
+
+
+def test_deployment_engine_on_loopback_superlink_and_supernodes(tmp_path, tiny_scenario):
+    inprocess, _ = run(tmp_path, "inprocess", tiny_scenario)
+    deployed, out = run(tmp_path, "deployed", tiny_scenario, "--engine", "flower")
+    assert deployed["devices"]["uvpa"] == inprocess["devices"]["uvpa"]
+    assert "flower-progress" in {p.name for p in out.iterdir()}
+    assert "Activated node_id" in (out / "flower" / "superlink.log").read_text()
+    left = subprocess.run(["pgrep", "-f", str(out / "flower")], capture_output=True, text=True)
+    assert left.stdout.strip() == "", "a Flower process outlived the run"
+
+
+def test_scenario_layers_file_then_flags_and_names_unknown_keys(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text('devices = 3\ncorruptions = ["fog"]\n')
+    scenario = load_scenario(path, devices=5, budget=None)
+    assert (scenario.devices, scenario.corruptions, scenario.budget) == (
+        5,
+        ("fog",),
+        Scenario().budget,
+    )
+    assert load_scenario(None, corruptions="fog, contrast").corruptions == ("fog", "contrast")
+    path.write_text("devises = 3\n")
+    with pytest.raises(ConfigError, match="unknown scenario keys \\['devises'\\]"):
+        load_scenario(path)
+    with pytest.raises(ConfigError, match="engine"):
+        load_scenario(None, engine="warp")
+
+
+def test_a_missing_benchmark_says_how_to_make_it(tmp_path, capsys):
+    assert main(["simulate", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "cdca data prepare" in capsys.readouterr().err
