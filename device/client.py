@@ -92,9 +92,11 @@ class DeviceClient:
             if self.link is not None:
                 self.link.notify()
         if out is not None:
-            self._write_lines(out, logits, frames.labels, first_id, step.ms / len(frames.images))
+            uploaded = set(step.decision.indices.tolist())
+            self._write_lines(out, logits, frames.labels, first_id, step.ms / len(frames.images),
+                              uploaded)  # fmt: skip
 
-    def _write_lines(self, out, logits, labels, first_id, ms_per_frame) -> None:  # type: ignore[no-untyped-def]
+    def _write_lines(self, out, logits, labels, first_id, ms_per_frame, uploaded) -> None:  # type: ignore[no-untyped-def]
         names = self.runtime.manifest.class_names
         exp = np.exp(logits - logits.max(1, keepdims=True))
         confidence = (exp / exp.sum(1, keepdims=True)).max(1)
@@ -104,6 +106,8 @@ class DeviceClient:
                     "prompt_version": self.prompt_version}  # fmt: skip
             if labels is not None:
                 line["label"] = int(labels[i])
+            if i in uploaded:
+                line["uploaded"] = True
             out.write(json.dumps(line) + "\n")
 
     def _receive(self, prompt: DecodedPrompt) -> None:
@@ -200,6 +204,7 @@ class RunReport:
             out.update({"uploads_acked": s.uploads_acked, "samples_acked": s.samples_acked,
                         "samples_refused": s.samples_refused, "uploads_rejected": s.uploads_rejected,
                         "rpc_errors": s.rpc_errors, "prompts_received": s.prompts_received,
+                        "bytes_up": s.bytes_up, "bytes_down": s.bytes_down,
                         "upload_ms_p50": _pct(s.upload_ms, 50), "upload_ms_p99": _pct(s.upload_ms, 99),
                         "prompt_delivery_ms_p50": _pct(s.delivery_ms, 50),
                         "prompt_delivery_ms_p99": _pct(s.delivery_ms, 99)})  # fmt: skip

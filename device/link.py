@@ -86,6 +86,8 @@ class LinkStats:
     uploads_rejected: int = 0
     rpc_errors: int = 0
     prompts_received: int = 0
+    bytes_up: int = 0  # protobuf bytes of acknowledged uploads
+    bytes_down: int = 0  # protobuf bytes of prompts applied
     upload_ms: list[float] = field(default_factory=list)
     delivery_ms: list[float] = field(default_factory=list)
 
@@ -215,6 +217,7 @@ class CloudLink:
         self.stats.upload_ms.append((time.perf_counter() - start) * 1e3)
         self.queue.ack(seq)
         self.stats.uploads_acked += 1
+        self.stats.bytes_up += sum(chunk.ByteSize() for chunk in chunks)
         self.stats.samples_acked += summary.accepted
         self.stats.samples_refused += summary.refused_over_budget
         return True
@@ -304,6 +307,7 @@ class CloudLink:
             )
             return
         self.stats.prompts_received += 1
+        self.stats.bytes_down += message.ByteSize()
         if pushed and prompt.created_unix_ms:  # a prompt handed over at registration is old news
             self.stats.delivery_ms.append(time.time() * 1e3 - prompt.created_unix_ms)
         self.on_prompt(prompt)

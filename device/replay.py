@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from device.agent import DeviceAgent
+from device.sources import batch_starts
 from protocol.errors import DataError
 from protocol.messages import prompt_message, upload_chunks
 
@@ -37,18 +38,6 @@ class BatchRecord:
     def to_json(self) -> dict[str, int | bool]:
         """Plain dict."""
         return dict(self.__dict__)
-
-
-def batch_starts(domain: np.ndarray, batch_size: int) -> list[int]:
-    """Where batches begin, plus the end: every ``batch_size`` frames, anew at each domain.
-
-    No batch mixes two domains, as in ``simulations.streams``.
-    """
-    changes = [0, *(np.flatnonzero(np.diff(domain)) + 1).tolist(), len(domain)]
-    starts = []
-    for begin, end in zip(changes[:-1], changes[1:], strict=True):
-        starts.extend(range(begin, end, batch_size))
-    return [*starts, len(domain)]
 
 
 class ReplayDevice:

@@ -50,6 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     run.add_argument(
         "--score", default="entropy", choices=["entropy", "margin", "disagreement", "random"]
     )
+    run.add_argument("--seed", type=int, default=0, help="for the random share of the uploads")
     run.add_argument("--stat-mix", type=float, default=1.0,
                      help="1: normalise with each batch's statistics (U-VPA); 0: source statistics")  # fmt: skip
     run.add_argument("--fps", type=float, help="pace frames like a camera (default: flat out)")
@@ -79,7 +80,7 @@ def _run(args: argparse.Namespace) -> int:
     runtime = DeviceRuntime.load(manifest, threads=args.threads)
     link = _link_config(args, token, runtime.manifest.sha256) if args.server else None
     config = ClientConfig(
-        args.state_dir, SamplingConfig(budget=args.budget, score=args.score),
+        args.state_dir, SamplingConfig(budget=args.budget, score=args.score, seed=args.seed),
         stat_mix=args.stat_mix, fps=args.fps, drain_seconds=args.drain_seconds,
     )  # fmt: skip
     corruptions = [c for c in args.corruptions.split(",") if c]

@@ -3,7 +3,8 @@
 Every source yields ``Frames`` batches of (n, H, W, 3) uint8 with labels when the source
 has them (so a device can report its own accuracy on a benchmark stream). Specs:
 
-- ``stream.npz``: arrays ``images`` (N, H, W, 3|) uint8 and optional ``labels`` (N,);
+- ``stream.npz``: arrays ``images`` (N, H, W, 3|) uint8 and optional ``labels`` (N,) and
+  ``domain`` (N,) (a batch never spans two domains);
 - ``frames.npy``: images; labels from a sibling ``labels.npy`` if present;
 - ``fog.npy --severity 5``: a CIFAR-10-C-style file (5 x N rows, severity s = block s);
 - a CIFAR-10-C-style folder with ``--corruptions fog,snow --severity 5``: the domains in turn;
@@ -54,7 +55,8 @@ def open_source(
     if path.is_dir():
         return _batches(*_image_folder(path), batch_size, limit)
     if path.suffix == ".npz":
-        return _batches(*_npz(path), batch_size, limit)
+        images, labels, domain = _npz(path)
+        return _batches(images, labels, batch_size, limit, domain)
     if path.suffix == ".npy":
         return _batches(*_npy(path, severity), batch_size, limit)
     raise DataError(
@@ -63,12 +65,28 @@ def open_source(
     )
 
 
+def batch_starts(domain: np.ndarray, batch_size: int) -> list[int]:
+    """Where batches begin, plus the end: every ``batch_size`` frames, anew at each domain.
+
+    No batch mixes two domains (as in ``simulations.streams``): a recorded stream replays
+    with the same batches however it is replayed.
+    """
+    changes = [0, *(np.flatnonzero(np.diff(domain)) + 1).tolist(), len(domain)]
+    starts = []
+    for begin, end in zip(changes[:-1], changes[1:], strict=True):
+        starts.extend(range(begin, end, batch_size))
+    return [*starts, len(domain)]
+
+
 def _batches(
-    images: np.ndarray, labels: np.ndarray | None, batch_size: int, limit: int | None
-) -> Iterator[Frames]:
+    images: np.ndarray, labels: np.ndarray | None, batch_size: int, limit: int | None,
+    domain: np.ndarray | None = None,
+) -> Iterator[Frames]:  # fmt: skip
     count = len(images) if limit is None else min(limit, len(images))
-    for start in range(0, count, batch_size):
-        stop = min(start + batch_size, count)
+    if domain is None:
+        domain = np.zeros(count, np.int8)
+    starts = batch_starts(np.asarray(domain[:count]), batch_size)
+    for start, stop in zip(starts[:-1], starts[1:], strict=True):
         batch = np.ascontiguousarray(images[start:stop])
         yield Frames(batch, None if labels is None else np.asarray(labels[start:stop], np.int64))
 
@@ -81,14 +99,15 @@ def _checked(images: np.ndarray, source: Path | str) -> np.ndarray:
     return images
 
 
-def _npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+def _npz(path: Path) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     try:
         with np.load(path, allow_pickle=False) as data:
             key = "images" if "images" in data.files else "x" if "x" in data.files else None
             if key is None:
                 raise DataError(f"{path} has no 'images' array (found {data.files})")
             labels = data["labels"] if "labels" in data.files else None
-            return _checked(data[key], path), labels
+            domain = data["domain"] if "domain" in data.files else None  # batches stay within one
+            return _checked(data[key], path), labels, domain
     except (OSError, ValueError) as err:
         raise DataError(f"{path} is not a readable .npz: {err}") from err
 

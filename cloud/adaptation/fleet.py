@@ -99,6 +99,11 @@ class FleetCloud:
             self.stays[device_id] = _Stay()
         return self.sessions[device_id]
 
+    def adopt(self, device_id: str, session: AdaptationSession) -> None:
+        """Take over a session built elsewhere (a bank restored from disk by the server)."""
+        self.sessions[device_id] = session
+        self.stays[device_id] = _Stay(uploads_at_start=session.uploads)
+
     def ingest(self, device_id: str, upload: UploadBatch) -> Prompt | None:
         """One device batch's uploads; returns the prompt that device should switch to, if any."""
         session = self.session(device_id)

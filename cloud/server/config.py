@@ -60,6 +60,11 @@ class ServerConfig:
         max_message_bytes: gRPC message cap in both directions.
         max_devices: enrolment stops here (bounds memory).
         tls: optional server TLS.
+        teacher_checkpoint: for the built-in teacher, weights other than the shipped file.
+        min_uploads: uploads of an environment before the cloud's first update for it.
+        environment_bank: devices entering an environment any device has left start from
+            its prompt (``cloud.adaptation.environments``).
+        share_across_devices: unknown environments start from the fleet's shared prompt.
     """
 
     host: str = "127.0.0.1"
@@ -73,6 +78,10 @@ class ServerConfig:
     max_message_bytes: int = 4 * 1024 * 1024
     max_devices: int = 1024
     tls: TLSConfig | None = None
+    teacher_checkpoint: Path | None = None
+    min_uploads: int = 24
+    environment_bank: bool = True
+    share_across_devices: bool = True
 
     def __post_init__(self) -> None:
         if not 0 < self.upload_budget <= 1:
@@ -81,6 +90,8 @@ class ServerConfig:
             raise ConfigError(f"port must be in [0, 65535], got {self.port}")
         if self.max_message_bytes < 64 * 1024:
             raise ConfigError("max_message_bytes below 64 KiB cannot carry one upload chunk")
+        if self.min_uploads < 2:
+            raise ConfigError(f"min_uploads must be >= 2, got {self.min_uploads}")
         if self.upload_slack < 0 or self.max_devices < 1:
             raise ConfigError("upload_slack must be >= 0 and max_devices >= 1")
 
@@ -90,7 +101,7 @@ class ServerConfig:
         return f"{self.host}:{self.port}"
 
 
-_PATHS = {"state_dir", "student", "model_dir"}
+_PATHS = {"state_dir", "student", "model_dir", "teacher_checkpoint"}
 
 
 def load_config(path: Path | None = None, **overrides: Any) -> ServerConfig:

@@ -16,6 +16,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from cloud.adaptation.fleet import FleetConfig
+from cloud.adaptation.session import SessionConfig
 from cloud.server.board import PromptBoard
 from cloud.server.config import ServerConfig
 from cloud.server.registry import DeviceRegistry
@@ -38,7 +40,11 @@ def registry_path(state_dir: Path) -> Path:
 
 async def serve(config: ServerConfig, port_file: Path | None = None) -> None:
     """Run the server until SIGINT/SIGTERM."""
-    world = load_world(config.student, config.teacher, config.state_dir, config.model_dir)
+    world = load_world(config.student, config.teacher, config.state_dir, config.model_dir,
+                       config.teacher_checkpoint)  # fmt: skip
+    world.session = SessionConfig(max(world.session.buffer_size, config.min_uploads),
+                                  config.min_uploads)  # fmt: skip
+    world.fleet = FleetConfig(config.environment_bank, config.share_across_devices)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

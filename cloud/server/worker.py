@@ -45,7 +45,8 @@ class AdaptationWorker:
         self.world, self.registry, self.inbox, self.board = world, registry, inbox, board
         self.banks = state_dir / "prompts"
         self.rejected = state_dir / "rejected"
-        self.sessions: dict[str, AdaptationSession] = {}
+        self.fleet = world.new_fleet()
+        self.sessions: dict[str, AdaptationSession] = self.fleet.sessions
         self.queue: asyncio.Queue[Path] = asyncio.Queue()
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="vplu")
         self.processed = 0
@@ -122,7 +123,7 @@ class AdaptationWorker:
                              torch.from_numpy(batch.batch_stats), batch.shift)  # fmt: skip
         if batch.shift:
             log.info("%s reports a new environment at batch %d", batch.device_id, batch.batch_id)
-        prompt = session.ingest(upload)
+        prompt = self.fleet.ingest(batch.device_id, upload)
         if prompt is None:
             return None
         version = self.registry.next_prompt_version(batch.device_id)
@@ -134,7 +135,7 @@ class AdaptationWorker:
             self.banks / f"{device_id}.safetensors", self.world.neutral, self.world.bank
         )
         session = self.world.new_session(bank)
-        self.sessions[device_id] = session
+        self.fleet.adopt(device_id, session)
         return session, version
 
     def _message(self, session: AdaptationSession, version: int, batch_id: int) -> cdca_pb2.Prompt:

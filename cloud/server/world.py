@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from cloud.adaptation.fleet import FleetCloud, FleetConfig
 from cloud.adaptation.prompt_bank import BankConfig, PromptBank
 from cloud.adaptation.session import AdaptationSession, SessionConfig
 from cloud.adaptation.vplu import VPLU, VPLUConfig
@@ -72,11 +73,18 @@ class CloudWorld:
     vplu: VPLUConfig = field(default_factory=VPLUConfig)
     session: SessionConfig = field(default_factory=SessionConfig)
     bank: BankConfig = field(default_factory=BankConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
 
     @cached_property
     def neutral(self) -> dict[str, torch.Tensor]:
         """The unadapted student's prompt parts (built once; read-only: banks copy them)."""
         return VPLU(self.device_model, self.class_vectors, self.vplu).neutral_prompt()
+
+    def new_fleet(self) -> FleetCloud:
+        """The cloud side of every device this world serves (sessions, environment bank)."""
+        vplu = VPLU(self.device_model, self.class_vectors, self.vplu)
+        return FleetCloud(vplu, self.teacher_logits, self.normalization.apply,
+                          self.session, self.bank, self.fleet)  # fmt: skip
 
     def new_session(self, bank: PromptBank | None = None) -> AdaptationSession:
         """A device's cloud session (its bank restored from disk when given)."""

@@ -144,15 +144,16 @@ def enrol(state_dir: Path, device_id: str, env: dict[str, str]) -> str:
 
 
 def launch_server(
-    state_dir: Path, port: int, log: Path, env: dict[str, str], timeout: float = 300
-) -> tuple[subprocess.Popen[bytes], int]:
+    state_dir: Path, port: int, log: Path, env: dict[str, str], timeout: float = 300,
+    extra: tuple[str, ...] = (),
+) -> tuple[subprocess.Popen[bytes], int]:  # fmt: skip
     """``cdca cloud serve`` (output appended to ``log``), once it listens; returns it and its port."""
     port_file = state_dir / "port"
     port_file.unlink(missing_ok=True)
     with open(log, "a") as handle:
         server = subprocess.Popen(
             [*CDCA, "cloud", "serve", "--state-dir", str(state_dir), "--port", str(port),
-             "--port-file", str(port_file)],
+             "--port-file", str(port_file), *extra],
             stdout=handle, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
     deadline = time.monotonic() + timeout

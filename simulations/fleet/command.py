@@ -41,6 +41,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--budget", type=float, help="share of frames a device may upload")
     parser.add_argument("--batches-per-round", type=int, dest="batches_per_round",
                         help="device batches between prompt deliveries (default 1)")  # fmt: skip
+    parser.add_argument("--fps", type=float, help="grpc engine: pace each device like a camera")
     parser.add_argument("--no-bank-comparison", dest="compare_bank", action="store_const",
                         const=False, help="skip the run without the environment bank")  # fmt: skip
     parser.add_argument(
@@ -60,7 +61,7 @@ def main(argv: list[str], prog: str = "cdca simulate") -> int:
     scenario = load_scenario(
         args.scenario, engine=args.engine, devices=args.devices, per_domain=args.per_domain,
         data=args.data, budget=args.budget, batches_per_round=args.batches_per_round,
-        compare_bank=args.compare_bank, peers=peers, seed=args.seed,
+        compare_bank=args.compare_bank, peers=peers, seed=args.seed, fps=args.fps,
     )  # fmt: skip
     if not Path(scenario.data).exists() and ":" not in scenario.data:
         raise ConfigError(f"no benchmark at {scenario.data}; write it with "

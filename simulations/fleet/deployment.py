@@ -69,9 +69,10 @@ class LoopbackFederation:
                                   "--disable-runtime-dependency-installation"])  # fmt: skip
         self._wait_for_port(self.port)
         for i in range(self.nodes):
+            node_config = f"partition-id={i} num-partitions={self.nodes}"
             self._start(f"supernode-{i}", ["flower-supernode", "--insecure", "--superlink",
                                            f"127.0.0.1:{self.port}", "--port", str(free_port()),
-                                           "--node-config", f"partition-id={i} num-partitions={self.nodes}"])  # fmt: skip
+                                           "--node-config", node_config])  # fmt: skip
         return self
 
     def __exit__(self, *exc: object) -> None:

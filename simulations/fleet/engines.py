@@ -24,6 +24,10 @@ def run_engine(
         return run_inprocess(scenario, streams, world, fleet, progress)
     if engine == "flower-sim":
         return run_flower_simulation(scenario, streams, world, fleet, progress)
+    if engine == "grpc":
+        from simulations.fleet.grpc_engine import run_grpc
+
+        return run_grpc(scenario, streams, world, fleet, out, progress)
     if engine == "flower":
         from simulations.fleet.deployment import run_deployment
 

@@ -1,0 +1,134 @@
+"""The ``grpc`` engine: a real ``cdca cloud serve`` and one ``cdca device run`` process per device.
+
+Everything goes over loopback exactly as in a deployment: enrolment tokens, uploads, the
+server's own budget, prompts pushed over ``WatchPrompts``. Devices run flat out (or at
+``fps``) and apply prompts when they arrive, so timing differs from the round-based engines
+(a prompt may land a batch earlier or later); the report says how much that moves the
+result. Per-batch records are rebuilt from each device's JSON lines (one per frame) and its
+summary. Logs and device outputs land in ``<run>/grpc/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from cloud.adaptation.fleet import FleetConfig
+from cloud.server.world import CloudWorld
+from device.sources import batch_starts
+from simulations.bench.system import CDCA, enrol, launch_server
+from simulations.fleet.scenario import Scenario
+
+
+def run_grpc(
+    scenario: Scenario, streams: list[Path], world: CloudWorld, fleet: FleetConfig, out: Path,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, object]:  # fmt: skip
+    """Run the fleet through processes; returns per-device batch records, bytes down, logs."""
+    work = out / "grpc"
+    shutil.rmtree(work, ignore_errors=True)
+    state = work / "cloud"
+    state.mkdir(parents=True)
+    config = work / "server.toml"
+    config.write_text(_server_config(scenario, world, fleet, state))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    ids = [f"device-{i}" for i in range(len(streams))]
+    tokens = {device_id: enrol(state, device_id, env) for device_id in ids}
+    server, port = launch_server(
+        state, 0, work / "server.log", env, extra=("--config", str(config))
+    )
+    try:
+        devices = [_start_device(scenario, world, work, path, i, port, tokens[ids[i]], env)
+                   for i, path in enumerate(streams)]  # fmt: skip
+        _wait(devices, [work / f"{d}.jsonl" for d in ids], progress)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+    records, bytes_down = [], []
+    for i, path in enumerate(streams):
+        summary = json.loads((work / f"{ids[i]}.summary.json").read_text())
+        records.append(_records(work / f"{ids[i]}.jsonl", path, scenario.batch_size, summary))
+        bytes_down.append(int(summary.get("bytes_down", 0)))
+    return {"records": records, "bytes_down": bytes_down,
+            "cloud": {"server_log": str(work / "server.log"), "port": port}}  # fmt: skip
+
+
+def _server_config(scenario: Scenario, world: CloudWorld, fleet: FleetConfig, state: Path) -> str:
+    from cloud.distill.command import DEFAULT_DISTILLED
+
+    values: dict[str, object] = {
+        "state_dir": str(state), "model_dir": str(world.served.folder),
+        "student": scenario.student or str(DEFAULT_DISTILLED), "teacher": scenario.teacher,
+        "upload_budget": scenario.budget, "min_uploads": scenario.min_uploads,
+        "environment_bank": fleet.environment_bank, "share_across_devices": fleet.share_across_devices,
+    }  # fmt: skip
+    if scenario.teacher_checkpoint:
+        values["teacher_checkpoint"] = scenario.teacher_checkpoint
+    return "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+
+
+def _start_device(scenario, world, work, stream, i, port, token, env):  # type: ignore[no-untyped-def]
+    device_id = f"device-{i}"
+    command = [*CDCA, "device", "run", "--input", str(stream), "--model", str(world.served.folder),
+               "--state-dir", str(work / device_id), "--server", f"127.0.0.1:{port}",
+               "--device-id", device_id, f"--token={token}", "--batch-size", str(scenario.batch_size),
+               "--threads", "1", "--budget", str(scenario.budget), "--score", scenario.score,
+               "--seed", str(scenario.seed + i), "--out", str(work / f"{device_id}.jsonl"),
+               "--summary", str(work / f"{device_id}.summary.json"), "--log-level", "WARNING"]  # fmt: skip
+    if scenario.fps:
+        command += ["--fps", str(scenario.fps)]
+    log = open(work / f"{device_id}.log", "w")  # noqa: SIM115 - the child writes to it
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, env=env)
+
+
+def _wait(devices: list[subprocess.Popen[bytes]], outputs: list[Path],
+          progress: Callable[[int], None] | None) -> None:  # fmt: skip
+    reported = 0
+    while any(d.poll() is None for d in devices):
+        time.sleep(1.0)
+        if progress:
+            done = sum(_count_lines(p) for p in outputs)
+            progress(done - reported)
+            reported = done
+    failed = [i for i, d in enumerate(devices) if d.returncode != 0]
+    if failed:
+        raise RuntimeError(f"device(s) {failed} failed; see {outputs[0].parent}/device-*.log")
+    if progress:
+        progress(sum(_count_lines(p) for p in outputs) - reported)
+
+
+def _count_lines(path: Path) -> int:
+    if not path.is_file():
+        return 0
+    with open(path, "rb") as handle:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+
+
+def _records(
+    lines: Path, stream: Path, batch_size: int, summary: dict[str, object]
+) -> list[dict[str, object]]:
+    """One record per batch, as the round-based engines write them (bytes up spread by uploads)."""
+    frames = [json.loads(line) for line in lines.read_text().splitlines()]
+    with np.load(stream, allow_pickle=False) as data:
+        domain, labels = data["domain"], data["labels"]
+    starts = batch_starts(domain, batch_size)
+    uploaded_total = max(1, sum(1 for f in frames if f.get("uploaded")))
+    bytes_up = int(summary.get("bytes_up", 0))  # type: ignore[call-overload]
+    records = []
+    for batch, (start, stop) in enumerate(zip(starts[:-1], starts[1:], strict=True)):
+        chunk = frames[start:stop]
+        uploaded = sum(1 for f in chunk if f.get("uploaded"))
+        records.append({"batch": batch, "domain": int(domain[start]), "frames": len(chunk),
+                        "correct": sum(int(f["index"] == labels[start + j]) for j, f in enumerate(chunk)),
+                        "uploaded": uploaded, "shift": False,
+                        "bytes_up": bytes_up * uploaded // uploaded_total,
+                        "prompt_version": int(chunk[0]["prompt_version"]) if chunk else 0})  # fmt: skip
+    return records
