@@ -13,7 +13,7 @@ DATA := data/fashion-mnist-c
 
 demo: setup fashion-mnist
 	$(BIN)/cdca data prepare --out $(DATA)
-	$(BIN)/cdca bench adapt --data $(DATA) --out runs/demo
+	$(BIN)/cdca simulate --data $(DATA) --out runs/demo
 
 test: setup fashion-mnist
 	$(BIN)/python -m pytest

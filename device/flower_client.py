@@ -19,6 +19,7 @@ in force) lives in ``context.state``, so it survives a fresh ClientApp process p
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from device.agent import DeviceAgent
 from device.replay import ReplayDevice
 from device.runtime import DeviceRuntime
 from device.sampling import SamplingConfig
-from protocol.errors import CdcaError
+from protocol.errors import CdcaError, DataError
 from protocol.manifest import MANIFEST_FILE
 
 app = ClientApp()
@@ -45,10 +46,10 @@ def step(message: Message, context: Context) -> Message:
     config = message.content.config_records["step"]
     device = _device(config, context)
     content = RecordDict()
-    first, count = int(config["first-batch"]), int(config["count"])
+    first, count = number(config, "first-batch"), number(config, "count")
     for batch in range(first, min(first + count, device.num_batches)):
         record, fields = device.run(batch)
-        content[f"batch-{batch}"] = ConfigRecord(dict(record.to_json()))  # type: ignore[arg-type]
+        content[f"batch-{batch}"] = ConfigRecord({k: int(v) for k, v in record.to_json().items()})
         if fields is not None:
             content[f"upload-{batch}"] = _upload_record(fields)
     content["device"] = ConfigRecord({"device-id": device.device_id, "batches": device.num_batches})
@@ -62,7 +63,7 @@ def prompt(message: Message, context: Context) -> Message:
     config = message.content.config_records["step"]
     device = _device(config, context)
     parts = {k: v.numpy() for k, v in message.content.array_records["prompt"].items()}
-    version = int(message.content.config_records["prompt-info"]["version"])
+    version = number(message.content.config_records["prompt-info"], "version")
     try:
         wire_bytes = device.apply(parts, version)
     except CdcaError as err:
@@ -74,22 +75,45 @@ def prompt(message: Message, context: Context) -> Message:
                    reply_to=message)  # fmt: skip
 
 
+def number(record: Mapping[str, object], key: str, default: int | None = None) -> int:
+    """An integer field of a record, or a clear error naming the field."""
+    value = record.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise DataError(f"message field {key!r} must be a number, got {value!r}")
+    return int(value)
+
+
+def text(record: Mapping[str, object], key: str) -> str:
+    """A string field of a record."""
+    value = record.get(key)
+    if not isinstance(value, str):
+        raise DataError(f"message field {key!r} must be a string, got {value!r}")
+    return value
+
+
 def _device(config: ConfigRecord, context: Context) -> ReplayDevice:
-    index = int(context.node_config.get("partition-id", config.get("device-index", 0)))
-    stream = Path(
-        str(context.node_config.get("stream", f"{config['stream-dir']}/device-{index}.npz"))
+    node = context.node_config
+    index = number(node, "partition-id", number(config, "device-index", 0))
+    default_stream = (
+        f"{text(config, 'stream-dir')}/device-{index}.npz" if "stream" not in node else ""
     )
-    model_dir = str(context.node_config.get("model-dir", config["model-dir"]))
+    stream = Path(str(node.get("stream", default_stream)))
+    model_dir = str(node["model-dir"]) if "model-dir" in node else text(config, "model-dir")
     if model_dir not in _RUNTIMES:
         _RUNTIMES[model_dir] = DeviceRuntime.load(Path(model_dir) / MANIFEST_FILE, threads=1)
     runtime = _RUNTIMES[model_dir]
     runtime.reset_adaptation()
-    sampling = SamplingConfig(budget=float(config["budget"]), score=str(config["score"]),
-                              seed=int(config["seed"]) + index)  # fmt: skip
-    device = ReplayDevice(DeviceAgent(runtime, sampling), stream, int(config["batch-size"]),
+    budget = config.get("budget")
+    if not isinstance(budget, float | int):
+        raise DataError(f"message field 'budget' must be a number, got {budget!r}")
+    sampling = SamplingConfig(budget=float(budget), score=text(config, "score"),
+                              seed=number(config, "seed") + index)  # fmt: skip
+    device = ReplayDevice(DeviceAgent(runtime, sampling), stream, number(config, "batch-size"),
                           f"device-{index}")  # fmt: skip
     if STATE_KEY in context.state.config_records:
-        device.restore(bytes(context.state.config_records[STATE_KEY]["state"]))  # type: ignore[arg-type]
+        state = context.state.config_records[STATE_KEY]["state"]
+        if isinstance(state, bytes):
+            device.restore(state)
     return device
 
 
@@ -99,16 +123,8 @@ def _save(device: ReplayDevice, context: Context) -> None:
 
 def _upload_record(fields: dict[str, object]) -> ArrayRecord:
     arrays = {k: Array(np.ascontiguousarray(np.asarray(fields[k]))) for k in UPLOAD_ARRAYS}
-    arrays["meta"] = Array(
-        np.array(
-            [
-                int(fields["batch_id"]),
-                int(bool(fields["shift"])),  # type: ignore[call-overload]
-                int(fields["frames_seen"]),
-            ],
-            np.int64,
-        )
-    )  # type: ignore[call-overload]
+    meta = [number(fields, "batch_id"), int(bool(fields["shift"])), number(fields, "frames_seen")]
+    arrays["meta"] = Array(np.array(meta, np.int64))
     return ArrayRecord(array_dict=arrays)
 
 

@@ -62,7 +62,7 @@ class ReplayDevice:
         """Switch to a prompt; returns the bytes it took on the wire."""
         self.agent.apply(parts)
         self.prompt_version = version
-        return prompt_message(parts, version=version).ByteSize()
+        return int(prompt_message(parts, version=version).ByteSize())
 
     def run(self, batch: int) -> tuple[BatchRecord, dict[str, object] | None]:
         """Predict one batch; returns its record and the upload's fields (None: nothing goes up)."""

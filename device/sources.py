@@ -72,7 +72,7 @@ def batch_starts(domain: np.ndarray, batch_size: int) -> list[int]:
     with the same batches however it is replayed.
     """
     changes = [0, *(np.flatnonzero(np.diff(domain)) + 1).tolist(), len(domain)]
-    starts = []
+    starts: list[int] = []
     for begin, end in zip(changes[:-1], changes[1:], strict=True):
         starts.extend(range(begin, end, batch_size))
     return [*starts, len(domain)]

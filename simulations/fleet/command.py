@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from protocol.errors import ConfigError
-from simulations.fleet.scenario import ENGINES, Scenario, load_scenario
+from simulations.fleet.scenario import ENGINES, Scenario, built_in_scenarios, load_scenario
 
 FIRST_BATCHES = 3  # "after a shift": this many batches into every new domain
 
@@ -30,7 +32,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "  cdca simulate --scenario my-fleet.toml --out runs/my-fleet",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--scenario", type=Path, help="TOML file with any Scenario field")
+    parser.add_argument("--scenario", type=Path,
+                        help="TOML file with any Scenario field, or a built-in name: "
+                        + ", ".join(built_in_scenarios()))  # fmt: skip
     parser.add_argument("--engine", choices=ENGINES, help=f"transport (default {default.engine})")
     parser.add_argument(
         "--devices", type=int, help=f"number of devices (default {default.devices})"
@@ -67,12 +71,12 @@ def main(argv: list[str], prog: str = "cdca simulate") -> int:
         raise ConfigError(f"no benchmark at {scenario.data}; write it with "
                           f"`cdca data prepare --out {scenario.data}`")  # fmt: skip
     results = simulate(scenario, args.out, args.threads)
-    print(Path(results["paths"]["report"]).read_text())  # type: ignore[index]
-    print("wrote " + ", ".join(results["paths"].values()))  # type: ignore[union-attr]
+    print(Path(results["paths"]["report"]).read_text())
+    print("wrote " + ", ".join(results["paths"].values()))
     return 0
 
 
-def simulate(scenario: Scenario, out: Path, threads: int = 2) -> dict[str, object]:
+def simulate(scenario: Scenario, out: Path, threads: int = 2) -> dict[str, Any]:
     """Run the scenario; writes the run folder and returns the results."""
     import torch
     from rich.progress import (
@@ -86,6 +90,7 @@ def simulate(scenario: Scenario, out: Path, threads: int = 2) -> dict[str, objec
     from cloud.adaptation.fleet import FleetConfig
     from simulations.fleet.cloud_side import load_fleet_world
     from simulations.fleet.engines import run_engine
+    from simulations.fleet.memory import PeakMemory
     from simulations.fleet.peers import run_peers
     from simulations.fleet.report import write_run
     from simulations.fleet.streams import write_streams
@@ -106,23 +111,34 @@ def simulate(scenario: Scenario, out: Path, threads: int = 2) -> dict[str, objec
     columns = (TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
                TimeRemainingColumn())  # fmt: skip
     raw: dict[str, dict[str, object]] = {}
-    with Progress(*columns) as bar:
+    with PeakMemory() as memory, Progress(*columns) as bar:
         for name, config, engine in runs:
             task = bar.add_task(f"{name} ({engine})", total=frames)
             raw[name] = run_engine(engine, scenario, streams, world, config, out,
-                                   lambda n, t=task: bar.update(t, advance=n))  # fmt: skip
+                                   _advance(bar, task))  # fmt: skip
         task = bar.add_task("on-device peers", total=frames * len(scenario.peers))
         student = Path(scenario.student) if scenario.student else None
         peers = run_peers(scenario, specs, student, lambda n: bar.update(task, advance=n))
     results = assemble(scenario, specs, raw, peers)
     results["wall_seconds"] = time.perf_counter() - started
+    results["peak_memory_mb"] = memory.megabytes  # this process and every process it started
     paths = write_run(out, results)
     results["paths"] = {k: str(p) for k, p in paths.items()}
     return results
 
 
-def assemble(scenario, specs, raw, peers) -> dict[str, object]:  # type: ignore[no-untyped-def]
+def _advance(bar: Any, task: Any) -> Callable[[int], None]:
+    """A progress callback moving one bar by the frames it is told."""
+
+    def advance(frames: int) -> None:
+        bar.update(task, advance=frames)
+
+    return advance
+
+
+def assemble(scenario, specs, raw, peers) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """Per-method, per-device summaries, the fleet table and the domain boundaries."""
+    from simulations.fleet.streams import segment_names
     from simulations.fleet.summary import device_summary, fleet_table, peer_after_shift
 
     devices: dict[str, list[dict[str, object]]] = {}
@@ -131,15 +147,16 @@ def assemble(scenario, specs, raw, peers) -> dict[str, object]:  # type: ignore[
             row["batch_domain"], row["batch_accuracy"], FIRST_BATCHES)} for row in peer_rows]  # fmt: skip
     for name, run in raw.items():
         devices[name] = [
-            device_summary(records, spec.domains(), run["bytes_down"][i], FIRST_BATCHES)
+            device_summary(records, segment_names(spec), run["bytes_down"][i], FIRST_BATCHES)
             for i, (records, spec) in enumerate(zip(run["records"], specs, strict=True))
         ]
     boundaries = []
     for spec in specs:
         starts, batch = [], 0
-        for segment in spec.segments[:-1]:
-            batch += -(-segment.count // spec.batch_size)
-            starts.append(batch)
+        for previous, segment in zip(spec.segments[:-1], spec.segments[1:], strict=True):
+            batch += -(-previous.count // spec.batch_size)
+            if segment.domain != previous.domain:  # mark corruption changes, not severity steps
+                starts.append(batch)
         boundaries.append(starts)
     return {"config": scenario.resolved(), "table": fleet_table(devices), "devices": devices,
             "boundaries": boundaries, "cloud": {k: v["cloud"] for k, v in raw.items()}}  # fmt: skip

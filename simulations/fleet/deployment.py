@@ -84,7 +84,7 @@ class LoopbackFederation:
         out = subprocess.run([str(Path(sys.executable).parent / "flwr"), *args, "--format", "json"],
                              capture_output=True, text=True, env=self.env, cwd=project_root())  # fmt: skip
         try:
-            return json.loads(out.stdout)  # type: ignore[no-any-return]
+            return json.loads(out.stdout)
         except json.JSONDecodeError as err:
             raise CdcaError(
                 f"`flwr {' '.join(args)}` failed: {out.stdout[-2000:]}{out.stderr[-2000:]}"
@@ -134,7 +134,7 @@ def run_deployment(
     if status.get("status") != "finished:completed":
         raise CdcaError(f"the Flower run ended {status.get('status')}: {status.get('status-details')} "
                         f"(logs: {folder})")  # fmt: skip
-    return json.loads((run_dir / RESULTS_FILE).read_text())  # type: ignore[no-any-return]
+    return json.loads((run_dir / RESULTS_FILE).read_text())
 
 
 def _run_config(scenario: Scenario, run_dir: Path, student: str, teacher_checkpoint: str) -> str:
@@ -156,7 +156,7 @@ def _wait(federation: LoopbackFederation, run_id: str, run_dir: Path,
             progress(int(text) - reported)
             reported = int(text)
         if str(run.get("status", "")).startswith("finished"):
-            return run  # type: ignore[no-any-return]
+            return run
         time.sleep(1.0)
     raise CdcaError(f"the Flower run {run_id} did not finish within {timeout:.0f} s")
 

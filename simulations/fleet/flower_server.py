@@ -24,7 +24,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from device.flower_client import upload_fields
+from device.flower_client import number, text, upload_fields
 from protocol.errors import CdcaError
 from simulations.fleet.cloud_side import FleetTeacher
 from simulations.fleet.scenario import Scenario
@@ -41,7 +41,7 @@ class FleetRounds:
     def __init__(self, scenario: Scenario, teacher: FleetTeacher, stream_dir: Path,
                  model_dir: Path, progress: Callable[[int], None] | None = None) -> None:  # fmt: skip
         self.scenario, self.teacher, self.progress = scenario, teacher, progress
-        self.base = {"stream-dir": str(stream_dir), "model-dir": str(model_dir),
+        self.base: dict[str, int | float | str] = {"stream-dir": str(stream_dir), "model-dir": str(model_dir),
                      "budget": scenario.budget, "score": scenario.score, "seed": scenario.seed,
                      "batch-size": scenario.batch_size}  # fmt: skip
         self.records: dict[int, list[dict[str, object]]] = {}
@@ -62,8 +62,8 @@ class FleetRounds:
             replies = self._query(grid, active, next_batch)
             for node, reply in replies.items():
                 device = reply.content.config_records["device"]
-                index.setdefault(node, int(str(device["device-id"]).split("-")[-1]))
-                total[node] = int(device["batches"])  # type: ignore[call-overload]
+                index.setdefault(node, int(text(device, "device-id").split("-")[-1]))
+                total[node] = number(device, "batches")
             # in device order, as the in-process engine does: the environment bank and the
             # shared prompt see the same sequence whatever order the replies came back in
             for node in sorted(replies, key=index.__getitem__):
@@ -108,10 +108,8 @@ class FleetRounds:
                 log.warning("node %d refused a prompt: %s", node,
                             reply.content.config_records["refused"]["reason"])  # fmt: skip
                 continue
-            applied = reply.content.config_records["applied"]
-            self.bytes_down[index[node]] = self.bytes_down.get(index[node], 0) + int(
-                applied["bytes"]
-            )  # type: ignore[call-overload]
+            sent = number(reply.content.config_records["applied"], "bytes")
+            self.bytes_down[index[node]] = self.bytes_down.get(index[node], 0) + sent
 
     def _query(
         self, grid: Grid, nodes: list[int], next_batch: dict[int, int]
@@ -139,10 +137,10 @@ class FleetRounds:
         content = reply.content
         batch = first
         while f"batch-{batch}" in content.config_records:
-            record = dict(content.config_records[f"batch-{batch}"])
+            record: dict[str, object] = dict(content.config_records[f"batch-{batch}"])
             self.records.setdefault(i, []).append(record)
             if self.progress:
-                self.progress(int(record["frames"]))  # type: ignore[call-overload]
+                self.progress(number(record, "frames"))
             if f"upload-{batch}" in content.array_records:
                 prompt = self.teacher.ingest(
                     f"device-{i}", upload_fields(content.array_records[f"upload-{batch}"])

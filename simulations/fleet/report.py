@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 OURS = "uvpa"
+MAX_PLOTTED_DEVICES = 8
 
 
-def write_run(out: Path, results: dict[str, object]) -> dict[str, Path]:
+def write_run(out: Path, results: dict[str, Any]) -> dict[str, Path]:
     """Write the JSON, the markdown report and the plots; returns their paths."""
     paths = {"json": out / "results.json", "report": out / "report.md",
              "accuracy": out / "accuracy_over_time.png", "uploads": out / "uploads.png",
@@ -35,14 +37,15 @@ def best_peer(table: dict[str, dict[str, float]]) -> str | None:
     return max(peers, key=lambda m: table[m]["mean"]) if peers else None
 
 
-def markdown(results: dict[str, object], paths: dict[str, Path]) -> str:
+def markdown(results: dict[str, Any], paths: dict[str, Path]) -> str:
     """The report: what ran, the fleet table, per-device rows, the bank's benefit, the plots."""
     config = results["config"]
-    table: dict[str, dict[str, float]] = results["table"]  # type: ignore[assignment]
+    table: dict[str, dict[str, float]] = results["table"]
     lines = ["# Fleet simulation", "",
-             f"Engine `{config['engine']}`, {config['devices']} devices, {config['per_domain']} "  # type: ignore[index]
-             f"frames per domain each, severity {config['severity']}, batch {config['batch_size']}, "  # type: ignore[index]
-             f"upload budget {config['budget']:.0%}; wall time {results['wall_seconds']:.0f} s.", "",  # type: ignore[index]
+             f"Engine `{config['engine']}`, {config['devices']} devices, {config['per_domain']} "
+             f"frames per domain each, severity {config['severity']}, batch {config['batch_size']}, "
+             f"upload budget {config['budget']:.0%}; wall time {results['wall_seconds']:.0f} s, "
+             f"peak memory {results.get('peak_memory_mb')} MiB (all processes).", "",
              "Online accuracy (%), mean over domains, then over devices (± spread over devices).",
              "\"After shift\": the first batches of every new domain.", "",
              "| method | mean accuracy | after shift | uploads | up KB / 1k frames | down KB / 1k frames |",
@@ -56,8 +59,8 @@ def markdown(results: dict[str, object], paths: dict[str, Path]) -> str:
     lines += ["", *_verdict(table), "", "## Per device", "",
               "| device | " + " | ".join(table) + " |", "|---|" + "---|" * len(table)]  # fmt: skip
     per_device = results["devices"]
-    for i in range(int(config["devices"])):  # type: ignore[index, call-overload]
-        cells = [f"{100 * per_device[m][i]['mean']:.1f}" for m in table]  # type: ignore[index]
+    for i in range(int(config["devices"])):
+        cells = [f"{100 * per_device[m][i]['mean']:.1f}" for m in table]
         lines.append(f"| device-{i} | " + " | ".join(cells) + " |")
     lines += ["", "## Cloud", "", "```", json.dumps(results["cloud"], indent=2), "```", "",
               "## Plots", ""] + [f"![{k}]({p.name})" for k, p in paths.items() if p.suffix == ".png"]  # fmt: skip
@@ -90,22 +93,22 @@ def _running_mean(values: list[float], window: int = 4) -> np.ndarray:
     return (sums[ends] - sums[begins]) / (ends - begins)
 
 
-def _plot_accuracy(results: dict[str, object], path: Path) -> None:
+def _plot_accuracy(results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    devices: dict[str, list[dict[str, object]]] = results["devices"]  # type: ignore[assignment]
-    table: dict[str, dict[str, float]] = results["table"]  # type: ignore[assignment]
+    devices: dict[str, list[dict[str, Any]]] = results["devices"]
+    table: dict[str, dict[str, float]] = results["table"]
     shown = [m for m in ("source", best_peer(table), OURS) if m in devices]
-    count = len(devices[OURS])
+    count = min(len(devices[OURS]), MAX_PLOTTED_DEVICES)  # a 100-device fleet: the first 8
     fig, axes = plt.subplots(count, 1, figsize=(11, 2.4 * count), sharex=True, squeeze=False)
     for i, ax in enumerate(axes[:, 0]):
         for name in shown:
-            ax.plot(100 * _running_mean(devices[name][i]["batch_accuracy"]), label=name,  # type: ignore[arg-type]
+            ax.plot(100 * _running_mean(devices[name][i]["batch_accuracy"]), label=name,
                     lw=1.6 if name == OURS else 1.0)  # fmt: skip
-        for boundary in results["boundaries"][i]:  # type: ignore[index]
+        for boundary in results["boundaries"][i]:
             ax.axvline(boundary, color="grey", lw=0.5, ls=":")
         ax.set_ylabel(f"device-{i}\nacc. (%)")
         ax.set_ylim(0, 100)
@@ -116,17 +119,22 @@ def _plot_accuracy(results: dict[str, object], path: Path) -> None:
     plt.close(fig)
 
 
-def _plot_uploads(results: dict[str, object], path: Path) -> None:
+def _plot_uploads(results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ours: list[dict[str, float]] = results["devices"][OURS]  # type: ignore[index]
-    names = [f"device-{i}" for i in range(len(ours))]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3))
+    ours: list[dict[str, float]] = results["devices"][OURS]
+    names = [str(i) for i in range(len(ours))]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(max(9, 0.12 * len(ours)), 3))
     left.bar(names, [100 * d["upload_fraction"] for d in ours])
     left.set_ylabel("frames uploaded (%)")
+    left.set_xlabel("device")
+    right.set_xlabel("device")
+    if len(ours) > 16:  # too many names to read: every tenth
+        for axis in (left, right):
+            axis.set_xticks(range(0, len(ours), 10))
     right.bar(names, [d["bytes_up_per_1000"] / 1000 for d in ours], label="up")
     right.bar(names, [d["bytes_down_per_1000"] / 1000 for d in ours], label="down", alpha=0.7)
     right.set_ylabel("KB per 1,000 frames")
@@ -136,13 +144,13 @@ def _plot_uploads(results: dict[str, object], path: Path) -> None:
     plt.close(fig)
 
 
-def _plot_comparison(results: dict[str, object], path: Path) -> None:
+def _plot_comparison(results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    table: dict[str, dict[str, float]] = results["table"]  # type: ignore[assignment]
+    table: dict[str, dict[str, float]] = results["table"]
     names = list(table)
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(names)), 3.2))

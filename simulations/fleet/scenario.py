@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 import tomllib
 
 from protocol.errors import ConfigError
 
 ENGINES = ("inprocess", "grpc", "flower-sim", "flower")
+STREAMS = ("continual", "gradual")
+BUILT_IN = Path(__file__).resolve().parent / "scenarios"  # `--scenario NAME` finds NAME.toml here
 PEERS = ("source", "bn_adapt", "tent")  # the on-device methods every report compares with
 
 
@@ -27,6 +30,7 @@ class Scenario:
     devices: int = 4
     data: str = "data/fashion-mnist-c"
     corruptions: tuple[str, ...] = ()  # empty: the 15 test corruptions
+    stream: str = "continual"  # or "gradual": severity 1->5->1 within each corruption
     severity: int = 5
     per_domain: int = 500  # frames per corruption per device
     batch_size: int = 64
@@ -49,6 +53,8 @@ class Scenario:
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise ConfigError(f"unknown engine {self.engine!r}; choose from {', '.join(ENGINES)}")
+        if self.stream not in STREAMS:
+            raise ConfigError(f"unknown stream {self.stream!r}; choose from {', '.join(STREAMS)}")
         if self.devices < 1 or self.per_domain < 1 or self.batch_size < 1:
             raise ConfigError("devices, per_domain and batch_size must be >= 1")
         if self.batches_per_round < 1:
@@ -65,10 +71,9 @@ class Scenario:
 
 def load_scenario(path: Path | None, **overrides: object) -> Scenario:
     """The default, updated by a TOML file's keys, then by non-None ``overrides``."""
-    values: dict[str, object] = {}
+    values: dict[str, Any] = {}
     if path is not None:
-        if not path.is_file():
-            raise ConfigError(f"scenario file {path} does not exist")
+        path = _find(Path(path))
         try:
             values = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as err:
@@ -84,8 +89,23 @@ def load_scenario(path: Path | None, **overrides: object) -> Scenario:
         if isinstance(value, str):
             values[key] = tuple(v.strip() for v in value.split(",") if v.strip())
         elif value is not None:
-            values[key] = tuple(value)  # type: ignore[call-overload]
+            values[key] = tuple(value)
     try:
-        return replace(Scenario(), **values)  # type: ignore[arg-type]
+        return replace(Scenario(), **values)
     except TypeError as err:
         raise ConfigError(f"bad scenario value: {err}") from err
+
+
+def built_in_scenarios() -> list[str]:
+    """Names ``--scenario`` accepts besides a file path."""
+    return sorted(p.stem for p in BUILT_IN.glob("*.toml"))
+
+
+def _find(path: Path) -> Path:
+    if path.is_file():
+        return path
+    named = BUILT_IN / f"{path}.toml"
+    if named.is_file():
+        return named
+    raise ConfigError(f"no scenario file {path}; give a TOML file or one of: "
+                      f"{', '.join(built_in_scenarios())}")  # fmt: skip

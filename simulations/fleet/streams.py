@@ -1,7 +1,8 @@
 """Each device's stream, written once as an .npz every engine reads (processes, Flower nodes).
 
 File format (NumPy only, so a torch-free device process can read it): ``images`` (N, H, W, 3)
-uint8, ``labels`` (N,) int64, ``domain`` (N,) int16 index into ``domain_names``.
+uint8, ``labels`` (N,) int64, ``domain`` (N,) int16 index of the frame's segment, whose name is ``domain_names[i]`` (a
+gradual stream has several segments per corruption).
 """
 
 from __future__ import annotations
@@ -13,14 +14,30 @@ import numpy as np
 from cloud.data.corruptions import TEST_CORRUPTIONS
 from cloud.data.formats import open_benchmark
 from simulations.fleet.scenario import Scenario
-from simulations.streams import StreamSpec, continual, device_streams, iterate_batches
+from simulations.streams import (
+    GRADUAL_SEVERITIES,
+    StreamSpec,
+    continual,
+    device_streams,
+    gradual,
+    iterate_batches,
+)
 
 
 def stream_specs(scenario: Scenario, pool_size: int) -> list[StreamSpec]:
     """Device 0 walks the corruptions in the given order, the others in seeded orders."""
     corruptions = scenario.corruptions or TEST_CORRUPTIONS
-    base = continual(corruptions, scenario.severity, scenario.per_domain, scenario.batch_size)
+    if scenario.stream == "gradual":
+        per_step = max(1, scenario.per_domain // len(GRADUAL_SEVERITIES))
+        base = gradual(corruptions, per_step, scenario.batch_size)
+    else:
+        base = continual(corruptions, scenario.severity, scenario.per_domain, scenario.batch_size)
     return device_streams(base, scenario.devices, pool_size, scenario.seed)
+
+
+def segment_names(spec: StreamSpec) -> list[str]:
+    """The domain name of each segment, in order (what a stream file's ``domain`` indexes)."""
+    return [segment.domain for segment in spec.segments]
 
 
 def write_streams(scenario: Scenario, folder: Path) -> tuple[list[Path], list[StreamSpec]]:
@@ -34,12 +51,13 @@ def write_streams(scenario: Scenario, folder: Path) -> tuple[list[Path], list[St
     for i, spec in enumerate(specs):
         path = folder / f"device-{i}.npz"
         paths.append(path)
-        names = spec.domains()
         batches = list(iterate_batches(dataset, spec))
-        domain = np.concatenate(
-            [np.full(len(b.labels), names.index(b.segment.domain), np.int16) for b in batches]
+        # one index per segment, so that replays batch exactly as ``iterate_batches`` does
+        # (a gradual stream changes severity within a corruption)
+        segment = np.concatenate(
+            [np.full(len(b.labels), spec.segments.index(b.segment), np.int16) for b in batches]
         )
         np.savez(path, images=np.concatenate([b.images for b in batches]),
                  labels=np.concatenate([b.labels for b in batches]).astype(np.int64),
-                 domain=domain, domain_names=np.array(names))  # fmt: skip
+                 domain=segment, domain_names=np.array(segment_names(spec)))  # fmt: skip
     return paths, specs

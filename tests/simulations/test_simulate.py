@@ -60,9 +60,15 @@ def test_flower_simulation_engine_gives_the_in_process_results(tmp_path, tiny_sc
     assert flower["cloud"]["uvpa"]["partial_rounds"] == 0
 
 
-def test_deployment_engine_on_loopback_superlink_and_supernodes(tmp_path, tiny_scenario):
-    inprocess, _ = run(tmp_path, "inprocess", tiny_scenario)
-    deployed, out = run(tmp_path, "deployed", tiny_scenario, "--engine", "flower")
+def test_deployment_engine_on_loopback_superlink_and_supernodes(
+    tmp_path, tiny_benchmark, tiny_distilled, shipped_random_teacher
+):
+    # 2 batches per domain: 4 rounds, each a fresh ClientApp process per message
+    scenario = scenario_file(tmp_path, tiny_benchmark, tiny_distilled, shipped_random_teacher,
+                             per_domain=8)  # fmt: skip
+    inprocess, _ = run(tmp_path, "inprocess", scenario)
+    deployed, out = run(tmp_path, "deployed", scenario, "--engine", "flower")
+    assert sum(d["prompts_applied"] for d in deployed["devices"]["uvpa"]) >= 1
     assert deployed["devices"]["uvpa"] == inprocess["devices"]["uvpa"]
     assert "flower-progress" in {p.name for p in out.iterdir()}
     assert "Activated node_id" in (out / "flower" / "superlink.log").read_text()
@@ -90,3 +96,63 @@ def test_scenario_layers_file_then_flags_and_names_unknown_keys(tmp_path):
 def test_a_missing_benchmark_says_how_to_make_it(tmp_path, capsys):
     assert main(["simulate", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     assert "cdca data prepare" in capsys.readouterr().err
+
+
+def test_grpc_engine_runs_a_real_server_and_device_processes(tmp_path, tiny_scenario):
+    results, out = run(tmp_path, "grpc", tiny_scenario, "--engine", "grpc")
+    for i, device in enumerate(results["devices"]["uvpa"]):
+        assert device["frames"] == 24
+        assert 0 < device["upload_fraction"] <= 0.5
+        assert device["bytes_up_per_1000"] > 0
+        lines = (out / "grpc" / f"device-{i}.jsonl").read_text().splitlines()
+        assert len(lines) == 24
+        assert sum('"uploaded": true' in line for line in lines) == round(
+            24 * device["upload_fraction"]
+        )
+    assert "registered device-1" in (out / "grpc" / "server.log").read_text()
+    assert results["peak_memory_mb"] > 100  # the server process with torch alone is bigger
+
+
+def test_peak_memory_counts_child_processes():
+    import os
+    import sys
+
+    from simulations.fleet.memory import tree_rss_bytes
+
+    before = tree_rss_bytes(os.getpid())
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; x = bytearray(80 << 20); time.sleep(3)"]
+    )
+    try:
+        import time
+
+        time.sleep(1.5)
+        assert tree_rss_bytes(os.getpid()) > before + (60 << 20)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_built_in_scenarios_load_by_name():
+    from simulations.fleet.scenario import built_in_scenarios
+
+    assert {"fleet-100", "gradual", "quick"} <= set(built_in_scenarios())
+    assert load_scenario("fleet-100").devices == 100
+    assert load_scenario("gradual").stream == "gradual"
+    with pytest.raises(ConfigError, match="one of: fleet-100"):
+        load_scenario("no-such-scenario")
+
+
+def test_gradual_stream_files_batch_like_the_peers(tmp_path, tiny_benchmark):
+    from device.sources import batch_starts
+    from simulations.fleet.streams import write_streams
+
+    scenario = Scenario(devices=2, per_domain=9, batch_size=4, stream="gradual", data=str(tiny_benchmark),
+                        corruptions=("gaussian_noise", "contrast"))  # fmt: skip
+    paths, specs = write_streams(scenario, tmp_path)
+    import numpy as np
+
+    with np.load(paths[1]) as data:
+        starts = batch_starts(data["domain"], 4)
+        assert len(data["domain_names"]) == len(specs[1].segments) == 18  # 2 corruptions x 9 steps
+    assert len(starts) - 1 == 18  # one 1-frame batch per severity step, none spanning two
