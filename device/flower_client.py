@@ -19,6 +19,7 @@ in force) lives in ``context.state``, so it survives a fresh ClientApp process p
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -47,6 +48,8 @@ def step(message: Message, context: Context) -> Message:
     device = _device(config, context)
     content = RecordDict()
     first, count = number(config, "first-batch"), number(config, "count")
+    if config.get("slow") and number(config, "slow-device", -1) == _index(config, context):
+        time.sleep(float(number(config, "slow-delay-s", 0)))  # a simulated straggler
     for batch in range(first, min(first + count, device.num_batches)):
         record, fields = device.run(batch)
         content[f"batch-{batch}"] = ConfigRecord({k: int(v) for k, v in record.to_json().items()})
@@ -91,9 +94,14 @@ def text(record: Mapping[str, object], key: str) -> str:
     return value
 
 
+def _index(config: ConfigRecord, context: Context) -> int:
+    """This device's index in the fleet: its node config, or what the cloud calls it."""
+    return number(context.node_config, "partition-id", number(config, "device-index", 0))
+
+
 def _device(config: ConfigRecord, context: Context) -> ReplayDevice:
     node = context.node_config
-    index = number(node, "partition-id", number(config, "device-index", 0))
+    index = _index(config, context)
     default_stream = (
         f"{text(config, 'stream-dir')}/device-{index}.npz" if "stream" not in node else ""
     )

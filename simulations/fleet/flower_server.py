@@ -115,8 +115,10 @@ class FleetRounds:
         self, grid: Grid, nodes: list[int], next_batch: dict[int, int]
     ) -> dict[int, Message]:
         k = self.scenario.batches_per_round
-        messages = [Message(RecordDict({"step": ConfigRecord({**self.base, "first-batch": next_batch[n],
-                                                               "count": k})}),
+        straggle = {"slow-device": self.scenario.slow_device, "slow-delay-s": self.scenario.slow_delay_s,
+                    "slow": int(self.rounds < self.scenario.slow_rounds)}  # fmt: skip
+        messages = [Message(RecordDict({"step": ConfigRecord({**self.base, **straggle, "count": k,
+                                                               "first-batch": next_batch[n]})}),
                             dst_node_id=n, message_type="query.step") for n in nodes]  # fmt: skip
         replies = {r.metadata.src_node_id: r
                    for r in grid.send_and_receive(messages, timeout=self.scenario.round_timeout_s)

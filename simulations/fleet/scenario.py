@@ -48,6 +48,11 @@ class Scenario:
     seed: int = 0
     round_timeout_s: float = 120.0  # flower engines: a round waits this long for replies
     min_devices: int = 1  # flower engines: fewest replies that still make a round
+    # a straggler, to see that one slow device does not stall the fleet (flower engines):
+    # device ``slow_device`` answers ``slow_delay_s`` late in its first ``slow_rounds`` rounds
+    slow_device: int = -1
+    slow_rounds: int = 0
+    slow_delay_s: float = 0.0
     fps: float = 0.0  # grpc engine: pace each device like a camera (0: as fast as possible)
 
     def __post_init__(self) -> None:

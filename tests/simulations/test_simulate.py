@@ -156,3 +156,15 @@ def test_gradual_stream_files_batch_like_the_peers(tmp_path, tiny_benchmark):
         starts = batch_starts(data["domain"], 4)
         assert len(data["domain_names"]) == len(specs[1].segments) == 18  # 2 corruptions x 9 steps
     assert len(starts) - 1 == 18  # one 1-frame batch per severity step, none spanning two
+
+
+def test_a_straggler_does_not_stall_the_flower_rounds(tmp_path, tiny_scenario):
+    slow = tmp_path / "slow.toml"
+    slow.write_text(tiny_scenario.read_text() + "round_timeout_s = 2.0\nslow_device = 1\n"
+                    "slow_rounds = 1\nslow_delay_s = 5.0\n")  # fmt: skip
+    results, _ = run(tmp_path, "slow", slow, "--engine", "flower-sim")
+    cloud = results["cloud"]["uvpa"]
+    assert cloud["partial_rounds"] == 1  # the first round went on without device 1
+    assert cloud["rounds"] == 7  # ... which caught up one round later
+    for device in results["devices"]["uvpa"]:
+        assert device["frames"] == 24  # no batch lost
