@@ -76,8 +76,9 @@ def main(argv: Sequence[str], prog: str = "cdca bench") -> int:
     from simulations.bench.system_command import add_parser as add_system
 
     add_system(sub)
+    _add_perf(sub)
     args = parser.parse_args(argv)
-    if args.command == "system":
+    if args.command in ("system", "perf"):
         return int(args.handler(args))
     return _run_adapt(args)
 
@@ -149,4 +150,37 @@ def _run_adapt(args: argparse.Namespace) -> int:
     paths = write_report(out, results, config)
     print(paths["markdown"].read_text())  # plain print: a markdown table must not be re-wrapped
     print(f"wrote {paths['json']}, {paths['markdown']}, {paths['plot']}")
+    return 0
+
+
+def _add_perf(sub: argparse._SubParsersAction) -> None:
+    perf = sub.add_parser(
+        "perf", help="device, cloud and communication costs, as ratios measured in one run",
+        description="Exports the shipped student (fp32, int8 and a plain graph), then measures "
+        "device latency (prompt overhead, int8, onnxruntime vs PyTorch eager, peak memory), "
+        "cloud VPLU updates vs buffer size, fleet rounds vs devices, and uplink bytes of "
+        "U-VPA vs cloud inference. Writes perf.json, perf.md and perf.png.",
+    )  # fmt: skip
+    perf.add_argument("--data", default=str(DEFAULT_DATA), help="benchmark (default: %(default)s)")
+    perf.add_argument("--devices", default="1,4,16,64", help="fleet sizes for the cloud curve")
+    perf.add_argument("--buffers", default="48,96,192,384", help="buffer sizes for the VPLU curve")
+    perf.add_argument("--repeats", type=int, default=5, help="timed repeats per figure (median)")
+    perf.add_argument("--out", type=Path, default=Path("runs/bench-perf"), help="output folder")
+    perf.set_defaults(handler=_run_perf)
+
+
+def _run_perf(args: argparse.Namespace) -> int:
+    from simulations.bench.perf import PerfConfig, run_perf
+
+    def sizes(text: str) -> tuple[int, ...]:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+
+    torch_threads = 2
+    import torch
+
+    torch.set_num_threads(torch_threads)
+    config = PerfConfig(args.data, args.out, sizes(args.devices), sizes(args.buffers), args.repeats)
+    run_perf(config, progress=lambda text: print(f"… {text}", flush=True))
+    print((args.out / "perf.md").read_text())
+    print(f"wrote {args.out / 'perf.json'}, {args.out / 'perf.md'}, {args.out / 'perf.png'}")
     return 0

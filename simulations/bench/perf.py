@@ -1,0 +1,343 @@
+"""``cdca bench perf``: what cdca costs, as ratios measured in one run on this machine.
+
+- device: onnxruntime latency and throughput of the exported student with a learned prompt
+  in force vs the plain student graph without any adaptation inputs (the prompt's
+  overhead), fp32 vs int8, onnxruntime vs PyTorch eager; peak memory of a device process;
+- cloud: one VPLU update on a full upload buffer, how it grows with the buffer, and one
+  round of the fleet cloud as devices grow (1, 4, 16, 64);
+- communication: uplink bytes per 1,000 frames of U-VPA vs uploading every frame for the
+  teacher to answer (cloud inference), from real upload messages.
+
+Every number is a median over repeats; the hardware is named in the report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class PerfConfig:
+    """What ``cdca bench perf`` measures and how long it tries."""
+
+    data: str
+    out: Path
+    devices: tuple[int, ...] = (1, 4, 16, 64)
+    buffers: tuple[int, ...] = (48, 96, 192, 384)
+    repeats: int = 5
+
+
+def median_ms(fn: Callable[[], object], repeats: int, inner: int = 1) -> float:
+    """Median wall time of ``fn`` in milliseconds (one warm-up call first)."""
+    fn()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        samples.append((time.perf_counter() - start) / inner * 1e3)
+    return float(np.median(samples))
+
+
+def hardware() -> dict[str, object]:
+    """The machine the numbers belong to."""
+    cpu = platform.processor()
+    if Path("/proc/cpuinfo").exists():
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]  # fmt: skip
+        cpu = names[0] if names else cpu
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "onnxruntime": _ort_version(), "gpu": torch.cuda.is_available()}  # fmt: skip
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return str(onnxruntime.__version__)
+
+
+def export_models(out: Path) -> dict[str, Path]:
+    """The shipped student as the device runs it (fp32, int8) and as a plain graph (no prompt inputs)."""
+    from cloud.data.fashion_mnist import load_fashion_mnist
+    from cloud.distill.checkpoint import load_distilled
+    from cloud.distill.command import DEFAULT_DISTILLED
+    from cloud.export.device_model import DeviceModel
+    from cloud.export.onnx_export import export_device_model, quantize_int8
+    from protocol.manifest import load_manifest
+    from simulations.bench.models import ClassVectorHead
+
+    student, vectors, info = load_distilled(DEFAULT_DISTILLED)
+    folder = out / "model"
+    result = export_device_model(student, vectors, info, folder)
+    train = load_fashion_mnist("train").take(256)
+    calibration = info.normalization.to_tensor(train.images).numpy()
+    example = DeviceModel(student).neutral_inputs(vectors, batch=2)
+    int8, _ = quantize_int8(result, calibration, load_manifest(result.manifest), example)
+    plain = folder / "student.plain.onnx"
+    head = ClassVectorHead(student, vectors).eval()
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.onnx.export(head, (example["x"],), dynamo=True, input_names=["x"],
+                                output_names=["logits"], dynamic_shapes={"x": {0: batch}})  # fmt: skip
+    assert program is not None
+    program.save(str(plain))
+    return {"manifest": result.manifest, "fp32": result.model, "int8": int8, "plain": plain}
+
+
+def device_latency(models: dict[str, Path], frames: np.ndarray, repeats: int) -> dict[str, float]:
+    """Ms per frame at batch 1 and 64: plain graph, prompted fp32 and int8, PyTorch eager."""
+    import onnxruntime as ort
+
+    from cloud.distill.checkpoint import load_distilled
+    from cloud.distill.command import DEFAULT_DISTILLED
+    from cloud.export.device_model import DeviceModel
+    from device.preprocess import preprocess
+    from device.runtime import DeviceRuntime
+
+    runtime = DeviceRuntime.load(models["manifest"], threads=1)
+    learned = {k: v + np.float32(0.01) for k, v in runtime.defaults.items() if k == "norm_affine"}
+    prompt = {**runtime.defaults, **learned, "stat_mix": np.ones(1, np.float32)}
+    x = preprocess(frames, runtime.manifest.preprocess)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    sessions = {name: ort.InferenceSession(str(models[name]), options, providers=["CPUExecutionProvider"])
+                for name in ("fp32", "int8", "plain")}  # fmt: skip
+    student, vectors, _ = load_distilled(DEFAULT_DISTILLED)
+    eager = DeviceModel(student).eval()
+    torch_inputs = {k: torch.from_numpy(v) for k, v in prompt.items()}
+    out: dict[str, float] = {}
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same single core onnxruntime gets
+    try:
+        for n in (1, 64):
+            inner = 20 if n == 1 else 2
+            feeds = {**prompt, "x": x[:n]}
+            plain = partial(sessions["plain"].run, None, {"x": x[:n]})
+            out[f"plain_ms_per_frame_b{n}"] = median_ms(plain, repeats, inner) / n
+            for name in ("fp32", "int8"):
+                prompted = partial(sessions[name].run, None, feeds)
+                out[f"prompted_{name}_ms_per_frame_b{n}"] = median_ms(prompted, repeats, inner) / n
+            with torch.no_grad():
+                forward = partial(eager, **{**torch_inputs, "x": torch.from_numpy(x[:n])})
+                out[f"torch_eager_ms_per_frame_b{n}"] = median_ms(forward, repeats, inner) / n
+    finally:
+        torch.set_num_threads(torch_threads)
+    return {k: round(v, 4) for k, v in out.items()}
+
+
+DEVICE_PROCESS = """
+import sys, numpy as np
+from device.runtime import DeviceRuntime
+from device.agent import DeviceAgent
+from device.sampling import SamplingConfig
+agent = DeviceAgent(DeviceRuntime.load(sys.argv[1], threads=1), SamplingConfig())
+frames = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+for _ in range(100):
+    agent.step(frames)
+status = open('/proc/self/status').read().splitlines()
+print(next(int(l.split()[1]) for l in status if l.startswith('VmHWM:')) / 1024)
+"""
+
+
+def device_peak_memory_mb(manifest: Path) -> float | None:
+    """Peak resident memory of a process running only the device side (no torch), in MiB."""
+    if not Path("/proc/self/status").exists():
+        return None
+    result = subprocess.run([sys.executable, "-c", DEVICE_PROCESS, str(manifest)], capture_output=True,
+                            text=True, check=True, cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+    return round(float(result.stdout.strip().splitlines()[-1]), 1)
+
+
+def cloud_costs(config: PerfConfig, pixels: torch.Tensor) -> dict[str, object]:
+    """One VPLU update vs buffer size; one fleet round (every device uploads) vs device count."""
+    from cloud.adaptation.fleet import FleetCloud
+    from cloud.adaptation.session import SessionConfig, UploadBatch
+    from cloud.adaptation.vplu import VPLU, Uploads
+    from cloud.distill.command import DEFAULT_DISTILLED
+    from simulations.bench.models import load_bench_models
+    from simulations.fleet.memory import tree_rss_bytes
+
+    world = load_bench_models(DEFAULT_DISTILLED).world
+    assert world is not None
+    vplu = VPLU(world.device_model, world.class_vectors)
+    inputs = world.device_model.neutral_inputs(world.class_vectors, batch=len(pixels))
+    with torch.no_grad():
+        _, _, stats = world.device_model(**{**inputs, "x": world.normalize(pixels),
+                                            "stat_mix": torch.ones(1)})  # fmt: skip
+        teacher = world.teacher_logits(pixels)
+    update_ms = {}
+    for size in config.buffers:
+        uploads = Uploads(world.normalize(pixels[:size]), stats, torch.rand(size), teacher[:size])
+        update_ms[size] = round(
+            median_ms(partial(vplu.update, uploads, vplu.neutral), config.repeats), 1
+        )
+    fleet_rounds = {}
+    for count in config.devices:
+        cloud = FleetCloud(vplu, world.teacher_logits, world.normalize, SessionConfig(192, 24))
+        full = UploadBatch(pixels[:192], torch.rand(192), stats)
+        for d in range(count):  # fill every buffer first: the round below is the steady state
+            cloud.ingest(f"d{d}", full)
+        step = UploadBatch(pixels[:6], torch.rand(6), stats)
+        start = time.perf_counter()
+        for d in range(count):
+            cloud.ingest(f"d{d}", step)
+        fleet_rounds[count] = {"ms_per_round": round((time.perf_counter() - start) * 1e3, 1),
+                               "process_rss_mb": round(tree_rss_bytes(os.getpid()) / 2**20, 1)}  # fmt: skip
+    return {"vplu_update_ms_by_buffer": update_ms, "fleet_round_by_devices": fleet_rounds}
+
+
+def communication(manifest: Path, images: np.ndarray, budget: float = 0.1) -> dict[str, float]:
+    """Uplink and downlink bytes per 1,000 frames: U-VPA's uploads vs every frame to the cloud."""
+    from device.agent import DeviceAgent
+    from device.runtime import DeviceRuntime
+    from device.sampling import SamplingConfig
+    from protocol.messages import upload_chunks
+
+    agent = DeviceAgent(DeviceRuntime.load(manifest, threads=1), SamplingConfig(budget=budget))
+    classes = len(agent.runtime.manifest.class_names)
+    uvpa_up = everything_up = 0
+    for start in range(0, len(images), 64):
+        batch = images[start : start + 64]
+        step = agent.step(batch)
+        if step.uploads:
+            fields = agent.upload(batch, step, start // 64, start, start + len(batch))
+            uvpa_up += sum(c.ByteSize() for c in upload_chunks("perf", **fields))  # type: ignore[arg-type]
+        every = np.arange(len(batch))
+        everything_up += sum(c.ByteSize() for c in upload_chunks(
+            "perf", start // 64, batch, np.zeros(len(batch), np.float32), start + every, every * 0,
+            step.prediction.batch_stats, shift=False, frames_seen=start + len(batch)))  # fmt: skip
+    per_k = 1000 / len(images)
+    return {"uvpa_bytes_up_per_1000": round(uvpa_up * per_k), "cloud_inference_bytes_up_per_1000":
+            round(everything_up * per_k), "cloud_inference_bytes_down_per_1000": round(4 * classes * 1000),
+            "uplink_ratio": round(uvpa_up / everything_up, 4)}  # fmt: skip
+
+
+def run_perf(config: PerfConfig, progress: Callable[[str], None] = print) -> dict[str, object]:
+    """Everything above; writes ``perf.json``, ``perf.md`` and ``perf.png`` into ``config.out``."""
+    from cloud.data.formats import open_benchmark
+
+    config.out.mkdir(parents=True, exist_ok=True)
+    progress("exporting the student (fp32, int8, plain graph)")
+    models = export_models(config.out)
+    dataset = open_benchmark(config.data)
+    fog, contrast = dataset.load("fog", 5, 500), dataset.load("contrast", 5, 500)
+    frames = np.concatenate([fog.images, contrast.images])
+    progress("device latency")
+    device = device_latency(models, frames[:64], config.repeats)
+    device["peak_memory_mb"] = device_peak_memory_mb(models["manifest"])  # type: ignore[assignment]
+    progress("communication")
+    traffic = communication(models["manifest"], frames)
+    progress("cloud: VPLU updates and fleet rounds")
+    pixels = (
+        torch.from_numpy(np.concatenate([fog.images[:192], contrast.images[:192]]))
+        .permute(0, 3, 1, 2)
+        .float()
+        / 255
+    )
+    cloud = cloud_costs(config, pixels)
+    results = {"hardware": hardware(), "device": device, "cloud": cloud, "communication": traffic,
+               "ratios": ratios(device, traffic)}  # fmt: skip
+    (config.out / "perf.json").write_text(json.dumps(results, indent=2) + "\n")
+    (config.out / "perf.md").write_text(markdown(results))
+    plot(results, config.out / "perf.png")
+    return results
+
+
+def ratios(device: dict[str, float], traffic: dict[str, float]) -> dict[str, float]:
+    """The figures the targets are about."""
+    out = {}
+    for n in (1, 64):
+        plain, prompted = (
+            device[f"plain_ms_per_frame_b{n}"],
+            device[f"prompted_fp32_ms_per_frame_b{n}"],
+        )
+        out[f"prompt_overhead_b{n}"] = round(prompted / plain - 1, 4)
+        out[f"ort_speedup_over_torch_b{n}"] = round(
+            device[f"torch_eager_ms_per_frame_b{n}"] / prompted, 2
+        )
+        out[f"int8_over_fp32_b{n}"] = round(
+            device[f"prompted_int8_ms_per_frame_b{n}"] / prompted, 2
+        )
+    out["uplink_ratio"] = traffic["uplink_ratio"]
+    return out
+
+
+TARGETS = {"prompt_overhead_b64": ("<", 0.05), "ort_speedup_over_torch_b1": (">=", 2.0),
+           "uplink_ratio": ("<=", 0.1)}  # fmt: skip
+
+
+def _meets(value: float, relation: str, bound: float) -> bool:
+    return {"<": value < bound, "<=": value <= bound, ">=": value >= bound}[relation]
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The report: hardware, ratios against targets, then every absolute number."""
+    hw, r = results["hardware"], results["ratios"]
+    lines = ["# Performance (`cdca bench perf`)", "", f"Hardware: {hw['cpu']}, {hw['cores']} cores, "
+             f"GPU: {hw['gpu']}; torch {hw['torch']}, onnxruntime {hw['onnxruntime']}; device inference "
+             "on 1 thread.", "", "| ratio | value | target | met |", "|---|---|---|---|"]  # fmt: skip
+    for key, value in r.items():
+        target = TARGETS.get(key)
+        met = "" if target is None else ("yes" if _meets(value, *target) else "**no**")
+        lines.append(
+            f"| {key} | {value} | {'' if target is None else ' '.join(map(str, target))} | {met} |"
+        )
+    for section in ("device", "communication"):
+        lines += ["", f"## {section}", "", "| measure | value |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in results[section].items()]
+    cloud = results["cloud"]
+    lines += ["", "## cloud", "", "| uploads in the buffer | one VPLU update (ms) |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in cloud["vplu_update_ms_by_buffer"].items()]
+    lines += [
+        "",
+        "| devices | one fleet round, each device uploads 6 frames (ms) | process RSS (MiB) |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {k} | {v['ms_per_round']} | {v['process_rss_mb']} |"
+        for k, v in cloud["fleet_round_by_devices"].items()
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Cloud cost curves: update time vs buffer, round time and memory vs devices."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cloud = results["cloud"]
+    buffers = cloud["vplu_update_ms_by_buffer"]
+    rounds = cloud["fleet_round_by_devices"]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4))
+    a.plot(list(map(int, buffers)), list(buffers.values()), marker="o")
+    a.set_xlabel("uploads in the buffer")
+    a.set_ylabel("one VPLU update (ms)")
+    counts = list(map(int, rounds))
+    b.plot(
+        counts, [v["ms_per_round"] / 1000 for v in rounds.values()], marker="o", label="round (s)"
+    )
+    b.set_xscale("log", base=2)
+    b.set_xlabel("devices")
+    b.set_ylabel("one round (s)")
+    twin = b.twinx()
+    twin.plot(
+        counts, [v["process_rss_mb"] for v in rounds.values()], marker="s", color="C1", label="RSS"
+    )
+    twin.set_ylabel("cloud process RSS (MiB)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
