@@ -19,6 +19,7 @@ import platform
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -89,8 +90,10 @@ def export_models(out: Path) -> dict[str, Path]:
     plain = folder / "student.plain.onnx"
     head = ClassVectorHead(student, vectors).eval()
     batch = torch.export.Dim("batch", min=1, max=4096)
-    program = torch.onnx.export(head, (example["x"],), dynamo=True, input_names=["x"],
-                                output_names=["logits"], dynamic_shapes={"x": {0: batch}})  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # exporter chatter about opsets
+        program = torch.onnx.export(head, (example["x"],), dynamo=True, input_names=["x"], verbose=False,
+                                    output_names=["logits"], dynamic_shapes={"x": {0: batch}})  # fmt: skip
     assert program is not None
     program.save(str(plain))
     return {"manifest": result.manifest, "fp32": result.model, "int8": int8, "plain": plain}
