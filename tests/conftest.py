@@ -136,3 +136,15 @@ def tiny_distilled(tmp_path):
     path = tmp_path / "distilled.safetensors"
     save_distilled(path, student, vectors, info)
     return path
+
+
+def prepare_fashion_mnist_c(
+    folder: Path, num_images: int, corruptions: str = "fog,contrast"
+) -> Path:
+    """A small real Fashion-MNIST-C written by `cdca data prepare` (needs the Debian package)."""
+    from simulations.cli import main
+
+    args = ["data", "prepare", "--out", str(folder), "--corruptions", corruptions,
+            "--num-images", str(num_images)]  # fmt: skip
+    assert main(args) == 0
+    return folder

@@ -1,6 +1,7 @@
 import pytest
 
 from simulations.bench.system_command import markdown
+from tests.conftest import prepare_fashion_mnist_c
 
 
 def test_report_shows_every_accuracy_and_latency():
@@ -23,22 +24,7 @@ def test_bench_system_runs_end_to_end(tmp_path):
 
     from simulations.cli import main
 
-    data = tmp_path / "bench"
-    assert (
-        main(
-            [
-                "data",
-                "prepare",
-                "--out",
-                str(data),
-                "--corruptions",
-                "fog,contrast",
-                "--num-images",
-                "256",
-            ]
-        )
-        == 0
-    )
+    data = prepare_fashion_mnist_c(tmp_path / "bench", 256)
     out = tmp_path / "out"
     code = main(["bench", "system", "--data", str(data), "--devices", "2", "--corruptions", "fog,contrast",
                  "--per-domain", "128", "--fps", "200", "--out", str(out)])  # fmt: skip
