@@ -136,7 +136,11 @@ def load_manifest(path: str | Path) -> ModelManifest:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"manifest {path} not found; export one with `cdca cloud export`")
-    return manifest_from_json(path.read_text(), str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"manifest {path} is not UTF-8 text (a corrupt or wrong file): {err}") from err
+    return manifest_from_json(text, str(path))
 
 
 def verify_model_file(manifest: ModelManifest, model_path: str | Path) -> Path:

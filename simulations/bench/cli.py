@@ -77,8 +77,9 @@ def main(argv: Sequence[str], prog: str = "cdca bench") -> int:
 
     add_system(sub)
     _add_perf(sub)
+    _add_reliability(sub)
     args = parser.parse_args(argv)
-    if args.command in ("system", "perf"):
+    if args.command in ("system", "perf", "reliability"):
         return int(args.handler(args))
     return _run_adapt(args)
 
@@ -184,3 +185,32 @@ def _run_perf(args: argparse.Namespace) -> int:
     print((args.out / "perf.md").read_text())
     print(f"wrote {args.out / 'perf.json'}, {args.out / 'perf.md'}, {args.out / 'perf.png'}")
     return 0
+
+
+def _add_reliability(sub: argparse._SubParsersAction) -> None:
+    load = sub.add_parser(
+        "reliability", help="many device clients against one real server: failures, latency, memory",
+        description="Starts `cdca cloud serve` on loopback, enrols --clients devices and drives "
+        "them from threads (register, upload every --period s within budget, watch prompts) "
+        "for --seconds. Writes reliability.json and reliability.md.",
+    )  # fmt: skip
+    load.add_argument("--clients", type=int, default=64, help="concurrent devices (default: 64)")
+    load.add_argument("--seconds", type=float, default=60.0, help="how long (default: 60)")
+    load.add_argument(
+        "--period", type=float, default=1.0, help="seconds between a client's uploads"
+    )
+    load.add_argument(
+        "--out", type=Path, default=Path("runs/bench-reliability"), help="output folder"
+    )
+    load.set_defaults(handler=_run_reliability)
+
+
+def _run_reliability(args: argparse.Namespace) -> int:
+    from simulations.bench.reliability import LoadConfig, run_load, write
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(f"… {args.clients} clients for {args.seconds:.0f} s", flush=True)
+    results = run_load(LoadConfig(args.out, args.clients, args.seconds, args.period))
+    write(results, args.out)
+    print((args.out / "reliability.md").read_text())
+    return 0 if results["failed_rpcs"] == 0 and results["server_exit_code"] == 0 else 1

@@ -1,0 +1,185 @@
+"""``cdca bench reliability``: many device clients against one real server, and what it holds.
+
+A real ``cdca cloud serve`` process on loopback; ``clients`` devices enrolled in its
+registry, each a thread with its own channel that registers, uploads a batch of frames every
+``period`` seconds within its budget, and keeps a ``WatchPrompts`` stream open. Reported:
+RPCs that failed (none is deliberate here, so every failure counts), upload latency p50/p99,
+prompt delivery latency (publication to receipt) p50/p99, prompts received, the server's
+peak resident memory, and the upload backlog left in its inbox. Faults and hostile input
+are covered by the test suite (tests/system: SIGKILL and restart, fuzzing of every RPC).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from protocol.messages import PROTOCOL_VERSION, call_metadata, upload_chunks
+from protocol.v1 import cdca_pb2, cdca_pb2_grpc
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    """How hard and how long."""
+
+    out: Path
+    clients: int = 64
+    seconds: float = 60.0
+    period: float = 1.0  # seconds between one client's uploads
+    samples: int = 6  # frames per upload (a 64-frame batch at a 10 % budget)
+
+
+@dataclass
+class ClientStats:
+    """One client's counters."""
+
+    uploads: int = 0
+    failures: list[str] = field(default_factory=list)
+    upload_ms: list[float] = field(default_factory=list)
+    delivery_ms: list[float] = field(default_factory=list)
+
+
+def run_load(config: LoadConfig) -> dict[str, object]:
+    """Start a server, drive it with ``clients`` threads, stop it; returns the numbers."""
+    from cloud.server.registry import DeviceRegistry
+    from cloud.server.serve import registry_path
+    from protocol.manifest import MANIFEST_FILE, load_manifest
+    from simulations.bench.system import launch_server
+
+    state = config.out / "cloud"
+    state.mkdir(parents=True, exist_ok=True)
+    registry = DeviceRegistry(registry_path(state))
+    tokens = {f"load-{i}": registry.enrol(f"load-{i}") for i in range(config.clients)}
+    registry.close()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    server, port = launch_server(state, 0, config.out / "server.log", env)
+    manifest = load_manifest(state / "model" / MANIFEST_FILE)
+    channels = int(manifest.input("norm_stats").shape[1])
+    stats = [ClientStats() for _ in tokens]
+    stop = threading.Event()
+    peak = [0]
+    sampler = threading.Thread(target=_sample_rss, args=(server.pid, peak, stop), daemon=True)
+    sampler.start()
+    threads = [threading.Thread(target=_client, args=(f"127.0.0.1:{port}", device, token, manifest.sha256,
+                                                       channels, config, stats[i], stop), daemon=True)
+               for i, (device, token) in enumerate(tokens.items())]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    time.sleep(config.seconds)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=30)
+    backlog = len(list((state / "inbox").glob("*.npz"))) if (state / "inbox").is_dir() else 0
+    server.send_signal(signal.SIGTERM)
+    exit_code = server.wait(timeout=120)
+    return _summary(config, stats, peak[0], backlog, exit_code)
+
+
+def _client(address, device, token, sha, channels, config, stats, stop):  # type: ignore[no-untyped-def]
+    channel = grpc.insecure_channel(address)
+    stub = cdca_pb2_grpc.CloudAdaptationStub(channel)
+    metadata = call_metadata(device, token)
+    rng = np.random.default_rng(abs(hash(device)) % 2**32)
+    try:
+        stub.Register(cdca_pb2.RegisterRequest(device_id=device, protocol_version=PROTOCOL_VERSION,
+                                               model_sha256=sha), metadata=metadata, timeout=30)  # fmt: skip
+    except grpc.RpcError as err:
+        stats.failures.append(f"Register: {err.code().name}")
+        return
+    watcher = threading.Thread(
+        target=_watch, args=(stub, device, metadata, stats, stop), daemon=True
+    )
+    watcher.start()
+    batch = 0
+    while not stop.wait(
+        config.period * rng.uniform(0.5, 1.5) if batch else rng.uniform(0, config.period)
+    ):
+        images = rng.integers(0, 256, (config.samples, 32, 32, 3), dtype=np.uint8)
+        batch_stats = np.abs(rng.normal(0.5, 0.2, (2, channels))).astype(np.float32) + 0.01
+        chunks = upload_chunks(device, batch, images, rng.random(config.samples, np.float32),
+                               np.arange(config.samples) + batch * 64, np.zeros(config.samples, np.int64),
+                               batch_stats, shift=False, frames_seen=(batch + 1) * 64)  # fmt: skip
+        start = time.perf_counter()
+        try:
+            stub.Upload(iter(chunks), metadata=metadata, timeout=30)
+            stats.upload_ms.append((time.perf_counter() - start) * 1e3)
+            stats.uploads += 1
+        except grpc.RpcError as err:
+            stats.failures.append(f"Upload: {err.code().name}")
+        batch += 1
+    watcher.join(timeout=10)
+    channel.close()
+
+
+def _watch(stub, device, metadata, stats, stop):  # type: ignore[no-untyped-def]
+    known = 0
+    while not stop.is_set():
+        try:
+            for prompt in stub.WatchPrompts(cdca_pb2.PromptRequest(device_id=device, known_version=known),
+                                            metadata=metadata, timeout=2.0):  # fmt: skip
+                if prompt.version > known:
+                    known = prompt.version
+                    if prompt.created_unix_ms:
+                        stats.delivery_ms.append(time.time() * 1e3 - prompt.created_unix_ms)
+        except grpc.RpcError as err:
+            if (
+                err.code() != grpc.StatusCode.DEADLINE_EXCEEDED
+            ):  # a deadline only re-opens the stream
+                stats.failures.append(f"WatchPrompts: {err.code().name}")
+
+
+def _sample_rss(pid: int, peak: list[int], stop: threading.Event) -> None:
+    status = Path(f"/proc/{pid}/status")
+    while not stop.wait(0.5):
+        try:
+            rss = next(
+                int(line.split()[1])
+                for line in status.read_text().splitlines()
+                if line.startswith("VmRSS:")
+            )
+        except (OSError, StopIteration):
+            return
+        peak[0] = max(peak[0], rss * 1024)
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 2) if values else None
+
+
+def _summary(config, stats, peak, backlog, exit_code) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    uploads = [ms for s in stats for ms in s.upload_ms]
+    delivery = [ms for s in stats for ms in s.delivery_ms]
+    failures = [f for s in stats for f in s.failures]
+    return {
+        "clients": config.clients, "seconds": config.seconds, "uploads": sum(s.uploads for s in stats),
+        "uploads_per_second": round(sum(s.uploads for s in stats) / config.seconds, 1),
+        "failed_rpcs": len(failures), "failures": sorted(set(failures)),
+        "upload_ms_p50": _pct(uploads, 50), "upload_ms_p99": _pct(uploads, 99),
+        "prompts_received": len(delivery), "prompt_delivery_ms_p50": _pct(delivery, 50),
+        "prompt_delivery_ms_p99": _pct(delivery, 99),
+        "server_peak_rss_mb": round(peak / 2**20, 1), "inbox_backlog_at_stop": backlog,
+        "server_exit_code": exit_code,
+    }  # fmt: skip
+
+
+def markdown(results: dict[str, object]) -> str:
+    """The load report as a table."""
+    lines = ["# Reliability under load (`cdca bench reliability`)", "",
+             f"{results['clients']} device clients against one `cdca cloud serve` on loopback for "
+             f"{results['seconds']:.0f} s.", "", "| measure | value |", "|---|---|"]  # fmt: skip
+    lines += [f"| {k} | {v} |" for k, v in results.items() if k not in ("clients", "seconds")]
+    return "\n".join(lines) + "\n"
+
+
+def write(results: dict[str, object], out: Path) -> None:
+    """``reliability.json`` and ``reliability.md``."""
+    (out / "reliability.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "reliability.md").write_text(markdown(results))
