@@ -1,4 +1,4 @@
-"""``cdca bench perf`` end to end on the shipped models (slow: exports and times real models)."""
+"""``cdca bench perf`` and ``cdca bench reliability`` end to end (slow: real models, a real server)."""
 
 import json
 
@@ -34,3 +34,28 @@ def test_bench_perf_writes_ratios_json_markdown_and_plot(tmp_path):
     assert results["device"]["peak_memory_mb"] > 10
     assert "| uplink_ratio |" in (out / "perf.md").read_text()
     assert (out / "perf.png").stat().st_size > 5000
+
+
+@pytest.mark.slow
+def test_bench_reliability_drives_a_real_server_without_failures(tmp_path):
+    out = tmp_path / "load"
+    code = main(
+        [
+            "bench",
+            "reliability",
+            "--clients",
+            "4",
+            "--seconds",
+            "5",
+            "--period",
+            "0.5",
+            "--out",
+            str(out),
+        ]
+    )
+    results = json.loads((out / "reliability.json").read_text())
+    assert code == 0, results
+    assert results["failed_rpcs"] == 0
+    assert results["uploads"] >= 20
+    assert results["server_exit_code"] == 0
+    assert "| upload_ms_p99 |" in (out / "reliability.md").read_text()

@@ -114,7 +114,11 @@ def test_fuzz_get_prompt_never_leaks_another_devices_prompt(live_server, identit
     )
     assert code in DELIBERATE
     if code == grpc.StatusCode.OK:
-        assert device in ("", identity[0], "shared")  # your own ("" = the caller), or the shared one
+        assert device in (
+            "",
+            identity[0],
+            "shared",
+        )  # your own ("" = the caller), or the shared one
         assert prompt.scope in ("", "device", "shared")
 
 
