@@ -139,7 +139,9 @@ def load_manifest(path: str | Path) -> ModelManifest:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise DataError(f"manifest {path} is not UTF-8 text (a corrupt or wrong file): {err}") from err
+        raise DataError(
+            f"manifest {path} is not UTF-8 text (a corrupt or wrong file): {err}"
+        ) from err
     return manifest_from_json(text, str(path))
 
 

@@ -110,3 +110,47 @@ def test_server_killed_mid_stream_restarts_with_its_state_and_devices_carry_on(t
     assert result["samples_acked"] + result["samples_refused"] >= result["uploads_queued"]
     assert "restored cam-0's prompt bank" in text
     assert text.count("registered cam-0") >= 2  # it came back by itself
+
+
+def wait_for(path, text, seconds=60):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if path.is_file() and text in path.read_text():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_a_killed_device_restarts_with_its_prompt_and_a_stalled_server_does_not_stop_it(tmp_path):
+    state = tmp_path / "cloud"
+    state.mkdir()
+    token = proc.enrol(state, "cam-0")
+    port = proc.free_port()
+    server = proc.start_server(state, port, tmp_path / "server.log")
+    stream = proc.corrupted_stream(tmp_path / "stream.npz", DOMAINS, 300)
+    device_log = tmp_path / "cam-0.log"
+    device = proc.start_device(
+        stream, tmp_path, state / "model", port, "cam-0", token, 80, tmp_path / "a.jsonl"
+    )
+    try:
+        assert wait_for(device_log, "applied prompt v"), "no prompt before the kill"
+        device.send_signal(signal.SIGKILL)  # the device dies; its prompt cache stays on disk
+        device.wait(timeout=10)
+        out = tmp_path / "b.jsonl"
+        device = proc.start_device(stream, tmp_path, state / "model", port, "cam-0", token, 80, out)
+        assert wait_for(device_log, "restored prompt v", 30), device_log.read_text()[-2000:]
+        assert wait_for(out, '"frame": 100', 30)
+        server.send_signal(signal.SIGSTOP)  # a stalled cloud: connections open, no answers
+        lines_at_stall = line_count(out)
+        time.sleep(4)
+        assert line_count(out) > lines_at_stall + 100, "the device waited for a stalled cloud"
+        server.send_signal(signal.SIGCONT)
+        assert device.wait(timeout=180) == 0, device_log.read_text()[-2000:]
+    finally:
+        server.send_signal(signal.SIGCONT)
+        if device.poll() is None:
+            device.kill()
+        proc.stop(server)
+    result = proc.summary(tmp_path, "cam-0")
+    assert result["frames"] == len(DOMAINS) * 300 == line_count(out)
+    assert result["queue_left"] == 0, result
