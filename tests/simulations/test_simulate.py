@@ -164,7 +164,10 @@ def test_a_straggler_does_not_stall_the_flower_rounds(tmp_path, tiny_scenario):
                     "slow_rounds = 1\nslow_delay_s = 5.0\n")  # fmt: skip
     results, _ = run(tmp_path, "slow", slow, "--engine", "flower-sim")
     cloud = results["cloud"]["uvpa"]
-    assert cloud["partial_rounds"] == 1  # the first round went on without device 1
-    assert cloud["rounds"] == 7  # ... which caught up one round later
+    # The first round goes on without device 1, which catches up a round later. On a loaded
+    # machine a later round may also miss a reply (the straggler still holds one of the two
+    # Ray workers), costing one more round each, never a batch.
+    assert cloud["partial_rounds"] >= 1
+    assert 7 <= cloud["rounds"] <= 6 + cloud["partial_rounds"]
     for device in results["devices"]["uvpa"]:
         assert device["frames"] == 24  # no batch lost
