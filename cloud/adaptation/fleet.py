@@ -44,7 +44,6 @@ class _Stay:
     signature_sum: np.ndarray | None = None
     batches: int = 0
     uploads_at_start: int = 0
-    started_from_bank: bool = False
 
     def add(self, signature: np.ndarray) -> None:
         self.signature_sum = (
@@ -89,20 +88,15 @@ class FleetCloud:
         self.stays: dict[str, _Stay] = {}
         self.starts = {"bank": 0, "fleet_shared": 0, "own_shared": 0}
 
-    def session(self, device_id: str) -> AdaptationSession:
-        """The device's session, created on first use."""
+    def session(self, device_id: str, bank: PromptBank | None = None) -> AdaptationSession:
+        """The device's session, created on first use (from ``bank`` when one was restored)."""
         if device_id not in self.sessions:
-            bank = PromptBank(self.vplu.neutral_prompt(), self.bank_config)
+            bank = bank or PromptBank(self.vplu.neutral, self.bank_config)
             self.sessions[device_id] = AdaptationSession(
                 self.vplu, self.teacher, self.normalize, bank, self.session_config
             )
             self.stays[device_id] = _Stay()
         return self.sessions[device_id]
-
-    def adopt(self, device_id: str, session: AdaptationSession) -> None:
-        """Take over a session built elsewhere (a bank restored from disk by the server)."""
-        self.sessions[device_id] = session
-        self.stays[device_id] = _Stay(uploads_at_start=session.uploads)
 
     def ingest(self, device_id: str, upload: UploadBatch) -> Prompt | None:
         """One device batch's uploads; returns the prompt that device should switch to, if any."""
@@ -114,8 +108,7 @@ class FleetCloud:
             self._leave(session, stay)
             start, source = self._starting_point(device_id, signature)
             self.starts[source] += 1
-            self.stays[device_id] = stay = _Stay(uploads_at_start=session.uploads,
-                                                 started_from_bank=source == "bank")  # fmt: skip
+            self.stays[device_id] = stay = _Stay(uploads_at_start=session.uploads)
         stay.add(signature)
         return session.ingest(upload, start)
 
@@ -136,11 +129,12 @@ class FleetCloud:
                 weighted.append((shared, float(bank.environments - 1)))
         return mean_prompt(weighted) or {k: v.clone() for k, v in neutral.items()}
 
-    def stats(self) -> dict[str, int]:
-        """Counters for reports: environments remembered, bank hits, where new environments started."""
+    def stats(self) -> dict[str, float]:
+        """Counters for reports: environments remembered, bank use, where stays began, seconds."""
         return {"environments_remembered": len(self.environments.entries),
                 "bank_lookups": self.environments.lookups, "bank_hits": self.environments.hits,
-                **{f"started_from_{k}": v for k, v in self.starts.items()}}  # fmt: skip
+                **{f"started_from_{k}": v for k, v in self.starts.items()},
+                "cloud_seconds": sum(s.seconds for s in self.sessions.values())}  # fmt: skip
 
     def _leave(self, session: AdaptationSession, stay: _Stay) -> None:
         signature = stay.signature()

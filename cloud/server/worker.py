@@ -84,18 +84,11 @@ class AdaptationWorker:
                 path.replace(self.rejected / path.name)
 
     def shared_prompt(self) -> cdca_pb2.Prompt:
-        """Every device's domain-agnostic prompt, averaged with weight = environments it learned."""
-        neutral = self.world.neutral
-        parts = self.world.vplu.parts
-        total = {k: torch.zeros_like(neutral[k]) for k in parts}
-        weight = 0
-        for session in self.sessions.values():
-            evidence = session.bank.environments - 1
-            for k in parts:
-                total[k] += evidence * session.bank.shared[k]
-            weight += evidence
-        shared = {k: neutral[k] + total[k] / max(1, weight) for k in parts}
-        return prompt_message(_numpy(shared), version=weight, scope="shared",
+        """Every device's domain-agnostic prompt, weighted by environments learned (= version)."""
+        shared = self.fleet.shared_prompt()
+        evidence = sum(s.bank.environments - 1 for s in self.sessions.values())
+        parts = {k: shared[k] for k in self.world.vplu.parts}
+        return prompt_message(_numpy(parts), version=evidence, scope="shared",
                               created_unix_ms=int(time.time() * 1000))  # fmt: skip
 
     def close(self) -> None:
@@ -134,9 +127,7 @@ class AdaptationWorker:
         bank, version = load_bank(
             self.banks / f"{device_id}.safetensors", self.world.neutral, self.world.bank
         )
-        session = self.world.new_session(bank)
-        self.fleet.adopt(device_id, session)
-        return session, version
+        return self.fleet.session(device_id, bank), version
 
     def _message(self, session: AdaptationSession, version: int, batch_id: int) -> cdca_pb2.Prompt:
         current = session.bank.current()

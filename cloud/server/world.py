@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from cloud.adaptation.fleet import FleetCloud, FleetConfig
-from cloud.adaptation.prompt_bank import BankConfig, PromptBank
-from cloud.adaptation.session import AdaptationSession, SessionConfig
+from cloud.adaptation.prompt_bank import BankConfig
+from cloud.adaptation.session import SessionConfig
 from cloud.adaptation.vplu import VPLU, VPLUConfig
 from cloud.export.device_model import DeviceModel
 from cloud.students.preprocess import Normalization
@@ -80,19 +80,15 @@ class CloudWorld:
         """The unadapted student's prompt parts (built once; read-only: banks copy them)."""
         return VPLU(self.device_model, self.class_vectors, self.vplu).neutral_prompt()
 
-    def new_fleet(self) -> FleetCloud:
-        """The cloud side of every device this world serves (sessions, environment bank)."""
+    def new_fleet(self, fleet: FleetConfig | None = None) -> FleetCloud:
+        """The cloud side of every device this world serves (sessions, environment bank).
+
+        ``fleet``: what devices share, when not this world's setting (e.g. a run without
+        the environment bank, for comparison).
+        """
         vplu = VPLU(self.device_model, self.class_vectors, self.vplu)
         return FleetCloud(vplu, self.teacher_logits, self.normalization.apply,
-                          self.session, self.bank, self.fleet)  # fmt: skip
-
-    def new_session(self, bank: PromptBank | None = None) -> AdaptationSession:
-        """A device's cloud session (its bank restored from disk when given)."""
-        vplu = VPLU(self.device_model, self.class_vectors, self.vplu)
-        bank = bank or PromptBank(self.neutral, self.bank)
-        return AdaptationSession(
-            vplu, self.teacher_logits, self.normalization.apply, bank, self.session
-        )
+                          self.session, self.bank, fleet or self.fleet)  # fmt: skip
 
     @torch.no_grad()
     def teacher_logits(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ parts to send, already as float32 NumPy arrays the device runtime accepts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,6 @@ import torch
 
 from cloud.adaptation.fleet import FleetCloud, FleetConfig
 from cloud.adaptation.session import SessionConfig, UploadBatch
-from cloud.adaptation.vplu import VPLU
 from cloud.server.world import CloudWorld, load_world
 from protocol.errors import ConfigError
 
@@ -53,17 +52,17 @@ class FleetTeacher:
 
     cloud: FleetCloud
     parts: tuple[str, ...]
+    versions: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def build(cls, world: CloudWorld, fleet: FleetConfig) -> FleetTeacher:
         """One cloud for the whole fleet, with the world's VPLU, session and bank settings."""
-        vplu = VPLU(world.device_model, world.class_vectors, world.vplu)
-        cloud = FleetCloud(vplu, world.teacher_logits, world.normalization.apply,
-                           world.session, world.bank, fleet)  # fmt: skip
-        return cls(cloud, tuple(world.vplu.parts))
+        return cls(world.new_fleet(fleet), tuple(world.vplu.parts))
 
-    def ingest(self, device_id: str, fields: dict[str, object]) -> dict[str, np.ndarray] | None:
-        """One upload's fields (``device.agent``) -> the prompt parts to ship, if any."""
+    def ingest(
+        self, device_id: str, fields: dict[str, object]
+    ) -> tuple[dict[str, np.ndarray], int] | None:
+        """One upload's fields (``device.agent``) -> the prompt parts to ship and their version."""
         images = np.asarray(fields["images"])
         pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
         upload = UploadBatch(
@@ -75,4 +74,5 @@ class FleetTeacher:
         prompt = self.cloud.ingest(device_id, upload)
         if prompt is None:
             return None
-        return {k: prompt[k].detach().cpu().float().numpy() for k in self.parts}
+        self.versions[device_id] = version = self.versions.get(device_id, 0) + 1
+        return {k: prompt[k].detach().cpu().float().numpy() for k in self.parts}, version

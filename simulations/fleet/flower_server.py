@@ -54,8 +54,7 @@ class FleetRounds:
         next_batch = dict.fromkeys(nodes, 0)
         total: dict[int, int | None] = dict.fromkeys(nodes, None)
         index: dict[int, int] = {}
-        pending: dict[int, tuple[dict[str, object], int]] = {}
-        versions: dict[int, int] = {}
+        pending: dict[int, tuple[dict[str, np.ndarray], int]] = {}
         while any(total[n] is None or next_batch[n] < total[n] for n in nodes):  # type: ignore[operator]
             self._deliver(grid, pending, index)
             active = [n for n in nodes if total[n] is None or next_batch[n] < total[n]]  # type: ignore[operator]
@@ -68,16 +67,14 @@ class FleetRounds:
             # shared prompt see the same sequence whatever order the replies came back in
             for node in sorted(replies, key=index.__getitem__):
                 next_batch[node] = self._ingest(node, index[node], replies[node], next_batch[node],
-                                                pending, versions)  # fmt: skip
+                                                pending)  # fmt: skip
             self.rounds += 1
-        count = len(nodes)
-        order = sorted(index, key=index.get)  # type: ignore[arg-type]
-        return {"records": [self.records.get(index[n], []) for n in order][:count],
-                "bytes_down": [self.bytes_down.get(index[n], 0) for n in order][:count],
+        order = sorted(index, key=index.__getitem__)
+        return {"records": [self.records.get(index[n], []) for n in order],
+                "bytes_down": [self.bytes_down.get(index[n], 0) for n in order],
                 "cloud": {**self.teacher.cloud.stats(), "rounds": self.rounds,
                           "partial_rounds": self.partial_rounds,
-                          "refused_prompts": self.refused_prompts,
-                          "cloud_seconds": sum(s.seconds for s in self.teacher.cloud.sessions.values())}}  # fmt: skip
+                          "refused_prompts": self.refused_prompts}}  # fmt: skip
 
     def _wait_for_nodes(self, grid: Grid, timeout: float = 300.0) -> list[int]:
         deadline = time.monotonic() + timeout
@@ -90,7 +87,7 @@ class FleetRounds:
             time.sleep(0.5)
         return nodes[:wanted]
 
-    def _deliver(self, grid: Grid, pending: dict[int, tuple[dict[str, object], int]],
+    def _deliver(self, grid: Grid, pending: dict[int, tuple[dict[str, np.ndarray], int]],
                  index: dict[int, int]) -> None:  # fmt: skip
         messages = []
         for node, (parts, version) in pending.items():
@@ -135,7 +132,7 @@ class FleetRounds:
         return replies
 
     def _ingest(self, node: int, i: int, reply: Message, first: int,
-                pending: dict[int, tuple[dict[str, object], int]], versions: dict[int, int]) -> int:  # fmt: skip
+                pending: dict[int, tuple[dict[str, np.ndarray], int]]) -> int:  # fmt: skip
         content = reply.content
         batch = first
         while f"batch-{batch}" in content.config_records:
@@ -148,8 +145,7 @@ class FleetRounds:
                     f"device-{i}", upload_fields(content.array_records[f"upload-{batch}"])
                 )
                 if prompt is not None:
-                    versions[node] = versions.get(node, 0) + 1
-                    pending[node] = (prompt, versions[node])  # type: ignore[assignment]
+                    pending[node] = prompt
             batch += 1
         return batch
 

@@ -55,7 +55,6 @@ def run_inprocess(
     records: list[list[BatchRecord]] = [[] for _ in devices]
     bytes_down = [0] * len(devices)
     pending: dict[int, tuple[dict[str, np.ndarray], int]] = {}
-    versions = [0] * len(devices)
     k = scenario.batches_per_round
     rounds = -(-max(d.num_batches for d in devices) // k)
     for round_index in range(rounds):
@@ -69,11 +68,9 @@ def run_inprocess(
                     progress(record.frames)
                 prompt = teacher.ingest(device.device_id, fields) if fields else None
                 if prompt is not None:
-                    versions[i] += 1
-                    pending[i] = (prompt, versions[i])
+                    pending[i] = prompt
     return {
         "records": [[r.to_json() for r in device_records] for device_records in records],
         "bytes_down": bytes_down,
-        "cloud": {**teacher.cloud.stats(), "cloud_seconds": sum(
-            s.seconds for s in teacher.cloud.sessions.values())},
+        "cloud": teacher.cloud.stats(),
     }  # fmt: skip
