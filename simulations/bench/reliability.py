@@ -144,17 +144,10 @@ def _watch(stub, device, metadata, stats, stop):  # type: ignore[no-untyped-def]
 
 
 def _sample_rss(pid: int, peak: list[int], stop: threading.Event) -> None:
-    status = Path(f"/proc/{pid}/status")
+    from simulations.fleet.memory import process_rss_bytes
+
     while not stop.wait(0.5):
-        try:
-            rss = next(
-                int(line.split()[1])
-                for line in status.read_text().splitlines()
-                if line.startswith("VmRSS:")
-            )
-        except (OSError, StopIteration):
-            return
-        peak[0] = max(peak[0], rss * 1024)
+        peak[0] = max(peak[0], process_rss_bytes(pid))
 
 
 def _pct(values: list[float], q: float) -> float | None:

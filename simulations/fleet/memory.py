@@ -12,29 +12,34 @@ from pathlib import Path
 PROC = Path("/proc")
 
 
+def process_rss_bytes(pid: int) -> int:
+    """Resident bytes of one process (0 once it has ended)."""
+    try:
+        status = (PROC / str(pid) / "status").read_text()
+    except OSError:
+        return 0
+    return next((int(line.split()[1]) * 1024 for line in status.splitlines()
+                 if line.startswith("VmRSS:")), 0)  # fmt: skip
+
+
 def tree_rss_bytes(root: int) -> int:
     """Resident bytes of ``root`` and all its descendants, from /proc."""
     parents: dict[int, int] = {}
-    rss: dict[int, int] = {}
     for entry in PROC.iterdir():
         if not entry.name.isdigit():
             continue
         try:
             stat = (entry / "stat").read_text()
-            status = (entry / "status").read_text()
         except OSError:
             continue  # the process ended while we looked
-        pid = int(entry.name)
-        parents[pid] = int(stat.rsplit(")", 1)[1].split()[1])
-        rss[pid] = next((int(line.split()[1]) * 1024 for line in status.splitlines()
-                         if line.startswith("VmRSS:")), 0)  # fmt: skip
+        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
     tree, frontier = {root}, [root]
     while frontier:
         parent = frontier.pop()
         children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in tree]
         tree.update(children)
         frontier.extend(children)
-    return sum(rss.get(pid, 0) for pid in tree)
+    return sum(process_rss_bytes(pid) for pid in tree)
 
 
 class PeakMemory:
