@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pickle
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,17 @@ class BatchRecord:
         return dict(self.__dict__)
 
 
+@lru_cache(maxsize=8)
+def _load_stream(path: str, mtime_ns: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A stream file's arrays, read once per version of the file.
+
+    A Flower node builds a ``ReplayDevice`` for every message; without the cache each
+    message would read the whole stream again. ``mtime_ns`` and ``size`` are only cache keys.
+    """
+    with np.load(path, allow_pickle=False) as data:
+        return data["images"], data["labels"], data["domain"]
+
+
 class ReplayDevice:
     """The agent plus its stream, its position and the prompt version in force."""
 
@@ -47,9 +59,10 @@ class ReplayDevice:
         self.agent, self.batch_size, self.device_id = agent, batch_size, device_id
         if not stream.is_file():
             raise DataError(f"stream file {stream} is missing; write it with `cdca simulate`")
-        with np.load(stream, allow_pickle=False) as data:
-            self.images, self.labels = data["images"], data["labels"]
-            self.domain = data["domain"]
+        info = stream.stat()
+        self.images, self.labels, self.domain = _load_stream(
+            str(stream), info.st_mtime_ns, info.st_size
+        )
         self.starts = batch_starts(self.domain, batch_size)
         self.prompt_version = 0
 
