@@ -69,7 +69,7 @@ def export_device_model(
     """Write ``student.onnx``, ``student.defaults.npz`` and ``student.manifest.json`` into ``out_dir``."""
     start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
-    device_model = DeviceModel(student)
+    device_model = DeviceModel(student, for_export=True)
     example = device_model.neutral_inputs(class_vectors, batch=2)
     model_path = out_dir / "student.onnx"
     _export(device_model, example, model_path)
@@ -221,10 +221,18 @@ def quantize_int8(
     # ORT's symbolic shape inference trips over the exporter's Expand nodes; ONNX's own is enough here.
     quant_pre_process(str(export.model), str(prepared), skip_symbolic_shape=True)
     int8_path = export.model.with_name("student.int8.onnx")
-    quantize_static(
-        str(prepared), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-    )  # fmt: skip
+    # The quantizer warns (on the root logger) about every BatchNormalization whose scale and
+    # shift come from the adaptation inputs: those stay float on purpose.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_static(
+            str(prepared), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+        )  # fmt: skip
+    finally:
+        root.setLevel(level)
     prepared.unlink(missing_ok=True)
     int8_manifest = replace(
         manifest, model_file=int8_path.name, sha256=sha256_of(int8_path), quantization="int8-qdq"

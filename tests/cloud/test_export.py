@@ -57,6 +57,20 @@ def test_adaptation_inputs_change_the_output(distilled):
         assert not torch.allclose(model(**changed)[0], base), name
 
 
+def test_the_exported_fused_normalisation_computes_what_the_cloud_trains(distilled):
+    from cloud.export.onnx_export import random_adaptation_inputs
+
+    student, vectors, _ = distilled
+    cloud, export = DeviceModel(student), DeviceModel(student, for_export=True)
+    example = cloud.neutral_inputs(vectors, batch=6)
+    inputs = {
+        k: torch.as_tensor(v) for k, v in random_adaptation_inputs(example, 6, seed=3).items()
+    }
+    inputs["stat_mix"] = torch.full((1,), 0.7)
+    for ours, theirs in zip(cloud(**inputs), export(**inputs), strict=True):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
 def test_export_matches_torch_and_has_a_dynamic_batch(exported, distilled):
     assert exported.parity_max_abs_diff < PARITY_TOLERANCE
     student, vectors, _ = distilled
