@@ -55,6 +55,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                      help="1: normalise with each batch's statistics (U-VPA); 0: source statistics")  # fmt: skip
     run.add_argument("--fps", type=float, help="pace frames like a camera (default: flat out)")
     run.add_argument("--drain-seconds", type=float, default=5.0, help="wait for uploads at the end")
+    run.add_argument("--queue-items", type=int, default=1000,
+                     help="upload batches kept on disk while the cloud is away; the oldest is "
+                          "dropped (and counted) beyond it")  # fmt: skip
     run.add_argument(
         "--rpc-timeout", type=float, default=10.0, help="deadline of each call, seconds"
     )
@@ -82,6 +85,7 @@ def _run(args: argparse.Namespace) -> int:
     config = ClientConfig(
         args.state_dir, SamplingConfig(budget=args.budget, score=args.score, seed=args.seed),
         stat_mix=args.stat_mix, fps=args.fps, drain_seconds=args.drain_seconds,
+        queue_items=args.queue_items,
     )  # fmt: skip
     corruptions = [c for c in args.corruptions.split(",") if c]
     frames = open_source(args.input, args.batch_size, severity=args.severity,

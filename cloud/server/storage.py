@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +48,10 @@ class Inbox:
         for stale in folder.glob("*.tmp"):  # half-written: never acknowledged to the device
             stale.unlink()
         existing = self.pending()
-        self._next = int(existing[-1].name.split("-")[0]) + 1 if existing else 0
+        last = int(existing[-1].name.split("-")[0]) if existing else -1
+        # Numbers never repeat across restarts (the ingest ledger names files): start from the
+        # clock in microseconds, or after the newest waiting file if that is later.
+        self._next = max(last + 1, time.time_ns() // 1000)
 
     def put(self, batch: StoredBatch) -> Path:
         """Persist one batch; returns its file."""
@@ -55,7 +60,7 @@ class Inbox:
                 "shift": batch.shift, "frames_seen": batch.frames_seen}  # fmt: skip
         np.savez(buffer, images=batch.images, uncertainty=batch.uncertainty,
                  batch_stats=batch.batch_stats, meta=np.array(json.dumps(meta)))  # fmt: skip
-        path = self.folder / f"{self._next:012d}-{batch.device_id}.npz"
+        path = self.folder / f"{self._next:020d}-{batch.device_id}.npz"
         self._next += 1
         atomic_write(path, buffer.getvalue())
         return path
@@ -79,9 +84,54 @@ class Inbox:
             raise DataError(f"inbox file {path} is unreadable: {err}") from err
 
     @staticmethod
+    def device_of(path: Path) -> str:
+        """The device whose batch an inbox file holds, from its name."""
+        return path.name.split("-", 1)[1].removesuffix(".npz")
+
+    @staticmethod
     def done(path: Path) -> None:
         """The worker ingested it."""
         path.unlink(missing_ok=True)
+
+
+class IngestLedger:
+    """Append-only record of what left the inbox: one ``file device samples ok`` line per batch.
+
+    A line is written (and fsynced) just before its inbox file is removed. A crash between
+    the two re-ingests that batch and writes its line twice, so readers count each file
+    once; a crash mid-line leaves a line without its closing ``ok``, which readers skip
+    and the next record starts after. With the inbox and ``rejected/`` it accounts for
+    every acknowledged sample.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def record(self, inbox_file: Path, device_id: str, samples: int) -> None:
+        """One ingested batch."""
+        with open(self.path, "a+b") as handle:
+            torn = handle.tell() > 0 and _last_byte(handle) != b"\n"
+            line = f"{inbox_file.name} {device_id} {samples} ok\n".encode()
+            handle.write(b"\n" + line if torn else line)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def files(self, device_id: str) -> dict[str, int]:
+        """Samples per ingested inbox file of ``device_id``, each file once."""
+        found: dict[str, int] = {}
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                parts = line.split(" ")
+                if len(parts) == 4 and parts[1] == device_id and parts[3] == "ok":
+                    found[parts[0]] = int(parts[2])
+        return found
+
+
+def _last_byte(handle: io.BufferedRandom) -> bytes:
+    handle.seek(-1, os.SEEK_END)
+    last = handle.read(1)
+    handle.seek(0, os.SEEK_END)
+    return last
 
 
 def save_bank(path: Path, bank: PromptBank, version: int) -> None:

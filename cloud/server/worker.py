@@ -3,9 +3,10 @@
 Each device gets an ``AdaptationSession`` (cloud/adaptation/session.py) whose prompt bank
 is restored from disk at start-up. VPLU runs in one background thread (torch releases the
 GIL, so the gRPC loop keeps answering); a prompt that passes the safety valve is saved,
-then published. An inbox file is removed only after its batch was ingested and the bank
-saved, so a crash re-runs at most that batch. A batch the session refuses is moved to
-``rejected/`` with a log line: one bad batch never stops the worker.
+then published. An inbox file is removed only after its batch was ingested, the bank
+saved and the batch recorded in ``ingested.log``, so a crash re-runs at most that batch.
+A batch the session refuses is moved to ``rejected/`` with a log line: one bad batch never
+stops the worker.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from cloud.adaptation.session import AdaptationSession, UploadBatch
 from cloud.server.board import PromptBoard
 from cloud.server.registry import DeviceRegistry
-from cloud.server.storage import Inbox, StoredBatch, load_bank, save_bank
+from cloud.server.storage import Inbox, IngestLedger, StoredBatch, load_bank, save_bank
 from cloud.server.world import CloudWorld
 from protocol.errors import CdcaError
 from protocol.messages import prompt_message
@@ -45,6 +46,7 @@ class AdaptationWorker:
         self.world, self.registry, self.inbox, self.board = world, registry, inbox, board
         self.banks = state_dir / "prompts"
         self.rejected = state_dir / "rejected"
+        self.ledger = IngestLedger(state_dir / "ingested.log")
         self.fleet = world.new_fleet()
         self.sessions: dict[str, AdaptationSession] = self.fleet.sessions
         self.queue: asyncio.Queue[Path] = asyncio.Queue()
@@ -106,6 +108,7 @@ class AdaptationWorker:
             log.info("prompt v%d for %s (environment %s, from batch %d, %d uploads buffered)",
                      message.version, batch.device_id, message.environment_id,
                      batch.batch_id, len(session.buffer))  # fmt: skip
+        self.ledger.record(path, batch.device_id, len(batch.images))
         self.inbox.done(path)  # last: a crash before this re-ingests the batch, loses nothing
         self.processed += 1
 

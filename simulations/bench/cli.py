@@ -7,6 +7,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from protocol.errors import ConfigError
+
 DEFAULT_DATA = Path("data/fashion-mnist-c")
 DEFAULT_METHODS = "source,bn_adapt,tent,cotta,vdp,uvpa,cloud_teacher"
 
@@ -192,7 +194,10 @@ def _add_reliability(sub: argparse._SubParsersAction) -> None:
         "reliability", help="many device clients against one real server: failures, latency, memory",
         description="Starts `cdca cloud serve` on loopback, enrols --clients devices and drives "
         "them from threads (register, upload every --period s within budget, watch prompts) "
-        "for --seconds. Writes reliability.json and reliability.md.",
+        "for --seconds; then runs the fault scenarios (server SIGKILL and restart, device SIGKILL "
+        "and restart, a stalled server, an overflowing upload queue, a straggler in a Flower "
+        "round) with real processes. Writes reliability.json and reliability.md; exits 1 when "
+        "an RPC failed or a fault scenario did not hold.",
     )  # fmt: skip
     load.add_argument("--clients", type=int, default=64, help="concurrent devices (default: 64)")
     load.add_argument("--seconds", type=float, default=60.0, help="how long (default: 60)")
@@ -202,15 +207,38 @@ def _add_reliability(sub: argparse._SubParsersAction) -> None:
     load.add_argument(
         "--out", type=Path, default=Path("runs/bench-reliability"), help="output folder"
     )
+    load.add_argument("--faults", default="all",
+                      help="comma-separated fault scenarios, 'all' or 'none' (default: all)")  # fmt: skip
+    load.add_argument("--data", default="data/fashion-mnist-c",
+                      help="prepared benchmark for the Flower straggler scenario")  # fmt: skip
     load.set_defaults(handler=_run_reliability)
 
 
 def _run_reliability(args: argparse.Namespace) -> int:
-    from simulations.bench.reliability import LoadConfig, run_load, write
+    from simulations.bench.faults import SCENARIOS
+    from simulations.bench.reliability import LoadConfig, passed, run_faults, run_load, write
 
+    names = _fault_names(args.faults, list(SCENARIOS))
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"… {args.clients} clients for {args.seconds:.0f} s", flush=True)
-    results = run_load(LoadConfig(args.out, args.clients, args.seconds, args.period))
+    results: dict[str, object] = {
+        "load": run_load(LoadConfig(args.out, args.clients, args.seconds, args.period))
+    }
+    if names:
+        print(f"… fault scenarios: {', '.join(names)}", flush=True)
+        results["faults"] = run_faults(args.out, names, args.data)
     write(results, args.out)
     print((args.out / "reliability.md").read_text())
-    return 0 if results["failed_rpcs"] == 0 and results["server_exit_code"] == 0 else 1
+    return 0 if passed(results) else 1
+
+
+def _fault_names(text: str, known: list[str]) -> list[str]:
+    if text == "all":
+        return known
+    names = [n for n in text.split(",") if n and n != "none"]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(
+            f"unknown fault scenario(s) {unknown}; choose from {known}, 'all' or 'none'"
+        )
+    return names

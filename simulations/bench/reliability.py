@@ -5,14 +5,17 @@ registry, each a thread with its own channel that registers, uploads a batch of 
 ``period`` seconds within its budget, and keeps a ``WatchPrompts`` stream open. Reported:
 RPCs that failed (none is deliberate here, so every failure counts), upload latency p50/p99,
 prompt delivery latency (publication to receipt) p50/p99, prompts received, the server's
-peak resident memory, and the upload backlog left in its inbox. Faults and hostile input
-are covered by the test suite (tests/system: SIGKILL and restart, fuzzing of every RPC).
+peak resident memory, and the upload backlog left in its inbox. Then the fault scenarios
+of ``simulations/bench/faults.py`` (killed and stalled processes, an overflowing queue, a
+Flower straggler), each in a fresh folder. Hostile input is fuzzed by the test suite
+(tests/system/test_fuzz.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -56,7 +59,8 @@ def run_load(config: LoadConfig) -> dict[str, object]:
     from simulations.bench.system import launch_server
 
     state = config.out / "cloud"
-    state.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(state, ignore_errors=True)  # a previous run's backlog would be re-queued
+    state.mkdir(parents=True)
     registry = DeviceRegistry(registry_path(state))
     tokens = {f"load-{i}": registry.enrol(f"load-{i}") for i in range(config.clients)}
     registry.close()
@@ -170,13 +174,73 @@ def _summary(config, stats, peak, backlog, exit_code) -> dict[str, object]:  # t
     }  # fmt: skip
 
 
+def run_faults(out: Path, names: list[str], data: str) -> dict[str, dict[str, object]]:
+    """Each named fault scenario in ``out/faults/<name>``; an exception is a failed scenario."""
+    from rich.progress import Progress
+
+    from simulations.bench import faults
+
+    results: dict[str, dict[str, object]] = {}
+    with Progress(transient=True) as progress:
+        task = progress.add_task("fault scenarios", total=len(names))
+        for name in names:
+            progress.update(task, description=f"fault: {name}")
+            folder = out / "faults" / name
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            started = time.monotonic()
+            try:
+                if name == "flower_straggler":
+                    results[name] = faults.flower_straggler(folder, data)
+                else:
+                    results[name] = faults.SCENARIOS[name](folder)
+            except Exception as err:  # a finding to report, not a reason to stop the others
+                results[name] = {"passed": False, "error": f"{type(err).__name__}: {err}"}
+            results[name]["seconds"] = round(time.monotonic() - started, 1)
+            progress.advance(task)
+    return results
+
+
+def passed(results: dict[str, object]) -> bool:
+    """No failed RPC under load, a clean server exit, every fault scenario held."""
+    load = results["load"]
+    fault_results = results.get("faults", {})
+    assert isinstance(load, dict)
+    assert isinstance(fault_results, dict)
+    return (load["failed_rpcs"] == 0 and load["server_exit_code"] == 0
+            and all(f["passed"] for f in fault_results.values()))  # fmt: skip
+
+
 def markdown(results: dict[str, object]) -> str:
-    """The load report as a table."""
-    lines = ["# Reliability under load (`cdca bench reliability`)", "",
-             f"{results['clients']} device clients against one `cdca cloud serve` on loopback for "
-             f"{results['seconds']:.0f} s.", "", "| measure | value |", "|---|---|"]  # fmt: skip
-    lines += [f"| {k} | {v} |" for k, v in results.items() if k not in ("clients", "seconds")]
+    """The load report and the fault scenarios as tables."""
+    load = results["load"]
+    assert isinstance(load, dict)
+    lines = ["# Reliability under load and faults (`cdca bench reliability`)", "",
+             f"{load['clients']} device clients against one `cdca cloud serve` on loopback for "
+             f"{load['seconds']:.0f} s.", "", "| measure | value |", "|---|---|"]  # fmt: skip
+    lines += [f"| {k} | {v} |" for k, v in load.items() if k not in ("clients", "seconds")]
+    fault_results = results.get("faults") or {}
+    assert isinstance(fault_results, dict)
+    if fault_results:
+        lines += ["", "## Fault scenarios", "",
+                  "| scenario | held | crashes | acknowledged samples lost | samples acknowledged "
+                  "| frames predicted | details | seconds |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [_fault_row(name, facts) for name, facts in fault_results.items()]
     return "\n".join(lines) + "\n"
+
+
+def _fault_row(name: str, facts: dict[str, object]) -> str:
+    shown = ("frames_while_down", "frames_while_stalled", "queue_dropped_batches", "rounds",
+             "partial_rounds", "failed_checks", "error")  # fmt: skip
+    details = ", ".join(f"{k}={facts[k]}" for k in shown if facts.get(k) not in (None, []))
+    frames = (
+        f"{facts['frames']} / {facts['expected_frames']}"
+        if "expected_frames" in facts
+        else facts.get("frames", "")
+    )
+    return (f"| {name} | {'yes' if facts['passed'] else '**no**'} | {facts.get('crashes', '')} "
+            f"| {facts.get('lost_acknowledged', '')} | {facts.get('samples_acked', '')} | {frames} "
+            f"| {details} | {facts.get('seconds', '')} |")  # fmt: skip
 
 
 def write(results: dict[str, object], out: Path) -> None:

@@ -7,7 +7,7 @@ import torch
 from cloud.adaptation.prompt_bank import PromptBank
 from cloud.server.config import load_config
 from cloud.server.registry import DeviceRegistry, check_device_id
-from cloud.server.storage import Inbox, StoredBatch, load_bank, save_bank
+from cloud.server.storage import Inbox, IngestLedger, StoredBatch, load_bank, save_bank
 from protocol.errors import ConfigError, DataError
 
 
@@ -54,7 +54,12 @@ def test_inbox_round_trip_and_stale_temporaries(tmp_path):
         640,
     )
     again.done(first)
-    assert again.put(batch).name.startswith("000000000002")
+    third = again.put(batch)
+    assert third.name > second.name
+    assert Inbox.device_of(third) == "cam-1"
+    for path in again.pending():
+        again.done(path)
+    assert Inbox(tmp_path).put(batch).name > third.name  # an empty inbox never reuses a name
     first.write_bytes(b"garbage")
     with pytest.raises(DataError):
         again.load(first)
@@ -93,3 +98,16 @@ def test_config_reads_toml_and_flags_win(tmp_path):
     path.write_text("port = [")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(path)
+
+
+def test_ingest_ledger_counts_each_file_once_and_skips_a_torn_line(tmp_path):
+    ledger = IngestLedger(tmp_path / "ingested.log")
+    assert ledger.files("cam-0") == {}
+    ledger.record(tmp_path / "000000000001-cam-0.npz", "cam-0", 6)
+    ledger.record(tmp_path / "000000000002-cam-1.npz", "cam-1", 5)
+    ledger.record(tmp_path / "000000000001-cam-0.npz", "cam-0", 6)  # re-ingested after a crash
+    with open(ledger.path, "a") as handle:
+        handle.write("000000000003-cam-0.npz cam-0 1")  # the crash cut "12 ok" short
+    ledger.record(tmp_path / "000000000004-cam-0.npz", "cam-0", 7)  # starts on a line of its own
+    assert ledger.files("cam-0") == {"000000000001-cam-0.npz": 6, "000000000004-cam-0.npz": 7}
+    assert ledger.files("cam-1") == {"000000000002-cam-1.npz": 5}

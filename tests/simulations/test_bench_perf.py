@@ -29,6 +29,7 @@ def test_bench_perf_writes_ratios_json_markdown_and_plot(tmp_path):
     results = json.loads((out / "perf.json").read_text())
     ratios = results["ratios"]
     assert ratios["ort_speedup_over_torch_b1"] > 0
+    assert ratios["prompt_overhead_over_batch_stats_b64"] > -1
     assert 0 < ratios["uplink_ratio"] < 1
     assert set(results["cloud"]["fleet_round_by_devices"]) == {"1", "2"}
     assert results["device"]["peak_memory_mb"] > 10
@@ -37,25 +38,23 @@ def test_bench_perf_writes_ratios_json_markdown_and_plot(tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_reliability_drives_a_real_server_without_failures(tmp_path):
+@pytest.mark.usefixtures("fashion_mnist_installed")
+def test_bench_reliability_drives_a_real_server_and_runs_a_fault_scenario(tmp_path):
     out = tmp_path / "load"
-    code = main(
-        [
-            "bench",
-            "reliability",
-            "--clients",
-            "4",
-            "--seconds",
-            "5",
-            "--period",
-            "0.5",
-            "--out",
-            str(out),
-        ]
-    )
+    code = main(["bench", "reliability", "--clients", "4", "--seconds", "5", "--period", "0.5",
+                 "--faults", "full_queue", "--out", str(out)])  # fmt: skip
     results = json.loads((out / "reliability.json").read_text())
     assert code == 0, results
-    assert results["failed_rpcs"] == 0
-    assert results["uploads"] >= 20
-    assert results["server_exit_code"] == 0
-    assert "| upload_ms_p99 |" in (out / "reliability.md").read_text()
+    load = results["load"]
+    assert load["failed_rpcs"] == 0
+    assert load["uploads"] >= 20
+    assert load["server_exit_code"] == 0
+    queue = results["faults"]["full_queue"]
+    assert queue["passed"], queue
+    assert queue["queue_dropped_batches"] >= 1
+    assert "| full_queue | yes |" in (out / "reliability.md").read_text()
+
+
+def test_bench_reliability_names_an_unknown_fault_scenario(tmp_path, capsys):
+    assert main(["bench", "reliability", "--faults", "disk_on_fire", "--out", str(tmp_path)]) != 0
+    assert "disk_on_fire" in capsys.readouterr().err
