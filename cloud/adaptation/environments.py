@@ -55,6 +55,7 @@ class EnvironmentBank:
         self.config = config or EnvironmentBankConfig()
         self.entries: list[Environment] = []
         self.lookups = self.hits = 0
+        self.changes = 0  # bumped whenever an entry is added or refreshed (the server saves then)
 
     def match(self, signature: np.ndarray) -> Environment | None:
         """The closest remembered environment within ``match_distance``, or None."""
@@ -74,6 +75,7 @@ class EnvironmentBank:
         if evidence < self.config.min_evidence:
             return
         prompt = {k: v.detach().clone() for k, v in prompt.items()}
+        self.changes += 1
         known = self._nearest(signature)
         if known is None:
             self.entries.append(Environment(np.asarray(signature, np.float64), prompt, evidence))

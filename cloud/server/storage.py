@@ -1,4 +1,4 @@
-"""What the server keeps on disk: the upload inbox and each device's prompt bank.
+"""What the server keeps on disk: the upload inbox, each device's prompt bank, the fleet's environments.
 
 Uploads are written to the inbox before the device is told they arrived, and removed only
 after the adaptation worker has ingested them, so an accepted sample is either processed
@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from cloud.adaptation.environments import Environment, EnvironmentBank
 from cloud.adaptation.prompt_bank import BankConfig, Prompt, PromptBank
 from protocol.errors import DataError
 from protocol.files import atomic_write
@@ -167,6 +168,46 @@ def load_bank(
             target[key] = value
     bank.environments = int(metadata.get("environments", 1))
     return bank, int(metadata.get("version", 0))
+
+
+def save_environments(path: Path, bank: EnvironmentBank) -> None:
+    """Persist the fleet's environment bank: each entry's signature, prompt and evidence."""
+    tensors: dict[str, torch.Tensor] = {}
+    counts = []
+    for i, entry in enumerate(bank.entries):
+        tensors[f"{i}.signature"] = torch.from_numpy(np.asarray(entry.signature, np.float64))
+        tensors.update(
+            {f"{i}.prompt.{k}": v.detach().float().contiguous() for k, v in entry.prompt.items()}
+        )
+        counts.append([entry.evidence, entry.visits])
+    metadata = {"entries": str(len(bank.entries)), "counts": json.dumps(counts)}
+    atomic_write(path, save_safetensors(tensors, metadata=metadata))
+
+
+def load_environments(path: Path, bank: EnvironmentBank, neutral: Prompt) -> int:
+    """Fill ``bank`` from ``path`` (nothing without a file); returns the entries restored."""
+    if not path.is_file():
+        return 0
+    try:
+        data = path.read_bytes()
+        tensors = load_safetensors(data)
+        metadata = _read_metadata(data)
+        counts = json.loads(metadata["counts"])
+        entries = []
+        for i, (evidence, visits) in enumerate(counts):
+            prompt = {k: tensors[f"{i}.prompt.{k}"] for k in neutral}
+            if any(prompt[k].shape != like.shape for k, like in neutral.items()):
+                raise ValueError("a prompt does not fit the served model")
+            entries.append(
+                Environment(tensors[f"{i}.signature"].numpy(), prompt, int(evidence), int(visits))
+            )
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as err:
+        raise DataError(
+            f"environment bank {path} is unreadable or does not fit the served model ({err}); "
+            "move it away to start the fleet's bank from scratch"
+        ) from err
+    bank.entries = entries
+    return len(entries)
 
 
 def _read_metadata(data: bytes) -> dict[str, str]:

@@ -1,7 +1,8 @@
 """``AdaptationWorker``: turns the upload inbox into prompts, one batch at a time, off the event loop.
 
 Each device gets an ``AdaptationSession`` (cloud/adaptation/session.py) whose prompt bank
-is restored from disk at start-up. VPLU runs in one background thread (torch releases the
+is restored from disk at start-up, as is the fleet's environment bank (saved whenever a
+device leaves an environment). VPLU runs in one background thread (torch releases the
 GIL, so the gRPC loop keeps answering); a prompt that passes the safety valve is saved,
 then published. An inbox file is removed only after its batch was ingested, the bank
 saved and the batch recorded in ``ingested.log``, so a crash re-runs at most that batch.
@@ -23,7 +24,15 @@ import torch
 from cloud.adaptation.session import AdaptationSession, UploadBatch
 from cloud.server.board import PromptBoard
 from cloud.server.registry import DeviceRegistry
-from cloud.server.storage import Inbox, IngestLedger, StoredBatch, load_bank, save_bank
+from cloud.server.storage import (
+    Inbox,
+    IngestLedger,
+    StoredBatch,
+    load_bank,
+    load_environments,
+    save_bank,
+    save_environments,
+)
 from cloud.server.world import CloudWorld
 from protocol.errors import CdcaError
 from protocol.messages import prompt_message
@@ -47,14 +56,20 @@ class AdaptationWorker:
         self.banks = state_dir / "prompts"
         self.rejected = state_dir / "rejected"
         self.ledger = IngestLedger(state_dir / "ingested.log")
+        self.environments_file = state_dir / "environments.safetensors"
         self.fleet = world.new_fleet()
         self.sessions: dict[str, AdaptationSession] = self.fleet.sessions
         self.queue: asyncio.Queue[Path] = asyncio.Queue()
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="vplu")
         self.processed = 0
+        self.saved_changes = 0
 
     def restore(self) -> int:
-        """Reload every saved prompt bank and re-queue uploads that were never ingested."""
+        """Reload every saved prompt bank and the fleet's environments; re-queue unfinished uploads."""
+        bank = self.fleet.environments
+        if load_environments(self.environments_file, bank, self.world.neutral):
+            log.info("restored %d remembered environments", len(bank.entries))
+        self.saved_changes = bank.changes
         for path in sorted(self.banks.glob("*.safetensors")):
             device_id = path.stem
             if not self.registry.is_enrolled(device_id):
@@ -120,6 +135,9 @@ class AdaptationWorker:
         if batch.shift:
             log.info("%s reports a new environment at batch %d", batch.device_id, batch.batch_id)
         prompt = self.fleet.ingest(batch.device_id, upload)
+        if self.fleet.environments.changes != self.saved_changes:  # a device left an environment
+            save_environments(self.environments_file, self.fleet.environments)
+            self.saved_changes = self.fleet.environments.changes
         if prompt is None:
             return None
         version = self.registry.next_prompt_version(batch.device_id)

@@ -4,10 +4,19 @@ import numpy as np
 import pytest
 import torch
 
+from cloud.adaptation.environments import EnvironmentBank, EnvironmentBankConfig
 from cloud.adaptation.prompt_bank import PromptBank
 from cloud.server.config import load_config
 from cloud.server.registry import DeviceRegistry, check_device_id
-from cloud.server.storage import Inbox, IngestLedger, StoredBatch, load_bank, save_bank
+from cloud.server.storage import (
+    Inbox,
+    IngestLedger,
+    StoredBatch,
+    load_bank,
+    load_environments,
+    save_bank,
+    save_environments,
+)
 from protocol.errors import ConfigError, DataError
 
 
@@ -111,3 +120,26 @@ def test_ingest_ledger_counts_each_file_once_and_skips_a_torn_line(tmp_path):
     ledger.record(tmp_path / "000000000004-cam-0.npz", "cam-0", 7)  # starts on a line of its own
     assert ledger.files("cam-0") == {"000000000001-cam-0.npz": 6, "000000000004-cam-0.npz": 7}
     assert ledger.files("cam-1") == {"000000000002-cam-1.npz": 5}
+
+
+def test_environment_bank_survives_a_save_and_refuses_another_model(tmp_path):
+    neutral = {"norm_affine": torch.zeros(2, 6)}
+    bank = EnvironmentBank(EnvironmentBankConfig(min_evidence=1))
+    bank.record(np.full(4, 0.5), {"norm_affine": torch.ones(2, 6)}, evidence=30)
+    bank.record(np.full(4, 3.0), {"norm_affine": -torch.ones(2, 6)}, evidence=40)
+    bank.record(np.full(4, 3.01), {"norm_affine": torch.zeros(2, 6)}, evidence=10)  # a revisit
+    path = tmp_path / "environments.safetensors"
+    save_environments(path, bank)
+    again = EnvironmentBank(EnvironmentBankConfig(min_evidence=1))
+    assert load_environments(tmp_path / "missing.safetensors", again, neutral) == 0
+    assert load_environments(path, again, neutral) == 2
+    for ours, theirs in zip(bank.entries, again.entries, strict=True):
+        np.testing.assert_allclose(ours.signature, theirs.signature)
+        torch.testing.assert_close(ours.prompt["norm_affine"], theirs.prompt["norm_affine"])
+        assert (ours.evidence, ours.visits) == (theirs.evidence, theirs.visits)
+    assert again.match(np.full(4, 3.0)).prompt["norm_affine"][0, 0] == -1
+    with pytest.raises(DataError, match="move it away"):
+        load_environments(path, EnvironmentBank(), {"norm_affine": torch.zeros(2, 7)})
+    path.write_bytes(b"not safetensors")
+    with pytest.raises(DataError, match="move it away"):
+        load_environments(path, EnvironmentBank(), neutral)

@@ -1,8 +1,11 @@
 import numpy as np
 
 from protocol.manifest import load_manifest, sha256_of
+from simulations.bench.rig import Rig
+from simulations.bench.system import CDCA
 from tests.system.conftest import TOKENS
-from tests.system.processes import CDCA, ENV
+
+ENV = Rig.ENV
 
 
 def test_a_new_device_downloads_its_model_and_runs_against_the_server(live_server, tmp_path):

@@ -1,3 +1,4 @@
+import logging
 import time
 
 import numpy as np
@@ -82,7 +83,10 @@ def test_a_restart_restores_prompts_and_ingests_uploads_left_on_disk(
         shutdown()
 
 
-def test_a_shift_folds_the_environment_into_the_shared_prompt(live_server):
+def test_a_shift_folds_the_environment_into_the_shared_prompt(
+    live_server, exported, distilled, caplog
+):
+    caplog.set_level(logging.INFO, logger="cdca.cloud")
     upload_three_batches(live_server)
     first = wait_for_prompt(live_server)
     shifted = good_chunks(n=8, batch_id=3, frames_seen=4000, seed=3)
@@ -100,3 +104,9 @@ def test_a_shift_folds_the_environment_into_the_shared_prompt(live_server):
     restarted = stub.GetPrompt(cdca_pb2.PromptRequest(device_id="cam-a", known_version=first.version),
                                metadata=live_server.metadata(), timeout=5)  # fmt: skip
     assert restarted.environment_id == "env-2"
+    # the environment cam-a left is remembered for the fleet, and survives a restart
+    assert (live_server.state_dir / "environments.safetensors").is_file()
+    live_server.stop()
+    address, shutdown = start_server(tiny_world(exported, distilled), live_server.state_dir)
+    shutdown()
+    assert "restored 1 remembered environments" in caplog.text
