@@ -158,8 +158,7 @@ class DeviceModel(nn.Module):
         self.knobs.norm_stats = norm_stats
         self.knobs.stat_mix = stat_mix
         self.knobs.observed = []
-        # shift and prompt are summed at (1, 3, H, W) first: two passes over the batch, not three
-        x = x * (1 + input_affine[0].view(1, 3, 1, 1)) + (input_affine[1].view(1, 3, 1, 1) + prompt)
+        x = x * (1 + input_affine[0].view(1, 3, 1, 1)) + input_affine[1].view(1, 3, 1, 1) + prompt
         embedding = F.normalize(
             self.student.projector(self.student.encoder.forward_features(x)), dim=-1
         )
