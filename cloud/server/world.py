@@ -116,11 +116,33 @@ def load_world(
         log.info("exporting the device model into %s", folder)
         export_device_model(distilled, vectors, info, folder)
     served = served_model(folder, device_model)
+    check_same_student(served, device_model, vectors)
     cloud_teacher = create_teacher(teacher, checkpoint=teacher_checkpoint)
     return CloudWorld(
         device_model, vectors, info.normalization,
         lambda pixels: cloud_teacher.logits(pixels, vectors), served,
     )  # fmt: skip
+
+
+def check_same_student(
+    served: ServedModel, device_model: DeviceModel, vectors: torch.Tensor
+) -> None:
+    """Refuse a model folder exported from another student.
+
+    Its devices would run one model while the cloud learns prompts for another. Same
+    student means the same outputs, so an export from an older cdca version passes.
+    """
+    from cloud.export.onnx_export import PARITY_TOLERANCE, parity_check
+
+    model_file = served.folder / served.manifest.model_file
+    example = device_model.neutral_inputs(vectors, batch=2)
+    difference = parity_check(device_model, model_file, example, trials=1)
+    if not difference <= PARITY_TOLERANCE:  # NaN included
+        raise DataError(
+            f"{model_file} does not compute what the cloud's student does (outputs differ by "
+            f"{difference:.3g}): it was exported from another student. Move {served.folder} "
+            "away to export a fresh one, or serve the student it came from"
+        )
 
 
 def served_model(folder: Path, device_model: DeviceModel) -> ServedModel:

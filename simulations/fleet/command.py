@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -99,6 +100,9 @@ def simulate(scenario: Scenario, out: Path, threads: int = 2) -> dict[str, Any]:
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(scenario.resolved(), indent=2) + "\n")
+    # a run exports its own device model: one left by an earlier run may come from another
+    # cdca version, whose rounding would make this run differ from a fresh one
+    shutil.rmtree(out / "model", ignore_errors=True)
     world = load_fleet_world(
         scenario.student, scenario.teacher, out, scenario.teacher_checkpoint, scenario.min_uploads
     )

@@ -133,3 +133,21 @@ def test_export_command_with_int8_reports_sizes_accuracy_and_latency(distilled, 
     int8_manifest = load_manifest(tmp_path / "m" / "student.int8.manifest.json")
     assert int8_manifest.quantization == "int8-qdq"
     verify_model_file(int8_manifest, tmp_path / "m" / int8_manifest.model_file)
+
+
+def test_the_cloud_refuses_a_model_folder_exported_from_another_student(exported, distilled):
+    import copy
+
+    from cloud.server.world import check_same_student, served_model
+    from protocol.errors import DataError
+
+    student, vectors, _ = distilled
+    same = DeviceModel(student)
+    served = served_model(exported.model.parent, same)
+    check_same_student(served, same, vectors)  # the student it came from: accepted
+    other = copy.deepcopy(student)
+    with torch.no_grad():
+        for parameter in other.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    with pytest.raises(DataError, match="exported from another student"):
+        check_same_student(served, DeviceModel(other), vectors)
