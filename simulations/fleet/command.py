@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -71,10 +72,19 @@ def main(argv: list[str], prog: str = "cdca simulate") -> int:
     if not Path(scenario.data).exists() and ":" not in scenario.data:
         raise ConfigError(f"no benchmark at {scenario.data}; write it with "
                           f"`cdca data prepare --out {scenario.data}`")  # fmt: skip
-    results = simulate(scenario, args.out, args.threads)
+    # SIGTERM ends the run like Ctrl-C: the engines' finally blocks stop what they started
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        results = simulate(scenario, args.out, args.threads)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(Path(results["paths"]["report"]).read_text())
     print("wrote " + ", ".join(results["paths"].values()))
     return 0
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def simulate(scenario: Scenario, out: Path, threads: int = 2) -> dict[str, Any]:

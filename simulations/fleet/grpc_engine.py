@@ -45,11 +45,16 @@ def run_grpc(
     server, port = launch_server(
         state, 0, work / "server.log", env, extra=("--config", str(config))
     )
+    devices: list[subprocess.Popen[bytes]] = []
     try:
-        devices = [_start_device(scenario, world, work, path, i, port, tokens[ids[i]], env)
-                   for i, path in enumerate(streams)]  # fmt: skip
+        for i, path in enumerate(streams):
+            devices.append(_start_device(scenario, world, work, path, i, port, tokens[ids[i]], env))
         _wait(devices, [work / f"{d}.jsonl" for d in ids], progress)
-    finally:
+    finally:  # also on Ctrl-C or SIGTERM (see command.py): leave no process behind
+        for device in devices:
+            if device.poll() is None:
+                device.kill()
+            device.wait()
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
     records, bytes_down = [], []
