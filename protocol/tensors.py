@@ -72,9 +72,11 @@ def decode(
     _check_shape(name, dims, shape)
     item = np.dtype(ALLOWED_DTYPES[message.dtype]).itemsize
     expected = item * math.prod(dims)  # Python ints: a forged shape cannot overflow
-    if expected > max_bytes or len(message.data) > max_bytes:
+    # An empty shape's other dimensions count too: numpy refuses [0, 10**9, 10**9] outright
+    bound = item * math.prod(d or 1 for d in dims)
+    if bound > max_bytes or len(message.data) > max_bytes:
         raise TensorError(
-            f"{name}: {max(expected, len(message.data))} bytes exceed the cap of {max_bytes}"
+            f"{name}: {max(bound, len(message.data))} bytes exceed the cap of {max_bytes}"
         )
     if len(message.data) != expected:
         raise TensorError(

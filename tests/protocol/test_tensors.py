@@ -34,6 +34,13 @@ def test_bad_tensors_are_refused_with_the_rule_that_failed(message, kwargs, matc
         decode(message, **kwargs)
 
 
+def test_an_empty_shape_with_huge_dimensions_is_refused_cleanly():
+    message = cdca_pb2.Tensor(dtype="float32", shape=[0, 953, 1627, 2030, 12856, 56984], data=b"")
+    with pytest.raises(TensorError, match="exceed the cap"):
+        decode(message, max_bytes=1024)
+    assert decode(cdca_pb2.Tensor(dtype="float32", shape=[0, 4], data=b"")).shape == (0, 4)
+
+
 def test_unsendable_dtype_is_refused():
     with pytest.raises(TensorError, match="cannot be sent"):
         encode(np.zeros(2, np.complex64))
