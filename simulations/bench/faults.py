@@ -16,7 +16,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from simulations.bench.rig import DOMAINS, Rig, corrupted_stream, line_count, wait_for
+from simulations.bench.rig import (
+    DOMAINS,
+    Rig,
+    corrupted_stream,
+    line_count,
+    wait_for,
+    wait_until,
+)
 
 PER_DOMAIN = 300
 FPS = 80.0
@@ -25,9 +32,7 @@ Facts = dict[str, Any]
 
 def server_killed(workdir: Path) -> Facts:
     """SIGKILL the server after its first prompt; the device predicts on; a restart resumes."""
-    rig = Rig.start(workdir)
-    token = rig.enrol("cam-0")
-    stream = corrupted_stream(workdir / "stream.npz", DOMAINS, PER_DOMAIN)
+    rig, token, stream = _served_device(workdir)
     out = workdir / "cam-0.jsonl"
     device = rig.start_device(stream, "cam-0", token, out, fps=FPS)
     with rig.cleanup(device):
@@ -54,9 +59,7 @@ def server_killed(workdir: Path) -> Facts:
 
 def device_killed(workdir: Path) -> Facts:
     """SIGKILL a device after it applied a prompt; the restarted device starts from its cache."""
-    rig = Rig.start(workdir)
-    token = rig.enrol("cam-0")
-    stream = corrupted_stream(workdir / "stream.npz", DOMAINS, PER_DOMAIN)
+    rig, token, stream = _served_device(workdir)
     device = rig.start_device(stream, "cam-0", token, workdir / "a.jsonl", fps=FPS)
     with rig.cleanup(device):
         applied = wait_for(rig.device_log("cam-0"), "applied prompt v")
@@ -76,9 +79,7 @@ def device_killed(workdir: Path) -> Facts:
 
 def server_stalled(workdir: Path) -> Facts:
     """SIGSTOP the server for 4 s (connections open, no answers): the device keeps predicting."""
-    rig = Rig.start(workdir)
-    token = rig.enrol("cam-0")
-    stream = corrupted_stream(workdir / "stream.npz", DOMAINS, PER_DOMAIN)
+    rig, token, stream = _served_device(workdir)
     out = workdir / "cam-0.jsonl"
     device = rig.start_device(stream, "cam-0", token, out, fps=FPS)
     with rig.cleanup(device):
@@ -106,7 +107,7 @@ def full_queue(workdir: Path) -> Facts:
     out = workdir / "cam-0.jsonl"
     device = rig.start_device(stream, "cam-0", token, out, fps=FPS, queue_items=4)
     with rig.cleanup(device):
-        overflowed = _wait_until(lambda: _dropped(workdir / "cam-0" / "queue" / "dropped") > 0)
+        overflowed = wait_until(lambda: _dropped(workdir / "cam-0" / "queue" / "dropped") > 0)
         rig.restart_server()
         device_exit = device.wait(timeout=180)
     facts = rig.accounting("cam-0", len(domains) * PER_DOMAIN, out, {"cam-0": device_exit})
@@ -155,18 +156,16 @@ SCENARIOS: dict[str, Callable[[Path], Facts]] = {
 }  # fmt: skip
 
 
+def _served_device(workdir: Path) -> tuple[Rig, str, Path]:
+    """A listening server, device ``cam-0`` enrolled, and its 6-corruption stream."""
+    rig = Rig.start(workdir)
+    token = rig.enrol("cam-0")
+    return rig, token, corrupted_stream(workdir / "stream.npz", DOMAINS, PER_DOMAIN)
+
+
 def _dropped(counter: Path) -> int:
     text = counter.read_text() if counter.is_file() else ""
     return int(text) if text.isdigit() else 0
-
-
-def _wait_until(condition: Callable[[], bool], seconds: float = 60) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.2)
-    return True
 
 
 def _verdict(facts: Facts, checks: dict[str, bool], **extra: object) -> Facts:

@@ -104,12 +104,11 @@ def export_models(out: Path) -> dict[str, Path]:
 
 def batch_statistics_copy(student: torch.nn.Module) -> torch.nn.Module:
     """The student normalising with each batch's statistics (what the device does), no prompt inputs."""
-    adaptive = copy.deepcopy(student).eval()
-    for module in adaptive.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.track_running_stats = False
-            module.running_mean = module.running_var = None
-    return adaptive
+    from simulations.peers.base import use_batch_statistics
+
+    adaptive = copy.deepcopy(student)
+    use_batch_statistics(adaptive)
+    return adaptive.eval()  # without running statistics, eval mode still uses the batch's
 
 
 def _export_images_to_logits(head: torch.nn.Module, x: torch.Tensor, path: Path) -> None:

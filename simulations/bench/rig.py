@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -51,14 +51,19 @@ def line_count(path: Path) -> int:
     return len(path.read_text().splitlines()) if path.is_file() else 0
 
 
+def wait_until(condition: Callable[[], bool], seconds: float = 60) -> bool:
+    """Whether ``condition`` holds within ``seconds`` (polled every 0.2 s)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 def wait_for(path: Path, text: str, seconds: float = 60) -> bool:
     """Whether ``path`` exists and contains ``text`` within ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if path.is_file() and text in path.read_text():
-            return True
-        time.sleep(0.2)
-    return False
+    return wait_until(lambda: path.is_file() and text in path.read_text(), seconds)
 
 
 def processes_mentioning(text: str) -> list[int]:

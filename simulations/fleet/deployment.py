@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from protocol.errors import CdcaError
+from simulations.bench.rig import free_port
 from simulations.fleet.flower_server import PROGRESS_FILE, RESULTS_FILE
 from simulations.fleet.scenario import Scenario
 
@@ -39,13 +40,6 @@ def project_root() -> Path:
         raise CdcaError("the flower engine runs `flwr run` on a source checkout of cdca; "
                         f"no pyproject.toml at {root}")  # fmt: skip
     return root
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now (loopback)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class LoopbackFederation:

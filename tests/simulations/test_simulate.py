@@ -115,9 +115,8 @@ def test_grpc_engine_runs_a_real_server_and_device_processes(tmp_path, tiny_scen
 
 def test_sigterm_stops_a_grpc_run_and_every_process_it_started(tmp_path, tiny_scenario):
     import signal
-    import time
 
-    from simulations.bench.rig import processes_mentioning
+    from simulations.bench.rig import processes_mentioning, wait_until
     from simulations.bench.system import CDCA
 
     out = tmp_path / "stopped"
@@ -125,19 +124,16 @@ def test_sigterm_stops_a_grpc_run_and_every_process_it_started(tmp_path, tiny_sc
                             "--fps", "1", "--out", str(out), "--threads", "1"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        deadline = time.monotonic() + 120  # this command, its server and two devices (24 s each)
-        while len(processes_mentioning(str(out))) < 4 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert len(processes_mentioning(str(out))) >= 4, "the server and devices never ran"
+        # this command, its server and two devices (24 s each)
+        assert wait_until(lambda: len(processes_mentioning(str(out))) >= 4, 120), (
+            "the server and devices never ran"
+        )
         run.send_signal(signal.SIGTERM)
         assert run.wait(timeout=90) == 128 + signal.SIGTERM
     finally:
         if run.poll() is None:
             run.kill()
-    deadline = time.monotonic() + 10
-    while processes_mentioning(str(out)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not processes_mentioning(str(out))
+    assert wait_until(lambda: not processes_mentioning(str(out)), 10)
 
 
 def test_peak_memory_counts_child_processes():
