@@ -28,8 +28,10 @@ from cloud.adaptation.session import AdaptationSession, SessionConfig, UploadBat
 from cloud.adaptation.vplu import VPLU, VPLUConfig
 from cloud.export.device_model import DeviceModel
 from cloud.students.preprocess import Normalization
+from cloud.teacher.companion import MAKE_IT as COMPANION_MAKE_IT
 from device.sampling import SamplingConfig, UncertaintySampler
 from device.uncertainty import perturbed_views
+from protocol.errors import ConfigError
 
 UPLOAD_OVERHEAD_BYTES = 4 + 8  # float32 score + int64 frame id per uploaded frame
 MESSAGE_OVERHEAD_BYTES = 16  # per message (device id, batch id, shift flag)
@@ -46,6 +48,7 @@ class CloudDeviceWorld:
     class_vectors: torch.Tensor
     normalization: Normalization
     teacher: Callable[[torch.Tensor], torch.Tensor]
+    companion: Callable[[torch.Tensor], torch.Tensor] | None = None  # cloud.teacher.companion
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """[0, 1] pixels -> the device model's input."""
@@ -67,6 +70,7 @@ class UVPAConfig:
     bank: BankConfig = field(default_factory=BankConfig)
     delay: int = 1  # batches between learning a prompt and the device using it
     stat_mix: float = 1.0  # device normalises with its own batch statistics
+    companion: bool = False  # the cloud's re-normalised companion joins the ensemble target
 
 
 class Traffic:
@@ -101,9 +105,14 @@ class UVPAMethod:
     def __init__(self, name: str, world: CloudDeviceWorld, config: UVPAConfig) -> None:
         self.name, self.world, self.config = name, world, config
         vplu = VPLU(world.device_model, world.class_vectors, config.vplu)
+        if config.companion and world.companion is None:
+            raise ConfigError(
+                f"{name} needs the companion teacher; create it with `{COMPANION_MAKE_IT}`"
+            )
         self.session = AdaptationSession(
             vplu, world.teacher_logits, world.normalize,
             PromptBank(vplu.neutral_prompt(), config.bank), config.session,
+            world.companion if config.companion else None,
         )  # fmt: skip
         first_norm = world.device_model.norm_layers[0].channels
         self.sampler = UncertaintySampler(config.sampling, signature_channels=first_norm)

@@ -4,8 +4,9 @@ The U-VPA ablations each change one thing against ``uvpa`` so the table shows wh
 part contributes: how uploads are chosen (``random``), whether uncertainty guides the
 update (``unguided``), what the device is taught to match (``teacher_target``), where the
 prompt lives (``pixel`` full-image, ``pixel_border``, ``pixel_patch``, ``all_parts``), how
-environments hand over (``homeostasis``, ``no_restart``), and the upload-everything
-reference (``cloud_teacher``).
+environments hand over (``homeostasis``, ``no_restart``), whether the cloud adapts a
+teacher of its own (``companion``: a BatchNorm CNN re-normalised on each environment's
+uploads joins the ensemble target), and the upload-everything reference (``cloud_teacher``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from cloud.adaptation.prompt_bank import BankConfig
 from cloud.adaptation.session import SessionConfig
 from cloud.adaptation.vplu import FEATURE_PARTS, PIXEL_PARTS, VPLUConfig
+from cloud.teacher.companion import COMPANION_CHECKPOINT, MAKE_IT
 from device.sampling import SamplingConfig
 from protocol.errors import ConfigError, unknown_name
 from simulations.cloud_device import CloudDeviceWorld, CloudTeacherMethod, UVPAConfig, UVPAMethod
@@ -57,6 +59,7 @@ def _uvpa_variants(base: UVPAConfig) -> dict[str, UVPAConfig]:
         ),
         "uvpa_all_parts": replace(base, vplu=replace(vplu, parts=PIXEL_PARTS + FEATURE_PARTS)),
         "uvpa_homeostasis": replace(base, bank=BankConfig(shared_rate=0.5, sensitive_quantile=0.8)),
+        "uvpa_companion": replace(base, companion=True),
         "uvpa_no_restart": replace(
             base,
             session=replace(session, restart_on_shift=False),
@@ -105,6 +108,9 @@ class MethodFactory:
                 f"method {name!r} needs a distilled student and its teacher; pass --student "
                 "with a checkpoint from `cdca cloud distill` (the default student is one)"
             )
+        if self.variants.get(name, UVPAConfig()).companion and self.world.companion is None:  # type: ignore[union-attr]
+            raise ConfigError(f"method {name!r} needs the companion teacher "
+                              f"({COMPANION_CHECKPOINT}); create it with `{MAKE_IT}`")  # fmt: skip
 
     def create(self, name: str) -> OnlineMethod:
         """A fresh method; peers copy the model, cloud-device methods share the frozen graph."""

@@ -66,6 +66,7 @@ class FleetCloud:
         bank: how each device's ending environment feeds its shared prompt.
         fleet: what devices share.
         signature_channels: channels of the device model's first normalisation layer.
+        companion: the cloud's re-normalised companion teacher for every session, or None.
     """
 
     def __init__(
@@ -77,8 +78,10 @@ class FleetCloud:
         bank: BankConfig | None = None,
         fleet: FleetConfig | None = None,
         signature_channels: int | None = None,
+        companion: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.vplu, self.teacher, self.normalize = vplu, teacher, normalize
+        self.companion = companion
         self.session_config, self.bank_config = session or SessionConfig(), bank or BankConfig()
         self.config = fleet or FleetConfig()
         first = vplu.model.norm_layers[0].channels if vplu.model.norm_layers else 0
@@ -93,7 +96,7 @@ class FleetCloud:
         if device_id not in self.sessions:
             bank = bank or PromptBank(self.vplu.neutral, self.bank_config)
             self.sessions[device_id] = AdaptationSession(
-                self.vplu, self.teacher, self.normalize, bank, self.session_config
+                self.vplu, self.teacher, self.normalize, bank, self.session_config, self.companion
             )
             self.stays[device_id] = _Stay()
         return self.sessions[device_id]

@@ -61,6 +61,7 @@ class _Sample:
     teacher_logits: torch.Tensor
     uncertainty: float
     batch_stats: torch.Tensor
+    pixels: torch.Tensor | None  # kept only for a companion, which normalises the buffer itself
 
 
 class AdaptationSession:
@@ -72,6 +73,8 @@ class AdaptationSession:
         normalize: [0, 1] pixels -> the device model's input.
         bank: the device's prompts (shared and environment-specific).
         config: buffer and schedule.
+        companion: [0, 1] pixels of one environment -> class probabilities, normalised with
+            those pixels' own statistics (``cloud.teacher.companion``); None: no companion.
     """
 
     def __init__(
@@ -81,8 +84,10 @@ class AdaptationSession:
         normalize: Callable[[torch.Tensor], torch.Tensor],
         bank: PromptBank | None = None,
         config: SessionConfig | None = None,
+        companion: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.vplu, self.teacher, self.normalize = vplu, teacher, normalize
+        self.companion = companion
         self.bank = bank or PromptBank(vplu.neutral_prompt())
         self.config = config or SessionConfig()
         self.buffer: deque[_Sample] = deque(maxlen=self.config.buffer_size)
@@ -122,8 +127,12 @@ class AdaptationSession:
         x = self.normalize(batch.pixels)
         teacher_logits = self.teacher(batch.pixels).float()
         stats = batch.batch_stats.detach().float()
+        keep = self.companion is not None
         for i in range(len(x)):
-            self.buffer.append(_Sample(x[i], teacher_logits[i], float(batch.uncertainty[i]), stats))
+            pixels = batch.pixels[i].detach().float() if keep else None
+            self.buffer.append(
+                _Sample(x[i], teacher_logits[i], float(batch.uncertainty[i]), stats, pixels)
+            )
         self.uploads += len(x)
 
     def _update(self) -> bool:
@@ -133,6 +142,7 @@ class AdaptationSession:
             batch_stats=torch.stack([s.batch_stats for s in samples]).mean(dim=0),
             uncertainty=torch.tensor([s.uncertainty for s in samples]),
             teacher_logits=torch.stack([s.teacher_logits for s in samples]),
+            companion_probs=self._companion_view(samples),
         )
         result = self.vplu.update(uploads, self.bank.current())
         self.updates += 1
@@ -140,6 +150,13 @@ class AdaptationSession:
             self.bank.accept(result.prompt)
             self.shipped += 1
         return result.shipped
+
+    @torch.no_grad()
+    def _companion_view(self, samples: list[_Sample]) -> torch.Tensor | None:
+        """The companion over the whole buffer: one environment's statistics (lesson 7)."""
+        if self.companion is None:
+            return None
+        return self.companion(torch.stack([s.pixels for s in samples if s.pixels is not None]))
 
 
 def _check(batch: UploadBatch, stats_shape: torch.Size) -> None:

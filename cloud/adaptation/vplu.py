@@ -75,12 +75,15 @@ class Uploads:
         batch_stats: (2, K) BatchNorm statistics the device used for these frames' batches.
         uncertainty: (N,) device uncertainty scores in [0, 1].
         teacher_logits: (N, C) the teacher's logits for the same images.
+        companion_probs: (N, C) the re-normalised companion's probabilities, when the cloud
+            runs one (``cloud.teacher.companion``): a third view in the ensemble target.
     """
 
     x: torch.Tensor
     batch_stats: torch.Tensor
     uncertainty: torch.Tensor
     teacher_logits: torch.Tensor
+    companion_probs: torch.Tensor | None = None
 
 
 @dataclass
@@ -163,17 +166,21 @@ class VPLU:
     ) -> torch.Tensor:
         """(N, C) probabilities the device should match: the teacher's, or the ensemble.
 
-        The ensemble weighs the teacher and the device's current view of each sample by
-        their own confidence: where the teacher is weak (in this world: fog, glass blur)
-        the device's batch-normalised view often knows better, and neither alone is best.
+        The ensemble weighs the teacher, the device's current view of each sample and, when
+        there is one, the companion by their own confidence: where the teacher is weak (in
+        this world: fog, glass blur) the device's batch-normalised view often knows better,
+        and neither alone is best.
         """
         teacher = uploads.teacher_logits.softmax(dim=1)
         if self.config.target == "teacher":
             return teacher
-        device = self.logits(uploads.x, shipped, stats).softmax(dim=1)
-        w_teacher = teacher.max(dim=1, keepdim=True).values
-        w_device = device.max(dim=1, keepdim=True).values
-        return (w_teacher * teacher + w_device * device) / (w_teacher + w_device)
+        views = [teacher, self.logits(uploads.x, shipped, stats).softmax(dim=1)]
+        if uploads.companion_probs is not None:
+            views.append(uploads.companion_probs)
+        weights = [view.max(dim=1, keepdim=True).values for view in views]
+        weighted: torch.Tensor = sum(w * view for w, view in zip(weights, views, strict=True))  # type: ignore[assignment]
+        total: torch.Tensor = sum(weights)  # type: ignore[assignment]
+        return weighted / total
 
     def _fit(
         self,

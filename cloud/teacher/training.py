@@ -70,7 +70,7 @@ def train_teacher(
         order = rng.permutation(len(data))
         for step, first in enumerate(range(0, len(data), config.batch_size)):
             idx = np.sort(order[first : first + config.batch_size])
-            pixels = _augmented_batch(data.images[idx], config, rng, generator)
+            pixels = augmented_batch(data.images[idx], config, rng, generator)
             logits = teacher.logits(pixels, teacher.encode_texts(captions))
             loss = F.cross_entropy(
                 logits, torch.from_numpy(data.labels[idx]), label_smoothing=config.label_smoothing
@@ -88,12 +88,13 @@ def train_teacher(
     return teacher
 
 
-def _augmented_batch(
+def augmented_batch(
     images: np.ndarray,
     config: TeacherTrainConfig,
     rng: np.random.Generator,
     generator: torch.Generator,
 ) -> torch.Tensor:
+    """Uint8 images -> [0, 1] pixels with the teacher's augmentations (extra corruptions, AugMix, shifts)."""
     corrupted = extra_corruptions(images, config.extra_corruption_prob, rng)
     u8 = torch.from_numpy(corrupted).permute(0, 3, 1, 2).contiguous()
     mixed = augmix(u8, config.augmix_prob, generator)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from cloud.teacher.companion import COMPANION_CHECKPOINT, load_companion
 from cloud.weights_io import read_metadata
+from protocol.errors import DataError
 from simulations.cloud_device import CloudDeviceWorld
 from simulations.peers import PixelModel
 
@@ -37,7 +40,9 @@ class BenchModels:
     description: dict[str, object]
 
 
-def load_bench_models(student_path: Path, teacher: str = "builtin") -> BenchModels:
+def load_bench_models(
+    student_path: Path, teacher: str = "builtin", companion: Path = COMPANION_CHECKPOINT
+) -> BenchModels:
     """A label-trained student (peers only) or a distilled one (peers and cloud-device rows)."""
     meta = read_metadata(
         student_path,
@@ -58,6 +63,20 @@ def load_bench_models(student_path: Path, teacher: str = "builtin") -> BenchMode
     model = PixelModel(ClassVectorHead(distilled, vectors), dinfo.normalization)
     cloud_teacher = create_teacher(teacher)
     world = CloudDeviceWorld(DeviceModel(distilled), vectors, dinfo.normalization,
-                             lambda pixels: cloud_teacher.logits(pixels, vectors))  # fmt: skip
+                             lambda pixels: cloud_teacher.logits(pixels, vectors),
+                             _companion(companion, dinfo.class_names))  # fmt: skip
     return BenchModels(model, world, {"student": str(student_path), "arch": dinfo.arch,
                                       "kind": "distilled", "teacher": teacher})  # fmt: skip
+
+
+def _companion(
+    path: Path, class_names: tuple[str, ...]
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The companion's probabilities, or None without a checkpoint (``uvpa_companion`` says so)."""
+    if not path.is_file():
+        return None
+    companion = load_companion(path)
+    if companion.class_names != tuple(class_names):
+        raise DataError(f"{path} was trained on classes {companion.class_names}, the student on "
+                        f"{tuple(class_names)}; retrain it with `cdca train companion`")  # fmt: skip
+    return companion.probabilities

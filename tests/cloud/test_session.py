@@ -72,3 +72,21 @@ def test_malformed_uploads_are_refused_and_cost_nothing(session, change, message
 def test_session_config_is_checked():
     with pytest.raises(ConfigError):
         SessionConfig(buffer_size=4, min_uploads=8)
+
+
+def test_a_companion_sees_the_whole_current_environment_buffer(session):
+    seen = []
+
+    def companion(pixels):
+        seen.append(pixels.clone())
+        return torch.full((len(pixels), len(session.vplu.class_vectors)), 0.25)
+
+    session.companion = companion
+    for seed in range(3):
+        session.ingest(batch(session, 3, seed=seed))
+    assert [len(p) for p in seen] == [6, 8]  # min_uploads 4 reached at 6; the buffer caps at 8
+    first = batch(session, 3, seed=2).pixels
+    torch.testing.assert_close(seen[-1][-3:], first)  # raw [0, 1] pixels, not the device input
+    session.ingest(batch(session, 3, shift=True, seed=5))
+    session.ingest(batch(session, 3, seed=6))
+    assert len(seen[-1]) == 6  # a shift starts a new environment: no old frames in its view

@@ -120,3 +120,24 @@ def test_learned_border_prompt_stays_on_the_border(distilled):
 def test_bad_pixel_prompt_shapes_are_refused(shape):
     with pytest.raises(ConfigError, match="pixel prompt shape"):
         VPLUConfig(pixel_prompt=shape)
+
+
+def test_a_companion_is_a_third_confidence_weighted_view_in_the_ensemble(distilled):
+    student, vectors, _ = distilled
+    vplu = VPLU(DeviceModel(student), vectors, VPLUConfig(target="ensemble"))
+    x = torch.randn(8, 3, 32, 32)
+    stats, _ = device_view(vplu, x)
+    teacher_logits = torch.zeros(8, len(vectors))  # an undecided teacher
+    companion = torch.full((8, len(vectors)), 0.01)
+    companion[:, 2] = 1 - 0.01 * (len(vectors) - 1)  # a confident companion: class 2
+    without = Uploads(x, stats, torch.zeros(8), teacher_logits)
+    with_companion = Uploads(x, stats, torch.zeros(8), teacher_logits, companion)
+    replayed, neutral = vplu.replay_stats(stats), vplu.neutral_prompt()
+    before = vplu.targets(without, replayed, neutral)
+    after = vplu.targets(with_companion, replayed, neutral)
+    torch.testing.assert_close(after.sum(1), torch.ones(8))
+    assert torch.all(after[:, 2] > before[:, 2])
+    teacher_only = VPLU(DeviceModel(student), vectors, VPLUConfig(target="teacher"))
+    torch.testing.assert_close(  # the teacher-only target ignores every other view
+        teacher_only.targets(with_companion, replayed, neutral), teacher_logits.softmax(1)
+    )

@@ -1,9 +1,13 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
 from cloud.adaptation.session import SessionConfig
 from cloud.adaptation.vplu import VPLUConfig
 from cloud.export.device_model import DeviceModel
+from cloud.students.architectures import CompactCNN
+from cloud.teacher.companion import Companion
 from device.sampling import SamplingConfig
 from protocol.errors import ConfigError
 from simulations.cloud_device import CloudDeviceWorld, CloudTeacherMethod, UVPAConfig, UVPAMethod
@@ -20,7 +24,8 @@ def world(distilled):
         inputs = model.neutral_inputs(vectors, batch=len(pixels))
         return 5 * model(**{**inputs, "x": pixels})[0]
 
-    return CloudDeviceWorld(model, vectors, info.normalization, teacher)
+    companion = Companion(CompactCNN(len(vectors), 4), tuple(info.class_names))
+    return CloudDeviceWorld(model, vectors, info.normalization, teacher, companion.probabilities)
 
 
 def batches(count, n=32, seed=0):
@@ -85,5 +90,9 @@ def test_factory_builds_every_method_and_refuses_cloud_rows_without_a_teacher(wo
         assert factory.create(name).step(batches(1)[0]).shape == (32, len(vectors))
     with pytest.raises(ConfigError, match="distilled student"):
         MethodFactory(model, None).check("uvpa")
+    without_companion = replace(world, companion=None)
+    with pytest.raises(ConfigError, match="cdca train companion"):
+        MethodFactory(model, without_companion).check("uvpa_companion")
+    MethodFactory(model, without_companion).create("uvpa")  # the other rows do not need one
     with pytest.raises(ConfigError, match="delay"):
         MethodFactory(model, world, delay=0)

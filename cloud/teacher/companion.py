@@ -1,0 +1,131 @@
+"""The cloud's re-normalisable companion teacher: a BatchNorm CNN the cloud adapts per environment.
+
+Why: the built-in CLIP teacher is a ViT (LayerNorm only), so the cloud cannot adapt it the
+way the prototype did its biggest lever (PROTOTYPE_FINDINGS.md: teacher BN statistics
+re-estimated on the shifted data, 49.7 -> 71.9 %). The companion is a wider copy of the
+student architecture trained with the teacher's augmentations (AugMix ops and the 4 extra
+corruptions, never the 15 test corruptions); in the cloud it normalises with the
+statistics of one device's current-environment uploads (Schneider et al., "Improving
+robustness against common corruptions by covariate shift adaptation", NeurIPS 2020,
+https://arxiv.org/abs/2006.16971), and VPLU's ensemble target takes it as a third view
+beside the teacher and the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cloud.data.labelled import LabelledImages
+from cloud.resumable import resume_training_state, save_training_state
+from cloud.students.architectures import CompactCNN
+from cloud.students.training import ProgressFn
+from cloud.teacher.training import TeacherTrainConfig, augmented_batch
+from cloud.weights_io import read_weights, save_weights
+from protocol.errors import DataError
+
+COMPANION_CHECKPOINT = (
+    Path(__file__).resolve().parents[1] / "checkpoints" / "companion_cnn.safetensors"
+)
+MAKE_IT = "cdca train companion"
+MIN_BATCH = 8  # batch statistics over fewer images are noise
+
+
+@dataclass(frozen=True)
+class CompanionConfig:
+    """Hyper-parameters of the companion's training (augmentations as the teacher's)."""
+
+    width: int = 64
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    seed: int = 0
+    threads: int = 2
+
+
+class Companion:
+    """A trained companion; ``probabilities`` normalises with the images it is given."""
+
+    def __init__(self, model: CompactCNN, class_names: tuple[str, ...]) -> None:
+        # Training-mode BatchNorm without tracking: always the given images' statistics, and
+        # the running ones stay untouched in the state dict (the clean-source reference).
+        self.model = model.train().requires_grad_(False)
+        self.class_names = class_names
+        for layer in self.model.modules():
+            if isinstance(layer, nn.BatchNorm2d):
+                layer.track_running_stats = False
+
+    @torch.no_grad()
+    def probabilities(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) [0, 1] pixels of one environment -> (N, C) class probabilities."""
+        if len(pixels) < MIN_BATCH:
+            raise DataError(f"the companion needs at least {MIN_BATCH} images, got {len(pixels)}")
+        out: torch.Tensor = self.model((pixels - 0.5) / 0.5).softmax(dim=1)
+        return out
+
+
+def train_companion(
+    data: LabelledImages,
+    config: CompanionConfig,
+    state_path: Path,
+    progress: ProgressFn | None = None,
+) -> Companion:
+    """Train from scratch (resumable per epoch) with the teacher's augmentations."""
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    model = CompactCNN(len(data.class_names), config.width)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    steps = int(np.ceil(len(data) / config.batch_size))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, total_steps=config.epochs * steps, pct_start=0.15
+    )
+    start = resume_training_state(state_path, asdict(config), model, optimizer, scheduler)
+    augment = TeacherTrainConfig(seed=config.seed)  # the teacher's augmentation mix
+    for epoch in range(start, config.epochs):
+        rng = np.random.default_rng([config.seed, epoch])
+        generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+        order = rng.permutation(len(data))
+        model.train()
+        for step, first in enumerate(range(0, len(data), config.batch_size)):
+            idx = np.sort(order[first : first + config.batch_size])
+            pixels = augmented_batch(data.images[idx], augment, rng, generator)
+            loss = F.cross_entropy(model((pixels - 0.5) / 0.5), torch.from_numpy(data.labels[idx]),
+                                   label_smoothing=config.label_smoothing)  # fmt: skip
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            if progress:
+                progress(epoch, step, float(loss.detach()))
+        save_training_state(state_path, asdict(config), epoch, model, optimizer, scheduler)
+    return Companion(model, tuple(data.class_names))
+
+
+def save_companion(path: Path, companion: Companion, meta: dict[str, object]) -> None:
+    """Weights plus what rebuilding them needs (width, class names) and how they were made."""
+    info = {"kind": "companion", "width": companion.model.feature_dim // 4,
+            "class_names": list(companion.class_names), **meta}  # fmt: skip
+    save_weights(path, companion.model.state_dict(), info)
+
+
+def load_companion(path: Path = COMPANION_CHECKPOINT) -> Companion:
+    """Rebuild a saved companion; a clear ``DataError`` when the file is missing or not one."""
+    tensors, meta = read_weights(path, kind="companion checkpoint", make_it=MAKE_IT)
+    if meta.get("kind") != "companion":
+        raise DataError(f"{path} is not a companion checkpoint; create one with `{MAKE_IT}`")
+    names = tuple(meta["class_names"])
+    model = CompactCNN(len(names), int(meta["width"]))
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as err:
+        raise DataError(f"{path}: weights do not fit a companion ({err})") from err
+    return Companion(model, names)

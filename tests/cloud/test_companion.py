@@ -1,0 +1,71 @@
+"""The companion teacher: trains, round-trips, normalises with the images it is given, fails clearly."""
+
+import pytest
+import torch
+
+from cloud.data.labelled import LabelledImages
+from cloud.students.preprocess import pixels_from_uint8
+from cloud.teacher.companion import (
+    Companion,
+    CompanionConfig,
+    load_companion,
+    save_companion,
+    train_companion,
+)
+from cloud.train_cli import main
+from protocol.errors import DataError
+from tests.conftest import CLASS_NAMES, make_images
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    images, labels = make_images(256)
+    data = LabelledImages(images, labels, CLASS_NAMES, "blobs")
+    state = tmp_path_factory.mktemp("companion") / "state.pt"
+    config = CompanionConfig(width=8, epochs=2, batch_size=32, lr=5e-3)
+    return train_companion(data, config, state), data
+
+
+def test_training_learns_and_a_saved_companion_answers_the_same(trained, tmp_path):
+    companion, data = trained
+    pixels = pixels_from_uint8(data.images[:64])
+    probs = companion.probabilities(pixels)
+    torch.testing.assert_close(probs.sum(1), torch.ones(64))
+    assert (probs.argmax(1).numpy() == data.labels[:64]).mean() > 0.5  # blobs are easy
+    save_companion(tmp_path / "c.safetensors", companion, {"command": "test"})
+    again = load_companion(tmp_path / "c.safetensors")
+    assert again.class_names == tuple(CLASS_NAMES)
+    torch.testing.assert_close(again.probabilities(pixels), probs)
+
+
+def test_each_call_normalises_with_its_own_images(trained):
+    companion, data = trained
+    pixels = pixels_from_uint8(data.images[:16])
+    alone = companion.probabilities(pixels)
+    darker = torch.cat([pixels, pixels[:8] * 0.2])  # other images change the statistics
+    assert not torch.allclose(companion.probabilities(darker)[:16], alone)
+    # a uniformly dimmer environment looks much the same once re-normalised (the point of it)
+    dim = companion.probabilities(pixels * 0.5)
+    assert (dim.argmax(1) == alone.argmax(1)).float().mean() >= 0.9
+
+
+def test_too_few_images_missing_files_and_other_checkpoints_are_clear_errors(
+    trained, tmp_path, tiny_student
+):
+    companion, data = trained
+    with pytest.raises(DataError, match="at least 8"):
+        companion.probabilities(pixels_from_uint8(data.images[:3]))
+    with pytest.raises(DataError, match="cdca train companion"):
+        load_companion(tmp_path / "missing.safetensors")
+    with pytest.raises(DataError, match="not a companion"):
+        load_companion(tiny_student)
+
+
+def test_cli_trains_measures_and_saves(tmp_path, fashion_mnist_installed, capsys):
+    out = tmp_path / "companion.safetensors"
+    argv = ["companion", "--limit", "256", "--epochs", "1", "--width", "8", "--out", str(out),
+            "--eval-data", str(tmp_path / "none")]  # fmt: skip
+    assert main(argv) == 0
+    assert "clean_test_accuracy=" in capsys.readouterr().out
+    assert isinstance(load_companion(out), Companion)
+    assert not out.with_name(out.name + ".state.pt").exists()
