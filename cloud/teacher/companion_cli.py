@@ -71,7 +71,7 @@ def batch_accuracy(companion: Companion, data: LabelledImages) -> float:
         if len(images) < 8:  # a ragged last batch too small for statistics
             break
         probs = companion.probabilities(pixels_from_uint8(images))
-        labels = torch.from_numpy(data.labels[first : first + EVAL_BATCH])
+        labels = torch.tensor(data.labels[first : first + EVAL_BATCH])  # copies: may be read-only
         correct += int((probs.argmax(1) == labels).sum())
     return correct / max(1, len(data))
 
