@@ -54,13 +54,14 @@ class Companion:
     """A trained companion; ``probabilities`` normalises with the images it is given."""
 
     def __init__(self, model: CompactCNN, class_names: tuple[str, ...]) -> None:
-        # Training-mode BatchNorm without tracking: always the given images' statistics, and
-        # the running ones stay untouched in the state dict (the clean-source reference).
-        self.model = model.train().requires_grad_(False)
+        # No running statistics at all: BatchNorm then always normalises with the given
+        # images' own, and they are neither saved nor loaded.
+        self.model = model.eval().requires_grad_(False)
         self.class_names = class_names
         for layer in self.model.modules():
             if isinstance(layer, nn.BatchNorm2d):
                 layer.track_running_stats = False
+                layer.running_mean = layer.running_var = None
 
     @torch.no_grad()
     def probabilities(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -123,9 +124,9 @@ def load_companion(path: Path = COMPANION_CHECKPOINT) -> Companion:
     if meta.get("kind") != "companion":
         raise DataError(f"{path} is not a companion checkpoint; create one with `{MAKE_IT}`")
     names = tuple(meta["class_names"])
-    model = CompactCNN(len(names), int(meta["width"]))
+    companion = Companion(CompactCNN(len(names), int(meta["width"])), names)
     try:
-        model.load_state_dict(tensors)
+        companion.model.load_state_dict(tensors)
     except RuntimeError as err:
         raise DataError(f"{path}: weights do not fit a companion ({err})") from err
-    return Companion(model, names)
+    return companion
