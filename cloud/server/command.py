@@ -30,6 +30,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--student", type=Path, help="distilled student checkpoint")
     serve.add_argument("--teacher", help="builtin | open_clip name | local-dir:PATH")
     serve.add_argument("--model-dir", type=Path, help="serve this exported model folder")
+    serve.add_argument(
+        "--companion", type=Path,
+        help="companion checkpoint (`cdca train companion`) added to the ensemble target",
+    )  # fmt: skip
     serve.add_argument("--upload-budget", type=float, help="largest share of frames accepted")
     serve.add_argument("--tls-cert", type=Path, help="server certificate (PEM)")
     serve.add_argument("--tls-key", type=Path, help="server private key (PEM)")
@@ -69,6 +73,7 @@ def _serve(args: argparse.Namespace) -> int:
     config = load_config(
         args.config, host=args.host, port=args.port, state_dir=args.state_dir,
         student=args.student, teacher=args.teacher, model_dir=args.model_dir,
+        companion=args.companion,
         upload_budget=args.upload_budget, tls=tls,
     )  # fmt: skip
     asyncio.run(serve(config, args.port_file))

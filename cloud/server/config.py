@@ -8,6 +8,7 @@ Example ``cloud.toml`` (every key optional; CLI flags win)::
     student = "cloud/checkpoints/student_distilled.safetensors"
     teacher = "builtin"
     upload_budget = 0.1
+    companion = "cloud/checkpoints/companion_cnn.safetensors"   # optional (uvpa_companion)
 
     [tls]
     cert = "server.crt"
@@ -65,6 +66,8 @@ class ServerConfig:
         environment_bank: devices entering an environment any device has left start from
             its prompt (``cloud.adaptation.environments``).
         share_across_devices: unknown environments start from the fleet's shared prompt.
+        companion: a ``cdca train companion`` checkpoint; the cloud re-normalises it on each
+            device's current-environment uploads and adds it to the ensemble target.
     """
 
     host: str = "127.0.0.1"
@@ -82,6 +85,7 @@ class ServerConfig:
     min_uploads: int = 24
     environment_bank: bool = True
     share_across_devices: bool = True
+    companion: Path | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.upload_budget <= 1:
@@ -101,7 +105,7 @@ class ServerConfig:
         return f"{self.host}:{self.port}"
 
 
-_PATHS = {"state_dir", "student", "model_dir", "teacher_checkpoint"}
+_PATHS = {"state_dir", "student", "model_dir", "teacher_checkpoint", "companion"}
 
 
 def load_config(path: Path | None = None, **overrides: Any) -> ServerConfig:

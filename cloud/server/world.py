@@ -74,6 +74,7 @@ class CloudWorld:
     session: SessionConfig = field(default_factory=SessionConfig)
     bank: BankConfig = field(default_factory=BankConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
+    companion: Callable[[torch.Tensor], torch.Tensor] | None = None  # cloud.teacher.companion
 
     @cached_property
     def neutral(self) -> dict[str, torch.Tensor]:
@@ -88,7 +89,8 @@ class CloudWorld:
         """
         vplu = VPLU(self.device_model, self.class_vectors, self.vplu)
         return FleetCloud(vplu, self.teacher_logits, self.normalization.apply,
-                          self.session, self.bank, fleet or self.fleet)  # fmt: skip
+                          self.session, self.bank, fleet or self.fleet,
+                          companion=self.companion)  # fmt: skip
 
     @torch.no_grad()
     def teacher_logits(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -98,11 +100,12 @@ class CloudWorld:
 
 def load_world(
     student: Path, teacher: str, state_dir: Path, model_dir: Path | None,
-    teacher_checkpoint: Path | None = None,
+    teacher_checkpoint: Path | None = None, companion: Path | None = None,
 ) -> CloudWorld:  # fmt: skip
     """Load the student and teacher, and export (or check) the model folder devices get.
 
     ``teacher_checkpoint``: for the built-in teacher, weights other than the shipped file.
+    ``companion``: a ``cdca train companion`` checkpoint that joins every ensemble target.
     """
     from cloud.distill.checkpoint import load_distilled
     from cloud.teacher.factory import create_teacher
@@ -120,9 +123,14 @@ def load_world(
     if not exported_now:
         check_same_student(served, device_model, vectors)
     cloud_teacher = create_teacher(teacher, checkpoint=teacher_checkpoint)
+    view = None
+    if companion is not None:
+        from cloud.teacher.companion import companion_for
+
+        view = companion_for(companion, info.class_names).probabilities
     return CloudWorld(
         device_model, vectors, info.normalization,
-        lambda pixels: cloud_teacher.logits(pixels, vectors), served,
+        lambda pixels: cloud_teacher.logits(pixels, vectors), served, companion=view,
     )  # fmt: skip
 
 

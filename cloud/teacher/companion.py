@@ -118,6 +118,15 @@ def save_companion(path: Path, companion: Companion, meta: dict[str, object]) ->
     save_weights(path, companion.model.state_dict(), info)
 
 
+def companion_for(path: Path, class_names: tuple[str, ...]) -> Companion:
+    """Load a companion for a student over ``class_names``; refuse one trained on other classes."""
+    companion = load_companion(path)
+    if companion.class_names != tuple(class_names):
+        raise DataError(f"{path} was trained on classes {companion.class_names}, the student on "
+                        f"{tuple(class_names)}; retrain it with `{MAKE_IT}`")  # fmt: skip
+    return companion
+
+
 def load_companion(path: Path = COMPANION_CHECKPOINT) -> Companion:
     """Rebuild a saved companion; a clear ``DataError`` when the file is missing or not one."""
     tensors, meta = read_weights(path, kind="companion checkpoint", make_it=MAKE_IT)

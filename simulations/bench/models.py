@@ -9,9 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cloud.teacher.companion import COMPANION_CHECKPOINT, load_companion
+from cloud.teacher.companion import COMPANION_CHECKPOINT, companion_for
 from cloud.weights_io import read_metadata
-from protocol.errors import DataError
 from simulations.cloud_device import CloudDeviceWorld
 from simulations.peers import PixelModel
 
@@ -73,10 +72,4 @@ def _companion(
     path: Path, class_names: tuple[str, ...]
 ) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """The companion's probabilities, or None without a checkpoint (``uvpa_companion`` says so)."""
-    if not path.is_file():
-        return None
-    companion = load_companion(path)
-    if companion.class_names != tuple(class_names):
-        raise DataError(f"{path} was trained on classes {companion.class_names}, the student on "
-                        f"{tuple(class_names)}; retrain it with `cdca train companion`")  # fmt: skip
-    return companion.probabilities
+    return companion_for(path, class_names).probabilities if path.is_file() else None

@@ -1,5 +1,7 @@
 """The companion teacher: trains, round-trips, normalises with the images it is given, fails clearly."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -69,3 +71,29 @@ def test_cli_trains_measures_and_saves(tmp_path, fashion_mnist_installed, capsys
     assert "clean_test_accuracy=" in capsys.readouterr().out
     assert isinstance(load_companion(out), Companion)
     assert not out.with_name(out.name + ".state.pt").exists()
+
+
+def test_a_server_world_hands_its_companion_to_every_device_session(exported, distilled):
+    from cloud.server.world import CloudWorld
+    from tests.system.conftest import tiny_world
+
+    world: CloudWorld = tiny_world(exported, distilled)
+    assert world.new_fleet().session("cam-a").companion is None
+
+    def view(pixels):
+        return torch.full((len(pixels), 4), 0.25)
+
+    world.companion = view
+    assert world.new_fleet().session("cam-a").companion is view
+
+
+def test_the_server_takes_a_companion_path_and_refuses_one_for_other_classes(trained, tmp_path):
+    from cloud.server.config import load_config
+    from cloud.teacher.companion import companion_for
+
+    assert load_config(companion="c.safetensors").companion == Path("c.safetensors")
+    companion, _ = trained
+    save_companion(tmp_path / "c.safetensors", companion, {})
+    assert companion_for(tmp_path / "c.safetensors", tuple(CLASS_NAMES)).class_names == CLASS_NAMES
+    with pytest.raises(DataError, match="retrain it with `cdca train companion`"):
+        companion_for(tmp_path / "c.safetensors", ("a", "b", "c"))
