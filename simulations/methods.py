@@ -109,8 +109,9 @@ class MethodFactory:
                 "with a checkpoint from `cdca cloud distill` (the default student is one)"
             )
         if self.variants.get(name, UVPAConfig()).companion and self.world.companion is None:  # type: ignore[union-attr]
-            raise ConfigError(f"method {name!r} needs the companion teacher "
-                              f"({COMPANION_CHECKPOINT}); create it with `{MAKE_IT}`")  # fmt: skip
+            raise ConfigError(f"method {name!r} needs a companion teacher trained on the "
+                              f"student's classes at {COMPANION_CHECKPOINT}; create it with "
+                              f"`{MAKE_IT}`")  # fmt: skip
 
     def create(self, name: str) -> OnlineMethod:
         """A fresh method; peers copy the model, cloud-device methods share the frozen graph."""

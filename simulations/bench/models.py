@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cloud.teacher.companion import COMPANION_CHECKPOINT, companion_for
+from cloud.teacher.companion import COMPANION_CHECKPOINT, MAKE_IT, companion_for
 from cloud.weights_io import read_metadata
 from simulations.cloud_device import CloudDeviceWorld
 from simulations.peers import PixelModel
@@ -71,5 +71,14 @@ def load_bench_models(
 def _companion(
     path: Path, class_names: tuple[str, ...]
 ) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The companion's probabilities, or None without a checkpoint (``uvpa_companion`` says so)."""
-    return companion_for(path, class_names).probabilities if path.is_file() else None
+    """The companion's probabilities; None without a checkpoint for these classes.
+
+    Only ``uvpa_companion`` needs one, and it says so; every other row runs without it
+    (tests and other datasets use students over other classes).
+    """
+    if not path.is_file():
+        return None
+    meta = read_metadata(path, kind="companion checkpoint", make_it=MAKE_IT)
+    if tuple(meta.get("class_names", ())) != tuple(class_names):
+        return None
+    return companion_for(path, class_names).probabilities

@@ -33,7 +33,7 @@ def test_bench_adapt_writes_json_markdown_and_plot(tiny_benchmark, tiny_student,
 
 
 def test_cloud_device_rows_report_uploads_and_bytes(
-    tiny_benchmark, tiny_distilled, shipped_random_teacher, tmp_path
+    tiny_benchmark, tiny_distilled, shipped_random_teacher, tmp_path, capsys
 ):
     args = bench_args(tiny_benchmark, tiny_distilled, tmp_path / "run", "source,uvpa,cloud_teacher")
     assert main([*args, "--budget", "0.25", "--delay", "2"]) == 0
@@ -43,6 +43,10 @@ def test_cloud_device_rows_report_uploads_and_bytes(
     assert rows["cloud_teacher"]["costs"]["upload_fraction"] == 1.0
     assert rows["source"]["costs"]["bytes_up_per_1000"] == 0
     assert results["config"]["delay"] == 2
+    # the shipped companion knows Fashion-MNIST's classes, not this student's: a clear refusal
+    args = bench_args(tiny_benchmark, tiny_distilled, tmp_path / "run2", "uvpa_companion")
+    assert main(args) == 2
+    assert "cdca train companion" in capsys.readouterr().err
     assert "| uvpa |" in (tmp_path / "run" / "results.md").read_text()
 
 
