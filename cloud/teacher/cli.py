@@ -10,8 +10,11 @@ from cloud.cli_args import add_training_arguments
 from cloud.teacher.factory import BUILTIN_CHECKPOINT
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import torch
 
+    from cloud.data.labelled import LabelledImages
     from cloud.teacher.teacher import Teacher
 
 
@@ -91,17 +94,24 @@ def run(args: argparse.Namespace) -> int:
 def _shifted_accuracy(
     teacher: Teacher, class_vectors: torch.Tensor, eval_data: str, count: int
 ) -> dict[str, object]:
+    from cloud.teacher.training import evaluate_teacher
+
+    return severity5_accuracy(
+        lambda data: evaluate_teacher(teacher, data, class_vectors), eval_data, count
+    )
+
+
+def severity5_accuracy(
+    accuracy: Callable[[LabelledImages], float], eval_data: str, count: int
+) -> dict[str, object]:
+    """Mean and per-corruption ``accuracy`` at severity 5; {} when ``eval_data`` is not prepared."""
     from cloud.data.corruptions import TEST_CORRUPTIONS
     from cloud.data.formats import open_benchmark
-    from cloud.teacher.training import evaluate_teacher
 
     if not Path(eval_data.partition(":")[2] or eval_data).is_dir():
         return {}
     dataset = open_benchmark(eval_data)
-    per_domain = {
-        c: evaluate_teacher(teacher, dataset.load(c, 5, count), class_vectors)
-        for c in TEST_CORRUPTIONS
-    }
+    per_domain = {c: accuracy(dataset.load(c, 5, count)) for c in TEST_CORRUPTIONS}
     return {
         "severity5_mean_accuracy": round(sum(per_domain.values()) / len(per_domain), 4),
         "severity5_accuracy": {k: round(v, 4) for k, v in per_domain.items()},

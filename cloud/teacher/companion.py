@@ -13,19 +13,16 @@ beside the teacher and the device.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cloud.data.labelled import LabelledImages
-from cloud.resumable import resume_training_state, save_training_state
 from cloud.students.architectures import CompactCNN
 from cloud.students.training import ProgressFn
-from cloud.teacher.training import TeacherTrainConfig, augmented_batch
+from cloud.teacher.training import TeacherTrainConfig, train_augmented
 from cloud.weights_io import read_weights, save_weights
 from protocol.errors import DataError
 
@@ -82,32 +79,11 @@ def train_companion(
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     model = CompactCNN(len(data.class_names), config.width)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
-    steps = int(np.ceil(len(data) / config.batch_size))
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.lr, total_steps=config.epochs * steps, pct_start=0.15
-    )
-    start = resume_training_state(state_path, asdict(config), model, optimizer, scheduler)
-    augment = TeacherTrainConfig(seed=config.seed)  # the teacher's augmentation mix
-    for epoch in range(start, config.epochs):
-        rng = np.random.default_rng([config.seed, epoch])
-        generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
-        order = rng.permutation(len(data))
-        model.train()
-        for step, first in enumerate(range(0, len(data), config.batch_size)):
-            idx = np.sort(order[first : first + config.batch_size])
-            pixels = augmented_batch(data.images[idx], augment, rng, generator)
-            loss = F.cross_entropy(model((pixels - 0.5) / 0.5), torch.from_numpy(data.labels[idx]),
-                                   label_smoothing=config.label_smoothing)  # fmt: skip
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            if progress:
-                progress(epoch, step, float(loss.detach()))
-        save_training_state(state_path, asdict(config), epoch, model, optimizer, scheduler)
+    train_augmented(
+        model, lambda pixels: model((pixels - 0.5) / 0.5), data, config,
+        TeacherTrainConfig(seed=config.seed),  # the teacher's augmentation mix
+        state_path, progress,
+    )  # fmt: skip
     return Companion(model, tuple(data.class_names))
 
 

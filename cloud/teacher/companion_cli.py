@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cloud.cli_args import add_training_arguments
-from cloud.teacher.companion import COMPANION_CHECKPOINT, CompanionConfig
+from cloud.teacher.cli import severity5_accuracy
+from cloud.teacher.companion import COMPANION_CHECKPOINT, MIN_BATCH, CompanionConfig
 
 if TYPE_CHECKING:
     from cloud.data.labelled import LabelledImages
@@ -51,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
     meta: dict[str, object] = {"command": args.command_line, "seed": args.seed,
                                "epochs": args.epochs, "train_images": len(train),
                                "clean_test_accuracy": round(batch_accuracy(companion, test), 4)}  # fmt: skip
-    meta.update(_shifted_accuracy(companion, args.eval_data))
+    meta.update(
+        severity5_accuracy(lambda data: batch_accuracy(companion, data), args.eval_data, 1000)
+    )
     save_companion(args.out, companion, meta)
     state.unlink(missing_ok=True)
     shown = ("clean_test_accuracy", "severity5_mean_accuracy")
@@ -68,23 +70,9 @@ def batch_accuracy(companion: Companion, data: LabelledImages) -> float:
     correct = 0
     for first in range(0, len(data), EVAL_BATCH):
         images = data.images[first : first + EVAL_BATCH]
-        if len(images) < 8:  # a ragged last batch too small for statistics
+        if len(images) < MIN_BATCH:  # a ragged last batch too small for statistics
             break
         probs = companion.probabilities(pixels_from_uint8(images))
         labels = torch.tensor(data.labels[first : first + EVAL_BATCH])  # copies: may be read-only
         correct += int((probs.argmax(1) == labels).sum())
     return correct / max(1, len(data))
-
-
-def _shifted_accuracy(companion: Companion, eval_data: str) -> dict[str, object]:
-    from cloud.data.corruptions import TEST_CORRUPTIONS
-    from cloud.data.formats import open_benchmark
-
-    if not Path(eval_data.partition(":")[2] or eval_data).is_dir():
-        return {}
-    dataset = open_benchmark(eval_data)
-    per_domain = {c: batch_accuracy(companion, dataset.load(c, 5, 1000)) for c in TEST_CORRUPTIONS}
-    return {
-        "severity5_mean_accuracy": round(sum(per_domain.values()) / len(per_domain), 4),
-        "severity5_accuracy": {k: round(v, 4) for k, v in per_domain.items()},
-    }

@@ -11,8 +11,9 @@ test corruptions (``augment.py``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -44,6 +45,34 @@ class TeacherTrainConfig:
     threads: int = 2
 
 
+class LoopSettings(Protocol):
+    """What the shared training loop reads from a config (the teacher's or the companion's)."""
+
+    @property
+    def epochs(self) -> int:
+        """Passes over the data."""
+
+    @property
+    def batch_size(self) -> int:
+        """Images per step."""
+
+    @property
+    def lr(self) -> float:
+        """Peak learning rate of the one-cycle schedule."""
+
+    @property
+    def weight_decay(self) -> float:
+        """AdamW's decoupled weight decay."""
+
+    @property
+    def label_smoothing(self) -> float:
+        """Cross-entropy label smoothing."""
+
+    @property
+    def seed(self) -> int:
+        """Seeds each epoch's order and augmentations."""
+
+
 def train_teacher(
     teacher: Teacher,
     data: LabelledImages,
@@ -55,6 +84,36 @@ def train_teacher(
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     model: torch.nn.Module = teacher.model.float().train().requires_grad_(True)
+    captions = [config.template.format(name) for name in data.class_names]
+
+    def clamp_temperature() -> None:
+        with torch.no_grad():  # CLIP clamps its temperature at 100
+            teacher.model.logit_scale.clamp_(0, np.log(100))
+
+    train_augmented(
+        model, lambda pixels: teacher.logits(pixels, teacher.encode_texts(captions)),
+        data, config, config, state_path, progress, clamp_temperature,
+    )  # fmt: skip
+    model.eval().requires_grad_(False)
+    return teacher
+
+
+def train_augmented(
+    model: torch.nn.Module,
+    logits_of: Callable[[torch.Tensor], torch.Tensor],
+    data: LabelledImages,
+    config: LoopSettings,
+    augment: TeacherTrainConfig,
+    state_path: Path,
+    progress: ProgressFn | None = None,
+    after_step: Callable[[], None] | None = None,
+) -> None:
+    """The loop the teacher and the companion share, resumable from ``state_path`` per epoch.
+
+    AdamW with a one-cycle schedule, label-smoothed cross-entropy on ``logits_of`` the
+    teacher's augmentations (``augment`` sets their mix). Seed the global RNG and build
+    ``model`` before calling: this loop draws only from its own per-epoch generators.
+    """
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
@@ -62,30 +121,30 @@ def train_teacher(
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.lr, total_steps=config.epochs * steps, pct_start=0.15
     )
-    start = resume_training_state(state_path, asdict(config), model, optimizer, scheduler)
-    captions = [config.template.format(name) for name in data.class_names]
+    settings = dict(vars(config))  # what the resumable state must match
+    start = resume_training_state(state_path, settings, model, optimizer, scheduler)
     for epoch in range(start, config.epochs):
         rng = np.random.default_rng([config.seed, epoch])
         generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
         order = rng.permutation(len(data))
+        model.train()
         for step, first in enumerate(range(0, len(data), config.batch_size)):
             idx = np.sort(order[first : first + config.batch_size])
-            pixels = augmented_batch(data.images[idx], config, rng, generator)
-            logits = teacher.logits(pixels, teacher.encode_texts(captions))
+            pixels = augmented_batch(data.images[idx], augment, rng, generator)
             loss = F.cross_entropy(
-                logits, torch.from_numpy(data.labels[idx]), label_smoothing=config.label_smoothing
+                logits_of(pixels),
+                torch.from_numpy(data.labels[idx]),
+                label_smoothing=config.label_smoothing,
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-            with torch.no_grad():  # CLIP clamps its temperature at 100
-                teacher.model.logit_scale.clamp_(0, np.log(100))
+            if after_step:
+                after_step()
             if progress:
                 progress(epoch, step, float(loss.detach()))
-        save_training_state(state_path, asdict(config), epoch, model, optimizer, scheduler)
-    model.eval().requires_grad_(False)
-    return teacher
+        save_training_state(state_path, settings, epoch, model, optimizer, scheduler)
 
 
 def augmented_batch(

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cloud.teacher.companion import COMPANION_CHECKPOINT, MAKE_IT, companion_for
+from cloud.teacher.companion import COMPANION_CHECKPOINT, load_companion
 from cloud.weights_io import read_metadata
 from simulations.cloud_device import CloudDeviceWorld
 from simulations.peers import PixelModel
@@ -78,7 +78,5 @@ def _companion(
     """
     if not path.is_file():
         return None
-    meta = read_metadata(path, kind="companion checkpoint", make_it=MAKE_IT)
-    if tuple(meta.get("class_names", ())) != tuple(class_names):
-        return None
-    return companion_for(path, class_names).probabilities
+    companion = load_companion(path)
+    return companion.probabilities if companion.class_names == tuple(class_names) else None
