@@ -133,10 +133,12 @@ class FleetCloud:
         return mean_prompt(weighted) or {k: v.clone() for k, v in neutral.items()}
 
     def stats(self) -> dict[str, float]:
-        """Counters for reports: environments remembered, bank use, where stays began, seconds."""
+        """Counters for reports: environments, bank use, stay starts, updates, seconds."""
         return {"environments_remembered": len(self.environments.entries),
                 "bank_lookups": self.environments.lookups, "bank_hits": self.environments.hits,
                 **{f"started_from_{k}": v for k, v in self.starts.items()},
+                "updates": sum(s.updates for s in self.sessions.values()),
+                "companion_updates": sum(s.companion_updates for s in self.sessions.values()),
                 "cloud_seconds": sum(s.seconds for s in self.sessions.values())}  # fmt: skip
 
     def _leave(self, session: AdaptationSession, stay: _Stay) -> None:

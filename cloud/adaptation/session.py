@@ -22,6 +22,7 @@ import torch
 
 from cloud.adaptation.prompt_bank import Prompt, PromptBank
 from cloud.adaptation.vplu import VPLU, Uploads
+from cloud.teacher.companion import MIN_BATCH as COMPANION_MIN_BATCH
 from protocol.errors import ConfigError, DataError
 
 
@@ -92,6 +93,7 @@ class AdaptationSession:
         self.config = config or SessionConfig()
         self.buffer: deque[_Sample] = deque(maxlen=self.config.buffer_size)
         self.uploads = self.updates = self.shipped = self.shifts = 0
+        self.companion_updates = 0  # updates whose target had the companion's view
         self.seconds = 0.0
 
     def ingest(self, batch: UploadBatch, start: Prompt | None = None) -> Prompt | None:
@@ -153,10 +155,20 @@ class AdaptationSession:
 
     @torch.no_grad()
     def _companion_view(self, samples: list[_Sample]) -> torch.Tensor | None:
-        """The companion over the whole buffer: one environment's statistics (lesson 7)."""
-        if self.companion is None:
+        """The companion over the whole buffer: one environment's statistics (lesson 7).
+
+        None (the companion sits this update out) while the buffer is too small for batch
+        statistics, or when it holds samples from before the companion was attached.
+        """
+        pixels = [s.pixels for s in samples]
+        if (
+            self.companion is None
+            or len(pixels) < COMPANION_MIN_BATCH
+            or any(p is None for p in pixels)
+        ):
             return None
-        return self.companion(torch.stack([s.pixels for s in samples if s.pixels is not None]))
+        self.companion_updates += 1
+        return self.companion(torch.stack(pixels))  # type: ignore[arg-type]
 
 
 def _check(batch: UploadBatch, stats_shape: torch.Size) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cloud.teacher.companion import COMPANION_CHECKPOINT, load_companion
+from cloud.teacher.companion import COMPANION_CHECKPOINT, fitting_companion, load_companion
 from cloud.weights_io import read_metadata
 from simulations.cloud_device import CloudDeviceWorld
 from simulations.peers import PixelModel
@@ -63,20 +63,16 @@ def load_bench_models(
     cloud_teacher = create_teacher(teacher)
     world = CloudDeviceWorld(DeviceModel(distilled), vectors, dinfo.normalization,
                              lambda pixels: cloud_teacher.logits(pixels, vectors),
-                             _companion(companion, dinfo.class_names))  # fmt: skip
+                             _companion(student_path, companion))  # fmt: skip
     return BenchModels(model, world, {"student": str(student_path), "arch": dinfo.arch,
                                       "kind": "distilled", "teacher": teacher})  # fmt: skip
 
 
-def _companion(
-    path: Path, class_names: tuple[str, ...]
-) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The companion's probabilities; None without a checkpoint for these classes.
+def _companion(student: Path, path: Path) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The companion's probabilities; None without a checkpoint for the student's classes.
 
     Only ``uvpa_companion`` needs one, and it says so; every other row runs without it
     (tests and other datasets use students over other classes).
     """
-    if not path.is_file():
-        return None
-    companion = load_companion(path)
-    return companion.probabilities if companion.class_names == tuple(class_names) else None
+    found = fitting_companion(student, path)
+    return None if found is None else load_companion(found).probabilities

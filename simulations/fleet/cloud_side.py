@@ -21,16 +21,15 @@ from protocol.errors import ConfigError
 
 def load_fleet_world(
     student: str, teacher: str, run_dir: Path, teacher_checkpoint: str = "",
-    min_uploads: int | None = None,
+    min_uploads: int | None = None, companion: str = "",
 ) -> CloudWorld:  # fmt: skip
     """The student and teacher; the device model exported into ``run_dir/model`` (kept if present).
 
     Empty ``student`` / ``teacher_checkpoint``: the shipped files. Where the code runs from a
-    copy without them (a Flower App Bundle), the caller must name them.
+    copy without them (a Flower App Bundle), the caller must name them. ``companion``: a
+    ``cdca train companion`` file whose view joins U-VPA's target (empty: none).
     """
-    from cloud.distill.command import DEFAULT_DISTILLED
-
-    path = Path(student) if student else DEFAULT_DISTILLED
+    path = student_checkpoint(student)
     if not path.is_file():
         raise ConfigError(
             f"no student checkpoint at {path}. Under `flwr run` the app runs from a copy without "
@@ -39,11 +38,20 @@ def load_fleet_world(
             "flower` does this for you)"
         )
     checkpoint = Path(teacher_checkpoint) if teacher_checkpoint else None
-    world = load_world(path, teacher, run_dir, None, checkpoint)
+    world = load_world(
+        path, teacher, run_dir, None, checkpoint, Path(companion) if companion else None
+    )
     if min_uploads is not None:
         buffer = max(world.session.buffer_size, min_uploads)
         world.session = SessionConfig(buffer_size=buffer, min_uploads=min_uploads)
     return world
+
+
+def student_checkpoint(student: str) -> Path:
+    """The scenario's student file: the shipped distilled student when empty."""
+    from cloud.distill.command import DEFAULT_DISTILLED
+
+    return Path(student) if student else DEFAULT_DISTILLED
 
 
 @dataclass

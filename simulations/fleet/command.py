@@ -54,6 +54,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "--peers",
         help="comma-separated on-device peers (default source,bn_adapt,tent; '' for none)",
     )
+    parser.add_argument("--companion",
+                        help="add the cloud's companion teacher (a `cdca train companion` file, e.g. "
+                        "cloud/checkpoints/companion_cnn.safetensors) to U-VPA's target")  # fmt: skip
     parser.add_argument("--seed", type=int)
     parser.add_argument("--out", type=Path, default=Path("runs/simulate"), help="run folder")
     parser.add_argument("--threads", type=int, default=2, help="torch threads in this process")
@@ -68,6 +71,7 @@ def main(argv: list[str], prog: str = "cdca simulate") -> int:
         args.scenario, engine=args.engine, devices=args.devices, per_domain=args.per_domain,
         data=args.data, budget=args.budget, batches_per_round=args.batches_per_round,
         compare_bank=args.compare_bank, peers=peers, seed=args.seed, fps=args.fps,
+        companion=args.companion,
     )  # fmt: skip
     if not Path(scenario.data).exists() and ":" not in scenario.data:
         raise ConfigError(f"no benchmark at {scenario.data}; write it with "
@@ -114,7 +118,12 @@ def simulate(scenario: Scenario, out: Path, threads: int = 2) -> dict[str, Any]:
     # cdca version, whose rounding would make this run differ from a fresh one
     shutil.rmtree(out / "model", ignore_errors=True)
     world = load_fleet_world(
-        scenario.student, scenario.teacher, out, scenario.teacher_checkpoint, scenario.min_uploads
+        scenario.student,
+        scenario.teacher,
+        out,
+        scenario.teacher_checkpoint,
+        scenario.min_uploads,
+        scenario.companion,
     )
     streams, specs = write_streams(scenario, out / "streams")
     frames = sum(s.num_images() for s in specs)
@@ -134,6 +143,7 @@ def simulate(scenario: Scenario, out: Path, threads: int = 2) -> dict[str, Any]:
         student = Path(scenario.student) if scenario.student else None
         peers = run_peers(scenario, specs, student, lambda n: bar.update(task, advance=n))
     results = assemble(scenario, specs, raw, peers)
+    results["companion"] = scenario.companion or None
     results["wall_seconds"] = time.perf_counter() - started
     results["peak_memory_mb"] = memory.megabytes  # this process and every process it started
     paths = write_run(out, results)

@@ -107,8 +107,8 @@ def run_deployment(
     timeout: float = 3600.0,
 ) -> dict[str, object]:  # fmt: skip
     """The whole fleet through a loopback federation; returns what the ServerApp wrote."""
-    from cloud.distill.command import DEFAULT_DISTILLED
     from cloud.teacher.factory import BUILTIN_CHECKPOINT
+    from simulations.fleet.cloud_side import student_checkpoint
 
     run_dir = run_dir.resolve()
     folder = run_dir / "flower"
@@ -116,8 +116,11 @@ def run_deployment(
     for stale in (RESULTS_FILE, PROGRESS_FILE):
         (run_dir / stale).unlink(missing_ok=True)
     config = folder / "run-config.toml"
-    config.write_text(_run_config(scenario, run_dir, str(scenario.student or DEFAULT_DISTILLED),
-                                  str(scenario.teacher_checkpoint or BUILTIN_CHECKPOINT)))  # fmt: skip
+    # absolute paths: the app runs from a bundle without the shipped files
+    files = {"student": str(student_checkpoint(scenario.student).resolve()),
+             "teacher-checkpoint": str(Path(scenario.teacher_checkpoint or BUILTIN_CHECKPOINT).resolve()),
+             "companion": str(Path(scenario.companion).resolve()) if scenario.companion else ""}  # fmt: skip
+    config.write_text(_run_config(scenario, run_dir, files))
     with LoopbackFederation(folder, scenario.devices) as federation:
         started = federation.flwr(
             "run", str(project_root()), CONNECTION, "--run-config", str(config)
@@ -132,11 +135,10 @@ def run_deployment(
     return json.loads((run_dir / RESULTS_FILE).read_text())
 
 
-def _run_config(scenario: Scenario, run_dir: Path, student: str, teacher_checkpoint: str) -> str:
+def _run_config(scenario: Scenario, run_dir: Path, files: dict[str, str]) -> str:
     values = {key.replace("_", "-"): getattr(scenario, key) for key in RUN_KEYS}
     values["corruptions"] = ",".join(scenario.corruptions)
-    values.update({"run-dir": str(run_dir), "student": student, "teacher-checkpoint": teacher_checkpoint,
-                   "data": str(Path(scenario.data).resolve())})  # fmt: skip
+    values.update({"run-dir": str(run_dir), **files, "data": str(Path(scenario.data).resolve())})
     return "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
 
 

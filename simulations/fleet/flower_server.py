@@ -168,6 +168,7 @@ def main(grid: Grid, context: Context) -> None:
         run_dir,
         scenario.teacher_checkpoint,
         scenario.min_uploads,
+        scenario.companion,
     )
     write_streams(scenario, run_dir / "streams")
     fleet = FleetConfig(scenario.environment_bank, scenario.share_across_devices)

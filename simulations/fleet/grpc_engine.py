@@ -67,16 +67,18 @@ def run_grpc(
 
 
 def _server_config(scenario: Scenario, world: CloudWorld, fleet: FleetConfig, state: Path) -> str:
-    from cloud.distill.command import DEFAULT_DISTILLED
+    from simulations.fleet.cloud_side import student_checkpoint
 
     values: dict[str, object] = {
         "state_dir": str(state), "model_dir": str(world.served.folder),
-        "student": scenario.student or str(DEFAULT_DISTILLED), "teacher": scenario.teacher,
+        "student": str(student_checkpoint(scenario.student)), "teacher": scenario.teacher,
         "upload_budget": scenario.budget, "min_uploads": scenario.min_uploads,
         "environment_bank": fleet.environment_bank, "share_across_devices": fleet.share_across_devices,
     }  # fmt: skip
     if scenario.teacher_checkpoint:
         values["teacher_checkpoint"] = scenario.teacher_checkpoint
+    if scenario.companion:
+        values["companion"] = str(Path(scenario.companion).resolve())
     return "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
 
 

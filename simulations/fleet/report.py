@@ -45,7 +45,8 @@ def markdown(results: dict[str, Any], paths: dict[str, Path]) -> str:
              f"Engine `{config['engine']}`, {config['devices']} devices, {config['per_domain']} "
              f"frames per domain each, severity {config['severity']}, batch {config['batch_size']}, "
              f"upload budget {config['budget']:.0%}; wall time {results['wall_seconds']:.0f} s, "
-             f"peak memory {results.get('peak_memory_mb')} MiB (all processes).", "",
+             f"peak memory {results.get('peak_memory_mb')} MiB (all processes).",
+             f"U-VPA's cloud target: {_target(results)}.", "",
              "Online accuracy (%), mean over domains, then over devices (± spread over devices).",
              "\"After shift\": the first batches of every new domain.", "",
              "| method | mean accuracy | after shift | uploads | up KB / 1k frames | down KB / 1k frames |",
@@ -65,6 +66,13 @@ def markdown(results: dict[str, Any], paths: dict[str, Path]) -> str:
     lines += ["", "## Cloud", "", "```", json.dumps(results["cloud"], indent=2), "```", "",
               "## Plots", ""] + [f"![{k}]({p.name})" for k, p in paths.items() if p.suffix == ".png"]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _target(results: dict[str, Any]) -> str:
+    companion = results.get("companion")
+    if companion is None:
+        return "teacher and device"
+    return f"teacher, device and the companion teacher (`{Path(companion).name}`)"
 
 
 def _verdict(table: dict[str, dict[str, float]]) -> list[str]:

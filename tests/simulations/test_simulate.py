@@ -2,9 +2,11 @@
 
 import json
 import subprocess
+from types import SimpleNamespace
 
 import pytest
 
+from cloud.adaptation.fleet import FleetConfig
 from protocol.errors import ConfigError
 from simulations.cli import main
 from simulations.fleet.scenario import Scenario, load_scenario
@@ -194,3 +196,40 @@ def test_a_straggler_does_not_stall_the_flower_rounds(tmp_path, tiny_scenario):
     assert 7 <= cloud["rounds"] <= 6 + cloud["partial_rounds"]
     for device in results["devices"]["uvpa"]:
         assert device["frames"] == 24  # no batch lost
+
+
+def test_the_companion_reaches_the_cloud_of_every_engine(
+    tmp_path, tiny_benchmark, tiny_distilled, shipped_random_teacher
+):
+    import torch
+
+    from cloud.students.architectures import CompactCNN
+    from cloud.teacher.companion import Companion, save_companion
+    from simulations.fleet.grpc_engine import _server_config
+    from tests.conftest import CLASS_NAMES
+
+    torch.manual_seed(0)
+    companion = tmp_path / "companion.safetensors"
+    save_companion(companion, Companion(CompactCNN(len(CLASS_NAMES), 8), CLASS_NAMES), {})
+    scenario = scenario_file(tmp_path, tiny_benchmark, tiny_distilled, shipped_random_teacher,
+                             budget=1.0, min_uploads=8)  # fmt: skip
+    inprocess, out = run(tmp_path, "inprocess", scenario, "--companion", str(companion))
+    assert inprocess["companion"] == str(companion)
+    cloud = inprocess["cloud"]["uvpa"]
+    assert cloud["companion_updates"] == cloud["updates"] > 0  # 8+ uploads per environment
+    assert "companion teacher (`companion.safetensors`)" in (out / "report.md").read_text()
+    flower, _ = run(tmp_path, "flower-sim", scenario, "--engine", "flower-sim",
+                    "--companion", str(companion))  # fmt: skip
+    assert flower["devices"]["uvpa"] == inprocess["devices"]["uvpa"]
+    assert flower["cloud"]["uvpa"]["companion_updates"] == cloud["companion_updates"]
+    without, out = run(tmp_path, "without", scenario)
+    assert without["companion"] is None
+    assert without["cloud"]["uvpa"]["companion_updates"] == 0
+    assert "cloud target: teacher and device." in (out / "report.md").read_text()
+    world = SimpleNamespace(served=SimpleNamespace(folder=tmp_path))  # only its folder is read
+    server_toml = _server_config(load_scenario(scenario, companion=str(companion)), world,
+                                 FleetConfig(), tmp_path)  # fmt: skip
+    assert f'companion = "{companion.resolve()}"' in server_toml
+    assert "\ncompanion = " not in _server_config(
+        load_scenario(scenario), world, FleetConfig(), tmp_path
+    )
