@@ -76,6 +76,9 @@ def main(argv: list[str], prog: str = "cdca simulate") -> int:
     if not Path(scenario.data).exists() and ":" not in scenario.data:
         raise ConfigError(f"no benchmark at {scenario.data}; write it with "
                           f"`cdca data prepare --out {scenario.data}`")  # fmt: skip
+    if scenario.companion and not Path(scenario.companion).is_file():
+        raise ConfigError(f"no companion checkpoint at {scenario.companion}; create it with "
+                          "`cdca train companion` or leave --companion out")  # fmt: skip
     # SIGTERM ends the run like Ctrl-C: the engines' finally blocks stop what they started
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:

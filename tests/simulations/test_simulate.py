@@ -100,6 +100,14 @@ def test_a_missing_benchmark_says_how_to_make_it(tmp_path, capsys):
     assert "cdca data prepare" in capsys.readouterr().err
 
 
+def test_a_missing_companion_says_how_to_make_it(tmp_path, tiny_scenario, capsys):
+    missing = str(tmp_path / "nope.safetensors")
+    flags = ["--scenario", str(tiny_scenario), "--companion", missing, "--out", str(tmp_path / "o")]
+    assert main(["simulate", *flags]) == 2
+    assert "cdca train companion" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # refused before any work
+
+
 def test_grpc_engine_runs_a_real_server_and_device_processes(tmp_path, tiny_scenario):
     results, out = run(tmp_path, "grpc", tiny_scenario, "--engine", "grpc")
     for i, device in enumerate(results["devices"]["uvpa"]):
