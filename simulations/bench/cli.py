@@ -71,6 +71,9 @@ def main(argv: Sequence[str], prog: str = "cdca bench") -> int:
     adapt.add_argument(
         "--seed", type=int, default=0, help="torch seed for every method (default: 0)"
     )
+    adapt.add_argument("--companion", type=Path, default=None,
+                       help="companion checkpoint for uvpa_companion (`cdca train companion`; "
+                       "default: the shipped one)")  # fmt: skip
     adapt.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
     adapt.add_argument(
         "--out", type=Path, default=None, help="output folder (default: runs/bench-adapt-<time>)"
@@ -105,6 +108,7 @@ def _run_adapt(args: argparse.Namespace) -> int:
     from cloud.data.cli import parse_corruptions
     from cloud.data.formats import open_benchmark
     from cloud.distill.command import DEFAULT_DISTILLED
+    from cloud.teacher.companion import COMPANION_CHECKPOINT
     from simulations.bench.adapt import run_benchmark
     from simulations.bench.models import load_bench_models
     from simulations.bench.report import write_report
@@ -113,7 +117,11 @@ def _run_adapt(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    loaded = load_bench_models(args.student or DEFAULT_DISTILLED, args.teacher)
+    if args.companion is not None and not args.companion.is_file():
+        raise ConfigError(f"no companion checkpoint at {args.companion}; create it with "
+                          "`cdca train companion`")  # fmt: skip
+    loaded = load_bench_models(args.student or DEFAULT_DISTILLED, args.teacher,
+                               args.companion or COMPANION_CHECKPOINT)  # fmt: skip
     factory = MethodFactory(loaded.model, loaded.world, args.delay, args.budget)
     for name in methods:  # fail on a typo before any work is done
         factory.check(name)

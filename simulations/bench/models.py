@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,18 +60,14 @@ def load_bench_models(
     distilled, vectors, dinfo = load_distilled(student_path)
     model = PixelModel(ClassVectorHead(distilled, vectors), dinfo.normalization)
     cloud_teacher = create_teacher(teacher)
+    # only uvpa_companion needs the companion, and it says so when there is none for these
+    # classes; every other row runs without it (tests use students over other classes)
+    found = fitting_companion(student_path, companion)
     world = CloudDeviceWorld(DeviceModel(distilled), vectors, dinfo.normalization,
                              lambda pixels: cloud_teacher.logits(pixels, vectors),
-                             _companion(student_path, companion))  # fmt: skip
-    return BenchModels(model, world, {"student": str(student_path), "arch": dinfo.arch,
-                                      "kind": "distilled", "teacher": teacher})  # fmt: skip
-
-
-def _companion(student: Path, path: Path) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The companion's probabilities; None without a checkpoint for the student's classes.
-
-    Only ``uvpa_companion`` needs one, and it says so; every other row runs without it
-    (tests and other datasets use students over other classes).
-    """
-    found = fitting_companion(student, path)
-    return None if found is None else load_companion(found).probabilities
+                             None if found is None else load_companion(found).probabilities)  # fmt: skip
+    description: dict[str, object] = {"student": str(student_path), "arch": dinfo.arch,
+                                      "kind": "distilled", "teacher": teacher}  # fmt: skip
+    if found is not None:
+        description["companion"] = found.name
+    return BenchModels(model, world, description)

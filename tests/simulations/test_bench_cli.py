@@ -50,6 +50,24 @@ def test_cloud_device_rows_report_uploads_and_bytes(
     assert "| uvpa |" in (tmp_path / "run" / "results.md").read_text()
 
 
+def test_bench_takes_a_companion_for_the_students_classes(
+    tiny_benchmark, tiny_distilled, shipped_random_teacher, tmp_path, capsys
+):
+    from cloud.students.architectures import CompactCNN
+    from cloud.teacher.companion import Companion, save_companion
+    from tests.conftest import CLASS_NAMES
+
+    args = bench_args(tiny_benchmark, tiny_distilled, tmp_path / "run", "uvpa_companion")
+    assert main([*args, "--companion", str(tmp_path / "none.safetensors")]) == 2
+    assert "create it with `cdca train companion`" in capsys.readouterr().err
+    companion = tmp_path / "tiny-companion.safetensors"
+    save_companion(companion, Companion(CompactCNN(len(CLASS_NAMES), 8), CLASS_NAMES), {})
+    assert main([*args, "--budget", "1.0", "--companion", str(companion)]) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["config"]["companion"] == "tiny-companion.safetensors"
+    assert results["results"][0]["method"] == "uvpa_companion"
+
+
 def test_cloud_device_rows_need_a_distilled_student(tiny_benchmark, tiny_student, tmp_path):
     result = cli(*bench_args(tiny_benchmark, tiny_student, tmp_path / "run", "source,uvpa"))
     assert result.returncode == 2
