@@ -23,7 +23,7 @@ from cloud.data.labelled import LabelledImages
 from cloud.students.architectures import CompactCNN
 from cloud.students.training import ProgressFn
 from cloud.teacher.training import TeacherTrainConfig, train_augmented
-from cloud.weights_io import read_metadata, read_weights, save_weights
+from cloud.weights_io import read_weights, save_weights
 from protocol.errors import DataError
 
 COMPANION_CHECKPOINT = (
@@ -101,15 +101,6 @@ def companion_for(path: Path, class_names: tuple[str, ...]) -> Companion:
         raise DataError(f"{path} was trained on classes {companion.class_names}, the student on "
                         f"{tuple(class_names)}; retrain it with `{MAKE_IT}`")  # fmt: skip
     return companion
-
-
-def fitting_companion(student: Path, path: Path = COMPANION_CHECKPOINT) -> Path | None:
-    """``path`` when it exists and knows the student checkpoint's classes, else None (cheap)."""
-    if not path.is_file():
-        return None
-    meta = read_metadata(path, kind="companion checkpoint", make_it=MAKE_IT)
-    classes = read_metadata(student, kind="student checkpoint", make_it="cdca cloud distill")
-    return path if meta.get("class_names") == classes.get("class_names") else None
 
 
 def load_companion(path: Path = COMPANION_CHECKPOINT) -> Companion:

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cloud.teacher.companion import COMPANION_CHECKPOINT, fitting_companion, load_companion
+from cloud.teacher.companion import COMPANION_CHECKPOINT, load_companion
 from cloud.weights_io import read_metadata
 from simulations.cloud_device import CloudDeviceWorld
 from simulations.peers import PixelModel
@@ -62,12 +62,14 @@ def load_bench_models(
     cloud_teacher = create_teacher(teacher)
     # only uvpa_companion needs the companion, and it says so when there is none for these
     # classes; every other row runs without it (tests use students over other classes)
-    found = fitting_companion(student_path, companion)
+    view = load_companion(companion) if companion.is_file() else None
+    if view is not None and view.class_names != tuple(dinfo.class_names):
+        view = None
     world = CloudDeviceWorld(DeviceModel(distilled), vectors, dinfo.normalization,
                              lambda pixels: cloud_teacher.logits(pixels, vectors),
-                             None if found is None else load_companion(found).probabilities)  # fmt: skip
+                             None if view is None else view.probabilities)  # fmt: skip
     description: dict[str, object] = {"student": str(student_path), "arch": dinfo.arch,
                                       "kind": "distilled", "teacher": teacher}  # fmt: skip
-    if found is not None:
-        description["companion"] = found.name
+    if view is not None:
+        description["companion"] = companion.name
     return BenchModels(model, world, description)

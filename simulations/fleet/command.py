@@ -146,7 +146,6 @@ def simulate(scenario: Scenario, out: Path, threads: int = 2) -> dict[str, Any]:
         student = Path(scenario.student) if scenario.student else None
         peers = run_peers(scenario, specs, student, lambda n: bar.update(task, advance=n))
     results = assemble(scenario, specs, raw, peers)
-    results["companion"] = scenario.companion or None
     results["wall_seconds"] = time.perf_counter() - started
     results["peak_memory_mb"] = memory.megabytes  # this process and every process it started
     paths = write_run(out, results)

@@ -69,8 +69,8 @@ def markdown(results: dict[str, Any], paths: dict[str, Path]) -> str:
 
 
 def _target(results: dict[str, Any]) -> str:
-    companion = results.get("companion")
-    if companion is None:
+    companion = results["config"].get("companion")
+    if not companion:
         return "teacher and device"
     return f"teacher, device and the companion teacher (`{Path(companion).name}`)"
 

@@ -97,14 +97,3 @@ def test_the_server_takes_a_companion_path_and_refuses_one_for_other_classes(tra
     assert companion_for(tmp_path / "c.safetensors", tuple(CLASS_NAMES)).class_names == CLASS_NAMES
     with pytest.raises(DataError, match="retrain it with `cdca train companion`"):
         companion_for(tmp_path / "c.safetensors", ("a", "b", "c"))
-
-
-def test_benchmarks_find_the_shipped_companion_only_for_a_student_over_its_classes(
-    tiny_distilled, tmp_path
-):
-    from cloud.distill.command import DEFAULT_DISTILLED
-    from cloud.teacher.companion import COMPANION_CHECKPOINT, fitting_companion
-
-    assert fitting_companion(DEFAULT_DISTILLED) == COMPANION_CHECKPOINT
-    assert fitting_companion(tiny_distilled) is None  # 3 tiny classes: it would not fit
-    assert fitting_companion(DEFAULT_DISTILLED, tmp_path / "missing.safetensors") is None

@@ -133,3 +133,19 @@ def test_data_prepare_missing_dataset_error(tmp_path, monkeypatch):
     assert result.returncode == 2
     assert "missing.npz does not exist" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_benchmarks_find_the_shipped_companion_only_for_a_student_over_its_classes(
+    tiny_distilled, tmp_path
+):
+    from cloud.distill.command import DEFAULT_DISTILLED
+    from cloud.teacher.companion import COMPANION_CHECKPOINT
+    from simulations.bench.models import load_bench_models
+
+    shipped = load_bench_models(DEFAULT_DISTILLED)
+    assert shipped.world.companion is not None
+    assert shipped.description["companion"] == COMPANION_CHECKPOINT.name
+    tiny = load_bench_models(tiny_distilled)  # 3 tiny classes: it would not fit
+    assert tiny.world.companion is None
+    missing = load_bench_models(DEFAULT_DISTILLED, companion=tmp_path / "missing.safetensors")
+    assert missing.world.companion is None

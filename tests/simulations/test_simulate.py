@@ -222,7 +222,7 @@ def test_the_companion_reaches_the_cloud_of_every_engine(
     scenario = scenario_file(tmp_path, tiny_benchmark, tiny_distilled, shipped_random_teacher,
                              budget=1.0, min_uploads=8)  # fmt: skip
     inprocess, out = run(tmp_path, "inprocess", scenario, "--companion", str(companion))
-    assert inprocess["companion"] == str(companion)
+    assert inprocess["config"]["companion"] == str(companion)
     cloud = inprocess["cloud"]["uvpa"]
     assert cloud["companion_updates"] == cloud["updates"] > 0  # 8+ uploads per environment
     assert "companion teacher (`companion.safetensors`)" in (out / "report.md").read_text()
@@ -231,7 +231,7 @@ def test_the_companion_reaches_the_cloud_of_every_engine(
     assert flower["devices"]["uvpa"] == inprocess["devices"]["uvpa"]
     assert flower["cloud"]["uvpa"]["companion_updates"] == cloud["companion_updates"]
     without, out = run(tmp_path, "without", scenario)
-    assert without["companion"] is None
+    assert without["config"]["companion"] == ""
     assert without["cloud"]["uvpa"]["companion_updates"] == 0
     assert "cloud target: teacher and device." in (out / "report.md").read_text()
     world = SimpleNamespace(served=SimpleNamespace(folder=tmp_path))  # only its folder is read
