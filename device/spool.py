@@ -75,8 +75,13 @@ class UploadQueue:
         return len(self._sequence_numbers())
 
     def _enforce_bounds(self) -> None:
-        existing = self._sequence_numbers()
-        sizes = {seq: self._path(seq).stat().st_size for seq in existing}
+        sizes = {}
+        for seq in self._sequence_numbers():
+            try:
+                sizes[seq] = self._path(seq).stat().st_size
+            except FileNotFoundError:  # the uploader thread acked it since the listing
+                continue
+        existing = list(sizes)
         total = sum(sizes.values())
         while existing and (len(existing) > self.max_items or total > self.max_bytes):
             oldest = existing.pop(0)

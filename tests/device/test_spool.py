@@ -53,3 +53,15 @@ def test_prompt_cache_round_trip_and_unreadable_file(tmp_path):
     np.testing.assert_array_equal(loaded["norm_affine"], parts["norm_affine"])
     (tmp_path / "prompt.npz").write_bytes(b"not an npz")
     assert cache.load() is None
+
+
+def test_a_chunk_acked_by_the_uploader_during_a_put_does_not_crash_it(tmp_path, monkeypatch):
+    queue = UploadQueue(tmp_path / "q", max_items=3)
+    first, second = queue.put(b"a"), queue.put(b"b")
+    listing = queue._sequence_numbers()  # taken just before the uploader thread acks
+    queue.ack(first)
+    monkeypatch.setattr(queue, "_sequence_numbers", lambda: [*listing, second + 1])
+    queue.put(b"c")  # used to raise FileNotFoundError on the vanished chunk
+    monkeypatch.undo()
+    assert len(queue) == 2
+    assert queue.dropped == 0
