@@ -3,8 +3,10 @@
 Why: the built-in CLIP teacher is a ViT (LayerNorm only), so the cloud cannot adapt it the
 way the prototype did its biggest lever (PROTOTYPE_FINDINGS.md: teacher BN statistics
 re-estimated on the shifted data, 49.7 -> 71.9 %). The companion is a wider copy of the
-student architecture trained with the teacher's augmentations (AugMix ops and the 4 extra
-corruptions, never the 15 test corruptions); in the cloud it normalises with the
+student architecture behind a fixed local-contrast-normalisation front end
+(``cloud.teacher.front_end``: smooth fields such as haze and contrast changes never reach
+it), trained with the teacher's augmentations (AugMix ops and the 4 extra corruptions,
+never the 15 test corruptions); in the cloud it normalises with the
 statistics of one device's current-environment uploads (Schneider et al., "Improving
 robustness against common corruptions by covariate shift adaptation", NeurIPS 2020,
 https://arxiv.org/abs/2006.16971), and VPLU's ensemble target takes it as a third view
@@ -22,9 +24,10 @@ from torch import nn
 from cloud.data.labelled import LabelledImages
 from cloud.students.architectures import CompactCNN
 from cloud.students.training import ProgressFn
+from cloud.teacher.front_end import apply_front_end, check_front_end
 from cloud.teacher.training import TeacherTrainConfig, train_augmented
 from cloud.weights_io import read_weights, save_weights
-from protocol.errors import DataError
+from protocol.errors import ConfigError, DataError
 
 COMPANION_CHECKPOINT = (
     Path(__file__).resolve().parents[1] / "checkpoints" / "companion_cnn.safetensors"
@@ -45,16 +48,23 @@ class CompanionConfig:
     label_smoothing: float = 0.1
     seed: int = 0
     threads: int = 2
+    front_end: str = "lcn"  # cloud.teacher.front_end; "none" feeds the pixels as they are
+
+    def __post_init__(self) -> None:
+        check_front_end(self.front_end)
 
 
 class Companion:
     """A trained companion; ``probabilities`` normalises with the images it is given."""
 
-    def __init__(self, model: CompactCNN, class_names: tuple[str, ...]) -> None:
+    def __init__(
+        self, model: CompactCNN, class_names: tuple[str, ...], front_end: str = "none"
+    ) -> None:
         # No running statistics at all: BatchNorm then always normalises with the given
         # images' own, and they are neither saved nor loaded.
         self.model = model.eval().requires_grad_(False)
         self.class_names = class_names
+        self.front_end = check_front_end(front_end)
         for layer in self.model.modules():
             if isinstance(layer, nn.BatchNorm2d):
                 layer.track_running_stats = False
@@ -65,7 +75,7 @@ class Companion:
         """(N, 3, H, W) [0, 1] pixels of one environment -> (N, C) class probabilities."""
         if len(pixels) < MIN_BATCH:
             raise DataError(f"the companion needs at least {MIN_BATCH} images, got {len(pixels)}")
-        out: torch.Tensor = self.model((pixels - 0.5) / 0.5).softmax(dim=1)
+        out: torch.Tensor = self.model(apply_front_end(self.front_end, pixels)).softmax(dim=1)
         return out
 
 
@@ -80,17 +90,18 @@ def train_companion(
     torch.manual_seed(config.seed)
     model = CompactCNN(len(data.class_names), config.width)
     train_augmented(
-        model, lambda pixels: model((pixels - 0.5) / 0.5), data, config,
+        model, lambda pixels: model(apply_front_end(config.front_end, pixels)), data, config,
         TeacherTrainConfig(seed=config.seed),  # the teacher's augmentation mix
         state_path, progress,
     )  # fmt: skip
-    return Companion(model, tuple(data.class_names))
+    return Companion(model, tuple(data.class_names), config.front_end)
 
 
 def save_companion(path: Path, companion: Companion, meta: dict[str, object]) -> None:
-    """Weights plus what rebuilding them needs (width, class names) and how they were made."""
+    """Weights plus what rebuilding them needs (width, class names, front end) and how they were made."""
     info = {"kind": "companion", "width": companion.model.feature_dim // 4,
-            "class_names": list(companion.class_names), **meta}  # fmt: skip
+            "class_names": list(companion.class_names), "front_end": companion.front_end,
+            **meta}  # fmt: skip
     save_weights(path, companion.model.state_dict(), info)
 
 
@@ -109,7 +120,12 @@ def load_companion(path: Path = COMPANION_CHECKPOINT) -> Companion:
     if meta.get("kind") != "companion":
         raise DataError(f"{path} is not a companion checkpoint; create one with `{MAKE_IT}`")
     names = tuple(meta["class_names"])
-    companion = Companion(CompactCNN(len(names), int(meta["width"])), names)
+    # checkpoints from before the front end existed fed the pixels as they are
+    front_end = str(meta.get("front_end", "none"))
+    try:
+        companion = Companion(CompactCNN(len(names), int(meta["width"])), names, front_end)
+    except ConfigError as err:
+        raise DataError(f"{path}: {err}; retrain it with `{MAKE_IT}`") from err
     try:
         companion.model.load_state_dict(tensors)
     except RuntimeError as err:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from cloud.cli_args import add_training_arguments
 from cloud.teacher.cli import severity5_accuracy
 from cloud.teacher.companion import COMPANION_CHECKPOINT, MIN_BATCH, CompanionConfig
+from cloud.teacher.front_end import FRONT_ENDS
 
 if TYPE_CHECKING:
     from cloud.data.labelled import LabelledImages
@@ -21,7 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "companion",
         help="train the cloud's BatchNorm companion teacher (used by `uvpa_companion`)",
-        description="A wide compact CNN trained on clean Fashion-MNIST with the teacher's "
+        description="A wide compact CNN behind a fixed local-contrast-normalisation front end, "
+        "trained on clean Fashion-MNIST with the teacher's "
         "augmentations (AugMix ops and the 4 extra corruptions, never the 15 test corruptions). "
         "In the cloud it normalises with each device's current-environment uploads and joins "
         "the ensemble target. About 12 minutes on 2 cores; resumes from <out>.state.pt.",
@@ -29,6 +31,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     defaults = CompanionConfig()
     add_training_arguments(parser, epochs=defaults.epochs, lr=defaults.lr, out=COMPANION_CHECKPOINT)
     parser.add_argument("--width", type=int, default=defaults.width, help="default: %(default)s")
+    parser.add_argument(
+        "--front-end",
+        choices=FRONT_ENDS,
+        default=defaults.front_end,
+        help="fixed input front end: lcn = local contrast normalisation, which removes smooth "
+        "fields (haze, fog) and contrast changes; none = raw pixels (default: %(default)s)",
+    )
     parser.add_argument(
         "--eval-data", default="data/fashion-mnist-c", help="benchmark for the severity-5 check"
     )
@@ -44,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     train = load_fashion_mnist("train", args.data_dir).take(args.limit)
     test = load_fashion_mnist("test", args.data_dir)
     config = CompanionConfig(width=args.width, epochs=args.epochs, batch_size=args.batch_size,
-                             lr=args.lr, seed=args.seed)  # fmt: skip
+                             lr=args.lr, seed=args.seed, front_end=args.front_end)  # fmt: skip
     state = args.out.with_name(args.out.name + ".state.pt")
     with epoch_progress(config.epochs, -(-len(train) // config.batch_size)) as advance:
         companion = train_companion(train, config, state, advance)

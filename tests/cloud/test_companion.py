@@ -15,7 +15,7 @@ from cloud.teacher.companion import (
     train_companion,
 )
 from cloud.train_cli import main
-from protocol.errors import DataError
+from protocol.errors import ConfigError, DataError
 from tests.conftest import CLASS_NAMES, make_images
 
 
@@ -24,7 +24,8 @@ def trained(tmp_path_factory):
     images, labels = make_images(256)
     data = LabelledImages(images, labels, CLASS_NAMES, "blobs")
     state = tmp_path_factory.mktemp("companion") / "state.pt"
-    config = CompanionConfig(width=8, epochs=2, batch_size=32, lr=5e-3)
+    # raw pixels: these tests are about the batch re-normalisation, not the front end
+    config = CompanionConfig(width=8, epochs=2, batch_size=32, lr=5e-3, front_end="none")
     return train_companion(data, config, state), data
 
 
@@ -97,3 +98,27 @@ def test_the_server_takes_a_companion_path_and_refuses_one_for_other_classes(tra
     assert companion_for(tmp_path / "c.safetensors", tuple(CLASS_NAMES)).class_names == CLASS_NAMES
     with pytest.raises(DataError, match="retrain it with `cdca train companion`"):
         companion_for(tmp_path / "c.safetensors", ("a", "b", "c"))
+
+
+def test_the_front_end_round_trips_and_older_checkpoints_load_without_one(tmp_path):
+    from cloud.weights_io import read_weights, save_weights
+
+    assert CompanionConfig().front_end == "lcn"  # the default since it measured best (docs/uvpa.md)
+    images, labels = make_images(64)
+    data = LabelledImages(images, labels, CLASS_NAMES, "blobs")
+    config = CompanionConfig(width=4, epochs=1, batch_size=32)
+    companion = train_companion(data, config, tmp_path / "state.pt")
+    pixels = pixels_from_uint8(images[:16])
+    save_companion(tmp_path / "c.safetensors", companion, {})
+    again = load_companion(tmp_path / "c.safetensors")
+    assert again.front_end == "lcn"
+    torch.testing.assert_close(again.probabilities(pixels), companion.probabilities(pixels))
+    tensors, meta = read_weights(tmp_path / "c.safetensors", kind="companion", make_it="")
+    older = {k: v for k, v in meta.items() if k != "front_end"}  # written before front ends
+    save_weights(tmp_path / "old.safetensors", tensors, older)
+    assert load_companion(tmp_path / "old.safetensors").front_end == "none"
+    save_weights(tmp_path / "odd.safetensors", tensors, {**meta, "front_end": "sharpen"})
+    with pytest.raises(DataError, match="unknown companion front end.*retrain"):
+        load_companion(tmp_path / "odd.safetensors")
+    with pytest.raises(ConfigError, match="unknown companion front end"):
+        CompanionConfig(front_end="sharpen")
