@@ -9,7 +9,7 @@ STAMP := $(VENV)/.cdca-installed
 EXTRAS ?= cloud,device,flower,dev
 DATA := data/fashion-mnist-c
 
-.PHONY: demo test lint setup fashion-mnist clean-venv
+.PHONY: demo test test-slow lint setup fashion-mnist clean-venv
 
 demo: setup fashion-mnist
 	$(BIN)/cdca data prepare --out $(DATA)
@@ -17,6 +17,10 @@ demo: setup fashion-mnist
 
 test: setup fashion-mnist
 	$(BIN)/python -m pytest
+
+# The long tests the default suite leaves out (CI runs them after `make test`).
+test-slow: setup fashion-mnist
+	$(BIN)/python -m pytest -m slow
 
 lint: setup
 	$(BIN)/ruff check .
