@@ -62,6 +62,7 @@ def test_flower_simulation_engine_gives_the_in_process_results(tmp_path, tiny_sc
     assert flower["cloud"]["uvpa"]["partial_rounds"] == 0
 
 
+@pytest.mark.slow  # 50-140 s on 2 cores; `.ci/run` runs it (make test-slow)
 def test_deployment_engine_on_loopback_superlink_and_supernodes(
     tmp_path, tiny_benchmark, tiny_distilled, shipped_random_teacher
 ):
@@ -123,6 +124,7 @@ def test_grpc_engine_runs_a_real_server_and_device_processes(tmp_path, tiny_scen
     assert results["peak_memory_mb"] > 100  # the server process with torch alone is bigger
 
 
+@pytest.mark.slow  # 50-140 s on 2 cores; `.ci/run` runs it (make test-slow)
 def test_sigterm_stops_a_grpc_run_and_every_process_it_started(tmp_path, tiny_scenario):
     import signal
 
@@ -206,6 +208,7 @@ def test_a_straggler_does_not_stall_the_flower_rounds(tmp_path, tiny_scenario):
         assert device["frames"] == 24  # no batch lost
 
 
+@pytest.mark.slow  # 50-140 s on 2 cores; `.ci/run` runs it (make test-slow)
 def test_the_companion_reaches_the_cloud_of_every_engine(
     tmp_path, tiny_benchmark, tiny_distilled, shipped_random_teacher
 ):
