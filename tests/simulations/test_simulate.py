@@ -54,6 +54,7 @@ def test_simulate_writes_the_run_folder_with_peers_and_the_bank_comparison(tmp_p
     assert json.loads((out / "config.json").read_text())["devices"] == 2
 
 
+@pytest.mark.slow  # 25-45 s on a slow 2-core machine; `.ci/run` runs it (make test-slow)
 def test_flower_simulation_engine_gives_the_in_process_results(tmp_path, tiny_scenario):
     inprocess, _ = run(tmp_path, "inprocess", tiny_scenario)
     flower, _ = run(tmp_path, "flower-sim", tiny_scenario, "--engine", "flower-sim")
@@ -109,6 +110,7 @@ def test_a_missing_companion_says_how_to_make_it(tmp_path, tiny_scenario, capsys
     assert not (tmp_path / "o").exists()  # refused before any work
 
 
+@pytest.mark.slow  # 25-45 s on a slow 2-core machine; `.ci/run` runs it (make test-slow)
 def test_grpc_engine_runs_a_real_server_and_device_processes(tmp_path, tiny_scenario):
     results, out = run(tmp_path, "grpc", tiny_scenario, "--engine", "grpc")
     for i, device in enumerate(results["devices"]["uvpa"]):
@@ -193,6 +195,7 @@ def test_gradual_stream_files_batch_like_the_peers(tmp_path, tiny_benchmark):
     assert len(starts) - 1 == 18  # one 1-frame batch per severity step, none spanning two
 
 
+@pytest.mark.slow  # 25-45 s on a slow 2-core machine; `.ci/run` runs it (make test-slow)
 def test_a_straggler_does_not_stall_the_flower_rounds(tmp_path, tiny_scenario):
     slow = tmp_path / "slow.toml"
     slow.write_text(tiny_scenario.read_text() + "round_timeout_s = 2.0\nslow_device = 1\n"

@@ -66,13 +66,13 @@ def test_three_device_processes_improve_over_source_and_shut_down_cleanly(tmp_pa
     assert "Traceback" not in log
 
 
-# One scenario runs in the default suite; the others (45-55 s each on a slow 2-core
-# machine) are `slow` so the default suite stays under 10 minutes. `.ci/run` runs them all.
+# Each scenario takes 45-55 s on a slow 2-core machine, so all are `slow` and the default
+# suite stays under 10 minutes. `.ci/run` runs them all.
 @pytest.mark.parametrize(
     "scenario",
     [
         pytest.param("server_killed", marks=pytest.mark.slow),
-        "full_queue",
+        pytest.param("full_queue", marks=pytest.mark.slow),
         pytest.param("device_killed", marks=pytest.mark.slow),
         pytest.param("server_stalled", marks=pytest.mark.slow),
     ],
