@@ -68,14 +68,9 @@ def test_three_device_processes_improve_over_source_and_shut_down_cleanly(tmp_pa
 
 # Each scenario takes 45-55 s on a slow 2-core machine, so all are `slow` and the default
 # suite stays under 10 minutes. `.ci/run` runs them all.
+@pytest.mark.slow
 @pytest.mark.parametrize(
-    "scenario",
-    [
-        pytest.param("server_killed", marks=pytest.mark.slow),
-        pytest.param("full_queue", marks=pytest.mark.slow),
-        pytest.param("device_killed", marks=pytest.mark.slow),
-        pytest.param("server_stalled", marks=pytest.mark.slow),
-    ],
+    "scenario", ["server_killed", "full_queue", "device_killed", "server_stalled"]
 )
 def test_fault_scenario_loses_nothing_acknowledged_and_crashes_nothing(tmp_path, scenario):
     facts = faults.SCENARIOS[scenario](tmp_path)
