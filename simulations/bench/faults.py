@@ -27,6 +27,7 @@ from simulations.bench.rig import (
 
 PER_DOMAIN = 300
 FPS = 80.0
+FULL_QUEUE_DRAIN_S = 240.0  # > the rig's 120 s server-start limit, so a slow start still counts
 Facts = dict[str, Any]
 
 
@@ -105,11 +106,15 @@ def full_queue(workdir: Path) -> Facts:
     domains = DOMAINS[:2]
     stream = corrupted_stream(workdir / "stream.npz", domains, PER_DOMAIN)
     out = workdir / "cam-0.jsonl"
-    device = rig.start_device(stream, "cam-0", token, out, fps=FPS, queue_items=4)
+    # The 600-frame stream ends within seconds of the overflow, and a server start can take
+    # over 30 s on a slow, loaded 2-core machine: the device must still be draining its queue
+    # when the cloud comes back, or nothing arrives and the check fails for timing alone.
+    device = rig.start_device(stream, "cam-0", token, out, fps=FPS, queue_items=4,
+                              drain_seconds=FULL_QUEUE_DRAIN_S)  # fmt: skip
     with rig.cleanup(device):
         overflowed = wait_until(lambda: _dropped(workdir / "cam-0" / "queue" / "dropped") > 0)
         rig.restart_server()
-        device_exit = device.wait(timeout=180)
+        device_exit = device.wait(timeout=FULL_QUEUE_DRAIN_S + 60)
     facts = rig.accounting("cam-0", len(domains) * PER_DOMAIN, out, {"cam-0": device_exit})
     summary = rig.summary("cam-0")
     checks = {"the queue overflowed while the cloud was away": overflowed,

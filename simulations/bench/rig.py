@@ -135,8 +135,12 @@ class Rig:
             self.server_exits.append(code)
 
     def start_device(self, stream: Path, device_id: str, token: str, out: Path, fps: float,
-                     queue_items: int = 1000) -> subprocess.Popen[bytes]:  # fmt: skip
-        """``cdca device run`` on ``stream``; its log is ``<device_id>.log`` (appended)."""
+                     queue_items: int = 1000, drain_seconds: float = 30) -> subprocess.Popen[bytes]:  # fmt: skip
+        """``cdca device run`` on ``stream``; its log is ``<device_id>.log`` (appended).
+
+        ``drain_seconds``: how long the device waits at the end of its stream for queued
+        uploads (it stops waiting as soon as the queue is empty).
+        """
         from simulations.bench.system import CDCA
 
         with open(self.device_log(device_id), "a") as log:
@@ -145,7 +149,7 @@ class Rig:
                  "--state-dir", str(self.workdir / device_id), "--server", f"127.0.0.1:{self.port}",
                  "--device-id", device_id, f"--token={token}", "--fps", str(fps), "--out", str(out),
                  "--summary", str(self.workdir / f"{device_id}.summary.json"), "--rpc-timeout", "5",
-                 "--backoff-max", "1", "--drain-seconds", "30", "--queue-items", str(queue_items)],
+                 "--backoff-max", "1", "--drain-seconds", str(drain_seconds), "--queue-items", str(queue_items)],
                 stdout=subprocess.DEVNULL, stderr=log, env=self.ENV,
             )  # fmt: skip
 
