@@ -7,6 +7,11 @@ from that environment's learned prompt instead of from the shared one; the cloud
 refining it as uploads arrive. This extends VDP's domain-specific prompts (Gan et al., AAAI
 2023, https://arxiv.org/abs/2212.04145) across devices, in the spirit of U-VPA's cloud
 that serves many devices (Gan et al., CVPR 2023, https://arxiv.org/abs/2212.00972).
+
+An environment also keeps the most recent uploads made in it (``PooledUploads``): one device
+sends only about a tenth of its frames, and a prompt fitted on 100 frames is limited by
+that evidence (docs/uvpa.md), so the next device in the same environment fits on its own
+uploads plus these. The frames stay in the cloud; devices only ever receive prompts.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from cloud.adaptation.prompt_bank import Prompt
 from protocol.errors import ConfigError
@@ -32,20 +38,67 @@ class EnvironmentBankConfig:
     match_distance: float = 0.05
     min_evidence: int = 24  # uploads an environment needs before its prompt is worth keeping
     max_entries: int = 256
+    # uploads an environment keeps for the next device's fit (0: share prompts only); at
+    # 32x32 that is about 0.3 MB per environment, 75 MB for a full bank
+    pooled_uploads: int = 96
 
     def __post_init__(self) -> None:
         if self.match_distance <= 0 or self.min_evidence < 1 or self.max_entries < 1:
             raise ConfigError("need match_distance > 0, min_evidence >= 1 and max_entries >= 1")
+        if self.pooled_uploads < 0:
+            raise ConfigError(f"pooled_uploads must be >= 0, got {self.pooled_uploads}")
+
+
+@dataclass(frozen=True)
+class PooledUploads:
+    """Uploads made in one environment, with what the cloud computed for them once.
+
+    Attributes:
+        pixels: (n, 3, H, W) uint8 frames, as the devices sent them.
+        teacher_logits: (n, C) the teacher's logits for them.
+        uncertainty: (n,) the uploading device's scores.
+        batch_stats: (n, 2, K) the statistics of the batch each frame came from.
+    """
+
+    pixels: torch.Tensor
+    teacher_logits: torch.Tensor
+    uncertainty: torch.Tensor
+    batch_stats: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def latest(self, count: int) -> PooledUploads | None:
+        """The ``count`` most recent uploads (None when that leaves nothing)."""
+        if count <= 0 or len(self) == 0:
+            return None
+        return PooledUploads(*(t[-count:].clone() for t in self.tensors()))
+
+    def then(self, newer: PooledUploads | None, count: int) -> PooledUploads | None:
+        """These uploads followed by ``newer``, the ``count`` most recent kept."""
+        if newer is None or len(newer) == 0:
+            return self.latest(count)
+        joined = (torch.cat([a, b]) for a, b in zip(self.tensors(), newer.tensors(), strict=True))
+        return PooledUploads(*joined).latest(count)
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """The four fields, in declaration order (for saving and joining)."""
+        return self.pixels, self.teacher_logits, self.uncertainty, self.batch_stats
 
 
 @dataclass
 class Environment:
-    """One remembered environment: its mean signature, its prompt (absolute) and the evidence."""
+    """One remembered environment: its mean signature, its prompt (absolute) and the evidence.
+
+    ``prompt`` is None while only short stays (under ``min_evidence`` uploads each) have
+    been here: their prompts are not worth keeping, but their uploads pool all the same.
+    """
 
     signature: np.ndarray
-    prompt: Prompt
+    prompt: Prompt | None
     evidence: int
     visits: int = 1
+    uploads: PooledUploads | None = None
 
 
 class EnvironmentBank:
@@ -66,27 +119,48 @@ class EnvironmentBank:
         self.hits += 1
         return best
 
-    def record(self, signature: np.ndarray, prompt: Prompt, evidence: int) -> None:
+    def record(
+        self,
+        signature: np.ndarray,
+        prompt: Prompt,
+        evidence: int,
+        uploads: PooledUploads | None = None,
+    ) -> None:
         """Remember an environment a device is leaving; refresh its entry if it is known.
 
         A known environment keeps the prompt learned from more uploads (a longer stay
-        taught the cloud more), and its signature becomes the evidence-weighted mean.
+        taught the cloud more), its signature becomes the evidence-weighted mean, and the
+        stay's uploads join its pool (the most recent ``pooled_uploads`` kept). A stay too
+        short for its prompt to count still leaves its uploads: many devices passing
+        through briefly add up to the evidence none of them has alone.
         """
-        if evidence < self.config.min_evidence:
+        keep = self.config.pooled_uploads
+        worth_keeping: Prompt | None = None
+        if evidence >= self.config.min_evidence:
+            worth_keeping = {k: v.detach().clone() for k, v in prompt.items()}
+        elif uploads is None or len(uploads) == 0 or keep == 0 or evidence < 1:
             return
-        prompt = {k: v.detach().clone() for k, v in prompt.items()}
         self.changes += 1
         known = self._nearest(signature)
         if known is None:
-            self.entries.append(Environment(np.asarray(signature, np.float64), prompt, evidence))
+            pooled = uploads.latest(keep) if uploads is not None else None
+            self.entries.append(
+                Environment(
+                    np.asarray(signature, np.float64), worth_keeping, evidence, uploads=pooled
+                )
+            )
             if len(self.entries) > self.config.max_entries:
                 self.entries.remove(min(self.entries, key=lambda e: (e.visits, e.evidence)))
             return
         total = known.evidence + evidence
         known.signature = (known.signature * known.evidence + signature * evidence) / total
-        if evidence >= known.evidence:
-            known.prompt = prompt
+        if worth_keeping is not None and (known.prompt is None or evidence >= known.evidence):
+            known.prompt = worth_keeping
         known.evidence, known.visits = total, known.visits + 1
+        if known.uploads is None:
+            known.uploads = uploads.latest(keep) if uploads is not None else None
+        else:
+            known.uploads = known.uploads.then(uploads, keep)
 
     def _nearest(self, signature: np.ndarray) -> Environment | None:
         scored = [(signature_distance(e.signature, signature), e) for e in self.entries]

@@ -7,7 +7,8 @@ serving many devices can also pass knowledge between them:
   environments each has learned, and a device entering an unknown environment starts
   from it;
 - the environment bank (``cloud.adaptation.environments``) remembers every environment a
-  device leaves; a device entering one that any device has seen starts from its prompt.
+  device leaves; a device entering one that any device has seen starts from its prompt,
+  and (``pool_uploads``) fits on the uploads made there before as well as its own.
 
 No transport code: the in-process simulation, the gRPC server and the Flower ServerApp
 all hand uploads to ``FleetCloud.ingest`` and ship what it returns.
@@ -21,7 +22,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from cloud.adaptation.environments import EnvironmentBank, EnvironmentBankConfig, mean_prompt
+from cloud.adaptation.environments import (
+    EnvironmentBank,
+    EnvironmentBankConfig,
+    PooledUploads,
+    mean_prompt,
+)
 from cloud.adaptation.prompt_bank import BankConfig, Prompt, PromptBank
 from cloud.adaptation.session import AdaptationSession, SessionConfig, UploadBatch
 from cloud.adaptation.vplu import VPLU
@@ -34,6 +40,10 @@ class FleetConfig:
 
     environment_bank: bool = True
     share_across_devices: bool = True  # unknown environments start from the fleet's shared prompt
+    # a known environment's past uploads join the next device's fit: +0.4 points where devices
+    # pass through briefly, +0.1 on the default scenario for about twice the cloud's fitting
+    # work (docs/simulate.md), so off unless asked for
+    pool_uploads: bool = False
     bank: EnvironmentBankConfig = field(default_factory=EnvironmentBankConfig)
 
 
@@ -106,14 +116,14 @@ class FleetCloud:
         session = self.session(device_id)
         stay = self.stays[device_id]
         signature = batch_signature(upload.batch_stats.detach().cpu().numpy(), self.channels)
-        start = None
+        start = pooled = None
         if upload.shift and session.config.restart_on_shift:
             self._leave(session, stay)
-            start, source = self._starting_point(device_id, signature)
+            start, pooled, source = self._starting_point(device_id, signature)
             self.starts[source] += 1
             self.stays[device_id] = stay = _Stay(uploads_at_start=session.uploads)
         stay.add(signature)
-        return session.ingest(upload, start)
+        return session.ingest(upload, start, pooled)
 
     def shared_prompt(self, leaving: str | None = None) -> Prompt:
         """Every device's domain-agnostic prompt, weighted by the environments it has learned.
@@ -145,14 +155,21 @@ class FleetCloud:
         signature = stay.signature()
         if self.config.environment_bank and signature is not None:
             evidence = session.uploads - stay.uploads_at_start
-            self.environments.record(signature, session.bank.current(), evidence)
+            uploads = session.stay_uploads() if self.config.pool_uploads else None
+            self.environments.record(signature, session.bank.current(), evidence, uploads)
 
-    def _starting_point(self, device_id: str, signature: np.ndarray) -> tuple[Prompt | None, str]:
+    def _starting_point(
+        self, device_id: str, signature: np.ndarray
+    ) -> tuple[Prompt | None, PooledUploads | None, str]:
+        """Where a device's new environment starts: prompt, pooled uploads, and which source."""
+        pooled = None
         if self.config.environment_bank:
             known = self.environments.match(signature)
             if known is not None:
-                return known.prompt, "bank"
+                pooled = known.uploads if self.config.pool_uploads else None
+                if known.prompt is not None:
+                    return known.prompt, pooled, "bank"
         others = [s for d, s in self.sessions.items() if d != device_id]
         if self.config.share_across_devices and any(s.bank.environments > 1 for s in others):
-            return self.shared_prompt(leaving=device_id), "fleet_shared"
-        return None, "own_shared"
+            return self.shared_prompt(leaving=device_id), pooled, "fleet_shared"
+        return None, pooled, "own_shared"

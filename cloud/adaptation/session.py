@@ -5,7 +5,8 @@ uploads a device sends (Gan et al., U-VPA, CVPR 2023, https://arxiv.org/abs/2212
 No transport code: callers hand in tensors and get back the prompt to ship, if any.
 
 Per batch: a reported shift folds the ending environment into the shared prompt and empties
-the buffer (PROTOTYPE_FINDINGS lesson 7: a stale buffer mixes shifts); the teacher labels
+the buffer (PROTOTYPE_FINDINGS lesson 7: a stale buffer mixes shifts), seeded with uploads
+other devices made in the same environment when the fleet has them; the teacher labels
 the new uploads once; VPLU refits the current environment's prompt on the whole buffer,
 replaying the device's average batch statistics; a prompt that passes the safety valve is
 returned for delivery.
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from cloud.adaptation.environments import PooledUploads
 from cloud.adaptation.prompt_bank import Prompt, PromptBank
 from cloud.adaptation.vplu import VPLU, Uploads
 from cloud.teacher.companion import MIN_BATCH as COMPANION_MIN_BATCH
@@ -63,6 +65,8 @@ class _Sample:
     uncertainty: float
     batch_stats: torch.Tensor
     pixels: torch.Tensor | None  # kept only for a companion, which normalises the buffer itself
+    frame: torch.Tensor  # (3, H, W) uint8, what the device sent: pooled for the next device
+    pooled: bool = False  # seeded from the environment's pool, not uploaded in this stay
 
 
 class AdaptationSession:
@@ -96,26 +100,51 @@ class AdaptationSession:
         self.companion_updates = 0  # updates whose target had the companion's view
         self.seconds = 0.0
 
-    def ingest(self, batch: UploadBatch, start: Prompt | None = None) -> Prompt | None:
+    def ingest(
+        self,
+        batch: UploadBatch,
+        start: Prompt | None = None,
+        pooled: PooledUploads | None = None,
+    ) -> Prompt | None:
         """Take one batch of uploads; return the prompt the device should switch to, if any.
 
         ``start``: on a reported shift, the prompt the new environment starts from (e.g. a
         remembered environment's, from ``cloud.adaptation.fleet``) instead of the shared one.
+        ``pooled``: on a reported shift, uploads made in that environment before (by any
+        device); they seed the buffer, and this device's own uploads push them out.
         """
         began = time.perf_counter()
         try:
-            return self._ingest(batch, start)
+            return self._ingest(batch, start, pooled)
         finally:
             self.seconds += time.perf_counter() - began
 
-    def _ingest(self, batch: UploadBatch, start: Prompt | None) -> Prompt | None:
+    def stay_uploads(self) -> PooledUploads | None:
+        """This environment's own uploads still in the buffer (None: none)."""
+        own = [s for s in self.buffer if not s.pooled]
+        if not own:
+            return None
+        return PooledUploads(
+            torch.stack([s.frame for s in own]),
+            torch.stack([s.teacher_logits for s in own]),
+            torch.tensor([s.uncertainty for s in own]),
+            torch.stack([s.batch_stats for s in own]),
+        )
+
+    def _ingest(
+        self, batch: UploadBatch, start: Prompt | None, pooled: PooledUploads | None
+    ) -> Prompt | None:
         _check(batch, self.vplu.running_stats.shape)
+        if pooled is not None and pooled.batch_stats.shape[1:] != self.vplu.running_stats.shape:
+            raise DataError("pooled uploads do not fit this device model's statistics")
         changed = False
         if batch.shift and self.config.restart_on_shift:
             self.bank.new_environment()
             if start is not None:
                 self.bank.accept(start)
             self.buffer.clear()
+            if pooled is not None:
+                self._seed(pooled)
             self.shifts += 1
             changed = True  # the device should drop the old environment's prompt now
         if len(batch.pixels):
@@ -130,12 +159,34 @@ class AdaptationSession:
         teacher_logits = self.teacher(batch.pixels).float()
         stats = batch.batch_stats.detach().float()
         keep = self.companion is not None
+        frames = _to_uint8(batch.pixels)
         for i in range(len(x)):
             pixels = batch.pixels[i].detach().float() if keep else None
             self.buffer.append(
-                _Sample(x[i], teacher_logits[i], float(batch.uncertainty[i]), stats, pixels)
+                _Sample(
+                    x[i], teacher_logits[i], float(batch.uncertainty[i]), stats, pixels, frames[i]
+                )  # fmt: skip
             )
         self.uploads += len(x)
+
+    @torch.no_grad()
+    def _seed(self, pooled: PooledUploads) -> None:
+        """Pooled uploads into the fresh buffer, oldest first; they do not count as uploads."""
+        pixels = pooled.pixels.float() / 255
+        x = self.normalize(pixels)
+        keep = self.companion is not None
+        for i in range(len(pooled)):
+            self.buffer.append(
+                _Sample(
+                    x[i],
+                    pooled.teacher_logits[i].float(),
+                    float(pooled.uncertainty[i]),
+                    pooled.batch_stats[i].float(),
+                    pixels[i] if keep else None,
+                    pooled.pixels[i],
+                    pooled=True,
+                )  # fmt: skip
+            )
 
     def _update(self) -> bool:
         samples = list(self.buffer)
@@ -169,6 +220,11 @@ class AdaptationSession:
             return None
         self.companion_updates += 1
         return self.companion(torch.stack(pixels))  # type: ignore[arg-type]
+
+
+def _to_uint8(pixels: torch.Tensor) -> torch.Tensor:
+    """[0, 1] pixels as the uint8 frames a device sends (exact for frames that were uint8)."""
+    return (pixels.detach() * 255).round().clamp(0, 255).to(torch.uint8)
 
 
 def _check(batch: UploadBatch, stats_shape: torch.Size) -> None:

@@ -66,6 +66,8 @@ class ServerConfig:
         environment_bank: devices entering an environment any device has left start from
             its prompt (``cloud.adaptation.environments``).
         share_across_devices: unknown environments start from the fleet's shared prompt.
+        pool_uploads: uploads made in a remembered environment join the fit of the next
+            device there (they stay in the cloud; only prompts go to devices).
         companion: a ``cdca train companion`` checkpoint; the cloud re-normalises it on each
             device's current-environment uploads and adds it to the ensemble target.
     """
@@ -85,6 +87,7 @@ class ServerConfig:
     min_uploads: int = 24
     environment_bank: bool = True
     share_across_devices: bool = True
+    pool_uploads: bool = False
     companion: Path | None = None
 
     def __post_init__(self) -> None:

@@ -44,7 +44,9 @@ async def serve(config: ServerConfig, port_file: Path | None = None) -> None:
                        config.teacher_checkpoint, config.companion)  # fmt: skip
     world.session = SessionConfig(max(world.session.buffer_size, config.min_uploads),
                                   config.min_uploads)  # fmt: skip
-    world.fleet = FleetConfig(config.environment_bank, config.share_across_devices)
+    world.fleet = FleetConfig(
+        config.environment_bank, config.share_across_devices, config.pool_uploads
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from cloud.adaptation.environments import Environment, EnvironmentBank
+from cloud.adaptation.environments import Environment, EnvironmentBank, PooledUploads
 from cloud.adaptation.prompt_bank import BankConfig, Prompt, PromptBank
 from protocol.errors import DataError
 from protocol.files import atomic_write
@@ -171,14 +171,17 @@ def load_bank(
 
 
 def save_environments(path: Path, bank: EnvironmentBank) -> None:
-    """Persist the fleet's environment bank: each entry's signature, prompt and evidence."""
+    """Persist the fleet's environment bank: each entry's signature, prompt, evidence and pool."""
     tensors: dict[str, torch.Tensor] = {}
     counts = []
     for i, entry in enumerate(bank.entries):
         tensors[f"{i}.signature"] = torch.from_numpy(np.asarray(entry.signature, np.float64))
-        tensors.update(
-            {f"{i}.prompt.{k}": v.detach().float().contiguous() for k, v in entry.prompt.items()}
-        )
+        if entry.prompt is not None:  # None: only short stays so far (their uploads pool)
+            tensors.update({f"{i}.prompt.{k}": v.detach().float().contiguous()
+                            for k, v in entry.prompt.items()})  # fmt: skip
+        if entry.uploads is not None:
+            tensors.update({f"{i}.uploads.{k}": v.contiguous()
+                            for k, v in zip(_POOL_FIELDS, entry.uploads.tensors(), strict=True)})  # fmt: skip
         counts.append([entry.evidence, entry.visits])
     metadata = {"entries": str(len(bank.entries)), "counts": json.dumps(counts)}
     atomic_write(path, save_safetensors(tensors, metadata=metadata))
@@ -195,11 +198,15 @@ def load_environments(path: Path, bank: EnvironmentBank, neutral: Prompt) -> int
         counts = json.loads(metadata["counts"])
         entries = []
         for i, (evidence, visits) in enumerate(counts):
-            prompt = {k: tensors[f"{i}.prompt.{k}"] for k in neutral}
-            if any(prompt[k].shape != like.shape for k, like in neutral.items()):
-                raise ValueError("a prompt does not fit the served model")
+            prompt = _prompt(tensors, f"{i}.prompt.", neutral)
             entries.append(
-                Environment(tensors[f"{i}.signature"].numpy(), prompt, int(evidence), int(visits))
+                Environment(
+                    tensors[f"{i}.signature"].numpy(),
+                    prompt,
+                    int(evidence),
+                    int(visits),
+                    _pooled(tensors, f"{i}.uploads."),
+                )  # fmt: skip
             )
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as err:
         raise DataError(
@@ -208,6 +215,30 @@ def load_environments(path: Path, bank: EnvironmentBank, neutral: Prompt) -> int
         ) from err
     bank.entries = entries
     return len(entries)
+
+
+def _prompt(tensors: dict[str, torch.Tensor], prefix: str, neutral: Prompt) -> Prompt | None:
+    """An entry's prompt (None when it has none yet); ValueError when it does not fit the model."""
+    if not any(key.startswith(prefix) for key in tensors):
+        return None
+    prompt = {k: tensors[prefix + k] for k in neutral}
+    if any(prompt[k].shape != like.shape for k, like in neutral.items()):
+        raise ValueError("a prompt does not fit the served model")
+    return prompt
+
+
+_POOL_FIELDS = ("pixels", "teacher_logits", "uncertainty", "batch_stats")
+
+
+def _pooled(tensors: dict[str, torch.Tensor], prefix: str) -> PooledUploads | None:
+    """An entry's pooled uploads (None when it has none); ValueError when they do not add up."""
+    if f"{prefix}pixels" not in tensors:
+        return None
+    pool = PooledUploads(*(tensors[prefix + k] for k in _POOL_FIELDS))
+    sizes = {len(t) for t in pool.tensors()}
+    if len(sizes) != 1 or pool.pixels.dtype != torch.uint8 or pool.pixels.ndim != 4:
+        raise ValueError("pooled uploads are inconsistent")
+    return pool
 
 
 def _read_metadata(data: bytes) -> dict[str, str]:

@@ -17,6 +17,7 @@ from cloud.adaptation.fleet import FleetCloud, FleetConfig
 from cloud.adaptation.session import SessionConfig, UploadBatch
 from cloud.server.world import CloudWorld, load_world
 from protocol.errors import ConfigError
+from simulations.fleet.scenario import Scenario
 
 
 def load_fleet_world(
@@ -45,6 +46,13 @@ def load_fleet_world(
         buffer = max(world.session.buffer_size, min_uploads)
         world.session = SessionConfig(buffer_size=buffer, min_uploads=min_uploads)
     return world
+
+
+def fleet_config(scenario: Scenario) -> FleetConfig:
+    """What the scenario's devices share through the cloud."""
+    return FleetConfig(
+        scenario.environment_bank, scenario.share_across_devices, scenario.pool_uploads
+    )
 
 
 def student_checkpoint(student: str) -> Path:

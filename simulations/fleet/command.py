@@ -106,7 +106,7 @@ def simulate(scenario: Scenario, out: Path, threads: int = 2) -> dict[str, Any]:
     )
 
     from cloud.adaptation.fleet import FleetConfig
-    from simulations.fleet.cloud_side import load_fleet_world
+    from simulations.fleet.cloud_side import fleet_config, load_fleet_world
     from simulations.fleet.engines import run_engine
     from simulations.fleet.memory import PeakMemory
     from simulations.fleet.peers import run_peers
@@ -130,10 +130,10 @@ def simulate(scenario: Scenario, out: Path, threads: int = 2) -> dict[str, Any]:
     )
     streams, specs = write_streams(scenario, out / "streams")
     frames = sum(s.num_images() for s in specs)
-    fleet = FleetConfig(scenario.environment_bank, scenario.share_across_devices)
+    fleet = fleet_config(scenario)
     runs = [("uvpa", fleet, scenario.engine)]
     if scenario.compare_bank:
-        runs.append(("uvpa_no_bank", FleetConfig(False, False), "inprocess"))
+        runs.append(("uvpa_no_bank", FleetConfig(False, False, False), "inprocess"))
     columns = (TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
                TimeRemainingColumn())  # fmt: skip
     raw: dict[str, dict[str, object]] = {}

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from cloud.adaptation.fleet import FleetConfig
 from cloud.server.world import CloudWorld
+from simulations.fleet.cloud_side import fleet_config
 from simulations.fleet.inprocess import Progress, run_inprocess
 from simulations.fleet.scenario import Scenario
 
@@ -31,7 +32,7 @@ def run_engine(
     if engine == "flower":
         from simulations.fleet.deployment import run_deployment
 
-        if fleet != FleetConfig(scenario.environment_bank, scenario.share_across_devices):
+        if fleet != fleet_config(scenario):
             raise ValueError("the flower engine takes its fleet settings from the scenario")
         return run_deployment(scenario, out, progress)
     raise NotImplementedError(f"engine {engine!r} is not wired yet")

@@ -153,8 +153,7 @@ class FleetRounds:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """``flwr run``: the scenario from the run config; results into ``<run-dir>/flower-results.json``."""
-    from cloud.adaptation.fleet import FleetConfig
-    from simulations.fleet.cloud_side import load_fleet_world
+    from simulations.fleet.cloud_side import fleet_config, load_fleet_world
     from simulations.fleet.scenario import load_scenario
     from simulations.fleet.streams import write_streams
 
@@ -171,7 +170,7 @@ def main(grid: Grid, context: Context) -> None:
         scenario.companion,
     )
     write_streams(scenario, run_dir / "streams")
-    fleet = FleetConfig(scenario.environment_bank, scenario.share_across_devices)
+    fleet = fleet_config(scenario)
     done = [0]
 
     def progress(frames: int) -> None:  # `cdca simulate --engine flower` polls this file

@@ -40,6 +40,7 @@ class Scenario:
     score: str = "entropy"
     environment_bank: bool = True
     share_across_devices: bool = True
+    pool_uploads: bool = False  # a known environment's past uploads join the next device's fit
     compare_bank: bool = True  # also run without the bank, to measure what it brings
     peers: tuple[str, ...] = PEERS
     student: str = ""  # empty: the shipped distilled student

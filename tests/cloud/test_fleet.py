@@ -2,12 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from cloud.adaptation.environments import EnvironmentBank, EnvironmentBankConfig
+from cloud.adaptation.environments import EnvironmentBank, EnvironmentBankConfig, PooledUploads
 from cloud.adaptation.fleet import FleetCloud, FleetConfig
 from cloud.adaptation.session import SessionConfig, UploadBatch
 from cloud.adaptation.vplu import VPLU, VPLUConfig
 from cloud.export.device_model import DeviceModel
-from protocol.errors import ConfigError
+from protocol.errors import ConfigError, DataError
 
 
 def prompt(value):
@@ -39,6 +39,41 @@ def test_revisiting_keeps_the_better_taught_prompt_and_averages_the_signature():
 def test_bank_config_is_checked():
     with pytest.raises(ConfigError):
         EnvironmentBankConfig(match_distance=0)
+    with pytest.raises(ConfigError):
+        EnvironmentBankConfig(pooled_uploads=-1)
+
+
+def pooled(n, first):
+    """n pooled uploads whose uncertainty counts up from ``first`` (to tell them apart)."""
+    return PooledUploads(torch.zeros(n, 3, 4, 4, dtype=torch.uint8), torch.zeros(n, 10),
+                         torch.arange(first, first + n, dtype=torch.float32),
+                         torch.zeros(n, 2, 5))  # fmt: skip
+
+
+def test_an_environment_pools_the_most_recent_uploads_of_every_stay():
+    bank = EnvironmentBank(EnvironmentBankConfig(min_evidence=1, pooled_uploads=5))
+    bank.record(np.zeros(2), prompt(1), evidence=3, uploads=pooled(3, 0))
+    bank.record(np.zeros(2), prompt(2), evidence=4, uploads=pooled(4, 10))  # same environment
+    bank.record(np.ones(2), prompt(3), evidence=2, uploads=None)  # another, nothing to pool
+    first, second = bank.entries
+    assert first.uploads.uncertainty.tolist() == [1, 2, 10, 11, 12, 13][-5:]
+    assert second.uploads is None
+    off = EnvironmentBank(EnvironmentBankConfig(min_evidence=1, pooled_uploads=0))
+    off.record(np.zeros(2), prompt(1), evidence=3, uploads=pooled(3, 0))
+    assert off.entries[0].uploads is None
+
+
+def test_short_stays_pool_their_uploads_without_keeping_their_prompts():
+    bank = EnvironmentBank(EnvironmentBankConfig(min_evidence=10, pooled_uploads=8))
+    bank.record(np.zeros(2), prompt(1), evidence=3, uploads=pooled(3, 0))  # passing through
+    bank.record(np.zeros(2), prompt(2), evidence=4, uploads=pooled(4, 10))
+    [entry] = bank.entries
+    assert entry.prompt is None  # neither stay taught enough for its prompt to count
+    assert len(entry.uploads) == 7  # but together they left 7 uploads
+    bank.record(np.zeros(2), prompt(3), evidence=12, uploads=pooled(2, 20))
+    assert entry.prompt["norm_affine"][0, 0] == 3
+    bank.record(np.ones(2), prompt(4), evidence=3, uploads=None)  # short, nothing to pool
+    assert len(bank.entries) == 1
 
 
 @pytest.fixture
@@ -76,7 +111,7 @@ def walk(cloud, device, environment, batches=4, first=False):
 
 
 def test_a_device_entering_an_environment_another_device_left_starts_from_its_prompt(fleet):
-    cloud = fleet(FleetConfig(bank=EnvironmentBankConfig(min_evidence=4)))
+    cloud = fleet(FleetConfig(bank=EnvironmentBankConfig(min_evidence=4)))  # no pooling
     walk(cloud, "a", 0.0, first=True)
     walk(cloud, "a", 1.0)  # device a leaves environment 0.0: remembered
     learned = cloud.environments.entries[0].prompt
@@ -85,6 +120,53 @@ def test_a_device_entering_an_environment_another_device_left_starts_from_its_pr
     assert cloud.starts["bank"] == 1
     torch.testing.assert_close(start["norm_affine"], learned["norm_affine"])
     assert cloud.stats()["bank_hits"] == 1
+
+
+def test_the_next_device_in_an_environment_fits_on_the_uploads_made_there_before(fleet):
+    cloud = fleet(
+        FleetConfig(pool_uploads=True, bank=EnvironmentBankConfig(min_evidence=4, pooled_uploads=6))
+    )
+    walk(cloud, "a", 0.0, first=True)
+    a_uploads = cloud.sessions["a"].stay_uploads()
+    walk(cloud, "a", 1.0)  # a leaves 0.0 with 8 uploads buffered: the 6 latest are pooled
+    pool = cloud.environments.entries[0].uploads
+    torch.testing.assert_close(pool.pixels, a_uploads.pixels[-6:])
+    torch.testing.assert_close(pool.teacher_logits, a_uploads.teacher_logits[-6:])
+    walk(cloud, "b", 3.0, first=True)
+    start = walk(cloud, "b", 0.0, batches=0)  # b enters 0.0 with 3 uploads of its own
+    session = cloud.sessions["b"]
+    assert [s.pooled for s in session.buffer] == [True] * 5 + [False] * 3  # buffer holds 8
+    assert session.updates > 0  # enough evidence to refit at once
+    assert start is not None
+    assert len(session.stay_uploads()) == 3  # only b's own uploads go back to the pool
+    # a's pooled frames went in as it sent them: the cloud's input is their normalisation
+    torch.testing.assert_close(session.buffer[0].x, pool.pixels[1].float() / 255 * 2 - 1)
+
+
+def test_pooled_uploads_must_fit_the_device_model(fleet):
+    cloud = fleet(FleetConfig())
+    session = cloud.session("a")
+    session.ingest(upload(cloud, 3))
+    with pytest.raises(DataError, match="pooled uploads"):
+        session.ingest(upload(cloud, 3, shift=True), pooled=pooled(2, 0))
+    assert len(session.buffer) == 3  # nothing changed
+    assert session.bank.environments == 1
+
+
+def test_devices_passing_through_briefly_give_the_next_one_enough_evidence_to_fit(fleet):
+    # stays of 3 uploads, under min_uploads 4 and min_evidence 4: alone, nothing is learned
+    cloud = fleet(
+        FleetConfig(pool_uploads=True, bank=EnvironmentBankConfig(min_evidence=4, pooled_uploads=6))
+    )
+    for device in ("a", "b"):
+        walk(cloud, device, 0.0, batches=0, first=True)
+        walk(cloud, device, 1.0, batches=0)  # leaves 0.0 after 3 uploads
+    assert cloud.stats()["updates"] == 0
+    assert len(cloud.environments.entries[0].uploads) == 6
+    start = walk(cloud, "c", 3.0, batches=0, first=True)
+    start = walk(cloud, "c", 0.0, batches=0)  # 6 pooled + 3 own: the cloud fits at once
+    assert cloud.sessions["c"].updates == 1
+    assert start is not None
 
 
 def test_without_the_bank_a_new_environment_starts_from_the_shared_prompt(fleet):

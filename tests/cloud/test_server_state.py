@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from cloud.adaptation.environments import EnvironmentBank, EnvironmentBankConfig
+from cloud.adaptation.environments import EnvironmentBank, EnvironmentBankConfig, PooledUploads
 from cloud.adaptation.prompt_bank import PromptBank
 from cloud.server.config import load_config
 from cloud.server.registry import DeviceRegistry, check_device_id
@@ -128,6 +128,9 @@ def test_environment_bank_survives_a_save_and_refuses_another_model(tmp_path):
     bank.record(np.full(4, 0.5), {"norm_affine": torch.ones(2, 6)}, evidence=30)
     bank.record(np.full(4, 3.0), {"norm_affine": -torch.ones(2, 6)}, evidence=40)
     bank.record(np.full(4, 3.01), {"norm_affine": torch.zeros(2, 6)}, evidence=10)  # a revisit
+    pool = PooledUploads(torch.randint(0, 255, (5, 3, 4, 4), dtype=torch.uint8),
+                         torch.randn(5, 10), torch.rand(5), torch.randn(5, 2, 6))  # fmt: skip
+    bank.record(np.full(4, 0.5), {"norm_affine": torch.ones(2, 6)}, evidence=5, uploads=pool)
     path = tmp_path / "environments.safetensors"
     save_environments(path, bank)
     again = EnvironmentBank(EnvironmentBankConfig(min_evidence=1))
@@ -137,6 +140,9 @@ def test_environment_bank_survives_a_save_and_refuses_another_model(tmp_path):
         np.testing.assert_allclose(ours.signature, theirs.signature)
         torch.testing.assert_close(ours.prompt["norm_affine"], theirs.prompt["norm_affine"])
         assert (ours.evidence, ours.visits) == (theirs.evidence, theirs.visits)
+    assert again.entries[1].uploads is None
+    for ours, theirs in zip(pool.tensors(), again.entries[0].uploads.tensors(), strict=True):
+        torch.testing.assert_close(ours, theirs)  # the pool comes back as it was
     assert again.match(np.full(4, 3.0)).prompt["norm_affine"][0, 0] == -1
     with pytest.raises(DataError, match="move it away"):
         load_environments(path, EnvironmentBank(), {"norm_affine": torch.zeros(2, 7)})

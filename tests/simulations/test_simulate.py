@@ -180,6 +180,26 @@ def test_built_in_scenarios_load_by_name():
         load_scenario("no-such-scenario")
 
 
+def test_pooled_uploads_reach_the_cloud_of_every_engine(tmp_path):
+    import tomllib
+
+    from cloud.server.config import load_config
+    from simulations.fleet.cloud_side import fleet_config
+    from simulations.fleet.deployment import _run_config
+    from simulations.fleet.grpc_engine import _server_config
+
+    scenario = load_scenario("short-stays")
+    assert scenario.pool_uploads
+    assert fleet_config(scenario).pool_uploads  # inprocess and flower-sim
+    assert not fleet_config(Scenario()).pool_uploads  # off by default
+    run_config = tomllib.loads(_run_config(scenario, tmp_path, {}))  # flower: the ServerApp's
+    assert run_config["pool-uploads"] is True
+    world = SimpleNamespace(served=SimpleNamespace(folder=tmp_path))
+    server = tmp_path / "server.toml"  # grpc: the server's settings
+    server.write_text(_server_config(scenario, world, fleet_config(scenario), tmp_path))
+    assert load_config(server).pool_uploads
+
+
 def test_gradual_stream_files_batch_like_the_peers(tmp_path, tiny_benchmark):
     from device.sources import batch_starts
     from simulations.fleet.streams import write_streams
