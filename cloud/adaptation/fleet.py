@@ -41,8 +41,8 @@ class FleetConfig:
     environment_bank: bool = True
     share_across_devices: bool = True  # unknown environments start from the fleet's shared prompt
     # a known environment's past uploads join the next device's fit: +0.4 points where devices
-    # pass through briefly, +0.1 on the default scenario for about twice the cloud's fitting
-    # work (docs/simulate.md), so off unless asked for
+    # pass through briefly, +0.1 on the default scenario, for fits on up to 96 more samples
+    # each (docs/simulate.md), so off unless asked for
     pool_uploads: bool = False
     bank: EnvironmentBankConfig = field(default_factory=EnvironmentBankConfig)
 

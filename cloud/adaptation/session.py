@@ -165,7 +165,7 @@ class AdaptationSession:
             self.buffer.append(
                 _Sample(
                     x[i], teacher_logits[i], float(batch.uncertainty[i]), stats, pixels, frames[i]
-                )  # fmt: skip
+                )
             )
         self.uploads += len(x)
 
@@ -185,7 +185,7 @@ class AdaptationSession:
                     pixels[i] if keep else None,
                     pooled.pixels[i],
                     pooled=True,
-                )  # fmt: skip
+                )
             )
 
     def _update(self) -> bool:
