@@ -16,7 +16,7 @@ uploads plus these. The frames stay in the cloud; devices only ever receive prom
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -68,22 +68,26 @@ class PooledUploads:
     def __len__(self) -> int:
         return len(self.pixels)
 
-    def latest(self, count: int) -> PooledUploads | None:
-        """The ``count`` most recent uploads (None when that leaves nothing)."""
-        if count <= 0 or len(self) == 0:
-            return None
-        return PooledUploads(*(t[-count:].clone() for t in self.tensors()))
-
-    def then(self, newer: PooledUploads | None, count: int) -> PooledUploads | None:
-        """These uploads followed by ``newer``, the ``count`` most recent kept."""
-        if newer is None or len(newer) == 0:
-            return self.latest(count)
-        joined = (torch.cat([a, b]) for a, b in zip(self.tensors(), newer.tensors(), strict=True))
-        return PooledUploads(*joined).latest(count)
+    @staticmethod
+    def names() -> tuple[str, ...]:
+        """The fields' names, in declaration order (how they are saved)."""
+        return tuple(f.name for f in fields(PooledUploads))
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
-        """The four fields, in declaration order (for saving and joining)."""
-        return self.pixels, self.teacher_logits, self.uncertainty, self.batch_stats
+        """The fields, in declaration order (for saving and joining)."""
+        return tuple(getattr(self, name) for name in self.names())
+
+
+def join_pools(
+    older: PooledUploads | None, newer: PooledUploads | None, keep: int
+) -> PooledUploads | None:
+    """``older`` followed by ``newer``, the ``keep`` most recent kept (None when none are)."""
+    parts = [pool.tensors() for pool in (older, newer) if pool is not None and len(pool)]
+    if keep <= 0 or not parts:
+        return None
+    return PooledUploads(
+        *(torch.cat(column)[-keep:].clone() for column in zip(*parts, strict=True))
+    )
 
 
 @dataclass
@@ -143,7 +147,7 @@ class EnvironmentBank:
         self.changes += 1
         known = self._nearest(signature)
         if known is None:
-            pooled = uploads.latest(keep) if uploads is not None else None
+            pooled = join_pools(None, uploads, keep)
             self.entries.append(
                 Environment(
                     np.asarray(signature, np.float64), worth_keeping, evidence, uploads=pooled
@@ -157,10 +161,7 @@ class EnvironmentBank:
         if worth_keeping is not None and (known.prompt is None or evidence >= known.evidence):
             known.prompt = worth_keeping
         known.evidence, known.visits = total, known.visits + 1
-        if known.uploads is None:
-            known.uploads = uploads.latest(keep) if uploads is not None else None
-        else:
-            known.uploads = known.uploads.then(uploads, keep)
+        known.uploads = join_pools(known.uploads, uploads, keep)
 
     def _nearest(self, signature: np.ndarray) -> Environment | None:
         scored = [(signature_distance(e.signature, signature), e) for e in self.entries]

@@ -180,8 +180,8 @@ def save_environments(path: Path, bank: EnvironmentBank) -> None:
             tensors.update({f"{i}.prompt.{k}": v.detach().float().contiguous()
                             for k, v in entry.prompt.items()})  # fmt: skip
         if entry.uploads is not None:
-            tensors.update({f"{i}.uploads.{k}": v.contiguous()
-                            for k, v in zip(_POOL_FIELDS, entry.uploads.tensors(), strict=True)})  # fmt: skip
+            pool = zip(PooledUploads.names(), entry.uploads.tensors(), strict=True)
+            tensors.update({f"{i}.uploads.{k}": v.contiguous() for k, v in pool})
         counts.append([entry.evidence, entry.visits])
     metadata = {"entries": str(len(bank.entries)), "counts": json.dumps(counts)}
     atomic_write(path, save_safetensors(tensors, metadata=metadata))
@@ -206,7 +206,7 @@ def load_environments(path: Path, bank: EnvironmentBank, neutral: Prompt) -> int
                     int(evidence),
                     int(visits),
                     _pooled(tensors, f"{i}.uploads."),
-                )  # fmt: skip
+                )
             )
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as err:
         raise DataError(
@@ -227,14 +227,11 @@ def _prompt(tensors: dict[str, torch.Tensor], prefix: str, neutral: Prompt) -> P
     return prompt
 
 
-_POOL_FIELDS = ("pixels", "teacher_logits", "uncertainty", "batch_stats")
-
-
 def _pooled(tensors: dict[str, torch.Tensor], prefix: str) -> PooledUploads | None:
     """An entry's pooled uploads (None when it has none); ValueError when they do not add up."""
     if f"{prefix}pixels" not in tensors:
         return None
-    pool = PooledUploads(*(tensors[prefix + k] for k in _POOL_FIELDS))
+    pool = PooledUploads(*(tensors[prefix + k] for k in PooledUploads.names()))
     sizes = {len(t) for t in pool.tensors()}
     if len(sizes) != 1 or pool.pixels.dtype != torch.uint8 or pool.pixels.ndim != 4:
         raise ValueError("pooled uploads are inconsistent")
