@@ -130,8 +130,9 @@ class VPLU:
         """The device model's logits for ``x`` under ``prompt`` and replayed statistics."""
         inputs = self.model.neutral_inputs(self.class_vectors, batch=len(x))
         inputs.update(prompt)
-        inputs.update({"x": x, "norm_stats": norm_stats, "stat_mix": torch.zeros(1)})
-        return self.model(**inputs)[0]
+        inputs.update({"x": x, "norm_stats": norm_stats})
+        del inputs["stat_mix"]  # replayed statistics only: the batch's would get weight 0
+        return self.model.replayed_logits(**inputs)
 
     def update(self, uploads: Uploads, shipped: dict[str, torch.Tensor]) -> UpdateResult:
         """Learn from ``uploads``; return the prompt to keep on the device (new or ``shipped``)."""

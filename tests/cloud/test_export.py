@@ -71,6 +71,23 @@ def test_the_exported_fused_normalisation_computes_what_the_cloud_trains(distill
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
 
 
+def test_replayed_logits_are_the_forward_logits_with_stat_mix_zero(distilled):
+    from cloud.export.onnx_export import random_adaptation_inputs
+
+    student, vectors, _ = distilled
+    model = DeviceModel(student)
+    example = model.neutral_inputs(vectors, batch=6)
+    inputs = {
+        k: torch.as_tensor(v) for k, v in random_adaptation_inputs(example, 6, seed=4).items()
+    }
+    inputs["stat_mix"] = torch.zeros(1)
+    forward = model(**inputs)[0]
+    replayed = model.replayed_logits(**{k: v for k, v in inputs.items() if k != "stat_mix"})
+    assert torch.equal(replayed, forward)  # the skipped batch statistics had weight 0
+    # and the model observes batches again afterwards (the device's statistics come from it)
+    assert model(**inputs)[2].shape == (2, model.num_norm_channels)
+
+
 def test_export_matches_torch_and_has_a_dynamic_batch(exported, distilled):
     assert exported.parity_max_abs_diff < PARITY_TOLERANCE
     student, vectors, _ = distilled
