@@ -31,6 +31,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "them (U-VPA), next to on-device adaptation, and write a report with plots.",
         epilog="Examples:\n  cdca simulate\n  cdca simulate --devices 8 --per-domain 200\n"
         "  cdca simulate --engine flower-sim --devices 100 --per-domain 20\n"
+        "  cdca simulate --bank-comparison   # also measure the environment bank\n"
         "  cdca simulate --scenario my-fleet.toml --out runs/my-fleet",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -48,8 +49,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--batches-per-round", type=int, dest="batches_per_round",
                         help="device batches between prompt deliveries (default 1)")  # fmt: skip
     parser.add_argument("--fps", type=float, help="grpc engine: pace each device like a camera")
-    parser.add_argument("--no-bank-comparison", dest="compare_bank", action="store_const",
-                        const=False, help="skip the run without the environment bank")  # fmt: skip
+    parser.add_argument("--bank-comparison", dest="compare_bank",
+                        action=argparse.BooleanOptionalAction,
+                        help="also run U-VPA without the environment bank, to measure what the "
+                        "bank brings (one more U-VPA run; default off)")  # fmt: skip
     parser.add_argument(
         "--peers",
         help="comma-separated on-device peers (default source,bn_adapt,tent; '' for none)",

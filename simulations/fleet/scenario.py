@@ -41,7 +41,9 @@ class Scenario:
     environment_bank: bool = True
     share_across_devices: bool = True
     pool_uploads: bool = False  # a known environment's past uploads join the next device's fit
-    compare_bank: bool = True  # also run without the bank, to measure what it brings
+    # also run U-VPA without the bank, to measure what it brings: off by default because
+    # it is one more U-VPA run, a third of the main job's time (docs/simulate.md)
+    compare_bank: bool = False
     peers: tuple[str, ...] = PEERS
     student: str = ""  # empty: the shipped distilled student
     teacher: str = "builtin"

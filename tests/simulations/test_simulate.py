@@ -37,8 +37,10 @@ def tiny_scenario(tmp_path, tiny_benchmark, tiny_distilled, shipped_random_teach
 
 
 def test_simulate_writes_the_run_folder_with_peers_and_the_bank_comparison(tmp_path, tiny_scenario):
-    results, out = run(tmp_path, "run", tiny_scenario, "--peers", "source,bn_adapt")
-    assert set(results["table"]) == {"source", "bn_adapt", "uvpa"}
+    results, out = run(tmp_path, "run", tiny_scenario, "--peers", "source,bn_adapt",
+                       "--bank-comparison")  # fmt: skip
+    assert set(results["table"]) == {"source", "bn_adapt", "uvpa", "uvpa_no_bank"}
+    assert results["cloud"]["uvpa_no_bank"]["bank_lookups"] == 0  # that run really had no bank
     uvpa = results["devices"]["uvpa"]
     assert len(uvpa) == 2
     for device in uvpa:
@@ -49,6 +51,7 @@ def test_simulate_writes_the_run_folder_with_peers_and_the_bank_comparison(tmp_p
     report = (out / "report.md").read_text()
     assert "| uvpa |" in report
     assert "best on-device peer (bn_adapt)" in report
+    assert "Environment bank, first batches after a shift" in report
     for plot in ("accuracy_over_time.png", "uploads.png", "comparison.png"):
         assert (out / plot).stat().st_size > 5000
     assert json.loads((out / "config.json").read_text())["devices"] == 2
