@@ -186,7 +186,8 @@ class DeviceModel(nn.Module):
 
         What the cloud trains through: it replays the device's statistics in ``norm_stats``,
         so the blend gives the batch statistics weight 0 and the logits are the same, but
-        computing them and their zero gradients took about a fifth of a VPLU update.
+        computing them and their zero gradients took about a fifth of a VPLU update on a
+        full buffer.
         """
         self.knobs.observe = False
         try:

@@ -42,7 +42,7 @@ class Scenario:
     share_across_devices: bool = True
     pool_uploads: bool = False  # a known environment's past uploads join the next device's fit
     # also run U-VPA without the bank, to measure what it brings: off by default because
-    # it is one more U-VPA run, a third of the main job's time (docs/simulate.md)
+    # it is one more U-VPA run, about 40 % of the main job's time (docs/simulate.md)
     compare_bank: bool = False
     peers: tuple[str, ...] = PEERS
     student: str = ""  # empty: the shipped distilled student
