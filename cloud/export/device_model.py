@@ -173,16 +173,8 @@ class DeviceModel(nn.Module):
         observed = self.knobs.observed
         return logits, embedding, torch.cat(observed, dim=1) if observed else torch.empty(2, 0)
 
-    def replayed_logits(
-        self,
-        x: torch.Tensor,
-        prompt: torch.Tensor,
-        input_affine: torch.Tensor,
-        norm_affine: torch.Tensor,
-        norm_stats: torch.Tensor,
-        class_vectors: torch.Tensor,
-    ) -> torch.Tensor:
-        """The logits with ``stat_mix = 0``, without computing the batch statistics.
+    def replayed_logits(self, **inputs: torch.Tensor) -> torch.Tensor:
+        """Logits for every input but ``stat_mix``, with it 0 and no batch statistics computed.
 
         What the cloud trains through: it replays the device's statistics in ``norm_stats``,
         so the blend gives the batch statistics weight 0 and the logits are the same, but
@@ -191,8 +183,7 @@ class DeviceModel(nn.Module):
         """
         self.knobs.observe = False
         try:
-            mix = torch.zeros(1)
-            return self(x, prompt, input_affine, norm_affine, norm_stats, mix, class_vectors)[0]
+            return self(**inputs, stat_mix=torch.zeros(1))[0]
         finally:
             self.knobs.observe = True
 
