@@ -81,10 +81,13 @@ def main(argv: Sequence[str], prog: str = "cdca bench") -> int:
     from simulations.bench.system_command import add_parser as add_system
 
     add_system(sub)
+    from simulations.bench.ceiling_command import add_parser as add_ceiling
+
+    add_ceiling(sub)
     _add_perf(sub)
     _add_reliability(sub)
     args = parser.parse_args(argv)
-    if args.command in ("system", "perf", "reliability"):
+    if args.command in ("system", "ceiling", "perf", "reliability"):
         return int(args.handler(args))
     return _run_adapt(args)
 
