@@ -125,7 +125,6 @@ def measure_ceiling(
     rows = []
     for corruption in corruptions:
         data = dataset.load(corruption, cfg.severity, count=cfg.num_per_domain)
-        torch.manual_seed(cfg.seed)
         rows.append(ceiling.measure(data.images, data.labels, corruption))
         if progress:
             progress(corruption, 1)

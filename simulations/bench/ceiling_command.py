@@ -82,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
     ceiling = PromptCeiling(*_device_model(student), config)
     dataset = open_benchmark(args.data)
     corruptions = parse_corruptions(args.corruptions)
+    for corruption in corruptions:  # a missing or short domain fails before any fitting
+        dataset.load(corruption, config.severity, count=1, offset=config.num_per_domain - 1)
     columns = (TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
                TimeRemainingColumn())  # fmt: skip
     with Progress(*columns) as bar:

@@ -51,6 +51,8 @@ def test_label_fit_learns_the_labels_it_is_given(distilled):
     [
         (["--train", "12"], "--train (12) must be between"),
         (["--parts", "wings"], "--parts must be"),
+        (["--corruptions", "contrast,smoke"], "smoke"),
+        (["--num-per-domain", "13"], "12 images per severity"),
     ],
 )
 def test_bad_settings_say_what_to_change(
@@ -58,6 +60,7 @@ def test_bad_settings_say_what_to_change(
 ):
     assert main(ceiling_args(tiny_benchmark, tiny_distilled, tmp_path / "run", *extra)) == 2
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # refused before any work
 
 
 def test_a_label_trained_student_is_refused_clearly(tiny_benchmark, tiny_student, tmp_path, capsys):
