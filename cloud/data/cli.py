@@ -64,11 +64,10 @@ def parse_corruptions(spec: str) -> list[str]:
 
 
 def _run_prepare(args: argparse.Namespace) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from cloud.data.card import write_dataset_card
     from cloud.data.prepare import PrepareRequest, prepare_corrupted
     from cloud.data.sources import load_source
+    from cloud.progress import counted_progress
 
     corruptions = parse_corruptions(args.corruptions)
     source = load_source(args.source, data_dir=args.data_dir, image_size=args.image_size)
@@ -76,13 +75,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
         source=source, out_dir=args.out, corruptions=corruptions, num_images=args.num_images,
         seed=args.seed, workers=args.workers, force=args.force,
     )  # fmt: skip
-    columns = (TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, transient=False) as bar:
-        task = bar.add_task("corrupting", total=len(corruptions) * 5)
-
-        def advance(message: str, blocks: int) -> None:
-            bar.update(task, advance=blocks, description=message)
-
+    with counted_progress("corrupting", len(corruptions) * 5) as advance:
         written = prepare_corrupted(request, progress=advance)
     card = write_dataset_card(args.out, args.command_line, source.images[: args.num_images])
     print(

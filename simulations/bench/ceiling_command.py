@@ -55,17 +55,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Load the student, fit and score every domain with a progress bar, write and print."""
     import torch
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
 
     from cloud.data.cli import parse_corruptions
     from cloud.data.formats import open_benchmark
     from cloud.distill.command import DEFAULT_DISTILLED
+    from cloud.progress import counted_progress
     from simulations.bench.ceiling import (
         CeilingConfig,
         PromptCeiling,
@@ -84,12 +78,8 @@ def run(args: argparse.Namespace) -> int:
     corruptions = parse_corruptions(args.corruptions)
     for corruption in corruptions:  # a missing or short domain fails before any fitting
         dataset.load(corruption, config.severity, count=1, offset=config.num_per_domain - 1)
-    columns = (TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
-               TimeRemainingColumn())  # fmt: skip
-    with Progress(*columns) as bar:
-        task = bar.add_task("fitting", total=len(corruptions))
-        rows = measure_ceiling(ceiling, dataset, corruptions,
-                               lambda text, n: bar.update(task, advance=n, description=text))  # fmt: skip
+    with counted_progress("fitting", len(corruptions), width=24) as advance:
+        rows = measure_ceiling(ceiling, dataset, corruptions, advance)
     settings: dict[str, object] = {"data": args.data, "student": str(student), **vars(config)}
     settings["parts"] = ",".join(config.parts)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -100,17 +100,11 @@ def _method_names() -> list[str]:
 
 def _run_adapt(args: argparse.Namespace) -> int:
     import torch
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
 
     from cloud.data.cli import parse_corruptions
     from cloud.data.formats import open_benchmark
     from cloud.distill.command import DEFAULT_DISTILLED
+    from cloud.progress import counted_progress
     from cloud.teacher.companion import COMPANION_CHECKPOINT
     from simulations.bench.adapt import run_benchmark
     from simulations.bench.models import load_bench_models
@@ -143,18 +137,8 @@ def _run_adapt(args: argparse.Namespace) -> int:
             )
     out = args.out or Path("runs") / time.strftime("bench-adapt-%Y%m%d-%H%M%S")
     total = len(methods) * sum(s.num_images() for s in streams)
-    columns = (
-        TextColumn("{task.description:<32}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns) as bar:
-        task = bar.add_task("adapting", total=total)
-        results = run_benchmark(
-            methods, factory.create, dataset, streams, args.seed,
-            progress=lambda text, n: bar.update(task, advance=n, description=text),
-        )  # fmt: skip
+    with counted_progress("adapting", total, width=32) as advance:
+        results = run_benchmark(methods, factory.create, dataset, streams, args.seed, advance)
     config = {
         "data": args.data, **loaded.description, "delay": args.delay, "budget": args.budget,
         "stream": args.stream, "corruptions": args.corruptions, "severity": args.severity,

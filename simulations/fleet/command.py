@@ -100,15 +100,10 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 def simulate(scenario: Scenario, out: Path, threads: int = 2) -> dict[str, Any]:
     """Run the scenario; writes the run folder and returns the results."""
     import torch
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import Progress
 
     from cloud.adaptation.fleet import FleetConfig
+    from cloud.progress import bar_columns
     from simulations.fleet.cloud_side import fleet_config, load_fleet_world
     from simulations.fleet.engines import run_engine
     from simulations.fleet.memory import PeakMemory
@@ -137,8 +132,7 @@ def simulate(scenario: Scenario, out: Path, threads: int = 2) -> dict[str, Any]:
     runs = [("uvpa", fleet, scenario.engine)]
     if scenario.compare_bank:
         runs.append(("uvpa_no_bank", FleetConfig(False, False, False), "inprocess"))
-    columns = (TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
-               TimeRemainingColumn())  # fmt: skip
+    columns = bar_columns()
     raw: dict[str, dict[str, object]] = {}
     with PeakMemory() as memory, Progress(*columns) as bar:
         for name, config, engine in runs:
