@@ -8,7 +8,7 @@ prediction belongs to exactly one domain.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -153,6 +153,13 @@ def device_streams(
             StreamSpec(f"{base.name}-device{device}", shifted, base.batch_size, {"device": device})
         )
     return streams
+
+
+def check_available(dataset: CorruptedDataset, segments: Iterable[Segment]) -> None:
+    """Fail before any work, with the loader's own message, if a domain is missing or too short."""
+    for segment in segments:
+        last = segment.offset + segment.count - 1
+        dataset.load(segment.corruption, segment.severity, count=1, offset=last)
 
 
 def iterate_batches(dataset: CorruptedDataset, spec: StreamSpec) -> Iterator[Batch]:

@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         measure_ceiling,
         to_json,
     )
+    from simulations.streams import Segment, check_available
 
     config = CeilingConfig(tuple(p.strip() for p in args.parts.split(",") if p.strip()),
                            args.num_per_domain, args.train, args.steps, args.lr, args.batch_size,
@@ -76,8 +77,9 @@ def run(args: argparse.Namespace) -> int:
     ceiling = PromptCeiling(*_device_model(student), config)
     dataset = open_benchmark(args.data)
     corruptions = parse_corruptions(args.corruptions)
-    for corruption in corruptions:  # a missing or short domain fails before any fitting
-        dataset.load(corruption, config.severity, count=1, offset=config.num_per_domain - 1)
+    check_available(
+        dataset, [Segment(c, config.severity, config.num_per_domain) for c in corruptions]
+    )
     with counted_progress("fitting", len(corruptions), width=24) as advance:
         rows = measure_ceiling(ceiling, dataset, corruptions, advance)
     settings: dict[str, object] = {"data": args.data, "student": str(student), **vars(config)}

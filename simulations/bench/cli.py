@@ -110,7 +110,7 @@ def _run_adapt(args: argparse.Namespace) -> int:
     from simulations.bench.models import load_bench_models
     from simulations.bench.report import write_report
     from simulations.methods import MethodFactory
-    from simulations.streams import parse_stream
+    from simulations.streams import check_available, parse_stream
 
     torch.set_num_threads(args.threads)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -127,14 +127,7 @@ def _run_adapt(args: argparse.Namespace) -> int:
     streams = parse_stream(
         args.stream, corruptions, args.severity, args.num_per_domain, args.batch_size
     )
-    for stream in streams:  # check every domain exists and is large enough, up front
-        for segment in stream.segments:
-            dataset.load(
-                segment.corruption,
-                segment.severity,
-                count=1,
-                offset=segment.offset + segment.count - 1,
-            )
+    check_available(dataset, (segment for stream in streams for segment in stream.segments))
     out = args.out or Path("runs") / time.strftime("bench-adapt-%Y%m%d-%H%M%S")
     total = len(methods) * sum(s.num_images() for s in streams)
     with counted_progress("adapting", total, width=32) as advance:
