@@ -132,9 +132,8 @@ def simulate(scenario: Scenario, out: Path, threads: int = 2) -> dict[str, Any]:
     runs = [("uvpa", fleet, scenario.engine)]
     if scenario.compare_bank:
         runs.append(("uvpa_no_bank", FleetConfig(False, False, False), "inprocess"))
-    columns = bar_columns()
     raw: dict[str, dict[str, object]] = {}
-    with PeakMemory() as memory, Progress(*columns) as bar:
+    with PeakMemory() as memory, Progress(*bar_columns()) as bar:
         for name, config, engine in runs:
             task = bar.add_task(f"{name} ({engine})", total=frames)
             raw[name] = run_engine(engine, scenario, streams, world, config, out,
