@@ -6,7 +6,8 @@ update (``unguided``), what the device is taught to match (``teacher_target``), 
 prompt lives (``pixel`` full-image, ``pixel_border``, ``pixel_patch``, ``all_parts``), how
 environments hand over (``homeostasis``, ``no_restart``), whether the cloud adapts a
 teacher of its own (``companion``: a BatchNorm CNN re-normalised on each environment's
-uploads joins the ensemble target), and the upload-everything reference (``cloud_teacher``).
+uploads joins the ensemble target), and two references: upload everything (``cloud_teacher``)
+and a perfect teacher (``label_target``: the cloud learns from the uploads' true labels).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from cloud.teacher.companion import COMPANION_CHECKPOINT, MAKE_IT
 from device.sampling import SamplingConfig
 from protocol.errors import ConfigError, unknown_name
 from simulations.cloud_device import CloudDeviceWorld, CloudTeacherMethod, UVPAConfig, UVPAMethod
+from simulations.label_target import LabelTargetMethod
 from simulations.peers import PEERS, PixelModel, create_method
 
 
@@ -65,6 +67,8 @@ def _uvpa_variants(base: UVPAConfig) -> dict[str, UVPAConfig]:
             session=replace(session, restart_on_shift=False),
             sampling=replace(sampling, detect_shifts=False),
         ),  # fmt: skip
+        # an upper reference, not a method: the true label as the cloud's target
+        "uvpa_label_target": replace(base, vplu=replace(vplu, target="teacher")),
     }
 
 
@@ -121,6 +125,8 @@ class MethodFactory:
         assert self.world is not None
         if name == "cloud_teacher":
             return CloudTeacherMethod(name, self.world)
+        if name == "uvpa_label_target":
+            return LabelTargetMethod(name, self.world, self.variants[name])
         return UVPAMethod(name, self.world, self.variants[name])
 
 

@@ -1,5 +1,6 @@
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,8 +10,9 @@ from cloud.export.device_model import DeviceModel
 from cloud.students.architectures import CompactCNN
 from cloud.teacher.companion import Companion
 from device.sampling import SamplingConfig
-from protocol.errors import ConfigError
+from protocol.errors import ConfigError, DataError
 from simulations.cloud_device import CloudDeviceWorld, CloudTeacherMethod, UVPAConfig, UVPAMethod
+from simulations.label_target import LabelTargetMethod
 from simulations.methods import MethodFactory, list_methods
 from simulations.peers import PixelModel
 
@@ -87,7 +89,10 @@ def test_factory_builds_every_method_and_refuses_cloud_rows_without_a_teacher(wo
     model = PixelModel(ClassVectorHead(student, vectors), info.normalization)
     factory = MethodFactory(model, world)
     for name in list_methods():
-        assert factory.create(name).step(batches(1)[0]).shape == (32, len(vectors))
+        method, pixels = factory.create(name), batches(1)[0]
+        if isinstance(method, LabelTargetMethod):
+            method.reveal_labels(pixels, np.zeros(len(pixels), dtype=np.int64))
+        assert method.step(pixels).shape == (32, len(vectors))
     with pytest.raises(ConfigError, match="distilled student"):
         MethodFactory(model, None).check("uvpa")
     without_companion = replace(world, companion=None)
@@ -96,3 +101,27 @@ def test_factory_builds_every_method_and_refuses_cloud_rows_without_a_teacher(wo
     MethodFactory(model, without_companion).create("uvpa")  # the other rows do not need one
     with pytest.raises(ConfigError, match="delay"):
         MethodFactory(model, world, delay=0)
+
+
+def test_label_target_teaches_each_upload_its_revealed_label(world):
+    method = LabelTargetMethod("uvpa_label_target", world, config())
+    plain = UVPAMethod("uvpa", world, config())
+    g = torch.Generator().manual_seed(1)
+    revealed = {}
+    for t, pixels in enumerate(batches(4)):
+        labels = torch.randint(0, len(world.class_vectors), (len(pixels),), generator=g).numpy()
+        method.reveal_labels(pixels, labels)
+        frames = (pixels * 255).round().to(torch.uint8).numpy()
+        revealed.update({f.tobytes(): int(y) for f, y in zip(frames, labels, strict=True)})
+        logits = method.step(pixels)
+        if t == 0:  # no prompt has arrived yet: the labels cannot touch this prediction
+            assert torch.equal(logits, plain.step(pixels))
+    assert method.session.uploads > 0
+    for sample in method.session.buffer:
+        assert int(sample.teacher_logits.argmax()) == revealed[sample.frame.numpy().tobytes()]
+
+
+def test_label_target_refuses_uploads_whose_labels_were_not_revealed(world):
+    method = LabelTargetMethod("uvpa_label_target", world, config())
+    with pytest.raises(DataError, match="reveal_labels"):
+        method.step(batches(1)[0])
