@@ -27,7 +27,7 @@ from cloud.adaptation.prompt_bank import BankConfig, Prompt, PromptBank
 from cloud.adaptation.session import AdaptationSession, SessionConfig, UploadBatch
 from cloud.adaptation.vplu import VPLU, VPLUConfig
 from cloud.export.device_model import DeviceModel
-from cloud.students.preprocess import Normalization
+from cloud.students.preprocess import Normalization, pixels_to_uint8
 from cloud.teacher.companion import MAKE_IT as COMPANION_MAKE_IT
 from device.sampling import SamplingConfig, UncertaintySampler
 from device.uncertainty import perturbed_views
@@ -151,7 +151,7 @@ class UVPAMethod:
 
     def _view_logits(self, pixels: torch.Tensor) -> list[np.ndarray]:
         """The device's two extra passes for disagreement, on the same uint8 views it would see."""
-        frames = (pixels * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        frames = pixels_to_uint8(pixels).permute(0, 2, 3, 1).numpy()
         views = perturbed_views(frames, self.config.sampling.noise_std, self.view_rng)
         out = []
         for view in views:

@@ -19,6 +19,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from cloud.students.preprocess import pixels_to_uint8
 from protocol.errors import DataError
 from simulations.cloud_device import CloudDeviceWorld, UVPAConfig, UVPAMethod
 
@@ -32,27 +33,21 @@ class LabelTargetMethod(UVPAMethod):
 
     def __init__(self, name: str, world: CloudDeviceWorld, config: UVPAConfig) -> None:
         self._labels_by_frame: dict[bytes, int] = {}
-        self._num_classes = len(world.class_vectors)
         super().__init__(name, replace(world, teacher=self._label_logits), config)
 
     def reveal_labels(self, pixels: torch.Tensor, labels: np.ndarray) -> None:
         """The labels of the batch about to be stepped on, keyed by each frame's bytes."""
         self._labels_by_frame = {
             frame.tobytes(): int(label)
-            for frame, label in zip(_frames(pixels), labels, strict=True)
+            for frame, label in zip(pixels_to_uint8(pixels).numpy(), labels, strict=True)
         }
 
     def _label_logits(self, pixels: torch.Tensor) -> torch.Tensor:
-        logits = torch.zeros(len(pixels), self._num_classes)
-        for i, frame in enumerate(_frames(pixels)):
+        logits = torch.zeros(len(pixels), len(self.world.class_vectors))
+        for i, frame in enumerate(pixels_to_uint8(pixels).numpy()):
             label = self._labels_by_frame.get(frame.tobytes())
             if label is None:
                 raise DataError(f"{self.name} got an upload whose label was not revealed; "
                                 "call reveal_labels(pixels, labels) before step(pixels)")  # fmt: skip
             logits[i, label] = LABEL_LOGIT
         return logits
-
-
-def _frames(pixels: torch.Tensor) -> np.ndarray:
-    """[0, 1] pixels as the uint8 frames the device uploads (exact for frames that were uint8)."""
-    return (pixels * 255).round().clamp(0, 255).to(torch.uint8).numpy()

@@ -24,6 +24,7 @@ import torch
 from cloud.adaptation.environments import PooledUploads
 from cloud.adaptation.prompt_bank import Prompt, PromptBank
 from cloud.adaptation.vplu import VPLU, Uploads
+from cloud.students.preprocess import pixels_to_uint8
 from cloud.teacher.companion import MIN_BATCH as COMPANION_MIN_BATCH
 from protocol.errors import ConfigError, DataError
 
@@ -159,7 +160,7 @@ class AdaptationSession:
         teacher_logits = self.teacher(batch.pixels).float()
         stats = batch.batch_stats.detach().float()
         keep = self.companion is not None
-        frames = _to_uint8(batch.pixels)
+        frames = pixels_to_uint8(batch.pixels)
         for i in range(len(x)):
             pixels = batch.pixels[i].detach().float() if keep else None
             self.buffer.append(
@@ -220,11 +221,6 @@ class AdaptationSession:
             return None
         self.companion_updates += 1
         return self.companion(torch.stack(pixels))  # type: ignore[arg-type]
-
-
-def _to_uint8(pixels: torch.Tensor) -> torch.Tensor:
-    """[0, 1] pixels as the uint8 frames a device sends (exact for frames that were uint8)."""
-    return (pixels.detach() * 255).round().clamp(0, 255).to(torch.uint8)
 
 
 def _check(batch: UploadBatch, stats_shape: torch.Size) -> None:

@@ -38,3 +38,11 @@ def pixels_from_uint8(images: np.ndarray, device: torch.device | str = "cpu") ->
     """(N, H, W, 3) uint8 (memory-mapped is fine) -> (N, 3, H, W) float32 in [0, 1]."""
     x = torch.from_numpy(np.require(images, requirements=["C", "W"]))  # copies only if read-only
     return x.to(device).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def pixels_to_uint8(pixels: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) [0, 1] pixels -> the same layout as uint8, the frames a device sends.
+
+    Exact for pixels that came from uint8 frames (``pixels_from_uint8``).
+    """
+    return (pixels.detach() * 255).round().clamp(0, 255).to(torch.uint8)
