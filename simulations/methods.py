@@ -6,8 +6,10 @@ update (``unguided``), what the device is taught to match (``teacher_target``), 
 prompt lives (``pixel`` full-image, ``pixel_border``, ``pixel_patch``, ``all_parts``), how
 environments hand over (``homeostasis``, ``no_restart``), whether the cloud adapts a
 teacher of its own (``companion``: a BatchNorm CNN re-normalised on each environment's
-uploads joins the ensemble target), and two references: upload everything (``cloud_teacher``)
-and a perfect teacher (``label_target``: the cloud learns from the uploads' true labels).
+uploads joins the ensemble target), which BatchNorms the cloud fits (``encoder_norms``:
+all but the projector's, alone and with the companion), and two references: upload
+everything (``cloud_teacher``) and a perfect teacher (``label_target``: the cloud learns
+from the uploads' true labels).
 """
 
 from __future__ import annotations
@@ -62,6 +64,10 @@ def _uvpa_variants(base: UVPAConfig) -> dict[str, UVPAConfig]:
         "uvpa_all_parts": replace(base, vplu=replace(vplu, parts=PIXEL_PARTS + FEATURE_PARTS)),
         "uvpa_homeostasis": replace(base, bank=BankConfig(shared_rate=0.5, sensitive_quantile=0.8)),
         "uvpa_companion": replace(base, companion=True),
+        "uvpa_encoder_norms": replace(base, vplu=replace(vplu, fit_norms="encoder")),
+        "uvpa_companion_encoder_norms": replace(
+            base, companion=True, vplu=replace(vplu, fit_norms="encoder")
+        ),
         "uvpa_no_restart": replace(
             base,
             session=replace(session, restart_on_shift=False),

@@ -30,6 +30,7 @@ from protocol.errors import ConfigError
 
 PARTS = ("prompt", "input_affine", "norm_affine", "class_vectors")
 TARGETS = ("teacher", "ensemble")
+NORM_SCOPES = ("all", "encoder")  # which BatchNorms' scale/shift the fit may change
 PIXEL_PARTS = ("prompt", "input_affine")  # live in input space
 FEATURE_PARTS = ("norm_affine", "class_vectors")  # live inside the network
 
@@ -54,6 +55,10 @@ class VPLUConfig:
     target: str = "ensemble"  # teacher and device view weighted by confidence, or "teacher"
     ship_ties: bool = True  # ship when held-out agreement stays equal (False: must improve)
     pixel_prompt: str = "full"  # where the pixel prompt may be non-zero: full, border:W, patch:S
+    # "encoder": leave the projector's BatchNorm (256 of the compact CNN's 576 channels, right
+    # before the embedding) at the shipped values; fitted on ~100 uploads it overfits them
+    # (docs/uvpa.md, the encoder-norm rows)
+    fit_norms: str = "all"
 
     def __post_init__(self) -> None:
         unknown = set(self.parts) - set(PARTS)
@@ -61,6 +66,10 @@ class VPLUConfig:
             raise ConfigError(f"VPLU parts must be a non-empty subset of {PARTS}, got {self.parts}")
         if self.target not in TARGETS:
             raise ConfigError(f"VPLU target must be one of {TARGETS}, got {self.target!r}")
+        if self.fit_norms not in NORM_SCOPES:
+            raise ConfigError(
+                f"VPLU fit_norms must be one of {NORM_SCOPES}, got {self.fit_norms!r}"
+            )
         prompt_mask(self.pixel_prompt, 32)  # fail on a bad shape at configuration time
         if self.holdout_every < 2:
             raise ConfigError("holdout_every must be >= 2 (some uploads train, some are held out)")
@@ -112,6 +121,16 @@ class VPLU:
         self.running_stats = torch.cat(running, dim=1)  # (2, K)
         self.neutral = self.neutral_prompt()
         self.prompt_mask = prompt_mask(self.config.pixel_prompt, self.neutral["prompt"].shape[-1])
+        self.norm_mask = self._norm_mask()
+
+    def _norm_mask(self) -> torch.Tensor:
+        """(2, K): 1 where the fit may change ``norm_affine``, 0 where it keeps the shipped value."""
+        mask = torch.ones_like(self.neutral["norm_affine"])
+        if self.config.fit_norms == "encoder":
+            for layer in self.model.norm_layers:
+                if not layer.name.startswith("encoder."):
+                    mask[:, layer.offset : layer.offset + layer.channels] = 0
+        return mask
 
     def neutral_prompt(self) -> dict[str, torch.Tensor]:
         """The prompt parts of the unadapted student (zeros and the shipped class vectors)."""
@@ -213,11 +232,18 @@ class VPLU:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if "prompt" in params:  # keep the pixel prompt inside its shape (border, patch)
-                with torch.no_grad():
-                    params["prompt"].mul_(self.prompt_mask)
+            self._keep_masked(params, start)
             losses.append(float(loss.detach()))
         return {k: v.detach() for k, v in params.items()}, losses
+
+    @torch.no_grad()
+    def _keep_masked(self, params: dict[str, torch.Tensor], start: dict[str, torch.Tensor]) -> None:
+        """Undo a step's change where the configuration says the fit may not go."""
+        if "prompt" in params:  # keep the pixel prompt inside its shape (border, patch)
+            params["prompt"].mul_(self.prompt_mask)
+        if "norm_affine" in params and self.config.fit_norms != "all":
+            norm = params["norm_affine"]
+            norm.copy_(self.norm_mask * norm + (1 - self.norm_mask) * start["norm_affine"])
 
     @torch.no_grad()
     def _agreement(

@@ -116,6 +116,26 @@ def test_learned_border_prompt_stays_on_the_border(distilled):
     assert result.prompt["prompt"][..., 2:-2, 2:-2].abs().sum() == 0
 
 
+def test_encoder_norms_leave_the_projector_batchnorm_where_it_was_shipped(distilled):
+    student, vectors, _ = distilled
+    config = VPLUConfig(steps=3, lr=5e-2, fit_norms="encoder")
+    vplu = VPLU(DeviceModel(student), vectors, config)
+    x = torch.randn(16, 3, 32, 32)
+    stats, logits = device_view(vplu, x)
+    start = vplu.neutral_prompt()
+    start["norm_affine"] = 0.01 * torch.randn_like(start["norm_affine"])  # a shipped prompt
+    learned, _ = vplu._fit(x, (-logits).softmax(1).detach(), vplu.replay_stats(stats), start)
+    moved = (learned["norm_affine"] != start["norm_affine"]).any(dim=0)
+    for layer in vplu.model.norm_layers:
+        span = moved[layer.offset : layer.offset + layer.channels]
+        assert bool(span.any()) == layer.name.startswith("encoder."), layer.name
+
+
+def test_unknown_norm_scope_is_refused():
+    with pytest.raises(ConfigError, match="fit_norms"):
+        VPLUConfig(fit_norms="projector")
+
+
 @pytest.mark.parametrize("shape", ["ring:3", "border:0", "patch:99", "border:x"])
 def test_bad_pixel_prompt_shapes_are_refused(shape):
     with pytest.raises(ConfigError, match="pixel prompt shape"):
