@@ -56,8 +56,8 @@ class VPLUConfig:
     ship_ties: bool = True  # ship when held-out agreement stays equal (False: must improve)
     pixel_prompt: str = "full"  # where the pixel prompt may be non-zero: full, border:W, patch:S
     # "encoder": leave the projector's BatchNorm (256 of the compact CNN's 576 channels, right
-    # before the embedding) at the shipped values; fitted on ~100 uploads it overfits them
-    # (docs/uvpa.md, the encoder-norm rows)
+    # before the embedding) at the shipped values; fitted on ~100 uploads it most likely
+    # overfits them (docs/uvpa.md, the encoder-norm rows)
     fit_norms: str = "all"
 
     def __post_init__(self) -> None:
