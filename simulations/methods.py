@@ -6,10 +6,10 @@ update (``unguided``), what the device is taught to match (``teacher_target``), 
 prompt lives (``pixel`` full-image, ``pixel_border``, ``pixel_patch``, ``all_parts``), how
 environments hand over (``homeostasis``, ``no_restart``), whether the cloud adapts a
 teacher of its own (``companion``: a BatchNorm CNN re-normalised on each environment's
-uploads joins the ensemble target), which BatchNorms the cloud fits (``encoder_norms``:
-all but the projector's, alone and with the companion), and two references: upload
-everything (``cloud_teacher``) and a perfect teacher (``label_target``: the cloud learns
-from the uploads' true labels).
+uploads joins the ensemble target), and two references: upload everything
+(``cloud_teacher``) and a perfect teacher (``label_target``: the cloud learns from the
+uploads' true labels). Which BatchNorms the cloud fits is a setting of every row
+(``fit_norms``), not a row of its own.
 """
 
 from __future__ import annotations
@@ -64,10 +64,6 @@ def _uvpa_variants(base: UVPAConfig) -> dict[str, UVPAConfig]:
         "uvpa_all_parts": replace(base, vplu=replace(vplu, parts=PIXEL_PARTS + FEATURE_PARTS)),
         "uvpa_homeostasis": replace(base, bank=BankConfig(shared_rate=0.5, sensitive_quantile=0.8)),
         "uvpa_companion": replace(base, companion=True),
-        "uvpa_encoder_norms": replace(base, vplu=replace(vplu, fit_norms="encoder")),
-        "uvpa_companion_encoder_norms": replace(
-            base, companion=True, vplu=replace(vplu, fit_norms="encoder")
-        ),
         "uvpa_no_restart": replace(
             base,
             session=replace(session, restart_on_shift=False),
@@ -95,17 +91,20 @@ class MethodFactory:
             teacher (a label-trained student), which rules out the cloud-device rows.
         delay: batches between the cloud learning a prompt and the device using it.
         budget: share of frames a device may upload.
+        fit_norms: which BatchNorms the cloud's fit may change in every U-VPA row
+            (``VPLUConfig.fit_norms``).
     """
 
     def __init__(
-        self, model: PixelModel, world: CloudDeviceWorld | None, delay: int = 1, budget: float = 0.1
-    ) -> None:
+        self, model: PixelModel, world: CloudDeviceWorld | None, delay: int = 1,
+        budget: float = 0.1, fit_norms: str = VPLUConfig.fit_norms,
+    ) -> None:  # fmt: skip
         if delay < 1:
             raise ConfigError(
                 f"--delay must be >= 1 batch (the earliest a prompt can arrive), got {delay}"
             )
         self.model, self.world = model, world
-        base = UVPAConfig(sampling=SamplingConfig(budget=budget), vplu=VPLUConfig(),
+        base = UVPAConfig(sampling=SamplingConfig(budget=budget), vplu=VPLUConfig(fit_norms=fit_norms),
                           session=SessionConfig(), delay=delay)  # fmt: skip
         self.variants = _uvpa_variants(base)
 

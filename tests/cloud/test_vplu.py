@@ -116,9 +116,10 @@ def test_learned_border_prompt_stays_on_the_border(distilled):
     assert result.prompt["prompt"][..., 2:-2, 2:-2].abs().sum() == 0
 
 
-def test_encoder_norms_leave_the_projector_batchnorm_where_it_was_shipped(distilled):
+@pytest.mark.parametrize("scope", ["encoder", "all"])
+def test_the_fit_moves_the_batchnorms_in_scope_and_keeps_the_rest_as_shipped(distilled, scope):
     student, vectors, _ = distilled
-    config = VPLUConfig(steps=3, lr=5e-2, fit_norms="encoder")
+    config = VPLUConfig(steps=3, lr=5e-2, fit_norms=scope)
     vplu = VPLU(DeviceModel(student), vectors, config)
     x = torch.randn(16, 3, 32, 32)
     stats, logits = device_view(vplu, x)
@@ -128,7 +129,12 @@ def test_encoder_norms_leave_the_projector_batchnorm_where_it_was_shipped(distil
     moved = (learned["norm_affine"] != start["norm_affine"]).any(dim=0)
     for layer in vplu.model.norm_layers:
         span = moved[layer.offset : layer.offset + layer.channels]
-        assert bool(span.any()) == layer.name.startswith("encoder."), layer.name
+        in_scope = scope == "all" or layer.name.startswith("encoder.")
+        assert bool(span.any()) == in_scope, layer.name
+
+
+def test_the_projector_batchnorm_is_left_out_of_the_fit_by_default():
+    assert VPLUConfig().fit_norms == "encoder"  # measured better (docs/uvpa.md)
 
 
 def test_unknown_norm_scope_is_refused():

@@ -36,8 +36,9 @@ def test_cloud_device_rows_report_uploads_and_bytes(
     tiny_benchmark, tiny_distilled, shipped_random_teacher, tmp_path, capsys
 ):
     args = bench_args(tiny_benchmark, tiny_distilled, tmp_path / "run", "source,uvpa,cloud_teacher")
-    assert main([*args, "--budget", "0.25", "--delay", "2"]) == 0
+    assert main([*args, "--budget", "0.25", "--delay", "2", "--fit-norms", "all"]) == 0
     results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["config"]["fit_norms"] == "all"
     rows = {r["method"]: r for r in results["results"]}
     assert 0 < rows["uvpa"]["costs"]["upload_fraction"] <= 0.25
     assert rows["cloud_teacher"]["costs"]["upload_fraction"] == 1.0
@@ -149,3 +150,11 @@ def test_benchmarks_find_the_shipped_companion_only_for_a_student_over_its_class
     assert tiny.world.companion is None
     missing = load_bench_models(DEFAULT_DISTILLED, companion=tmp_path / "missing.safetensors")
     assert missing.world.companion is None
+
+
+def test_fit_norms_choices_are_the_clouds_scopes_default_first():
+    from cloud.adaptation.vplu import NORM_SCOPES, VPLUConfig
+    from simulations.bench.cli import FIT_NORMS
+
+    assert set(FIT_NORMS) == set(NORM_SCOPES)
+    assert FIT_NORMS[0] == VPLUConfig().fit_norms

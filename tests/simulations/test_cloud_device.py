@@ -101,6 +101,8 @@ def test_factory_builds_every_method_and_refuses_cloud_rows_without_a_teacher(wo
     MethodFactory(model, without_companion).create("uvpa")  # the other rows do not need one
     with pytest.raises(ConfigError, match="delay"):
         MethodFactory(model, world, delay=0)
+    every_norm = MethodFactory(model, world, fit_norms="all").variants
+    assert {c.vplu.fit_norms for c in every_norm.values()} == {"all"}
 
 
 def test_label_target_teaches_each_upload_its_revealed_label(world):
