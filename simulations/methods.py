@@ -104,7 +104,8 @@ class MethodFactory:
                 f"--delay must be >= 1 batch (the earliest a prompt can arrive), got {delay}"
             )
         self.model, self.world = model, world
-        base = UVPAConfig(sampling=SamplingConfig(budget=budget), vplu=VPLUConfig(fit_norms=fit_norms),
+        base = UVPAConfig(sampling=SamplingConfig(budget=budget),
+                          vplu=VPLUConfig(fit_norms=fit_norms),
                           session=SessionConfig(), delay=delay)  # fmt: skip
         self.variants = _uvpa_variants(base)
 

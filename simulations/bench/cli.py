@@ -143,9 +143,9 @@ def _run_adapt(args: argparse.Namespace) -> int:
         results = run_benchmark(methods, factory.create, dataset, streams, args.seed, advance)
     config = {
         "data": args.data, **loaded.description, "delay": args.delay, "budget": args.budget,
-        "fit_norms": args.fit_norms, "stream": args.stream, "corruptions": args.corruptions, "severity": args.severity,
-        "num_per_domain": args.num_per_domain, "batch_size": args.batch_size, "seed": args.seed,
-        "threads": args.threads,
+        "fit_norms": args.fit_norms, "stream": args.stream, "corruptions": args.corruptions,
+        "severity": args.severity, "num_per_domain": args.num_per_domain,
+        "batch_size": args.batch_size, "seed": args.seed, "threads": args.threads,
     }  # fmt: skip
     paths = write_report(out, results, config)
     print(paths["markdown"].read_text())  # plain print: a markdown table must not be re-wrapped
