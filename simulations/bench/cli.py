@@ -11,13 +11,13 @@ from protocol.errors import ConfigError
 
 DEFAULT_DATA = Path("data/fashion-mnist-c")
 DEFAULT_METHODS = "source,bn_adapt,tent,cotta,vdp,uvpa,cloud_teacher"
-# cloud.adaptation.vplu's NORM_SCOPES, default first; spelled out so --help needs no torch
-# (a test keeps the two equal)
-FIT_NORMS = ("encoder", "all")
 
 
 def main(argv: Sequence[str], prog: str = "cdca bench") -> int:
     """Parse ``argv`` and run one benchmark; returns the exit code."""
+    # the parser already imports the method table (``_method_names``), which brings these
+    from cloud.adaptation.vplu import NORM_SCOPES, VPLUConfig
+
     parser = argparse.ArgumentParser(prog=prog, description="Benchmarks.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     adapt = sub.add_parser(
@@ -51,7 +51,7 @@ def main(argv: Sequence[str], prog: str = "cdca bench") -> int:
         help="share of frames a device may upload (default: %(default)s)",
     )  # fmt: skip
     adapt.add_argument(
-        "--fit-norms", choices=FIT_NORMS, default=FIT_NORMS[0],
+        "--fit-norms", choices=NORM_SCOPES, default=VPLUConfig.fit_norms,
         help="BatchNorms the cloud fits in every U-VPA row: encoder (all but the projector's) "
         "or all (the default before 2026-12-03; older tables in docs/ used it) "
         "(default: %(default)s)",

@@ -150,11 +150,3 @@ def test_benchmarks_find_the_shipped_companion_only_for_a_student_over_its_class
     assert tiny.world.companion is None
     missing = load_bench_models(DEFAULT_DISTILLED, companion=tmp_path / "missing.safetensors")
     assert missing.world.companion is None
-
-
-def test_fit_norms_choices_are_the_clouds_scopes_default_first():
-    from cloud.adaptation.vplu import NORM_SCOPES, VPLUConfig
-    from simulations.bench.cli import FIT_NORMS
-
-    assert set(FIT_NORMS) == set(NORM_SCOPES)
-    assert FIT_NORMS[0] == VPLUConfig().fit_norms
