@@ -75,6 +75,21 @@ class VPLUConfig:
             raise ConfigError("holdout_every must be >= 2 (some uploads train, some are held out)")
 
 
+def norm_fit_mask(model: DeviceModel, scope: str) -> torch.Tensor:
+    """(2, K): 1 where a fit may change ``norm_affine`` under ``scope``, 0 where it may not.
+
+    ``scope`` is one of ``NORM_SCOPES``: every BatchNorm, or the encoder's only.
+    """
+    if scope not in NORM_SCOPES:
+        raise ConfigError(f"fit_norms must be one of {NORM_SCOPES}, got {scope!r}")
+    mask = torch.ones(2, model.num_norm_channels)
+    if scope == "encoder":
+        for layer in model.norm_layers:
+            if not layer.name.startswith("encoder."):
+                mask[:, layer.offset : layer.offset + layer.channels] = 0
+    return mask
+
+
 @dataclass(frozen=True)
 class Uploads:
     """Uploaded samples of one environment, ready for the device model.
@@ -121,16 +136,7 @@ class VPLU:
         self.running_stats = torch.cat(running, dim=1)  # (2, K)
         self.neutral = self.neutral_prompt()
         self.prompt_mask = prompt_mask(self.config.pixel_prompt, self.neutral["prompt"].shape[-1])
-        self.norm_mask = self._norm_mask()
-
-    def _norm_mask(self) -> torch.Tensor:
-        """(2, K): 1 where the fit may change ``norm_affine``, 0 where it keeps the shipped value."""
-        mask = torch.ones_like(self.neutral["norm_affine"])
-        if self.config.fit_norms == "encoder":
-            for layer in self.model.norm_layers:
-                if not layer.name.startswith("encoder."):
-                    mask[:, layer.offset : layer.offset + layer.channels] = 0
-        return mask
+        self.norm_mask = norm_fit_mask(self.model, self.config.fit_norms)
 
     def neutral_prompt(self) -> dict[str, torch.Tensor]:
         """The prompt parts of the unadapted student (zeros and the shipped class vectors)."""

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cloud.adaptation.vplu import PARTS
+from cloud.adaptation.vplu import NORM_SCOPES, PARTS, VPLUConfig, norm_fit_mask
 from cloud.data.formats import CorruptedDataset
 from cloud.export.device_model import DeviceModel
 from cloud.students.preprocess import Normalization, pixels_from_uint8
@@ -40,11 +40,14 @@ class CeilingConfig:
     batch_size: int = 64
     severity: int = 5
     seed: int = 0
+    fit_norms: str = VPLUConfig.fit_norms  # the BatchNorms U-VPA's cloud may fit
 
     def __post_init__(self) -> None:
         unknown = set(self.parts) - set(PARTS)
         if unknown or not self.parts:
             raise ConfigError(f"--parts must be a non-empty subset of {PARTS}, got {self.parts}")
+        if self.fit_norms not in NORM_SCOPES:
+            raise ConfigError(f"--fit-norms must be one of {NORM_SCOPES}, got {self.fit_norms!r}")
         if not 0 < self.train_count < self.num_per_domain:
             raise ConfigError(
                 f"--train ({self.train_count}) must be between 1 and --num-per-domain - 1 "
@@ -80,6 +83,7 @@ class PromptCeiling:
         self.config = config
         self.neutral = model.neutral_inputs(class_vectors.detach().float())
         self.neutral["stat_mix"] = torch.ones(1)  # the device's own batch statistics
+        self.norm_mask = norm_fit_mask(model, config.fit_norms)
 
     def measure(self, images: np.ndarray, labels: np.ndarray, domain: str) -> DomainCeiling:
         """Fit on the first ``train_count`` frames, score both prompts on the rest."""
@@ -91,7 +95,11 @@ class PromptCeiling:
                              self.accuracy(x[cut:], y[cut:], fitted))  # fmt: skip
 
     def fit(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Adam on cross-entropy to the true labels, over random device-sized batches."""
+        """Adam on cross-entropy to the true labels, over random device-sized batches.
+
+        ``norm_affine`` moves only where ``fit_norms`` lets U-VPA's cloud move it: the
+        gradient is masked, so Adam leaves the other BatchNorms exactly neutral.
+        """
         cfg = self.config
         generator = torch.Generator().manual_seed(cfg.seed)
         params = {k: self.neutral[k].clone().requires_grad_(True) for k in cfg.parts}
@@ -102,6 +110,8 @@ class PromptCeiling:
             loss = F.cross_entropy(logits, y[pick])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if "norm_affine" in params and params["norm_affine"].grad is not None:
+                params["norm_affine"].grad.mul_(self.norm_mask)
             optimizer.step()
         return {k: v.detach() for k, v in params.items()}
 

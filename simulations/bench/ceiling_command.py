@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``ceiling`` under ``cdca bench``."""
+    # ``cdca bench``'s parser already imports the method table, which brings these
+    from cloud.adaptation.vplu import NORM_SCOPES, VPLUConfig
+
     ceiling = sub.add_parser(
         "ceiling", help="how far prompt parts could move the device if fitted on true labels",
         description="For each corruption, fits the chosen prompt parts of the device model on "
@@ -32,6 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ceiling.add_argument("--parts", default="norm_affine",
                          help="comma-separated prompt parts: prompt, input_affine, norm_affine, "
                          "class_vectors (default: %(default)s, U-VPA's default)")  # fmt: skip
+    ceiling.add_argument("--fit-norms", choices=NORM_SCOPES, default=VPLUConfig.fit_norms,
+                         help="which BatchNorms' scale/shift norm_affine may change: the "
+                         "encoder's (U-VPA's default) or every one (default: %(default)s)")  # fmt: skip
     ceiling.add_argument("--corruptions", default="test",
                          help="test | comma-separated names (default: the 15 test corruptions)")  # fmt: skip
     ceiling.add_argument("--severity", type=int, default=5)
@@ -71,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = CeilingConfig(tuple(p.strip() for p in args.parts.split(",") if p.strip()),
                            args.num_per_domain, args.train, args.steps, args.lr, args.batch_size,
-                           args.severity, args.seed)  # fmt: skip
+                           args.severity, args.seed, args.fit_norms)  # fmt: skip
     torch.set_num_threads(args.threads)
     student = args.student or DEFAULT_DISTILLED
     ceiling = PromptCeiling(*_device_model(student), config)

@@ -46,6 +46,32 @@ def test_label_fit_learns_the_labels_it_is_given(distilled):
     assert after >= 0.75
 
 
+@pytest.mark.parametrize("scope", ["encoder", "all"])
+def test_label_fit_moves_only_the_batchnorms_in_scope(distilled, scope):
+    from cloud.export.device_model import DeviceModel
+    from simulations.bench.ceiling import CeilingConfig, PromptCeiling
+
+    student, vectors, info = distilled
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, len(info.class_names), (16,))
+    config = CeilingConfig(num_per_domain=32, train_count=16, steps=5, batch_size=16,
+                           fit_norms=scope)  # fmt: skip
+    model = DeviceModel(student)
+    moved = PromptCeiling(model, vectors, info.normalization, config).fit(x, y)["norm_affine"]
+    for layer in model.norm_layers:
+        block = moved[:, layer.offset : layer.offset + layer.channels]
+        in_scope = scope == "all" or layer.name.startswith("encoder.")
+        assert bool(block.abs().sum() > 0) == in_scope, layer.name
+
+
+def test_fit_norms_reaches_the_results(tiny_benchmark, tiny_distilled, tmp_path):
+    run = tmp_path / "run"
+    assert main(ceiling_args(tiny_benchmark, tiny_distilled, run)) == 0
+    assert json.loads((run / "ceiling.json").read_text())["config"]["fit_norms"] == "encoder"
+    assert main(ceiling_args(tiny_benchmark, tiny_distilled, run, "--fit-norms", "all")) == 0
+    assert json.loads((run / "ceiling.json").read_text())["config"]["fit_norms"] == "all"
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
