@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -125,25 +126,53 @@ def _short(domain: str) -> str:
 
 
 def plot_accuracy(results: list[MethodResult], path: Path) -> None:
-    """Per-domain accuracy of every method on the first stream, one line per method."""
+    """Per-domain accuracy on the first stream, one line per method, and a spread panel.
+
+    With several streams (random orders) a second panel shows every method's mean on each.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    first = results[0].stream
-    rows = [r for r in results if r.stream == first]
+    streams = list(dict.fromkeys(r.stream for r in results))
+    first = [r for r in results if r.stream == streams[0]]
+    width = max(8, 0.6 * len(first[0].domains) + 3)
+    if len(streams) == 1:
+        fig, ax = plt.subplots(figsize=(width, 4.5))
+    else:
+        fig, (ax, spread) = plt.subplots(
+            1, 2, figsize=(width + 4, 4.5), gridspec_kw={"width_ratios": [3, 1]}
+        )
+        _plot_stream_means(spread, results, streams)
+    _plot_domains(ax, first)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_domains(ax: Any, rows: list[MethodResult]) -> None:
     domains = rows[0].domains
-    fig, ax = plt.subplots(figsize=(max(8, 0.6 * len(domains) + 3), 4.5))
     for row in rows:
         ax.plot(range(len(domains)), [100 * row.accuracy[d] for d in domains], marker="o",
                 label=f"{row.method} ({100 * row.mean:.1f})")  # fmt: skip
     ax.set_xticks(range(len(domains)), [_short(d) for d in domains], rotation=45, ha="right")
     ax.set_ylabel("online accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.set_title(f"Accuracy per domain, stream {first} (mean in legend)")
+    ax.set_title(f"Accuracy per domain, stream {rows[0].stream} (mean in legend)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+
+
+def _plot_stream_means(ax: Any, results: list[MethodResult], streams: list[str]) -> None:
+    """Each method's mean on each stream; the y range fits the methods, not 0-100."""
+    for method in dict.fromkeys(r.method for r in results):
+        means = {r.stream: 100 * r.mean for r in results if r.method == method}
+        ax.plot(range(len(streams)), [means.get(s, float("nan")) for s in streams],
+                marker="o", label=method)  # fmt: skip
+    ax.set_xticks(range(len(streams)), [s.split("-")[0] for s in streams], rotation=45,
+                  ha="right")  # fmt: skip
+    ax.set_ylabel("mean online accuracy (%)")
+    ax.set_title("Mean per stream")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)

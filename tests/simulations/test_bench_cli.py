@@ -87,6 +87,18 @@ def test_bench_random_orders_report_spread(tiny_benchmark, tiny_student, tmp_pat
     assert "Over all streams" in (tmp_path / "run" / "results.md").read_text()
 
 
+def test_several_streams_add_a_panel_of_means_to_the_plot(tiny_benchmark, tiny_student, tmp_path):
+    from matplotlib.image import imread
+
+    widths = {}
+    for stream in ("random:1", "random:2"):
+        out = tmp_path / stream.replace(":", "")
+        args = bench_args(tiny_benchmark, tiny_student, out, methods="source")
+        assert main([*args, "--stream", stream]) == 0
+        widths[stream] = imread(out / "accuracy.png").shape[1]
+    assert widths["random:2"] - widths["random:1"] == 4 * 110  # the 4-inch panel at 110 dpi
+
+
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "simulations.cli", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
