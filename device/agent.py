@@ -1,8 +1,9 @@
 """``DeviceAgent``: one device's adaptation loop without any transport; no torch.
 
 Predict a batch under the prompt in force (own batch statistics, ``stat_mix`` = 1, the U-VPA
-device configuration), score and pick the uploads (UGS, ``device.sampling``), and build the
-upload the cloud expects. ``DeviceClient`` (gRPC, threads, disk queue), the Flower ClientApp
+device configuration), check that the prompt does not make the device less sure than no
+prompt (``device.prompt_gate``), score and pick the uploads (UGS, ``device.sampling``), and
+build the upload the cloud expects. ``DeviceClient`` (gRPC, threads, disk queue), the Flower ClientApp
 and the in-process fleet simulation all wrap this one class, so an engine changes how
 uploads and prompts travel, never what the device does.
 """
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from device.preprocess import as_rgb, resize_bilinear
+from device.prompt_gate import check_gate, prefers_prompt
 from device.runtime import DeviceRuntime, Prediction
 from device.sampling import SamplingConfig, UncertaintySampler, UploadDecision
 from device.uncertainty import perturbed_views
@@ -22,11 +24,18 @@ from device.uncertainty import perturbed_views
 
 @dataclass(frozen=True)
 class AgentStep:
-    """What one batch produced: the model's outputs and the upload decision."""
+    """What one batch produced: the model's outputs, the answer and the upload decision.
+
+    ``prediction`` is the run under the prompt in force, which the uploads and the batch
+    statistics come from; ``logits`` is the device's answer (the fallback run's when the
+    prompt gate rejected the prompt for this batch).
+    """
 
     prediction: Prediction
     decision: UploadDecision
     ms: float
+    logits: np.ndarray
+    used_prompt: bool = True
 
     @property
     def uploads(self) -> bool:
@@ -38,10 +47,12 @@ class DeviceAgent:
     """Runtime plus sampler: predict, choose uploads, apply prompts."""
 
     def __init__(
-        self, runtime: DeviceRuntime, sampling: SamplingConfig, stat_mix: float = 1.0
-    ) -> None:
-        self.runtime, self.sampling = runtime, sampling
+        self, runtime: DeviceRuntime, sampling: SamplingConfig, stat_mix: float = 1.0,
+        gate: str = "entropy",
+    ) -> None:  # fmt: skip
+        self.runtime, self.sampling, self.gate = runtime, sampling, check_gate(gate)
         runtime.set_adaptation(stat_mix=np.full((1,), stat_mix, np.float32))
+        self.fallback = dict(runtime.adaptation)  # no prompt: the shipped defaults
         norm_layers = runtime.manifest.norm_layers
         first_norm = int(norm_layers[0]["channels"]) if norm_layers else 32
         self.sampler = UncertaintySampler(sampling, signature_channels=first_norm)
@@ -51,10 +62,25 @@ class DeviceAgent:
         """Predict (N, H, W, 3) uint8 frames and decide what goes up."""
         start = time.perf_counter()
         prediction = self.runtime.predict(images)
+        logits, used_prompt = self._answer(images, prediction.logits)
         ms = (time.perf_counter() - start) * 1e3
         views = self._view_logits(images) if self.sampler.needs_views else ()
         decision = self.sampler.decide(prediction.logits, prediction.batch_stats, views)
-        return AgentStep(prediction, decision, ms)
+        return AgentStep(prediction, decision, ms, logits, used_prompt)
+
+    def prompted(self) -> bool:
+        """Whether a prompt other than the shipped defaults is in force."""
+        current = self.runtime.adaptation
+        return any(not np.array_equal(current[k], v) for k, v in self.fallback.items())
+
+    def _answer(self, images: np.ndarray, prompted: np.ndarray) -> tuple[np.ndarray, bool]:
+        """The gate: a second pass without the prompt, kept when it is surer (see prompt_gate)."""
+        if self.gate == "off" or not self.prompted():
+            return prompted, True
+        fallback = self.runtime.predict(images, self.fallback).logits
+        if prefers_prompt(prompted, fallback):
+            return prompted, True
+        return fallback, False
 
     def apply(self, parts: dict[str, np.ndarray]) -> None:
         """Switch to a prompt (validated by the runtime; a bad one raises and changes nothing)."""

@@ -40,6 +40,7 @@ class ClientConfig:
     state_dir: Path
     sampling: SamplingConfig = SamplingConfig()
     stat_mix: float = 1.0  # 1: normalise with the batch's own statistics; 0: the source's
+    gate: str = "entropy"  # check each prompt against no prompt per batch (device.prompt_gate)
     fps: float | None = None  # pace the stream like a camera; None = as fast as possible
     drain_seconds: float = 5.0  # at the end, wait this long for queued uploads
     queue_items: int = 1000
@@ -52,7 +53,7 @@ class DeviceClient:
         self, runtime: DeviceRuntime, config: ClientConfig, link: LinkConfig | None
     ) -> None:
         self.runtime, self.config = runtime, config
-        self.agent = DeviceAgent(runtime, config.sampling, config.stat_mix)
+        self.agent = DeviceAgent(runtime, config.sampling, config.stat_mix, config.gate)
         self.cache = PromptCache(config.state_dir / "prompt.npz")
         self.queue = UploadQueue(config.state_dir / "queue", max_items=config.queue_items)
         self.prompt_version = self._restore_prompt()
@@ -80,9 +81,10 @@ class DeviceClient:
     def _step(self, frames: Frames, out: TextIO | None) -> None:
         self._apply_pending()
         step = self.agent.step(frames.images)
-        logits = step.prediction.logits
+        logits = step.logits
         first_id = self.report.frames
         self.report.count(logits, frames.labels, step.ms, self.prompt_version)
+        self.report.gated += not step.used_prompt
         if step.uploads:
             fields = self.agent.upload(
                 frames.images, step, self.report.batches - 1, first_id, self.report.frames
@@ -94,9 +96,12 @@ class DeviceClient:
         if out is not None:
             uploaded = set(step.decision.indices.tolist())
             self._write_lines(out, logits, frames.labels, first_id, step.ms / len(frames.images),
-                              uploaded)  # fmt: skip
+                              uploaded, step.used_prompt)  # fmt: skip
 
-    def _write_lines(self, out, logits, labels, first_id, ms_per_frame, uploaded) -> None:  # type: ignore[no-untyped-def]
+    def _write_lines(
+        self, out: TextIO, logits: np.ndarray, labels: np.ndarray | None, first_id: int,
+        ms_per_frame: float, uploaded: set[int], used_prompt: bool,
+    ) -> None:  # fmt: skip
         names = self.runtime.manifest.class_names
         exp = np.exp(logits - logits.max(1, keepdims=True))
         confidence = (exp / exp.sum(1, keepdims=True)).max(1)
@@ -108,6 +113,8 @@ class DeviceClient:
                 line["label"] = int(labels[i])
             if i in uploaded:
                 line["uploaded"] = True
+            if not used_prompt:  # the prompt gate answered without the prompt for this batch
+                line["prompt_gated"] = True
             out.write(json.dumps(line) + "\n")
 
     def _receive(self, prompt: DecodedPrompt) -> None:
@@ -162,6 +169,7 @@ class RunReport:
     def __init__(self) -> None:
         self.frames = self.batches = self.correct = self.labelled = 0
         self.queued = self.prompts_applied = self.queue_left = self.dropped = 0
+        self.gated = 0  # batches answered without the prompt (device.prompt_gate)
         self.batch_ms: list[float] = []
         self.frame_ms: list[float] = []
         self.correct_with_prompt = self.labelled_with_prompt = 0
@@ -188,7 +196,8 @@ class RunReport:
         """JSON-ready numbers."""
         out: dict[str, object] = {
             "frames": self.frames, "batches": self.batches, "uploads_queued": self.queued,
-            "prompts_applied": self.prompts_applied, "queue_left": self.queue_left,
+            "prompts_applied": self.prompts_applied, "batches_prompt_gated": self.gated,
+            "queue_left": self.queue_left,
             "queue_dropped": self.dropped,
             "ms_per_frame_p50": _pct(self.frame_ms, 50), "ms_per_batch_p50": _pct(self.batch_ms, 50),
             "ms_per_batch_p99": _pct(self.batch_ms, 99),

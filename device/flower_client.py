@@ -116,7 +116,8 @@ def _device(config: ConfigRecord, context: Context) -> ReplayDevice:
         raise DataError(f"message field 'budget' must be a number, got {budget!r}")
     sampling = SamplingConfig(budget=float(budget), score=text(config, "score"),
                               seed=number(config, "seed") + index)  # fmt: skip
-    device = ReplayDevice(DeviceAgent(runtime, sampling), stream, number(config, "batch-size"),
+    agent = DeviceAgent(runtime, sampling, gate=text(config, "prompt-gate"))
+    device = ReplayDevice(agent, stream, number(config, "batch-size"),
                           f"device-{index}")  # fmt: skip
     if STATE_KEY in context.state.config_records:
         state = context.state.config_records[STATE_KEY]["state"]

@@ -88,7 +88,7 @@ class ReplayDevice:
             fields = self.agent.upload(images, step, batch, start, start + len(images))
             chunks = upload_chunks(self.device_id, **fields)  # type: ignore[arg-type]
             bytes_up = sum(chunk.ByteSize() for chunk in chunks)
-        correct = int((step.prediction.logits.argmax(1) == labels).sum())
+        correct = int((step.logits.argmax(1) == labels).sum())
         record = BatchRecord(batch, int(self.domain[start]), len(images), correct,
                              len(step.decision.indices), step.decision.shift, bytes_up,
                              self.prompt_version)  # fmt: skip

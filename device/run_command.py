@@ -53,6 +53,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     run.add_argument("--seed", type=int, default=0, help="for the random share of the uploads")
     run.add_argument("--stat-mix", type=float, default=1.0,
                      help="1: normalise with each batch's statistics (U-VPA); 0: source statistics")  # fmt: skip
+    run.add_argument("--prompt-gate", default="entropy", choices=["entropy", "off"],
+                     help="entropy: per batch, answer without the cloud's prompt when that run "
+                          "is surer (a second model pass while a prompt is in force); "
+                          "off: always use the prompt (default: %(default)s)")  # fmt: skip
     run.add_argument("--fps", type=float, help="pace frames like a camera (default: flat out)")
     run.add_argument("--drain-seconds", type=float, default=5.0, help="wait for uploads at the end")
     run.add_argument("--queue-items", type=int, default=1000,
@@ -84,7 +88,7 @@ def _run(args: argparse.Namespace) -> int:
     link = _link_config(args, token, runtime.manifest.sha256) if args.server else None
     config = ClientConfig(
         args.state_dir, SamplingConfig(budget=args.budget, score=args.score, seed=args.seed),
-        stat_mix=args.stat_mix, fps=args.fps, drain_seconds=args.drain_seconds,
+        stat_mix=args.stat_mix, gate=args.prompt_gate, fps=args.fps, drain_seconds=args.drain_seconds,
         queue_items=args.queue_items,
     )  # fmt: skip
     corruptions = [c for c in args.corruptions.split(",") if c]

@@ -64,11 +64,18 @@ class DeviceRuntime:
         """Back to the shipped defaults (the unadapted student)."""
         self.adaptation = dict(self.defaults)
 
-    def predict(self, images: np.ndarray) -> Prediction:
-        """(N, H, W, 3) uint8 frames -> outputs under the current adaptation."""
+    def predict(
+        self, images: np.ndarray, adaptation: dict[str, np.ndarray] | None = None
+    ) -> Prediction:
+        """(N, H, W, 3) uint8 frames -> outputs under the current adaptation (or ``adaptation``).
+
+        ``adaptation`` must be complete and already checked (e.g. a copy of ``adaptation``
+        taken earlier); it serves a one-off pass and leaves the current one in force.
+        """
         x = preprocess(images, self.manifest.preprocess)
         names = ["logits", "embedding", "batch_stats"]
-        logits, embedding, stats = self.session.run(names, {**self.adaptation, IMAGE_INPUT: x})
+        inputs = self.adaptation if adaptation is None else adaptation
+        logits, embedding, stats = self.session.run(names, {**inputs, IMAGE_INPUT: x})
         return Prediction(logits, embedding, stats)
 
     def _check_input(self, name: str, value: np.ndarray) -> np.ndarray:

@@ -29,6 +29,7 @@ from cloud.adaptation.vplu import VPLU, VPLUConfig
 from cloud.export.device_model import DeviceModel
 from cloud.students.preprocess import Normalization, pixels_to_uint8
 from cloud.teacher.companion import MAKE_IT as COMPANION_MAKE_IT
+from device.prompt_gate import check_gate, prefers_prompt
 from device.sampling import SamplingConfig, UncertaintySampler
 from device.uncertainty import perturbed_views
 from protocol.errors import ConfigError
@@ -71,6 +72,10 @@ class UVPAConfig:
     delay: int = 1  # batches between learning a prompt and the device using it
     stat_mix: float = 1.0  # device normalises with its own batch statistics
     companion: bool = False  # the cloud's re-normalised companion joins the ensemble target
+    gate: str = "entropy"  # the device's own check on each prompt (device.prompt_gate)
+
+    def __post_init__(self) -> None:
+        check_gate(self.gate)
 
 
 class Traffic:
@@ -119,6 +124,7 @@ class UVPAMethod:
         self.view_rng = np.random.default_rng(config.sampling.seed)
         self.inputs = world.device_model.neutral_inputs(world.class_vectors)
         self.inputs["stat_mix"] = torch.full((1,), float(config.stat_mix))
+        self.fallback = dict(self.inputs)  # no prompt: what the device answers with when gated
         self.in_flight: deque[tuple[int, Prompt]] = deque()
         self.batch_index = 0
         self.traffic = Traffic()
@@ -147,7 +153,17 @@ class UVPAMethod:
                 int(v.numel()) * 4 for v in new_prompt.values()
             )
         self.batch_index += 1
-        return logits
+        return self._answer(pixels, logits)
+
+    def _answer(self, pixels: torch.Tensor, prompted: torch.Tensor) -> torch.Tensor:
+        """The device's prompt gate, as ``device.agent.DeviceAgent`` applies it."""
+        if self.config.gate == "off" or all(
+            torch.equal(self.inputs[k], v) for k, v in self.fallback.items()
+        ):
+            return prompted
+        x = self.world.normalize(pixels)
+        fallback, _, _ = self.world.device_model(**{**self.fallback, "x": x})
+        return prompted if prefers_prompt(prompted.numpy(), fallback.numpy()) else fallback
 
     def _view_logits(self, pixels: torch.Tensor) -> list[np.ndarray]:
         """The device's two extra passes for disagreement, on the same uint8 views it would see."""

@@ -64,6 +64,7 @@ def _uvpa_variants(base: UVPAConfig) -> dict[str, UVPAConfig]:
         "uvpa_all_parts": replace(base, vplu=replace(vplu, parts=PIXEL_PARTS + FEATURE_PARTS)),
         "uvpa_homeostasis": replace(base, bank=BankConfig(shared_rate=0.5, sensitive_quantile=0.8)),
         "uvpa_companion": replace(base, companion=True),
+        "uvpa_no_gate": replace(base, gate="off"),
         "uvpa_no_restart": replace(
             base,
             session=replace(session, restart_on_shift=False),

@@ -4,7 +4,8 @@
   in force vs the plain student graph without any adaptation inputs (the prompt's
   overhead), and vs a graph that normalises with each batch's statistics like the device
   but takes no prompt (the prompt's own share of it), fp32 vs int8, onnxruntime vs
-  PyTorch eager; peak memory of a device process;
+  PyTorch eager; a whole device step with the prompt gate on vs off (the gate's second
+  pass); peak memory of a device process;
 - cloud: one VPLU update on a full upload buffer, how it grows with the buffer, and one
   round of the fleet cloud as devices grow (1, 4, 16, 64);
 - communication: uplink bytes per 1,000 frames of U-VPA vs uploading every frame for the
@@ -163,6 +164,25 @@ def device_latency(models: dict[str, Path], frames: np.ndarray, repeats: int) ->
     return {k: round(v, 4) for k, v in out.items()}
 
 
+def gate_cost(manifest: Path, frames: np.ndarray, repeats: int) -> dict[str, float]:
+    """Ms per frame of one whole device step (model, prompt gate, UGS) with a prompt in force.
+
+    With the gate on, the device runs each batch twice while a prompt is in force
+    (``device.prompt_gate``); this is what that costs next to the gate off.
+    """
+    from device.agent import DeviceAgent
+    from device.runtime import DeviceRuntime
+    from device.sampling import SamplingConfig
+
+    out = {}
+    for gate in ("off", "entropy"):
+        agent = DeviceAgent(DeviceRuntime.load(manifest, threads=1), SamplingConfig(), gate=gate)
+        agent.apply({"norm_affine": agent.runtime.defaults["norm_affine"] + np.float32(0.01)})
+        ms = median_ms(partial(agent.step, frames), repeats, 2)
+        out[f"agent_step_gate_{gate}_ms_per_frame_b{len(frames)}"] = ms / len(frames)
+    return {k: round(v, 4) for k, v in out.items()}
+
+
 DEVICE_PROCESS = """
 import sys, numpy as np
 from device.runtime import DeviceRuntime
@@ -262,6 +282,7 @@ def run_perf(config: PerfConfig, progress: Callable[[str], None] = print) -> dic
     frames = np.concatenate([fog.images, contrast.images])
     progress("device latency")
     device = device_latency(models, frames[:64], config.repeats)
+    device.update(gate_cost(models["manifest"], frames[:64], config.repeats))
     device["peak_memory_mb"] = device_peak_memory_mb(models["manifest"])  # type: ignore[assignment]
     progress("communication")
     traffic = communication(models["manifest"], frames)
@@ -299,6 +320,11 @@ def ratios(device: dict[str, float], traffic: dict[str, float]) -> dict[str, flo
         out[f"int8_over_fp32_b{n}"] = round(
             device[f"prompted_int8_ms_per_frame_b{n}"] / prompted, 2
         )
+    gate_on, gate_off = (
+        device.get(f"agent_step_gate_{g}_ms_per_frame_b64") for g in ("entropy", "off")
+    )
+    if gate_on and gate_off:  # what the device's prompt gate adds to a whole step
+        out["prompt_gate_overhead_b64"] = round(gate_on / gate_off - 1, 4)
     out["uplink_ratio"] = traffic["uplink_ratio"]
     return out
 

@@ -43,6 +43,7 @@ class FleetRounds:
         self.scenario, self.teacher, self.progress = scenario, teacher, progress
         self.base: dict[str, int | float | str] = {"stream-dir": str(stream_dir), "model-dir": str(model_dir),
                      "budget": scenario.budget, "score": scenario.score, "seed": scenario.seed,
+                     "prompt-gate": scenario.prompt_gate,
                      "batch-size": scenario.batch_size}  # fmt: skip
         self.records: dict[int, list[dict[str, object]]] = {}
         self.bytes_down: dict[int, int] = {}

@@ -89,6 +89,7 @@ def _start_device(scenario, world, work, stream, i, port, token, env):  # type: 
                "--state-dir", str(work / device_id), "--server", f"127.0.0.1:{port}",
                "--device-id", device_id, f"--token={token}", "--batch-size", str(scenario.batch_size),
                "--threads", "1", "--budget", str(scenario.budget), "--score", scenario.score,
+               "--prompt-gate", scenario.prompt_gate,
                "--seed", str(scenario.seed + i), "--out", str(work / f"{device_id}.jsonl"),
                "--summary", str(work / f"{device_id}.summary.json"), "--log-level", "WARNING"]  # fmt: skip
     if scenario.fps:

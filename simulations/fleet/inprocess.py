@@ -37,7 +37,7 @@ def replay_devices(scenario: Scenario, streams: list[Path], model_dir: Path) -> 
     for i, path in enumerate(streams):
         sampling = device_sampling(scenario, i)
         runtime = DeviceRuntime.load(model_dir / MANIFEST_FILE, threads=1)
-        agent = DeviceAgent(runtime, sampling)
+        agent = DeviceAgent(runtime, sampling, gate=scenario.prompt_gate)
         devices.append(ReplayDevice(agent, path, scenario.batch_size, f"device-{i}"))
     return devices
 

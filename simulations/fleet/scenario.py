@@ -14,6 +14,7 @@ from typing import Any
 
 import tomllib
 
+from device.prompt_gate import check_gate
 from protocol.errors import ConfigError
 
 ENGINES = ("inprocess", "grpc", "flower-sim", "flower")
@@ -38,6 +39,9 @@ class Scenario:
     budget: float = 0.1
     min_uploads: int = 24  # uploads of an environment before the cloud's first update for it
     score: str = "entropy"
+    # the device answers without the cloud's prompt on a batch where that is surer
+    # (device.prompt_gate); "off" always answers with the prompt
+    prompt_gate: str = "entropy"
     environment_bank: bool = True
     share_across_devices: bool = True
     pool_uploads: bool = False  # a known environment's past uploads join the next device's fit
@@ -75,6 +79,7 @@ class Scenario:
             raise ConfigError(f"budget must be in (0, 1], got {self.budget}")
         if not 1 <= self.min_devices <= self.devices:
             raise ConfigError("min_devices must be between 1 and devices")
+        check_gate(self.prompt_gate)
 
     def resolved(self) -> dict[str, object]:
         """Plain data for ``config.json`` (tuples as lists)."""

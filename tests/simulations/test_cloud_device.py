@@ -127,3 +127,24 @@ def test_label_target_refuses_uploads_whose_labels_were_not_revealed(world):
     method = LabelTargetMethod("uvpa_label_target", world, config())
     with pytest.raises(DataError, match="reveal_labels"):
         method.step(batches(1)[0])
+
+
+@pytest.mark.parametrize(("gate", "scale", "answers_with_prompt"),
+                         [("entropy", 0.02, False), ("entropy", 5.0, True), ("off", 0.02, True)])  # fmt: skip
+def test_the_bench_device_gates_prompts_like_the_device_agent(
+    world, gate, scale, answers_with_prompt
+):
+    method = UVPAMethod("uvpa", world, replace(config(), gate=gate))
+    pixels = batches(1)[0]
+    x = world.normalize(pixels)
+    with torch.no_grad():
+        bare = world.device_model(**{**method.inputs, "x": x})[0]
+        method.inputs["class_vectors"] = world.class_vectors * scale  # a prompt in force
+        prompted = world.device_model(**{**method.inputs, "x": x})[0]
+    answer = method.step(pixels)
+    torch.testing.assert_close(answer, prompted if answers_with_prompt else bare)
+
+
+def test_an_unknown_gate_is_refused():
+    with pytest.raises(ConfigError, match="prompt gate"):
+        UVPAConfig(gate="vote")

@@ -98,6 +98,8 @@ def test_scenario_layers_file_then_flags_and_names_unknown_keys(tmp_path):
         load_scenario(path)
     with pytest.raises(ConfigError, match="engine"):
         load_scenario(None, engine="warp")
+    with pytest.raises(ConfigError, match="prompt gate"):
+        load_scenario(None, prompt_gate="vote")
 
 
 def test_a_missing_benchmark_says_how_to_make_it(tmp_path, capsys):
