@@ -3,9 +3,9 @@
 Predict a batch under the prompt in force (own batch statistics, ``stat_mix`` = 1, the U-VPA
 device configuration), check that the prompt does not make the device less sure than no
 prompt (``device.prompt_gate``), score and pick the uploads (UGS, ``device.sampling``), and
-build the upload the cloud expects. ``DeviceClient`` (gRPC, threads, disk queue), the Flower ClientApp
-and the in-process fleet simulation all wrap this one class, so an engine changes how
-uploads and prompts travel, never what the device does.
+build the upload the cloud expects. ``DeviceClient`` (gRPC, threads, disk queue), the
+Flower ClientApp and the in-process fleet simulation all wrap this one class, so an engine
+changes how uploads and prompts travel, never what the device does.
 """
 
 from __future__ import annotations
