@@ -25,7 +25,9 @@ import torch
 
 from cloud.adaptation.prompt_bank import BankConfig, Prompt, PromptBank
 from cloud.adaptation.session import AdaptationSession, SessionConfig, UploadBatch
+from cloud.adaptation.synthetic import EnvironmentRenderer, SyntheticConfig
 from cloud.adaptation.vplu import VPLU, VPLUConfig
+from cloud.data.labelled import LabelledImages
 from cloud.export.device_model import DeviceModel
 from cloud.students.preprocess import Normalization, pixels_to_uint8
 from cloud.teacher.companion import MAKE_IT as COMPANION_MAKE_IT
@@ -36,6 +38,10 @@ from protocol.errors import ConfigError
 
 UPLOAD_OVERHEAD_BYTES = 4 + 8  # float32 score + int64 frame id per uploaded frame
 MESSAGE_OVERHEAD_BYTES = 16  # per message (device id, batch id, shift flag)
+SYNTHETIC_MAKE_IT = (
+    "install the Fashion-MNIST training split (`make setup`, the Debian package "
+    "dataset-fashion-mnist) or point CDCA_DATA at its IDX files"
+)
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,7 @@ class CloudDeviceWorld:
     normalization: Normalization
     teacher: Callable[[torch.Tensor], torch.Tensor]
     companion: Callable[[torch.Tensor], torch.Tensor] | None = None  # cloud.teacher.companion
+    clean: LabelledImages | None = None  # the cloud's clean labelled set, for synthetic samples
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """[0, 1] pixels -> the device model's input."""
@@ -73,9 +80,12 @@ class UVPAConfig:
     stat_mix: float = 1.0  # device normalises with its own batch statistics
     companion: bool = False  # the cloud's re-normalised companion joins the ensemble target
     gate: str = "entropy"  # the device's own check on each prompt (device.prompt_gate)
+    synthetic: int = 0  # clean images rendered like each environment per update (0: none)
 
     def __post_init__(self) -> None:
         check_gate(self.gate)
+        if self.synthetic < 0:
+            raise ConfigError(f"synthetic must be >= 0 samples per update, got {self.synthetic}")
 
 
 class Traffic:
@@ -117,7 +127,7 @@ class UVPAMethod:
         self.session = AdaptationSession(
             vplu, world.teacher_logits, world.normalize,
             PromptBank(vplu.neutral_prompt(), config.bank), config.session,
-            world.companion if config.companion else None,
+            world.companion if config.companion else None, _renderer(name, world, config),
         )  # fmt: skip
         first_norm = world.device_model.norm_layers[0].channels
         self.sampler = UncertaintySampler(config.sampling, signature_channels=first_norm)
@@ -189,6 +199,16 @@ class UVPAMethod:
         # the batch statistics travel only with a batch that uploads frames
         stats_bytes = int(upload.batch_stats.numel()) * 4 if len(upload.pixels) else 0
         self.traffic.count_upload(upload.pixels, stats_bytes)
+
+
+def _renderer(name: str, world: CloudDeviceWorld, config: UVPAConfig) -> EnvironmentRenderer | None:
+    """The synthetic-sample renderer a method asks for, over the world's clean set."""
+    if not config.synthetic:
+        return None
+    if world.clean is None:
+        raise ConfigError(f"{name} renders the clean training set; {SYNTHETIC_MAKE_IT}")
+    return EnvironmentRenderer(world.clean.images, world.clean.labels, len(world.class_vectors),
+                               SyntheticConfig(count=config.synthetic))  # fmt: skip
 
 
 class CloudTeacherMethod:

@@ -6,7 +6,8 @@ update (``unguided``), what the device is taught to match (``teacher_target``), 
 prompt lives (``pixel`` full-image, ``pixel_border``, ``pixel_patch``, ``all_parts``), how
 environments hand over (``homeostasis``, ``no_restart``), whether the cloud adapts a
 teacher of its own (``companion``: a BatchNorm CNN re-normalised on each environment's
-uploads joins the ensemble target), and two references: upload everything
+uploads joins the ensemble target), whether the cloud adds its own clean labelled images
+rendered like each environment's uploads (``synthetic``), and two references: upload everything
 (``cloud_teacher``) and a perfect teacher (``label_target``: the cloud learns from the
 uploads' true labels). Which BatchNorms the cloud fits is a setting of every row
 (``fit_norms``), not a row of its own.
@@ -22,11 +23,18 @@ import torch
 
 from cloud.adaptation.prompt_bank import BankConfig
 from cloud.adaptation.session import SessionConfig
+from cloud.adaptation.synthetic import SyntheticConfig
 from cloud.adaptation.vplu import FEATURE_PARTS, PIXEL_PARTS, VPLUConfig
 from cloud.teacher.companion import COMPANION_CHECKPOINT, MAKE_IT
 from device.sampling import SamplingConfig
 from protocol.errors import ConfigError, unknown_name
-from simulations.cloud_device import CloudDeviceWorld, CloudTeacherMethod, UVPAConfig, UVPAMethod
+from simulations.cloud_device import (
+    SYNTHETIC_MAKE_IT,
+    CloudDeviceWorld,
+    CloudTeacherMethod,
+    UVPAConfig,
+    UVPAMethod,
+)
 from simulations.label_target import LabelTargetMethod
 from simulations.peers import PEERS, PixelModel, create_method
 
@@ -65,6 +73,7 @@ def _uvpa_variants(base: UVPAConfig) -> dict[str, UVPAConfig]:
         "uvpa_homeostasis": replace(base, bank=BankConfig(shared_rate=0.5, sensitive_quantile=0.8)),
         "uvpa_companion": replace(base, companion=True),
         "uvpa_no_gate": replace(base, gate="off"),
+        "uvpa_synthetic": replace(base, synthetic=SyntheticConfig.count),
         "uvpa_no_restart": replace(
             base,
             session=replace(session, restart_on_shift=False),
@@ -76,6 +85,8 @@ def _uvpa_variants(base: UVPAConfig) -> dict[str, UVPAConfig]:
 
 
 CLOUD_DEVICE_METHODS = (*_uvpa_variants(UVPAConfig()), "cloud_teacher")
+# rows that render the cloud's clean training set (loaded only when one of them runs)
+SYNTHETIC_METHODS = tuple(n for n, c in _uvpa_variants(UVPAConfig()).items() if c.synthetic)
 
 
 def list_methods() -> list[str]:
@@ -119,6 +130,9 @@ class MethodFactory:
                 f"method {name!r} needs a distilled student and its teacher; pass --student "
                 "with a checkpoint from `cdca cloud distill` (the default student is one)"
             )
+        if self.variants.get(name, UVPAConfig()).synthetic and self.world.clean is None:  # type: ignore[union-attr]
+            raise ConfigError(f"method {name!r} renders the cloud's clean training set; "
+                              f"{SYNTHETIC_MAKE_IT}")  # fmt: skip
         if self.variants.get(name, UVPAConfig()).companion and self.world.companion is None:  # type: ignore[union-attr]
             raise ConfigError(f"method {name!r} needs a companion teacher trained on the "
                               f"student's classes at {COMPANION_CHECKPOINT}; create it with "

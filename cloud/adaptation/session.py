@@ -7,7 +7,8 @@ No transport code: callers hand in tensors and get back the prompt to ship, if a
 Per batch: a reported shift folds the ending environment into the shared prompt and empties
 the buffer (PROTOTYPE_FINDINGS lesson 7: a stale buffer mixes shifts), seeded with uploads
 other devices made in the same environment when the fleet has them; the teacher labels
-the new uploads once; VPLU refits the current environment's prompt on the whole buffer,
+the new uploads once; VPLU refits the current environment's prompt on the whole buffer
+(plus, with a renderer, the cloud's clean labelled images rendered like the buffer),
 replaying the device's average batch statistics; a prompt that passes the safety valve is
 returned for delivery.
 """
@@ -23,6 +24,7 @@ import torch
 
 from cloud.adaptation.environments import PooledUploads
 from cloud.adaptation.prompt_bank import Prompt, PromptBank
+from cloud.adaptation.synthetic import EnvironmentRenderer
 from cloud.adaptation.vplu import VPLU, Uploads
 from cloud.students.preprocess import pixels_to_uint8
 from cloud.teacher.companion import MIN_BATCH as COMPANION_MIN_BATCH
@@ -81,6 +83,8 @@ class AdaptationSession:
         config: buffer and schedule.
         companion: [0, 1] pixels of one environment -> class probabilities, normalised with
             those pixels' own statistics (``cloud.teacher.companion``); None: no companion.
+        synthetic: renders the cloud's clean labelled images like the buffer's uploads
+            (``cloud.adaptation.synthetic``); they join every fit. None: uploads only.
     """
 
     def __init__(
@@ -91,9 +95,10 @@ class AdaptationSession:
         bank: PromptBank | None = None,
         config: SessionConfig | None = None,
         companion: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        synthetic: EnvironmentRenderer | None = None,
     ) -> None:
         self.vplu, self.teacher, self.normalize = vplu, teacher, normalize
-        self.companion = companion
+        self.companion, self.synthetic = companion, synthetic
         self.bank = bank or PromptBank(vplu.neutral_prompt())
         self.config = config or SessionConfig()
         self.buffer: deque[_Sample] = deque(maxlen=self.config.buffer_size)
@@ -198,12 +203,20 @@ class AdaptationSession:
             teacher_logits=torch.stack([s.teacher_logits for s in samples]),
             companion_probs=self._companion_view(samples),
         )
-        result = self.vplu.update(uploads, self.bank.current())
+        result = self.vplu.update(uploads, self.bank.current(), self._synthetic_view(samples))
         self.updates += 1
         if result.shipped:
             self.bank.accept(result.prompt)
             self.shipped += 1
         return result.shipped
+
+    @torch.no_grad()
+    def _synthetic_view(self, samples: list[_Sample]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Clean labelled images rendered like this environment's buffer (None: no renderer)."""
+        if self.synthetic is None:
+            return None
+        rendered = self.synthetic.render(torch.stack([s.frame for s in samples]))
+        return self.normalize(rendered.pixels), rendered.targets
 
     @torch.no_grad()
     def _companion_view(self, samples: list[_Sample]) -> torch.Tensor | None:

@@ -159,14 +159,30 @@ class VPLU:
         del inputs["stat_mix"]  # replayed statistics only: the batch's would get weight 0
         return self.model.replayed_logits(**inputs)
 
-    def update(self, uploads: Uploads, shipped: dict[str, torch.Tensor]) -> UpdateResult:
-        """Learn from ``uploads``; return the prompt to keep on the device (new or ``shipped``)."""
+    def update(
+        self,
+        uploads: Uploads,
+        shipped: dict[str, torch.Tensor],
+        extra: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> UpdateResult:
+        """Learn from ``uploads``; return the prompt to keep on the device (new or ``shipped``).
+
+        ``extra``: (x, target probabilities) the fit trains on besides the uploads, e.g.
+        synthetic environment samples (``cloud.adaptation.synthetic``); never held out, so the
+        safety valve judges on uploads alone.
+        """
         cfg = self.config
         held = torch.zeros(len(uploads.x), dtype=torch.bool)
         held[cfg.holdout_every - 1 :: cfg.holdout_every] = True
         stats = self.replay_stats(uploads.batch_stats)
         target = self.targets(uploads, stats, shipped)
-        learned, losses = self._fit(uploads.x[~held], target[~held], stats, shipped)
+        x_train, target_train = uploads.x[~held], target[~held]
+        if extra is not None:
+            x_train, target_train = (
+                torch.cat([x_train, extra[0]]),
+                torch.cat([target_train, extra[1]]),
+            )
+        learned, losses = self._fit(x_train, target_train, stats, shipped)
         momentum = self.momentum(uploads.uncertainty)
         candidate = {k: momentum * shipped[k] + (1 - momentum) * learned[k] if k in learned else shipped[k]
                      for k in shipped}  # fmt: skip

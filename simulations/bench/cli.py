@@ -118,7 +118,7 @@ def _run_adapt(args: argparse.Namespace) -> int:
     from simulations.bench.adapt import run_benchmark
     from simulations.bench.models import load_bench_models
     from simulations.bench.report import write_report
-    from simulations.methods import MethodFactory
+    from simulations.methods import SYNTHETIC_METHODS, MethodFactory
     from simulations.streams import check_available, parse_stream
 
     torch.set_num_threads(args.threads)
@@ -127,7 +127,8 @@ def _run_adapt(args: argparse.Namespace) -> int:
         raise ConfigError(f"no companion checkpoint at {args.companion}; create it with "
                           "`cdca train companion`")  # fmt: skip
     loaded = load_bench_models(args.student or DEFAULT_DISTILLED, args.teacher,
-                               args.companion or COMPANION_CHECKPOINT)  # fmt: skip
+                               args.companion or COMPANION_CHECKPOINT,
+                               clean_set=bool(set(methods) & set(SYNTHETIC_METHODS)))  # fmt: skip
     factory = MethodFactory(loaded.model, loaded.world, args.delay, args.budget, args.fit_norms)
     for name in methods:  # fail on a typo before any work is done
         factory.check(name)

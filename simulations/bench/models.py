@@ -8,8 +8,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cloud.data.labelled import LabelledImages
 from cloud.teacher.companion import COMPANION_CHECKPOINT, load_companion
 from cloud.weights_io import read_metadata
+from protocol.errors import DataError
 from simulations.cloud_device import CloudDeviceWorld
 from simulations.peers import PixelModel
 
@@ -39,9 +41,14 @@ class BenchModels:
 
 
 def load_bench_models(
-    student_path: Path, teacher: str = "builtin", companion: Path = COMPANION_CHECKPOINT
-) -> BenchModels:
-    """A label-trained student (peers only) or a distilled one (peers and cloud-device rows)."""
+    student_path: Path, teacher: str = "builtin", companion: Path = COMPANION_CHECKPOINT,
+    clean_set: bool = False,
+) -> BenchModels:  # fmt: skip
+    """A label-trained student (peers only) or a distilled one (peers and cloud-device rows).
+
+    ``clean_set``: also load the cloud's clean training set (Fashion-MNIST's training split,
+    about 180 MB), which only the rows with synthetic samples use.
+    """
     meta = read_metadata(
         student_path,
         kind="student checkpoint",
@@ -67,9 +74,26 @@ def load_bench_models(
         view = None
     world = CloudDeviceWorld(DeviceModel(distilled), vectors, dinfo.normalization,
                              lambda pixels: cloud_teacher.logits(pixels, vectors),
-                             None if view is None else view.probabilities)  # fmt: skip
+                             None if view is None else view.probabilities,
+                             _clean_training_set(tuple(dinfo.class_names)) if clean_set else None)  # fmt: skip
     description: dict[str, object] = {"student": str(student_path), "arch": dinfo.arch,
                                       "kind": "distilled", "teacher": teacher}  # fmt: skip
     if view is not None:
         description["companion"] = companion.name
     return BenchModels(model, world, description)
+
+
+def _clean_training_set(class_names: tuple[str, ...]) -> LabelledImages | None:
+    """The Fashion-MNIST training split, when installed and the student's classes are its own.
+
+    None otherwise: the rows that need it say how to install it (tests use students over
+    other classes).
+    """
+    from cloud.data.fashion_mnist import CLASS_NAMES, load_fashion_mnist
+
+    if class_names != CLASS_NAMES:
+        return None
+    try:
+        return load_fashion_mnist("train", allow_download=False)
+    except DataError:
+        return None

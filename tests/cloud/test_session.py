@@ -113,3 +113,28 @@ def test_the_companion_sits_out_updates_it_cannot_normalise(session):
     session.ingest(batch(session, 3, seed=5))
     assert session.updates == 3
     assert [len(p) for p in seen] == [8]
+
+
+def test_a_synthetic_renderer_adds_rendered_clean_images_to_every_fit(session, monkeypatch):
+    import numpy as np
+
+    from cloud.adaptation.synthetic import EnvironmentRenderer, SyntheticConfig
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+    session.synthetic = EnvironmentRenderer(
+        images, rng.integers(0, 4, 20), 4, SyntheticConfig(count=6)
+    )
+    seen = []
+    update = session.vplu.update
+    monkeypatch.setattr(
+        session.vplu, "update", lambda u, s, extra: seen.append(extra) or update(u, s, extra)
+    )
+    for seed in range(3):
+        session.ingest(batch(session, 3, seed=seed))
+    assert session.updates == len(seen) >= 1
+    x, target = seen[0]
+    assert x.shape == (6, 3, 32, 32)
+    assert target.shape == (6, 4)
+    assert x.min() >= -1
+    assert x.max() <= 1

@@ -167,3 +167,18 @@ def test_a_companion_is_a_third_confidence_weighted_view_in_the_ensemble(distill
     torch.testing.assert_close(  # the teacher-only target ignores every other view
         teacher_only.targets(with_companion, replayed, neutral), teacher_logits.softmax(1)
     )
+
+
+def test_extra_samples_join_the_fit_but_never_the_safety_valve(distilled):
+    student, vectors, _ = distilled
+    torch.manual_seed(0)
+    vplu = VPLU(DeviceModel(student), vectors, VPLUConfig(steps=3))
+    x = torch.randn(24, 3, 32, 32)
+    stats, device_logits = device_view(vplu, x)
+    uploads = Uploads(x, stats, torch.full((24,), 0.5), device_logits.detach() * 2)
+    extra_x = torch.randn(16, 3, 32, 32)
+    extra_target = torch.nn.functional.one_hot(torch.arange(16) % 4, 4).float()
+    plain = vplu.update(uploads, vplu.neutral_prompt())
+    with_extra = vplu.update(uploads, vplu.neutral_prompt(), (extra_x, extra_target))
+    assert with_extra.losses != plain.losses  # the fit saw them
+    assert with_extra.agreement_before == plain.agreement_before  # held out: uploads only

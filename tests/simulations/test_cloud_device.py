@@ -6,6 +6,7 @@ import torch
 
 from cloud.adaptation.session import SessionConfig
 from cloud.adaptation.vplu import VPLUConfig
+from cloud.data.labelled import LabelledImages
 from cloud.export.device_model import DeviceModel
 from cloud.students.architectures import CompactCNN
 from cloud.teacher.companion import Companion
@@ -27,7 +28,12 @@ def world(distilled):
         return 5 * model(**{**inputs, "x": pixels})[0]
 
     companion = Companion(CompactCNN(len(vectors), 4), tuple(info.class_names))
-    return CloudDeviceWorld(model, vectors, info.normalization, teacher, companion.probabilities)
+    rng = np.random.default_rng(0)
+    clean = LabelledImages(rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8),
+                           rng.integers(0, len(vectors), 40), tuple(info.class_names), "clean")  # fmt: skip
+    return CloudDeviceWorld(
+        model, vectors, info.normalization, teacher, companion.probabilities, clean
+    )
 
 
 def batches(count, n=32, seed=0):
@@ -99,6 +105,8 @@ def test_factory_builds_every_method_and_refuses_cloud_rows_without_a_teacher(wo
     with pytest.raises(ConfigError, match="cdca train companion"):
         MethodFactory(model, without_companion).check("uvpa_companion")
     MethodFactory(model, without_companion).create("uvpa")  # the other rows do not need one
+    with pytest.raises(ConfigError, match="CDCA_DATA"):
+        MethodFactory(model, replace(world, clean=None)).check("uvpa_synthetic")
     with pytest.raises(ConfigError, match="delay"):
         MethodFactory(model, world, delay=0)
     every_norm = MethodFactory(model, world, fit_norms="all").variants
@@ -148,3 +156,18 @@ def test_the_bench_device_gates_prompts_like_the_device_agent(
 def test_an_unknown_gate_is_refused():
     with pytest.raises(ConfigError, match="prompt gate"):
         UVPAConfig(gate="vote")
+
+
+def test_synthetic_samples_join_the_cloud_fit_of_the_synthetic_row(world):
+    method = UVPAMethod("uvpa_synthetic", world, replace(config(), synthetic=8))
+    assert method.session.synthetic is not None
+    assert method.session.synthetic.config.count == 8
+    rendered = []
+    render = method.session.synthetic.render
+    method.session.synthetic.render = lambda frames: rendered.append(len(frames)) or render(frames)
+    for pixels in batches(4):
+        method.step(pixels)
+    assert method.session.updates == len(rendered) > 0
+    assert UVPAMethod("uvpa", world, config()).session.synthetic is None
+    with pytest.raises(ConfigError, match="synthetic"):
+        UVPAConfig(synthetic=-1)

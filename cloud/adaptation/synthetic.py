@@ -1,0 +1,143 @@
+"""Synthetic environment samples: the cloud's labelled clean images, changed the way the uploads are.
+
+Why (docs/uvpa.md): about 100 uploads per environment move the device's BatchNorm
+scale/shift only so far, and the uploads' true labels do no better than the teacher's
+answers, so the number of samples is the limit, not their labels. The cloud holds the
+labelled clean set its teacher and student learned from. From the uploads alone it
+estimates how the environment changes images: per frequency, the uploads' mean amplitude
+spectrum over the clean set's (a linear filter: contrast, blur, brightness, and the
+average effect of fog or frost). Clean images passed through that filter keep their
+phase, and with it what they show and their label; they join the fit's training part,
+while the safety valve still judges on held-out uploads only.
+
+Related: FDA (Yang and Soatto, "FDA: Fourier Domain Adaptation for Semantic
+Segmentation", CVPR 2020, https://arxiv.org/abs/2004.05498) puts one target image's
+low-frequency amplitude into a source image. On Fashion-MNIST-C that kept the clean
+images' full contrast at 32 px (a probe), so here the whole spectrum is scaled by the
+environment's mean gain instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from protocol.errors import ConfigError, DataError
+
+SPECTRUM_FLOOR = 1e-6  # added to both spectra before dividing
+SPECTRUM_CHUNK = 1000  # clean images per FFT when measuring the clean spectrum (bounds memory)
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """How many synthetic samples each cloud update adds, and how sure their labels are."""
+
+    count: int = 192  # per update; the buffer holds at most 192 uploads
+    smoothing: float = 0.1  # label smoothing: a rendered image can lose what made it clear
+    spectrum_images: int = 5000  # clean images that define the clean mean spectrum
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or self.spectrum_images < 1:
+            raise ConfigError("synthetic count and spectrum_images must be >= 1")
+        if not 0 <= self.smoothing < 1:
+            raise ConfigError(f"synthetic smoothing must be in [0, 1), got {self.smoothing}")
+
+
+@dataclass(frozen=True)
+class SyntheticSamples:
+    """Rendered clean images and the targets the fit should match.
+
+    Attributes:
+        pixels: (count, 3, H, W) float in [0, 1].
+        targets: (count, C) smoothed one-hot probabilities of the clean labels.
+    """
+
+    pixels: torch.Tensor
+    targets: torch.Tensor
+
+
+class EnvironmentRenderer:
+    """Renders the cloud's clean labelled images with the spectrum of one environment's uploads.
+
+    Args:
+        images: (N, H, W, 3) uint8 clean images (e.g. the Fashion-MNIST training split).
+        labels: (N,) class indices into the device's classes.
+        num_classes: the device's number of classes.
+        config: count, smoothing, seed.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        num_classes: int,
+        config: SyntheticConfig | None = None,
+    ) -> None:
+        self.config = config or SyntheticConfig()
+        _check_clean(images, labels, num_classes)
+        self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        self.num_classes = num_classes
+        self.generator = torch.Generator().manual_seed(self.config.seed)
+        self.clean_amplitude = self._mean_amplitude()
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        """(3, H, W): the only upload shape this renderer accepts."""
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def gain(self, frames: torch.Tensor) -> torch.Tensor:
+        """(3, H, W) per-frequency gain: the uploads' mean amplitude over the clean set's."""
+        _check_frames(frames, self.frame_shape)
+        amplitude = torch.fft.fft2(frames.float() / 255).abs().mean(dim=0)
+        # where neither has energy the gain is 1, not 0/0
+        return (amplitude + SPECTRUM_FLOOR) / (self.clean_amplitude + SPECTRUM_FLOOR)
+
+    @torch.no_grad()
+    def render(self, frames: torch.Tensor) -> SyntheticSamples:
+        """``count`` clean images rendered with the environment of ``frames`` (n, 3, H, W) uint8."""
+        gain = self.gain(frames)
+        pick = torch.randint(len(self.images), (self.config.count,), generator=self.generator)
+        spectrum = torch.fft.fft2(self.images[pick].float() / 255)
+        pixels = torch.fft.ifft2(spectrum * gain).real.clamp(0, 1)
+        return SyntheticSamples(pixels, self._targets(self.labels[pick]))
+
+    def _targets(self, labels: torch.Tensor) -> torch.Tensor:
+        smoothing = self.config.smoothing
+        targets = torch.full((len(labels), self.num_classes), smoothing / (self.num_classes - 1))
+        targets[torch.arange(len(labels)), labels] = 1 - smoothing
+        return targets
+
+    def _mean_amplitude(self) -> torch.Tensor:
+        count = min(len(self.images), self.config.spectrum_images)
+        generator = torch.Generator().manual_seed(self.config.seed)
+        chosen = torch.randperm(len(self.images), generator=generator)[:count]
+        total = torch.zeros(self.images.shape[1:], dtype=torch.float32)
+        for start in range(0, count, SPECTRUM_CHUNK):
+            chunk = self.images[chosen[start : start + SPECTRUM_CHUNK]].float() / 255
+            total += torch.fft.fft2(chunk).abs().sum(dim=0)
+        return total / count
+
+
+def _check_clean(images: np.ndarray, labels: np.ndarray, num_classes: int) -> None:
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8 or not len(images):
+        raise DataError(
+            f"the clean set must be (N, H, W, 3) uint8 with N > 0, got {images.shape} {images.dtype}"
+        )
+    if labels.shape != (len(images),):
+        raise DataError(f"expected {len(images)} clean labels, got shape {labels.shape}")
+    if num_classes < 2 or labels.min() < 0 or labels.max() >= num_classes:
+        raise DataError(f"clean labels must lie in [0, {num_classes}), the device's classes")
+
+
+def _check_frames(frames: torch.Tensor, shape: tuple[int, int, int]) -> None:
+    if frames.dtype != torch.uint8 or frames.ndim != 4 or tuple(frames.shape[1:]) != shape:
+        raise DataError(
+            f"uploads to render from must be (n, {', '.join(map(str, shape))}) uint8 frames, "
+            f"got {tuple(frames.shape)} {frames.dtype}"
+        )
+    if not len(frames):
+        raise DataError("no uploads to estimate the environment from")
