@@ -162,3 +162,16 @@ def test_benchmarks_find_the_shipped_companion_only_for_a_student_over_its_class
     assert tiny.world.companion is None
     missing = load_bench_models(DEFAULT_DISTILLED, companion=tmp_path / "missing.safetensors")
     assert missing.world.companion is None
+
+
+def test_benchmarks_load_the_clean_training_set_only_when_asked_and_it_fits(
+    tiny_distilled, fashion_mnist_installed
+):
+    from cloud.distill.command import DEFAULT_DISTILLED
+    from simulations.bench.models import load_bench_models
+
+    assert load_bench_models(DEFAULT_DISTILLED).world.clean is None  # the other rows
+    clean = load_bench_models(DEFAULT_DISTILLED, clean_set=True).world.clean
+    assert clean is not None
+    assert clean.images.shape == (60000, 32, 32, 3)
+    assert load_bench_models(tiny_distilled, clean_set=True).world.clean is None  # other classes
