@@ -207,7 +207,7 @@ def _renderer(name: str, world: CloudDeviceWorld, config: UVPAConfig) -> Environ
         return None
     if world.clean is None:
         raise ConfigError(f"{name} renders the clean training set; {SYNTHETIC_MAKE_IT}")
-    return EnvironmentRenderer(world.clean.images, world.clean.labels, len(world.class_vectors),
+    return EnvironmentRenderer(world.clean, len(world.class_vectors),
                                SyntheticConfig(count=config.synthetic))  # fmt: skip
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cloud.data.labelled import LabelledImages
 from protocol.errors import ConfigError, DataError
 
 SPECTRUM_FLOOR = 1e-6  # added to both spectra before dividing
@@ -63,23 +64,22 @@ class EnvironmentRenderer:
     """Renders the cloud's clean labelled images with the spectrum of one environment's uploads.
 
     Args:
-        images: (N, H, W, 3) uint8 clean images (e.g. the Fashion-MNIST training split).
-        labels: (N,) class indices into the device's classes.
+        clean: the clean labelled set (e.g. the Fashion-MNIST training split), its labels
+            indices into the device's classes.
         num_classes: the device's number of classes.
         config: count, smoothing, seed.
     """
 
     def __init__(
         self,
-        images: np.ndarray,
-        labels: np.ndarray,
+        clean: LabelledImages,
         num_classes: int,
         config: SyntheticConfig | None = None,
     ) -> None:
         self.config = config or SyntheticConfig()
-        _check_clean(images, labels, num_classes)
-        self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
-        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        _check_clean(clean, num_classes)
+        self.images = torch.from_numpy(np.ascontiguousarray(clean.images)).permute(0, 3, 1, 2)
+        self.labels = torch.from_numpy(np.asarray(clean.labels, dtype=np.int64))
         self.num_classes = num_classes
         self.generator = torch.Generator().manual_seed(self.config.seed)
         self.clean_amplitude = self._mean_amplitude()
@@ -122,13 +122,11 @@ class EnvironmentRenderer:
         return total / count
 
 
-def _check_clean(images: np.ndarray, labels: np.ndarray, num_classes: int) -> None:
-    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8 or not len(images):
-        raise DataError(
-            f"the clean set must be (N, H, W, 3) uint8 with N > 0, got {images.shape} {images.dtype}"
-        )
-    if labels.shape != (len(images),):
-        raise DataError(f"expected {len(images)} clean labels, got shape {labels.shape}")
+def _check_clean(clean: LabelledImages, num_classes: int) -> None:
+    """What ``LabelledImages`` does not check already: images there, labels the device's."""
+    if not len(clean.images):
+        raise DataError("the clean set is empty")
+    labels = clean.labels
     if num_classes < 2 or labels.min() < 0 or labels.max() >= num_classes:
         raise DataError(f"clean labels must lie in [0, {num_classes}), the device's classes")
 

@@ -119,12 +119,12 @@ def test_a_synthetic_renderer_adds_rendered_clean_images_to_every_fit(session, m
     import numpy as np
 
     from cloud.adaptation.synthetic import EnvironmentRenderer, SyntheticConfig
+    from cloud.data.labelled import LabelledImages
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
-    session.synthetic = EnvironmentRenderer(
-        images, rng.integers(0, 4, 20), 4, SyntheticConfig(count=6)
-    )
+    clean = LabelledImages(images, rng.integers(0, 4, 20), ("a", "b", "c", "d"), "clean")
+    session.synthetic = EnvironmentRenderer(clean, 4, SyntheticConfig(count=6))
     seen = []
     update = session.vplu.update
     monkeypatch.setattr(

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from cloud.adaptation.synthetic import EnvironmentRenderer, SyntheticConfig
+from cloud.data.labelled import LabelledImages
 from protocol.errors import ConfigError, DataError
 
 
@@ -19,6 +20,12 @@ def clean_set(n=64, size=16, seed=0):
     return images, labels
 
 
+def labelled(images, labels):
+    return LabelledImages(
+        images, labels, tuple(f"c{i}" for i in range(8)), "clean"
+    )  # 8 names: room for labels the device (4 classes) lacks
+
+
 def low_contrast(images):
     """The environment: contrast cut to a quarter around mid-grey, as (n, 3, H, W) uint8."""
     pixels = 0.5 + 0.25 * (images.astype(np.float32) / 255 - 0.5)
@@ -27,7 +34,9 @@ def low_contrast(images):
 
 def test_rendered_images_take_on_the_environment_and_keep_their_labels():
     images, labels = clean_set()
-    renderer = EnvironmentRenderer(images, labels, 4, SyntheticConfig(count=32, smoothing=0.1))
+    renderer = EnvironmentRenderer(
+        labelled(images, labels), 4, SyntheticConfig(count=32, smoothing=0.1)
+    )
     uploads = low_contrast(clean_set(seed=1)[0][:16])
     out = renderer.render(uploads)
     assert out.pixels.shape == (32, 3, 16, 16)
@@ -42,7 +51,9 @@ def test_rendered_images_take_on_the_environment_and_keep_their_labels():
 
 def test_clean_uploads_render_the_clean_images_unchanged():
     images, labels = clean_set()
-    renderer = EnvironmentRenderer(images, labels, 4, SyntheticConfig(count=8, spectrum_images=64))
+    renderer = EnvironmentRenderer(
+        labelled(images, labels), 4, SyntheticConfig(count=8, spectrum_images=64)
+    )
     gain = renderer.gain(torch.from_numpy(images).permute(0, 3, 1, 2))
     torch.testing.assert_close(gain, torch.ones_like(gain), atol=1e-4, rtol=1e-4)
 
@@ -50,8 +61,12 @@ def test_clean_uploads_render_the_clean_images_unchanged():
 def test_the_same_seed_renders_the_same_samples():
     images, labels = clean_set()
     uploads = low_contrast(images[:8])
-    first = EnvironmentRenderer(images, labels, 4, SyntheticConfig(count=8)).render(uploads)
-    second = EnvironmentRenderer(images, labels, 4, SyntheticConfig(count=8)).render(uploads)
+    first = EnvironmentRenderer(labelled(images, labels), 4, SyntheticConfig(count=8)).render(
+        uploads
+    )
+    second = EnvironmentRenderer(labelled(images, labels), 4, SyntheticConfig(count=8)).render(
+        uploads
+    )
     torch.testing.assert_close(first.pixels, second.pixels)
 
 
@@ -66,17 +81,17 @@ def test_the_same_seed_renders_the_same_samples():
 def test_uploads_the_renderer_cannot_use_are_refused(frames, message):
     images, labels = clean_set()
     with pytest.raises(DataError, match=message):
-        EnvironmentRenderer(images, labels, 4).render(frames)
+        EnvironmentRenderer(labelled(images, labels), 4).render(frames)
 
 
 def test_a_clean_set_that_does_not_fit_the_device_is_refused():
     images, labels = clean_set()
     with pytest.raises(DataError, match="device's classes"):
-        EnvironmentRenderer(images, labels + 4, 4)
+        EnvironmentRenderer(labelled(images, labels + 4), 4)
     with pytest.raises(DataError, match="uint8"):
-        EnvironmentRenderer(images.astype(np.float32), labels, 4)
+        EnvironmentRenderer(labelled(images.astype(np.float32), labels), 4)
     with pytest.raises(DataError, match="labels"):
-        EnvironmentRenderer(images, labels[:3], 4)
+        EnvironmentRenderer(labelled(images, labels[:3]), 4)
 
 
 def test_config_is_checked():
