@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from cloud.adaptation.clean_set import CLEAN_SET_MISSING
 from cloud.adaptation.prompt_bank import BankConfig, Prompt, PromptBank
 from cloud.adaptation.session import AdaptationSession, SessionConfig, UploadBatch
 from cloud.adaptation.synthetic import EnvironmentRenderer, SyntheticConfig
@@ -38,10 +39,6 @@ from protocol.errors import ConfigError
 
 UPLOAD_OVERHEAD_BYTES = 4 + 8  # float32 score + int64 frame id per uploaded frame
 MESSAGE_OVERHEAD_BYTES = 16  # per message (device id, batch id, shift flag)
-SYNTHETIC_MAKE_IT = (
-    "install the Fashion-MNIST training split (`make setup`, the Debian package "
-    "dataset-fashion-mnist) or point CDCA_DATA at its IDX files"
-)
 
 
 @dataclass(frozen=True)
@@ -206,7 +203,7 @@ def _renderer(name: str, world: CloudDeviceWorld, config: UVPAConfig) -> Environ
     if not config.synthetic:
         return None
     if world.clean is None:
-        raise ConfigError(f"{name} renders the clean training set; {SYNTHETIC_MAKE_IT}")
+        raise ConfigError(f"{name} renders the clean training set; {CLEAN_SET_MISSING}")
     return EnvironmentRenderer(world.clean, len(world.class_vectors),
                                SyntheticConfig(count=config.synthetic))  # fmt: skip
 

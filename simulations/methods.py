@@ -21,6 +21,7 @@ from typing import Protocol
 
 import torch
 
+from cloud.adaptation.clean_set import CLEAN_SET_MISSING
 from cloud.adaptation.prompt_bank import BankConfig
 from cloud.adaptation.session import SessionConfig
 from cloud.adaptation.synthetic import SyntheticConfig
@@ -29,7 +30,6 @@ from cloud.teacher.companion import COMPANION_CHECKPOINT, MAKE_IT
 from device.sampling import SamplingConfig
 from protocol.errors import ConfigError, unknown_name
 from simulations.cloud_device import (
-    SYNTHETIC_MAKE_IT,
     CloudDeviceWorld,
     CloudTeacherMethod,
     UVPAConfig,
@@ -132,7 +132,7 @@ class MethodFactory:
             )
         if self.variants.get(name, UVPAConfig()).synthetic and self.world.clean is None:  # type: ignore[union-attr]
             raise ConfigError(f"method {name!r} renders the cloud's clean training set; "
-                              f"{SYNTHETIC_MAKE_IT}")  # fmt: skip
+                              f"{CLEAN_SET_MISSING}")  # fmt: skip
         if self.variants.get(name, UVPAConfig()).companion and self.world.companion is None:  # type: ignore[union-attr]
             raise ConfigError(f"method {name!r} needs a companion teacher trained on the "
                               f"student's classes at {COMPANION_CHECKPOINT}; create it with "

@@ -30,6 +30,7 @@ from cloud.adaptation.environments import (
 )
 from cloud.adaptation.prompt_bank import BankConfig, Prompt, PromptBank
 from cloud.adaptation.session import AdaptationSession, SessionConfig, UploadBatch
+from cloud.adaptation.synthetic import EnvironmentRenderer
 from cloud.adaptation.vplu import VPLU
 from protocol.signature import batch_signature
 
@@ -77,6 +78,8 @@ class FleetCloud:
         fleet: what devices share.
         signature_channels: channels of the device model's first normalisation layer.
         companion: the cloud's re-normalised companion teacher for every session, or None.
+        synthetic: renders the cloud's clean labelled images like each device's uploads
+            (``cloud.adaptation.synthetic``), shared by every session; None: uploads only.
     """
 
     def __init__(
@@ -89,9 +92,10 @@ class FleetCloud:
         fleet: FleetConfig | None = None,
         signature_channels: int | None = None,
         companion: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        synthetic: EnvironmentRenderer | None = None,
     ) -> None:
         self.vplu, self.teacher, self.normalize = vplu, teacher, normalize
-        self.companion = companion
+        self.companion, self.synthetic = companion, synthetic
         self.session_config, self.bank_config = session or SessionConfig(), bank or BankConfig()
         self.config = fleet or FleetConfig()
         first = vplu.model.norm_layers[0].channels if vplu.model.norm_layers else 0
@@ -106,8 +110,9 @@ class FleetCloud:
         if device_id not in self.sessions:
             bank = bank or PromptBank(self.vplu.neutral, self.bank_config)
             self.sessions[device_id] = AdaptationSession(
-                self.vplu, self.teacher, self.normalize, bank, self.session_config, self.companion
-            )
+                self.vplu, self.teacher, self.normalize, bank, self.session_config,
+                self.companion, self.synthetic,
+            )  # fmt: skip
             self.stays[device_id] = _Stay()
         return self.sessions[device_id]
 
@@ -149,6 +154,7 @@ class FleetCloud:
                 **{f"started_from_{k}": v for k, v in self.starts.items()},
                 "updates": sum(s.updates for s in self.sessions.values()),
                 "companion_updates": sum(s.companion_updates for s in self.sessions.values()),
+                "synthetic_samples": sum(s.synthetic_samples for s in self.sessions.values()),
                 "cloud_seconds": sum(s.seconds for s in self.sessions.values())}  # fmt: skip
 
     def _leave(self, session: AdaptationSession, stay: _Stay) -> None:

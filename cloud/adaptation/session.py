@@ -104,6 +104,7 @@ class AdaptationSession:
         self.buffer: deque[_Sample] = deque(maxlen=self.config.buffer_size)
         self.uploads = self.updates = self.shipped = self.shifts = 0
         self.companion_updates = 0  # updates whose target had the companion's view
+        self.synthetic_samples = 0  # rendered clean images the fits trained on
         self.seconds = 0.0
 
     def ingest(
@@ -216,6 +217,7 @@ class AdaptationSession:
         if self.synthetic is None:
             return None
         rendered = self.synthetic.render(torch.stack([s.frame for s in samples]))
+        self.synthetic_samples += len(rendered.targets)
         return self.normalize(rendered.pixels), rendered.targets
 
     @torch.no_grad()

@@ -34,6 +34,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--companion", type=Path,
         help="companion checkpoint (`cdca train companion`) added to the ensemble target",
     )  # fmt: skip
+    serve.add_argument(
+        "--synthetic", type=int, metavar="N",
+        help="add N clean training images rendered like each device's environment to every "
+        "fit (192 in `cdca bench adapt`'s uvpa_synthetic; 4x the cloud compute; needs the "
+        "Fashion-MNIST training split); default: 0, none",
+    )  # fmt: skip
     serve.add_argument("--upload-budget", type=float, help="largest share of frames accepted")
     serve.add_argument("--tls-cert", type=Path, help="server certificate (PEM)")
     serve.add_argument("--tls-key", type=Path, help="server private key (PEM)")
@@ -73,7 +79,7 @@ def _serve(args: argparse.Namespace) -> int:
     config = load_config(
         args.config, host=args.host, port=args.port, state_dir=args.state_dir,
         student=args.student, teacher=args.teacher, model_dir=args.model_dir,
-        companion=args.companion,
+        companion=args.companion, synthetic=args.synthetic,
         upload_budget=args.upload_budget, tls=tls,
     )  # fmt: skip
     asyncio.run(serve(config, args.port_file))

@@ -9,6 +9,7 @@ Example ``cloud.toml`` (every key optional; CLI flags win)::
     teacher = "builtin"
     upload_budget = 0.1
     companion = "cloud/checkpoints/companion_cnn.safetensors"   # optional (uvpa_companion)
+    synthetic = 192   # optional (uvpa_synthetic): rendered clean images per update
 
     [tls]
     cert = "server.crt"
@@ -70,6 +71,9 @@ class ServerConfig:
             device there (they stay in the cloud; only prompts go to devices).
         companion: a ``cdca train companion`` checkpoint; the cloud re-normalises it on each
             device's current-environment uploads and adds it to the ensemble target.
+        synthetic: clean labelled images the cloud renders like each device's environment
+            and adds to every fit (``cloud.adaptation.synthetic``); 0: none. Needs
+            Fashion-MNIST's training split on the cloud machine.
     """
 
     host: str = "127.0.0.1"
@@ -89,6 +93,7 @@ class ServerConfig:
     share_across_devices: bool = True
     pool_uploads: bool = False
     companion: Path | None = None
+    synthetic: int = 0
 
     def __post_init__(self) -> None:
         if not 0 < self.upload_budget <= 1:
@@ -99,6 +104,8 @@ class ServerConfig:
             raise ConfigError("max_message_bytes below 64 KiB cannot carry one upload chunk")
         if self.min_uploads < 2:
             raise ConfigError(f"min_uploads must be >= 2, got {self.min_uploads}")
+        if self.synthetic < 0:
+            raise ConfigError(f"synthetic must be >= 0 (0: none), got {self.synthetic}")
         if self.upload_slack < 0 or self.max_devices < 1:
             raise ConfigError("upload_slack must be >= 0 and max_devices >= 1")
 

@@ -41,7 +41,7 @@ def registry_path(state_dir: Path) -> Path:
 async def serve(config: ServerConfig, port_file: Path | None = None) -> None:
     """Run the server until SIGINT/SIGTERM."""
     world = load_world(config.student, config.teacher, config.state_dir, config.model_dir,
-                       config.teacher_checkpoint, config.companion)  # fmt: skip
+                       config.teacher_checkpoint, config.companion, config.synthetic)  # fmt: skip
     world.session = SessionConfig(max(world.session.buffer_size, config.min_uploads),
                                   config.min_uploads)  # fmt: skip
     world.fleet = FleetConfig(

@@ -19,10 +19,11 @@ import torch
 from cloud.adaptation.fleet import FleetCloud, FleetConfig
 from cloud.adaptation.prompt_bank import BankConfig
 from cloud.adaptation.session import SessionConfig
+from cloud.adaptation.synthetic import EnvironmentRenderer
 from cloud.adaptation.vplu import VPLU, VPLUConfig
 from cloud.export.device_model import DeviceModel
 from cloud.students.preprocess import Normalization
-from protocol.errors import DataError
+from protocol.errors import ConfigError, DataError
 from protocol.manifest import (
     INT8_MANIFEST_FILE,
     MANIFEST_FILE,
@@ -75,6 +76,7 @@ class CloudWorld:
     bank: BankConfig = field(default_factory=BankConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
     companion: Callable[[torch.Tensor], torch.Tensor] | None = None  # cloud.teacher.companion
+    synthetic: EnvironmentRenderer | None = None  # cloud.adaptation.synthetic; None: uploads only
 
     @cached_property
     def neutral(self) -> dict[str, torch.Tensor]:
@@ -90,7 +92,7 @@ class CloudWorld:
         vplu = VPLU(self.device_model, self.class_vectors, self.vplu)
         return FleetCloud(vplu, self.teacher_logits, self.normalization.apply,
                           self.session, self.bank, fleet or self.fleet,
-                          companion=self.companion)  # fmt: skip
+                          companion=self.companion, synthetic=self.synthetic)  # fmt: skip
 
     @torch.no_grad()
     def teacher_logits(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -101,16 +103,20 @@ class CloudWorld:
 def load_world(
     student: Path, teacher: str, state_dir: Path, model_dir: Path | None,
     teacher_checkpoint: Path | None = None, companion: Path | None = None,
+    synthetic: int = 0,
 ) -> CloudWorld:  # fmt: skip
     """Load the student and teacher, and export (or check) the model folder devices get.
 
     ``teacher_checkpoint``: for the built-in teacher, weights other than the shipped file.
     ``companion``: a ``cdca train companion`` checkpoint that joins every ensemble target.
+    ``synthetic``: clean images rendered like each environment per update (0: none); needs
+    the cloud's clean set for the student's classes (``cloud.adaptation.clean_set``).
     """
     from cloud.distill.checkpoint import load_distilled
     from cloud.teacher.factory import create_teacher
 
     distilled, vectors, info = load_distilled(student)
+    renderer = _synthetic_renderer(tuple(info.class_names), synthetic)  # fails before the teacher
     device_model = DeviceModel(distilled)
     folder = model_dir or state_dir / "model"
     exported_now = model_dir is None and not (folder / MANIFEST_FILE).is_file()
@@ -131,7 +137,20 @@ def load_world(
     return CloudWorld(
         device_model, vectors, info.normalization,
         lambda pixels: cloud_teacher.logits(pixels, vectors), served, companion=view,
+        synthetic=renderer,
     )  # fmt: skip
+
+
+def _synthetic_renderer(class_names: tuple[str, ...], count: int) -> EnvironmentRenderer | None:
+    if count < 0:
+        raise ConfigError(f"synthetic must be >= 0 (0: no synthetic samples), got {count}")
+    if not count:
+        return None
+    from cloud.adaptation.clean_set import clean_renderer
+
+    renderer = clean_renderer(class_names, count)
+    log.info("synthetic samples: %d clean images rendered like each environment per update", count)
+    return renderer
 
 
 def check_same_student(

@@ -8,10 +8,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cloud.data.labelled import LabelledImages
+from cloud.adaptation.clean_set import load_clean_set
 from cloud.teacher.companion import COMPANION_CHECKPOINT, load_companion
 from cloud.weights_io import read_metadata
-from protocol.errors import DataError
 from simulations.cloud_device import CloudDeviceWorld
 from simulations.peers import PixelModel
 
@@ -75,25 +74,9 @@ def load_bench_models(
     world = CloudDeviceWorld(DeviceModel(distilled), vectors, dinfo.normalization,
                              lambda pixels: cloud_teacher.logits(pixels, vectors),
                              None if view is None else view.probabilities,
-                             _clean_training_set(tuple(dinfo.class_names)) if clean_set else None)  # fmt: skip
+                             load_clean_set(tuple(dinfo.class_names)) if clean_set else None)  # fmt: skip
     description: dict[str, object] = {"student": str(student_path), "arch": dinfo.arch,
                                       "kind": "distilled", "teacher": teacher}  # fmt: skip
     if view is not None:
         description["companion"] = companion.name
     return BenchModels(model, world, description)
-
-
-def _clean_training_set(class_names: tuple[str, ...]) -> LabelledImages | None:
-    """The Fashion-MNIST training split, when installed and the student's classes are its own.
-
-    None otherwise: the rows that need it say how to install it (tests use students over
-    other classes).
-    """
-    from cloud.data.fashion_mnist import CLASS_NAMES, load_fashion_mnist
-
-    if class_names != CLASS_NAMES:
-        return None
-    try:
-        return load_fashion_mnist("train", allow_download=False)
-    except DataError:
-        return None

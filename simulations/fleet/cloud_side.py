@@ -22,13 +22,14 @@ from simulations.fleet.scenario import Scenario
 
 def load_fleet_world(
     student: str, teacher: str, run_dir: Path, teacher_checkpoint: str = "",
-    min_uploads: int | None = None, companion: str = "",
+    min_uploads: int | None = None, companion: str = "", synthetic: int = 0,
 ) -> CloudWorld:  # fmt: skip
     """The student and teacher; the device model exported into ``run_dir/model`` (kept if present).
 
     Empty ``student`` / ``teacher_checkpoint``: the shipped files. Where the code runs from a
     copy without them (a Flower App Bundle), the caller must name them. ``companion``: a
     ``cdca train companion`` file whose view joins U-VPA's target (empty: none).
+    ``synthetic``: clean images rendered like each environment per cloud update (0: none).
     """
     path = student_checkpoint(student)
     if not path.is_file():
@@ -40,7 +41,7 @@ def load_fleet_world(
         )
     checkpoint = Path(teacher_checkpoint) if teacher_checkpoint else None
     world = load_world(
-        path, teacher, run_dir, None, checkpoint, Path(companion) if companion else None
+        path, teacher, run_dir, None, checkpoint, Path(companion) if companion else None, synthetic
     )
     if min_uploads is not None:
         buffer = max(world.session.buffer_size, min_uploads)

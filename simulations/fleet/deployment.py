@@ -30,7 +30,7 @@ CONNECTION = "cdca-loopback"
 RUN_KEYS = ("devices", "per_domain", "corruptions", "batches_per_round", "budget", "data",
             "round_timeout_s", "min_devices", "severity", "batch_size", "score", "prompt_gate", "seed",
             "environment_bank", "share_across_devices", "pool_uploads", "min_uploads",
-            "slow_device", "slow_rounds", "slow_delay_s")  # fmt: skip
+            "slow_device", "slow_rounds", "slow_delay_s", "synthetic")  # fmt: skip
 
 
 def project_root() -> Path:

@@ -169,6 +169,7 @@ def main(grid: Grid, context: Context) -> None:
         scenario.teacher_checkpoint,
         scenario.min_uploads,
         scenario.companion,
+        scenario.synthetic,
     )
     write_streams(scenario, run_dir / "streams")
     fleet = fleet_config(scenario)

@@ -74,7 +74,7 @@ def _server_config(scenario: Scenario, world: CloudWorld, fleet: FleetConfig, st
         "student": str(student_checkpoint(scenario.student)), "teacher": scenario.teacher,
         "upload_budget": scenario.budget, "min_uploads": scenario.min_uploads,
         "environment_bank": fleet.environment_bank, "share_across_devices": fleet.share_across_devices,
-        "pool_uploads": fleet.pool_uploads,
+        "pool_uploads": fleet.pool_uploads, "synthetic": scenario.synthetic,
     }  # fmt: skip
     if scenario.teacher_checkpoint:
         values["teacher_checkpoint"] = scenario.teacher_checkpoint

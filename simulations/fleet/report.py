@@ -46,7 +46,7 @@ def markdown(results: dict[str, Any], paths: dict[str, Path]) -> str:
              f"frames per domain each, severity {config['severity']}, batch {config['batch_size']}, "
              f"upload budget {config['budget']:.0%}; wall time {results['wall_seconds']:.0f} s, "
              f"peak memory {results.get('peak_memory_mb')} MiB (all processes).",
-             f"U-VPA's cloud target: {_target(results)}.", "",
+             f"U-VPA's cloud target: {_target(results)}.{_synthetic(results)}", "",
              "Online accuracy (%), mean over domains, then over devices (± spread over devices).",
              "\"After shift\": the first batches of every new domain.", "",
              "| method | mean accuracy | after shift | uploads | up KB / 1k frames | down KB / 1k frames |",
@@ -73,6 +73,13 @@ def _target(results: dict[str, Any]) -> str:
     if not companion:
         return "teacher and device"
     return f"teacher, device and the companion teacher (`{Path(companion).name}`)"
+
+
+def _synthetic(results: dict[str, Any]) -> str:
+    count = results["config"].get("synthetic", 0)
+    if not count:
+        return ""
+    return f" Every fit adds {count} clean training images rendered like the device's environment."
 
 
 def _verdict(table: dict[str, dict[str, float]]) -> list[str]:

@@ -56,6 +56,10 @@ class Scenario:
     # target, e.g. "cloud/checkpoints/companion_cnn.safetensors"; empty: none (the default:
     # it measured 86.2 against 86.3 without it here, see docs/simulate.md)
     companion: str = ""
+    # clean training images the cloud renders like each device's environment and adds to
+    # every fit (cloud/adaptation/synthetic.py; `cdca bench adapt`'s uvpa_synthetic uses 192);
+    # 0: none
+    synthetic: int = 0
     seed: int = 0
     round_timeout_s: float = 120.0  # flower engines: a round waits this long for replies
     min_devices: int = 1  # flower engines: fewest replies that still make a round
@@ -77,6 +81,8 @@ class Scenario:
             raise ConfigError("batches_per_round must be >= 1")
         if not 0 < self.budget <= 1:
             raise ConfigError(f"budget must be in (0, 1], got {self.budget}")
+        if self.synthetic < 0:
+            raise ConfigError(f"synthetic must be >= 0 (0: none), got {self.synthetic}")
         if not 1 <= self.min_devices <= self.devices:
             raise ConfigError("min_devices must be between 1 and devices")
         check_gate(self.prompt_gate)

@@ -86,9 +86,9 @@ def fleet(distilled):
         inputs = model.neutral_inputs(vectors, batch=len(pixels))
         return 3 * model(**{**inputs, "x": pixels * 2 - 1})[0]
 
-    def make(config):
+    def make(config, **extra):
         return FleetCloud(vplu, teacher, lambda p: p * 2 - 1, SessionConfig(8, 4), fleet=config,
-                          signature_channels=4)  # fmt: skip
+                          signature_channels=4, **extra)  # fmt: skip
 
     return make
 
@@ -189,3 +189,26 @@ def test_the_fleet_shared_prompt_weighs_devices_by_environments_learned(fleet):
     own = cloud.sessions["a"].bank
     expected = own.neutral["norm_affine"] + own.shared["norm_affine"]
     torch.testing.assert_close(shared["norm_affine"], expected)
+
+
+def test_every_device_fits_on_synthetic_samples_from_the_fleet_renderer(fleet, monkeypatch):
+    from cloud.adaptation.synthetic import EnvironmentRenderer, SyntheticConfig
+    from cloud.data.labelled import LabelledImages
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+    clean = LabelledImages(images, rng.integers(0, 4, 20), ("a", "b", "c", "d"), "clean")
+    renderer = EnvironmentRenderer(clean, 4, SyntheticConfig(count=5))
+    cloud = fleet(FleetConfig(), synthetic=renderer)
+    extras = []
+    update = cloud.vplu.update
+    monkeypatch.setattr(
+        cloud.vplu, "update", lambda u, s, extra: extras.append(extra) or update(u, s, extra)
+    )
+    walk(cloud, "a", 0.0, first=True)
+    walk(cloud, "b", 2.0, first=True)
+    assert cloud.sessions["a"].synthetic is renderer is cloud.sessions["b"].synthetic
+    assert len(extras) >= 2
+    assert all(x.shape == (5, 3, 32, 32) and target.shape == (5, 4) for x, target in extras)
+    assert cloud.stats()["synthetic_samples"] == 5 * len(extras)
+    assert fleet(FleetConfig()).session("c").synthetic is None  # uploads only by default

@@ -205,6 +205,73 @@ def test_pooled_uploads_reach_the_cloud_of_every_engine(tmp_path):
     assert load_config(server).pool_uploads
 
 
+def test_synthetic_samples_reach_the_cloud_of_every_engine(tmp_path):
+    import tomllib
+
+    from cloud.server.config import load_config
+    from simulations.fleet.deployment import _run_config
+    from simulations.fleet.grpc_engine import _server_config
+
+    assert Scenario().synthetic == 0  # off by default
+    scenario = load_scenario(None, synthetic=16)
+    run_config = tomllib.loads(_run_config(scenario, tmp_path, {}))  # flower: the ServerApp's
+    assert run_config["synthetic"] == 16
+    world = SimpleNamespace(served=SimpleNamespace(folder=tmp_path))
+    server = tmp_path / "server.toml"  # grpc: the server's settings
+    server.write_text(_server_config(scenario, world, FleetConfig(), tmp_path))
+    assert load_config(server).synthetic == 16
+    with pytest.raises(ConfigError, match="synthetic must be >= 0"):
+        load_scenario(None, synthetic=-1)
+    with pytest.raises(ConfigError, match="synthetic must be >= 0"):
+        load_config(None, synthetic=-1)
+
+
+def test_the_flower_app_config_names_every_key_the_deployment_engine_sends():
+    import tomllib
+
+    from simulations.fleet.deployment import RUN_KEYS, project_root
+
+    pyproject = tomllib.loads((project_root() / "pyproject.toml").read_text())
+    defaults = pyproject["tool"]["flwr"]["app"]["config"]
+    assert {key.replace("_", "-") for key in RUN_KEYS} <= set(defaults)
+    # `flwr run` without a run config: the ServerApp reads these defaults as a scenario
+    files = {"run-dir", "student", "teacher-checkpoint"}
+    scenario = load_scenario(None, **{k.replace("-", "_"): v for k, v in defaults.items()
+                                      if k not in files})  # fmt: skip
+    assert (scenario.devices, scenario.synthetic) == (defaults["devices"], 0)
+
+
+def test_synthetic_samples_for_a_student_without_a_clean_set_are_refused(
+    tmp_path, tiny_scenario, capsys
+):
+    out = tmp_path / "o"
+    assert main(["simulate", "--scenario", str(tiny_scenario), "--synthetic", "8",
+                 "--out", str(out)]) == 2  # fmt: skip
+    assert "only Fashion-MNIST's are known here" in capsys.readouterr().err
+    assert not (out / "results.json").exists()
+
+
+@pytest.mark.slow  # about 60 s on 2 cores; `.ci/run` runs it (make test-slow)
+@pytest.mark.usefixtures("fashion_mnist_installed")
+def test_synthetic_samples_run_in_process_and_on_a_real_cloud_server(tmp_path):
+    from tests.conftest import prepare_fashion_mnist_c
+
+    data = prepare_fashion_mnist_c(tmp_path / "bench", 128)
+    values = {"devices": 1, "per_domain": 64, "batch_size": 16, "budget": 0.5, "min_uploads": 8,
+              "corruptions": ["fog", "contrast"], "data": str(data), "peers": [],
+              "synthetic": 8}  # fmt: skip
+    scenario = tmp_path / "scenario.toml"
+    scenario.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
+    results, out = run(tmp_path, "inprocess", scenario)
+    cloud = results["cloud"]["uvpa"]
+    assert cloud["updates"] > 0
+    assert cloud["synthetic_samples"] == 8 * cloud["updates"]
+    assert "adds 8 clean training images" in (out / "report.md").read_text()
+    _, out = run(tmp_path, "grpc", scenario, "--engine", "grpc")
+    server_log = (out / "grpc" / "server.log").read_text()
+    assert "synthetic samples: 8 clean images" in server_log
+
+
 def test_gradual_stream_files_batch_like_the_peers(tmp_path, tiny_benchmark):
     from device.sources import batch_starts
     from simulations.fleet.streams import write_streams
