@@ -204,8 +204,10 @@ def _renderer(name: str, world: CloudDeviceWorld, config: UVPAConfig) -> Environ
         return None
     if world.clean is None:
         raise ConfigError(f"{name} renders the clean training set; {CLEAN_SET_MISSING}")
-    return EnvironmentRenderer(world.clean, len(world.class_vectors),
-                               SyntheticConfig(count=config.synthetic))  # fmt: skip
+    # the draw of clean images follows the benchmark's --seed (run_method seeds torch before
+    # building a method), so repeated seeds measure how much the result owes to that draw
+    synthetic = SyntheticConfig(count=config.synthetic, seed=torch.initial_seed())
+    return EnvironmentRenderer(world.clean, len(world.class_vectors), synthetic)
 
 
 class CloudTeacherMethod:

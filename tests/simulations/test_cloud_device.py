@@ -169,5 +169,12 @@ def test_synthetic_samples_join_the_cloud_fit_of_the_synthetic_row(world):
         method.step(pixels)
     assert method.session.updates == len(rendered) > 0
     assert UVPAMethod("uvpa", world, config()).session.synthetic is None
+    torch.manual_seed(5)  # as `cdca bench adapt --seed 5` does before building each method
+    assert (
+        UVPAMethod(
+            "uvpa_synthetic", world, replace(config(), synthetic=8)
+        ).session.synthetic.config.seed
+        == 5
+    )
     with pytest.raises(ConfigError, match="synthetic"):
         UVPAConfig(synthetic=-1)
