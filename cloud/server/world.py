@@ -23,7 +23,7 @@ from cloud.adaptation.synthetic import EnvironmentRenderer
 from cloud.adaptation.vplu import VPLU, VPLUConfig
 from cloud.export.device_model import DeviceModel
 from cloud.students.preprocess import Normalization
-from protocol.errors import ConfigError, DataError
+from protocol.errors import DataError
 from protocol.manifest import (
     INT8_MANIFEST_FILE,
     MANIFEST_FILE,
@@ -142,8 +142,7 @@ def load_world(
 
 
 def _synthetic_renderer(class_names: tuple[str, ...], count: int) -> EnvironmentRenderer | None:
-    if count < 0:
-        raise ConfigError(f"synthetic must be >= 0 (0: no synthetic samples), got {count}")
+    # a negative count is refused by the scenario and server configs, and by SyntheticConfig
     if not count:
         return None
     from cloud.adaptation.clean_set import clean_renderer
