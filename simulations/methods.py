@@ -24,7 +24,7 @@ import torch
 from cloud.adaptation.clean_set import CLEAN_SET_MISSING
 from cloud.adaptation.prompt_bank import BankConfig
 from cloud.adaptation.session import SessionConfig
-from cloud.adaptation.synthetic import SyntheticConfig
+from cloud.adaptation.synthetic import SyntheticConfig, synthetic_fit
 from cloud.adaptation.vplu import FEATURE_PARTS, PIXEL_PARTS, VPLUConfig
 from cloud.teacher.companion import COMPANION_CHECKPOINT, MAKE_IT
 from device.sampling import SamplingConfig
@@ -73,7 +73,7 @@ def _uvpa_variants(base: UVPAConfig) -> dict[str, UVPAConfig]:
         "uvpa_homeostasis": replace(base, bank=BankConfig(shared_rate=0.5, sensitive_quantile=0.8)),
         "uvpa_companion": replace(base, companion=True),
         "uvpa_no_gate": replace(base, gate="off"),
-        "uvpa_synthetic": replace(base, synthetic=SyntheticConfig.count),
+        "uvpa_synthetic": replace(base, synthetic=SyntheticConfig.count, vplu=synthetic_fit(vplu)),
         "uvpa_no_restart": replace(
             base,
             session=replace(session, restart_on_shift=False),

@@ -19,7 +19,7 @@ import torch
 from cloud.adaptation.fleet import FleetCloud, FleetConfig
 from cloud.adaptation.prompt_bank import BankConfig
 from cloud.adaptation.session import SessionConfig
-from cloud.adaptation.synthetic import EnvironmentRenderer
+from cloud.adaptation.synthetic import EnvironmentRenderer, synthetic_fit
 from cloud.adaptation.vplu import VPLU, VPLUConfig
 from cloud.export.device_model import DeviceModel
 from cloud.students.preprocess import Normalization
@@ -137,7 +137,7 @@ def load_world(
     return CloudWorld(
         device_model, vectors, info.normalization,
         lambda pixels: cloud_teacher.logits(pixels, vectors), served, companion=view,
-        synthetic=renderer,
+        synthetic=renderer, vplu=synthetic_fit(VPLUConfig()) if renderer else VPLUConfig(),
     )  # fmt: skip
 
 
