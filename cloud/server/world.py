@@ -148,7 +148,8 @@ def _synthetic_renderer(class_names: tuple[str, ...], count: int) -> Environment
     from cloud.adaptation.clean_set import clean_renderer
 
     renderer = clean_renderer(class_names, count)
-    log.info("synthetic samples: %d clean images rendered like each environment per update", count)
+    log.info("synthetic samples: %d clean images rendered like each environment per update, "
+             "fitted with Adam lr %g", count, synthetic_fit(VPLUConfig()).lr)  # fmt: skip
     return renderer
 
 

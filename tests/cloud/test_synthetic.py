@@ -99,3 +99,12 @@ def test_config_is_checked():
         SyntheticConfig(count=0)
     with pytest.raises(ConfigError):
         SyntheticConfig(smoothing=1.0)
+
+
+def test_fits_with_synthetic_samples_take_the_larger_step_and_change_nothing_else():
+    from cloud.adaptation.synthetic import SYNTHETIC_FIT_LR, synthetic_fit
+    from cloud.adaptation.vplu import VPLUConfig
+
+    base = VPLUConfig(steps=3, fit_norms="all")
+    assert VPLUConfig().lr < SYNTHETIC_FIT_LR
+    assert synthetic_fit(base) == VPLUConfig(steps=3, fit_norms="all", lr=SYNTHETIC_FIT_LR)

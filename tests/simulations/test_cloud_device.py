@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from cloud.adaptation.session import SessionConfig
+from cloud.adaptation.synthetic import synthetic_fit
 from cloud.adaptation.vplu import VPLUConfig
 from cloud.data.labelled import LabelledImages
 from cloud.export.device_model import DeviceModel
@@ -111,6 +112,10 @@ def test_factory_builds_every_method_and_refuses_cloud_rows_without_a_teacher(wo
         MethodFactory(model, world, delay=0)
     every_norm = MethodFactory(model, world, fit_norms="all").variants
     assert {c.vplu.fit_norms for c in every_norm.values()} == {"all"}
+    # the synthetic row fits with the step its samples bear; every other row as `uvpa`
+    lrs = {name: c.vplu.lr for name, c in every_norm.items()}
+    assert lrs.pop("uvpa_synthetic") == synthetic_fit(every_norm["uvpa"].vplu).lr
+    assert set(lrs.values()) == {every_norm["uvpa"].vplu.lr}
 
 
 def test_label_target_teaches_each_upload_its_revealed_label(world):

@@ -270,6 +270,7 @@ def test_synthetic_samples_run_in_process_and_on_a_real_cloud_server(tmp_path):
     _, out = run(tmp_path, "grpc", scenario, "--engine", "grpc")
     server_log = (out / "grpc" / "server.log").read_text()
     assert "synthetic samples: 8 clean images" in server_log
+    assert "fitted with Adam lr 0.01" in server_log  # the fit settings synthetic samples bear
 
 
 def test_gradual_stream_files_batch_like_the_peers(tmp_path, tiny_benchmark):
