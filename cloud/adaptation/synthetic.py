@@ -31,8 +31,8 @@ from protocol.errors import ConfigError, DataError
 SPECTRUM_FLOOR = 1e-6  # added to both spectra before dividing
 SPECTRUM_CHUNK = 1000  # clean images per FFT when measuring the clean spectrum (bounds memory)
 # The fit's Adam step size when synthetic samples join it. More and cleaner samples than the
-# uploads alone bear a larger step: on the continual stream lr 1e-2 gave 88.2 against 87.9 at
-# the default 5e-3, at the same compute; 20 steps gave 88.1 at twice it
+# uploads alone bear a larger step: on the continual stream lr 1e-2 gave 88.3 against 87.9 at
+# the default 5e-3, at the same compute; 20 steps gave 88.1 at twice it (one thread)
 # (docs/bench-uvpa-synthetic-s5.md).
 SYNTHETIC_FIT_LR = 1e-2
 
