@@ -116,7 +116,8 @@ def load_world(
     from cloud.teacher.factory import create_teacher
 
     distilled, vectors, info = load_distilled(student)
-    renderer = _synthetic_renderer(tuple(info.class_names), synthetic)  # fails before the teacher
+    # a bad synthetic request fails here, before the export and the teacher
+    renderer, vplu = _synthetic_setup(tuple(info.class_names), synthetic)
     device_model = DeviceModel(distilled)
     folder = model_dir or state_dir / "model"
     exported_now = model_dir is None and not (folder / MANIFEST_FILE).is_file()
@@ -137,20 +138,23 @@ def load_world(
     return CloudWorld(
         device_model, vectors, info.normalization,
         lambda pixels: cloud_teacher.logits(pixels, vectors), served, companion=view,
-        synthetic=renderer, vplu=synthetic_fit(VPLUConfig()) if renderer else VPLUConfig(),
+        synthetic=renderer, vplu=vplu,
     )  # fmt: skip
 
 
-def _synthetic_renderer(class_names: tuple[str, ...], count: int) -> EnvironmentRenderer | None:
+def _synthetic_setup(
+    class_names: tuple[str, ...], count: int
+) -> tuple[EnvironmentRenderer | None, VPLUConfig]:
+    """The renderer of ``count`` synthetic samples (None for 0) and the fit settings it bears."""
     # a negative count is refused by the scenario and server configs, and by SyntheticConfig
     if not count:
-        return None
+        return None, VPLUConfig()
     from cloud.adaptation.clean_set import clean_renderer
 
-    renderer = clean_renderer(class_names, count)
+    renderer, vplu = clean_renderer(class_names, count), synthetic_fit(VPLUConfig())
     log.info("synthetic samples: %d clean images rendered like each environment per update, "
-             "fitted with Adam lr %g", count, synthetic_fit(VPLUConfig()).lr)  # fmt: skip
-    return renderer
+             "fitted with Adam lr %g", count, vplu.lr)  # fmt: skip
+    return renderer, vplu
 
 
 def check_same_student(
