@@ -116,8 +116,11 @@ class FleetCloud:
             self.stays[device_id] = _Stay()
         return self.sessions[device_id]
 
-    def ingest(self, device_id: str, upload: UploadBatch) -> Prompt | None:
-        """One device batch's uploads; returns the prompt that device should switch to, if any."""
+    def ingest(self, device_id: str, upload: UploadBatch, fit: bool = True) -> Prompt | None:
+        """One device batch's uploads; returns the prompt that device should switch to, if any.
+
+        ``fit``: False only buffers them (``AdaptationSession.ingest``).
+        """
         session = self.session(device_id)
         stay = self.stays[device_id]
         signature = batch_signature(upload.batch_stats.detach().cpu().numpy(), self.channels)
@@ -128,7 +131,7 @@ class FleetCloud:
             self.starts[source] += 1
             self.stays[device_id] = stay = _Stay(uploads_at_start=session.uploads)
         stay.add(signature)
-        return session.ingest(upload, start, pooled)
+        return session.ingest(upload, start, pooled, fit)
 
     def shared_prompt(self, leaving: str | None = None) -> Prompt:
         """Every device's domain-agnostic prompt, weighted by the environments it has learned.

@@ -112,6 +112,7 @@ class AdaptationSession:
         batch: UploadBatch,
         start: Prompt | None = None,
         pooled: PooledUploads | None = None,
+        fit: bool = True,
     ) -> Prompt | None:
         """Take one batch of uploads; return the prompt the device should switch to, if any.
 
@@ -119,10 +120,12 @@ class AdaptationSession:
         remembered environment's, from ``cloud.adaptation.fleet``) instead of the shared one.
         ``pooled``: on a reported shift, uploads made in that environment before (by any
         device); they seed the buffer, and this device's own uploads push them out.
+        ``fit``: False only buffers the uploads (and still restarts on a shift): a server
+        that fell behind fits once on the newest of a device's waiting batches.
         """
         began = time.perf_counter()
         try:
-            return self._ingest(batch, start, pooled)
+            return self._ingest(batch, start, pooled, fit)
         finally:
             self.seconds += time.perf_counter() - began
 
@@ -139,7 +142,7 @@ class AdaptationSession:
         )
 
     def _ingest(
-        self, batch: UploadBatch, start: Prompt | None, pooled: PooledUploads | None
+        self, batch: UploadBatch, start: Prompt | None, pooled: PooledUploads | None, fit: bool
     ) -> Prompt | None:
         _check(batch, self.vplu.running_stats.shape)
         if pooled is not None and pooled.batch_stats.shape[1:] != self.vplu.running_stats.shape:
@@ -156,7 +159,7 @@ class AdaptationSession:
             changed = True  # the device should drop the old environment's prompt now
         if len(batch.pixels):
             self._store(batch)
-        if len(self.buffer) >= self.config.min_uploads and len(batch.pixels):
+        if fit and len(self.buffer) >= self.config.min_uploads and len(batch.pixels):
             changed = self._update() or changed
         return self.bank.current() if changed else None
 

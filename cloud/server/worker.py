@@ -7,7 +7,9 @@ GIL, so the gRPC loop keeps answering); a prompt that passes the safety valve is
 then published. An inbox file is removed only after its batch was ingested, the bank
 saved and the batch recorded in ``ingested.log``, so a crash re-runs at most that batch.
 A batch the session refuses is moved to ``rejected/`` with a log line: one bad batch never
-stops the worker.
+stops the worker. A cloud slower than its devices catches up instead of falling further
+behind: while a newer batch from the same device waits, a batch is only buffered, and the
+fit runs once, on the newest (a prompt learned from a stale batch would be stale too).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -60,6 +63,8 @@ class AdaptationWorker:
         self.fleet = world.new_fleet()
         self.sessions: dict[str, AdaptationSession] = self.fleet.sessions
         self.queue: asyncio.Queue[Path] = asyncio.Queue()
+        self.waiting: Counter[str] = Counter()  # queued batches per device
+        self.deferred: Counter[str] = Counter()  # batches buffered without a fit, per device
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="vplu")
         self.processed = 0
         self.saved_changes = 0
@@ -81,11 +86,12 @@ class AdaptationWorker:
                          device_id, version, session.bank.environments)  # fmt: skip
         pending = self.inbox.pending()
         for path in pending:
-            self.queue.put_nowait(path)
+            self.submit(path)
         return len(pending)
 
     def submit(self, path: Path) -> None:
         """Queue a persisted inbox file."""
+        self.waiting[self.inbox.device_of(path)] += 1
         self.queue.put_nowait(path)
 
     async def run(self) -> None:
@@ -113,11 +119,15 @@ class AdaptationWorker:
         self.executor.shutdown(wait=True, cancel_futures=True)
 
     async def _process(self, loop: asyncio.AbstractEventLoop, path: Path) -> None:
+        device_id = self.inbox.device_of(path)
+        self.waiting[device_id] -= 1
+        fit = self.waiting[device_id] == 0  # else a newer batch of this device is queued
         batch = self.inbox.load(path)
         if not self.registry.is_enrolled(batch.device_id):
             raise CdcaError(f"device {batch.device_id!r} is no longer enrolled")
         session = self.sessions.get(batch.device_id) or self._load_session(batch.device_id)[0]
-        message = await loop.run_in_executor(self.executor, self._ingest, session, batch)
+        message = await loop.run_in_executor(self.executor, self._ingest, session, batch, fit)
+        self._count_deferred(batch.device_id, fit)
         if message is not None:
             await self.board.publish(batch.device_id, message)
             log.info("prompt v%d for %s (environment %s, from batch %d, %d uploads buffered)",
@@ -127,14 +137,23 @@ class AdaptationWorker:
         self.inbox.done(path)  # last: a crash before this re-ingests the batch, loses nothing
         self.processed += 1
 
-    def _ingest(self, session: AdaptationSession, batch: StoredBatch) -> cdca_pb2.Prompt | None:
+    def _count_deferred(self, device_id: str, fitted: bool) -> None:
+        if not fitted:
+            self.deferred[device_id] += 1
+        elif self.deferred[device_id]:
+            log.info("%s: caught up, %d waiting batches buffered and fitted once on the newest",
+                     device_id, self.deferred.pop(device_id))  # fmt: skip
+
+    def _ingest(
+        self, session: AdaptationSession, batch: StoredBatch, fit: bool
+    ) -> cdca_pb2.Prompt | None:
         """In the worker thread: learn, and if a prompt ships, persist the bank before publishing."""
         pixels = torch.from_numpy(batch.images).permute(0, 3, 1, 2).float() / 255
         upload = UploadBatch(pixels, torch.from_numpy(batch.uncertainty),
                              torch.from_numpy(batch.batch_stats), batch.shift)  # fmt: skip
         if batch.shift:
             log.info("%s reports a new environment at batch %d", batch.device_id, batch.batch_id)
-        prompt = self.fleet.ingest(batch.device_id, upload)
+        prompt = self.fleet.ingest(batch.device_id, upload, fit)
         if self.fleet.environments.changes != self.saved_changes:  # a device left an environment
             save_environments(self.environments_file, self.fleet.environments)
             self.saved_changes = self.fleet.environments.changes

@@ -52,6 +52,16 @@ def test_a_reported_shift_restarts_the_environment_and_ships_the_shared_prompt(s
     assert session.bank.environments == 2
 
 
+def test_a_batch_taken_without_a_fit_is_buffered_and_still_restarts_on_a_shift(session):
+    for seed in range(3):
+        assert session.ingest(batch(session, 3, seed=seed), fit=False) is None
+    assert (session.updates, session.uploads, len(session.buffer)) == (0, 9, 8)
+    assert session.ingest(batch(session, 2, shift=True), fit=False) is not None  # the restart
+    assert (session.shifts, session.updates, len(session.buffer)) == (1, 0, 2)
+    session.ingest(batch(session, 3, seed=4))  # the newest batch fits on all that waited
+    assert session.updates == 1
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

@@ -3,7 +3,7 @@ import time
 
 import numpy as np
 
-from cloud.server.storage import Inbox, StoredBatch
+from cloud.server.storage import Inbox, IngestLedger, StoredBatch
 from protocol.messages import decode_prompt
 from protocol.v1 import cdca_pb2
 from tests.system.conftest import start_server, tiny_world
@@ -110,3 +110,35 @@ def test_a_shift_folds_the_environment_into_the_shared_prompt(
     address, shutdown = start_server(tiny_world(exported, distilled), live_server.state_dir)
     shutdown()
     assert "restored 1 remembered environments" in caplog.text
+
+
+def test_a_server_behind_its_device_fits_once_on_the_newest_waiting_batch(
+    exported, distilled, tmp_path, caplog, monkeypatch
+):
+    """Five batches queued at start-up (a cloud that fell behind): all buffered, one fit."""
+    from cloud.adaptation.vplu import VPLU
+
+    fits = []
+    real_update = VPLU.update
+    monkeypatch.setattr(
+        VPLU, "update", lambda self, *a, **k: fits.append(1) or real_update(self, *a, **k)
+    )
+    caplog.set_level(logging.INFO, logger="cdca.cloud")
+    state_dir, rng = tmp_path / "state", np.random.default_rng(7)
+    inbox = Inbox(state_dir / "inbox")
+    for batch_id in range(5):  # 8 uploads each; the tiny world fits from 4 buffered uploads
+        inbox.put(StoredBatch(
+            "cam-a", batch_id, rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
+            np.full(8, 0.5, np.float32), np.abs(rng.normal(size=(2, K))).astype(np.float32),
+            False, 1000 * (batch_id + 1),
+        ))  # fmt: skip
+    _, shutdown = start_server(tiny_world(exported, distilled), state_dir)
+    try:
+        wait_until_ingested(state_dir)
+    finally:
+        shutdown()
+    assert len(fits) == 1  # one at a time, it would have fitted on every batch
+    assert (
+        "cam-a: caught up, 4 waiting batches buffered and fitted once on the newest" in caplog.text
+    )
+    assert len(IngestLedger(state_dir / "ingested.log").files("cam-a")) == 5  # none lost
