@@ -16,6 +16,15 @@ def upload_three_batches(server):
         upload(server, good_chunks(n=8, batch_id=batch, frames_seen=1000 * (batch + 1), seed=batch))
 
 
+def stored_batch(batch_id, frames_seen, rng):
+    """cam-a's 8 random uploads as the server stored them: what a restart finds in the inbox."""
+    return StoredBatch(
+        "cam-a", batch_id, rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
+        np.full(8, 0.5, np.float32), np.abs(rng.normal(size=(2, K))).astype(np.float32),
+        False, frames_seen,
+    )  # fmt: skip
+
+
 def wait_until_ingested(state_dir, timeout=30):
     deadline = time.monotonic() + timeout
     while Inbox(state_dir / "inbox").pending() and time.monotonic() < deadline:
@@ -71,11 +80,7 @@ def test_a_restart_restores_prompts_and_ingests_uploads_left_on_disk(
     assert after.version == before.version  # nothing new was uploaded: this is the saved bank
     assert after.parts["norm_affine"].data == before.parts["norm_affine"].data
     # an upload that was acknowledged but never ingested (the server died in between)
-    rng = np.random.default_rng(5)
-    Inbox(live_server.state_dir / "inbox").put(StoredBatch(
-        "cam-a", 9, rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
-        np.full(8, 0.5, np.float32), np.abs(rng.normal(size=(2, K))).astype(np.float32), False, 5000,
-    ))  # fmt: skip
+    Inbox(live_server.state_dir / "inbox").put(stored_batch(9, 5000, np.random.default_rng(5)))
     address, shutdown = start_server(tiny_world(exported, distilled), live_server.state_dir)
     try:
         wait_until_ingested(live_server.state_dir)
@@ -127,11 +132,7 @@ def test_a_server_behind_its_device_fits_once_on_the_newest_waiting_batch(
     state_dir, rng = tmp_path / "state", np.random.default_rng(7)
     inbox = Inbox(state_dir / "inbox")
     for batch_id in range(5):  # 8 uploads each; the tiny world fits from 4 buffered uploads
-        inbox.put(StoredBatch(
-            "cam-a", batch_id, rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
-            np.full(8, 0.5, np.float32), np.abs(rng.normal(size=(2, K))).astype(np.float32),
-            False, 1000 * (batch_id + 1),
-        ))  # fmt: skip
+        inbox.put(stored_batch(batch_id, 1000 * (batch_id + 1), rng))
     _, shutdown = start_server(tiny_world(exported, distilled), state_dir)
     try:
         wait_until_ingested(state_dir)
