@@ -17,6 +17,7 @@ CLEAN_SET_MISSING = (
     "install the Fashion-MNIST training split (`make setup`, the Debian package "
     "dataset-fashion-mnist) or point CDCA_DATA at its IDX files"
 )
+NO_SYNTHETIC = "run without synthetic samples (`--synthetic 0`, or `synthetic = 0` in the settings)"
 
 
 def load_clean_set(class_names: tuple[str, ...]) -> LabelledImages | None:
@@ -43,11 +44,12 @@ def clean_renderer(class_names: tuple[str, ...], count: int) -> EnvironmentRende
         raise ConfigError(
             "synthetic samples need the cloud's clean labelled images of the device's classes, "
             f"and only Fashion-MNIST's are known here (the student has {len(class_names)} "
-            f"classes: {', '.join(class_names[:4])}...); set synthetic to 0 for this student"
+            f"classes: {', '.join(class_names[:4])}...); {NO_SYNTHETIC}"
         )
     clean = load_clean_set(class_names)
     if clean is None:
         raise ConfigError(
-            f"synthetic samples render the cloud's clean training set; {CLEAN_SET_MISSING}"
+            f"synthetic samples render the cloud's clean training set; {CLEAN_SET_MISSING}, "
+            f"or {NO_SYNTHETIC}"
         )
     return EnvironmentRenderer(clean, len(class_names), SyntheticConfig(count=count))

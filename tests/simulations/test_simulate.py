@@ -16,7 +16,7 @@ def scenario_file(tmp_path, tiny_benchmark, tiny_distilled, teacher, **extra):
     values = {"devices": 2, "per_domain": 12, "batch_size": 4, "budget": 0.5, "min_uploads": 4,
               "corruptions": ["gaussian_noise", "contrast"], "data": str(tiny_benchmark),
               "student": str(tiny_distilled), "teacher_checkpoint": str(teacher), "peers": [],
-              "compare_bank": False, **extra}  # fmt: skip
+              "compare_bank": False, "synthetic": 0, **extra}  # fmt: skip
     path = tmp_path / "scenario.toml"
     path.write_text("[scenario]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
     return path
@@ -212,7 +212,7 @@ def test_synthetic_samples_reach_the_cloud_of_every_engine(tmp_path):
     from simulations.fleet.deployment import _run_config
     from simulations.fleet.grpc_engine import _server_config
 
-    assert Scenario().synthetic == 0  # off by default
+    assert Scenario().synthetic == 64  # on by default: the main job renders 64 per fit
     scenario = load_scenario(None, synthetic=16)
     run_config = tomllib.loads(_run_config(scenario, tmp_path, {}))  # flower: the ServerApp's
     assert run_config["synthetic"] == 16
@@ -238,7 +238,7 @@ def test_the_flower_app_config_names_every_key_the_deployment_engine_sends():
     files = {"run-dir", "student", "teacher-checkpoint"}
     scenario = load_scenario(None, **{k.replace("-", "_"): v for k, v in defaults.items()
                                       if k not in files})  # fmt: skip
-    assert (scenario.devices, scenario.synthetic) == (defaults["devices"], 0)
+    assert (scenario.devices, scenario.synthetic) == (defaults["devices"], Scenario().synthetic)
 
 
 def test_synthetic_samples_for_a_student_without_a_clean_set_are_refused(
