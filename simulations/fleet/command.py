@@ -104,10 +104,9 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 def simulate(scenario: Scenario, out: Path, threads: int = 2) -> dict[str, Any]:
     """Run the scenario; writes the run folder and returns the results."""
     import torch
-    from rich.progress import Progress
 
     from cloud.adaptation.fleet import FleetConfig
-    from cloud.progress import bar_columns
+    from cloud.progress import bar_columns, progress_display
     from simulations.fleet.cloud_side import fleet_config, load_fleet_world
     from simulations.fleet.engines import run_engine
     from simulations.fleet.memory import PeakMemory
@@ -138,7 +137,7 @@ def simulate(scenario: Scenario, out: Path, threads: int = 2) -> dict[str, Any]:
     if scenario.compare_bank:
         runs.append(("uvpa_no_bank", FleetConfig(False, False, False), "inprocess"))
     raw: dict[str, dict[str, object]] = {}
-    with PeakMemory() as memory, Progress(*bar_columns()) as bar:
+    with PeakMemory() as memory, progress_display(*bar_columns()) as bar:
         for name, config, engine in runs:
             task = bar.add_task(f"{name} ({engine})", total=frames)
             raw[name] = run_engine(engine, scenario, streams, world, config, out,
