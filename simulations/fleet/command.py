@@ -62,8 +62,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                         "cloud/checkpoints/companion_cnn.safetensors) to U-VPA's target")  # fmt: skip
     parser.add_argument("--synthetic", type=int, metavar="N",
                         help="the cloud adds N of its clean training images, rendered like each "
-                        "device's environment, to every fit (uvpa_synthetic in `cdca bench adapt` "
-                        "uses 192; about 4x the cloud's compute; default 0: none)")  # fmt: skip
+                        "device's environment, to every fit (default 64, about twice the "
+                        "main job's time; 0: none, e.g. for a student of other classes; "
+                        "uvpa_synthetic in `cdca bench adapt` uses 192)")  # fmt: skip
     parser.add_argument("--seed", type=int)
     parser.add_argument("--out", type=Path, default=Path("runs/simulate"), help="run folder")
     parser.add_argument("--threads", type=int, default=2, help="torch threads in this process")
