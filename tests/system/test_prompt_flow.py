@@ -117,11 +117,15 @@ def test_a_shift_folds_the_environment_into_the_shared_prompt(
     assert "restored 1 remembered environments" in caplog.text
 
 
-def test_a_server_behind_its_device_fits_once_on_the_newest_waiting_batch(
+def test_a_server_behind_its_device_fits_on_the_newest_waiting_batch_or_after_eight(
     exported, distilled, tmp_path, caplog, monkeypatch
 ):
-    """Five batches queued at start-up (a cloud that fell behind): all buffered, one fit."""
+    """12 batches queued at start-up (a cloud that fell behind): 2 fits, on batches 8 and 11.
+
+    Batch 8 fits though newer ones wait: a server behind for good would otherwise never fit.
+    """
     from cloud.adaptation.vplu import VPLU
+    from cloud.server.worker import MAX_BUFFERED_WITHOUT_FIT
 
     fits = []
     real_update = VPLU.update
@@ -131,15 +135,21 @@ def test_a_server_behind_its_device_fits_once_on_the_newest_waiting_batch(
     caplog.set_level(logging.INFO, logger="cdca.cloud")
     state_dir, rng = tmp_path / "state", np.random.default_rng(7)
     inbox = Inbox(state_dir / "inbox")
-    for batch_id in range(5):  # 8 uploads each; the tiny world fits from 4 buffered uploads
+    for batch_id in range(12):  # 8 uploads each; the tiny world fits from 4 buffered uploads
         inbox.put(stored_batch(batch_id, 1000 * (batch_id + 1), rng))
     _, shutdown = start_server(tiny_world(exported, distilled), state_dir)
     try:
         wait_until_ingested(state_dir)
     finally:
         shutdown()
-    assert len(fits) == 1  # one at a time, it would have fitted on every batch
+    assert MAX_BUFFERED_WITHOUT_FIT == 8
+    assert len(fits) == 2  # one at a time, it would have fitted on every batch
     assert (
-        "cam-a: caught up, 4 waiting batches buffered and fitted once on the newest" in caplog.text
+        "cam-a: catching up, 8 waiting batches buffered and fitted once on batch 8 (3 newer "
+        "still queued)" in caplog.text
     )
-    assert len(IngestLedger(state_dir / "ingested.log").files("cam-a")) == 5  # none lost
+    assert (
+        "cam-a: catching up, 2 waiting batches buffered and fitted once on batch 11 (0 newer "
+        "still queued)" in caplog.text
+    )
+    assert len(IngestLedger(state_dir / "ingested.log").files("cam-a")) == 12  # none lost
