@@ -48,7 +48,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--budget", type=float, help="share of frames a device may upload")
     parser.add_argument("--batches-per-round", type=int, dest="batches_per_round",
                         help="device batches between prompt deliveries (default 1)")  # fmt: skip
-    parser.add_argument("--fps", type=float, help="grpc engine: pace each device like a camera")
+    parser.add_argument("--fps", type=float,
+                        help="grpc engine: pace each device like a camera, in frames/s (default "
+                        "0: as fast as it can; 12 lets a 2-core cloud keep up with 4 devices, "
+                        "so results match the in-process engine)")  # fmt: skip
     parser.add_argument("--bank-comparison", dest="compare_bank",
                         action=argparse.BooleanOptionalAction,
                         help="also run U-VPA without the environment bank, to measure what the "
