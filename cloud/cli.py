@@ -11,25 +11,28 @@ from pathlib import Path
 
 from cloud.distill import command as distill_command
 from cloud.export import command as export_command
+from cloud.project_cli import add_project_arguments, project_from_args
 from cloud.server import command as server_command
 
 
 def main(argv: Sequence[str], prog: str = "cdca cloud") -> int:
     """Parse ``argv`` and run one cloud command; returns the exit code."""
-    parser = argparse.ArgumentParser(prog=prog, description="Cloud-side jobs.")
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Cloud-side jobs: the teacher's prompts, distillation, export and "
+        "the server. Each reads the project file (--project, docs/configuration.md).",
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     learn = sub.add_parser(
         "learn-prompts",
         help="CoOp: learn text prompts for the teacher from K labelled images per class",
-        description="Trains CoOp context vectors on K shots per class of the clean Fashion-MNIST "
-        "training split and reports zero-shot vs learned accuracy on clean and shifted test data.",
+        description="Trains CoOp context vectors for the project's teacher on K shots per class "
+        "of its training images (data.train) and reports zero-shot vs learned accuracy on "
+        "clean (data.test) and shifted (data.shifted) images. Set teacher.prompts to a written "
+        "file to distil with it.",
+        epilog="example: cdca cloud learn-prompts --project cdca.toml --shots 4,16",
     )
-    learn.add_argument(
-        "--teacher", default="builtin", help="builtin | open_clip name | local-dir:PATH"
-    )
-    learn.add_argument(
-        "--pretrained", default=None, help="pretrained tag or checkpoint file for open_clip names"
-    )
+    learn.add_argument("--teacher", help="teacher.model: builtin | open_clip name | local-dir:DIR")
+    learn.add_argument("--pretrained", help="teacher.pretrained: open_clip tag or weights file")
     learn.add_argument(
         "--shots", default="1,4,16", help="comma-separated shot counts (default: %(default)s)"
     )
@@ -46,10 +49,6 @@ def main(argv: Sequence[str], prog: str = "cdca cloud") -> int:
     learn.add_argument(
         "--epochs", type=int, default=None, help="override CoOp's epochs-per-shots schedule"
     )
-    learn.add_argument("--data-dir", help="where to look for Fashion-MNIST first (or $CDCA_DATA)")
-    learn.add_argument(
-        "--data", default="data/fashion-mnist-c", help="shifted benchmark for evaluation"
-    )
     learn.add_argument("--severity", type=int, default=5)
     learn.add_argument("--num-test", type=int, default=2000, help="clean test images")
     learn.add_argument(
@@ -59,6 +58,7 @@ def main(argv: Sequence[str], prog: str = "cdca cloud") -> int:
     learn.add_argument(
         "--out", type=Path, default=None, help="output folder (default: runs/coop-<time>)"
     )
+    add_project_arguments(learn)
     learn.set_defaults(handler=_learn_prompts)
     distill_command.add_parser(sub)
     export_command.add_parser(sub)
@@ -72,9 +72,9 @@ def _learn_prompts(args: argparse.Namespace) -> int:
     import torch
 
     from cloud.data.cli import parse_corruptions
-    from cloud.data.fashion_mnist import load_fashion_mnist
     from cloud.data.formats import open_benchmark
     from cloud.data.labelled import LabelledImages
+    from cloud.data.splits import load_split
     from cloud.prompts import CoOpPromptLearner
     from cloud.prompts.fewshot import (
         FewShotConfig,
@@ -84,25 +84,30 @@ def _learn_prompts(args: argparse.Namespace) -> int:
     )
     from cloud.prompts.fewshot import train_prompts as fit
     from cloud.prompts.storage import save_prompts
-    from cloud.teacher.factory import create_teacher
+    from cloud.teacher.factory import teacher_for
     from cloud.teacher.text_encoder import TextEncoder
     from protocol.errors import ConfigError
 
     shots = [int(s) for s in args.shots.split(",") if s.strip()]
     if not shots or min(shots) < 1:
         raise ConfigError(f"--shots needs positive integers, got {args.shots!r}")
-    teacher = create_teacher(args.teacher, args.pretrained)
-    train = load_fashion_mnist("train", args.data_dir)
-    test = load_fashion_mnist("test", args.data_dir).take(args.num_test)
+    project = project_from_args(args, {"teacher.model": args.teacher,
+                                       "teacher.pretrained": args.pretrained})  # fmt: skip
+    train = load_split(project.data, "train")
+    test = load_split(project.data, "test").take(args.num_test)
+    teacher = teacher_for(project.teacher, train.class_names, project.data.image_size)
     domains = {"clean": (image_features(teacher, test.images), test.labels)}
-    if Path(args.data.partition(":")[2] or args.data).is_dir():
-        bench = open_benchmark(args.data)
+    data = project.data.shifted
+    if Path(data.partition(":")[2] or data).is_dir():
+        bench = open_benchmark(data)
         for name in [c for c in parse_corruptions("test") if c in bench.corruptions()]:
-            shifted = bench.load(name, args.severity, args.num_per_domain)
+            count = min(args.num_per_domain, bench.count(name))
+            shifted = bench.load(name, args.severity, count)
             domains[name] = (image_features(teacher, shifted.images), shifted.labels)
     encoder = TextEncoder(teacher)
-    rows = {"zero-shot": evaluate_domains(domains, teacher.class_vectors(train.class_names))}
-    out = args.out or Path("runs") / time.strftime("coop-%Y%m%d-%H%M%S")
+    zero_shot = teacher.class_vectors(train.class_names, project.teacher.template)
+    rows = {"zero-shot": evaluate_domains(domains, zero_shot)}
+    out = args.out or project.root / "runs" / time.strftime("coop-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     for k in shots:
         learner = CoOpPromptLearner(
@@ -118,6 +123,7 @@ def _learn_prompts(args: argparse.Namespace) -> int:
             rows[f"CoOp {k}-shot"] = evaluate_domains(domains, learner.class_vectors())
         save_prompts(out / f"coop_{k}shot.pt", learner, {"shots": k, "final_loss": losses[-1]})
     _write_prompt_report(out, rows, vars(args))
+    print(f'to distil with a prompt, set teacher.prompts = "{out / f"coop_{shots[-1]}shot.pt"}"')
     return 0
 
 

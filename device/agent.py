@@ -16,10 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from device.preprocess import as_rgb, resize_bilinear
-from device.prompt_gate import check_gate, prefers_prompt
+from device.prompt_gate import prefers_prompt
 from device.runtime import DeviceRuntime, Prediction
-from device.sampling import SamplingConfig, UncertaintySampler, UploadDecision
+from device.sampling import UncertaintySampler, UploadDecision
 from device.uncertainty import perturbed_views
+from protocol.config.adaptation import DeviceSettings
 
 
 @dataclass(frozen=True)
@@ -44,19 +45,34 @@ class AgentStep:
 
 
 class DeviceAgent:
-    """Runtime plus sampler: predict, choose uploads, apply prompts."""
+    """Runtime plus sampler: predict, choose uploads, apply prompts.
+
+    Args:
+        runtime: the ONNX model.
+        settings: the project's ``[adaptation.device]`` (the cloud sends them at ``Register``).
+        seed: this device's seed for its random picks.
+    """
 
     def __init__(
-        self, runtime: DeviceRuntime, sampling: SamplingConfig, stat_mix: float = 1.0,
-        gate: str = "entropy",
-    ) -> None:  # fmt: skip
-        self.runtime, self.sampling, self.gate = runtime, sampling, check_gate(gate)
-        runtime.set_adaptation(stat_mix=np.full((1,), stat_mix, np.float32))
+        self, runtime: DeviceRuntime, settings: DeviceSettings | None = None, seed: int = 0
+    ) -> None:
+        self.runtime, self.settings = runtime, settings or DeviceSettings()
+        self._set_stat_mix(self.settings.stat_mix)
         self.fallback = dict(runtime.adaptation)  # no prompt: the shipped defaults
         norm_layers = runtime.manifest.norm_layers
         first_norm = int(norm_layers[0]["channels"]) if norm_layers else 32
-        self.sampler = UncertaintySampler(sampling, signature_channels=first_norm)
-        self.view_rng = np.random.default_rng(sampling.seed)
+        self.sampler = UncertaintySampler(self.settings, first_norm, seed)
+        self.view_rng = np.random.default_rng(seed)
+
+    def configure(self, settings: DeviceSettings) -> None:
+        """Switch to new settings between batches (the prompt in force stays)."""
+        self.settings = settings
+        self._set_stat_mix(settings.stat_mix)
+        self.fallback["stat_mix"] = self.runtime.adaptation["stat_mix"]
+        self.sampler.reconfigure(settings)
+
+    def _set_stat_mix(self, stat_mix: float) -> None:
+        self.runtime.set_adaptation(stat_mix=np.full((1,), stat_mix, np.float32))
 
     def step(self, images: np.ndarray) -> AgentStep:
         """Predict (N, H, W, 3) uint8 frames and decide what goes up."""
@@ -75,7 +91,7 @@ class DeviceAgent:
 
     def _answer(self, images: np.ndarray, prompted: np.ndarray) -> tuple[np.ndarray, bool]:
         """The gate: a second pass without the prompt, kept when it is surer (see prompt_gate)."""
-        if self.gate == "off" or not self.prompted():
+        if self.settings.gate == "off" or not self.prompted():
             return prompted, True
         fallback = self.runtime.predict(images, self.fallback).logits
         if prefers_prompt(prompted, fallback):
@@ -105,5 +121,5 @@ class DeviceAgent:
 
     def _view_logits(self, images: np.ndarray) -> list[np.ndarray]:
         """Logits of the mirrored and noisy copies (disagreement scoring: 2 extra passes)."""
-        views = perturbed_views(images, self.sampling.noise_std, self.view_rng)
+        views = perturbed_views(images, self.settings.noise_std, self.view_rng)
         return [self.runtime.predict(view).logits for view in views]

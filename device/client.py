@@ -5,17 +5,20 @@ watcher thread received (at a batch boundary, so a batch never mixes two prompts
 the ONNX model with its own batch statistics (``stat_mix`` = 1, the U-VPA device
 configuration), writes one JSON line per frame, and queues the chosen frames on disk for
 the uploader thread. The last applied prompt is cached on disk, so a restarted device
-keeps it even with the cloud away.
+keeps it even with the cloud away. So are the settings the cloud hands out at ``Register``
+(the project's ``[adaptation.device]``): they replace the device's own flags as soon as
+they arrive, and a restarted device starts from the last ones it was given.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
@@ -24,9 +27,10 @@ import numpy as np
 from device.agent import DeviceAgent
 from device.link import CloudLink, LinkConfig, LinkStats, encode_batch
 from device.runtime import DeviceRuntime
-from device.sampling import SamplingConfig
 from device.sources import Frames
 from device.spool import PromptCache, UploadQueue
+from protocol.config.adaptation import DeviceSettings
+from protocol.config.wire import settings_from_wire
 from protocol.errors import CdcaError
 from protocol.messages import DecodedPrompt
 
@@ -38,9 +42,8 @@ class ClientConfig:
     """How one device runs."""
 
     state_dir: Path
-    sampling: SamplingConfig = SamplingConfig()
-    stat_mix: float = 1.0  # 1: normalise with the batch's own statistics; 0: the source's
-    gate: str = "entropy"  # check each prompt against no prompt per batch (device.prompt_gate)
+    settings: DeviceSettings = field(default_factory=DeviceSettings)  # until the cloud's arrive
+    seed: int = 0  # this device's random picks
     fps: float | None = None  # pace the stream like a camera; None = as fast as possible
     drain_seconds: float = 5.0  # at the end, wait this long for queued uploads
     queue_items: int = 1000
@@ -53,16 +56,19 @@ class DeviceClient:
         self, runtime: DeviceRuntime, config: ClientConfig, link: LinkConfig | None
     ) -> None:
         self.runtime, self.config = runtime, config
-        self.agent = DeviceAgent(runtime, config.sampling, config.stat_mix, config.gate)
+        self.settings_file = config.state_dir / "settings.json"
+        self.agent = DeviceAgent(runtime, self._restore_settings(), config.seed)
         self.cache = PromptCache(config.state_dir / "prompt.npz")
         self.queue = UploadQueue(config.state_dir / "queue", max_items=config.queue_items)
         self.prompt_version = self._restore_prompt()
         self._pending: DecodedPrompt | None = None
+        self._pending_settings: dict[str, str] | None = None
         self._lock = threading.Lock()
         self.link = None
         if link is not None:
             shapes = {k: tuple(v.shape) for k, v in runtime.defaults.items()}
-            self.link = CloudLink(link, self.queue, shapes, self._receive, self.prompt_version)
+            self.link = CloudLink(link, self.queue, shapes, self._receive, self.prompt_version,
+                                  self._receive_settings)  # fmt: skip
         self.report = RunReport()
 
     def run(self, batches: Iterable[Frames], out: TextIO | None) -> RunReport:
@@ -122,9 +128,17 @@ class DeviceClient:
         with self._lock:
             self._pending = prompt
 
+    def _receive_settings(self, wire: Mapping[str, str]) -> None:
+        """From the watcher thread: the cloud's device settings; the main loop applies them."""
+        with self._lock:
+            self._pending_settings = dict(wire)
+
     def _apply_pending(self) -> None:
         with self._lock:
             prompt, self._pending = self._pending, None
+            wire, self._pending_settings = self._pending_settings, None
+        if wire:
+            self._apply_settings(wire)
         if prompt is None or prompt.version <= self.prompt_version:
             return
         try:
@@ -136,6 +150,33 @@ class DeviceClient:
         self.report.prompts_applied += 1
         self.cache.save(prompt.version, prompt.parts)
         log.info("applied prompt v%d (%s)", prompt.version, prompt.environment_id)
+
+    def _apply_settings(self, wire: Mapping[str, str]) -> None:
+        try:
+            settings, unknown = settings_from_wire(wire)
+        except CdcaError as err:
+            log.error("refused the cloud's device settings (%s); keeping the current ones", err)
+            return
+        if unknown:
+            log.warning("ignoring device settings this version does not know: %s", unknown)
+        if settings != self.agent.settings:
+            log.info("the cloud's device settings: %s", settings)
+            self.agent.configure(settings)
+        tmp = self.settings_file.with_name(self.settings_file.name + ".tmp")
+        tmp.write_text(json.dumps(dict(wire), indent=2) + "\n")
+        os.replace(tmp, self.settings_file)
+
+    def _restore_settings(self) -> DeviceSettings:
+        """The cloud's last settings when this device was given some, else its own."""
+        if not self.settings_file.is_file():
+            return self.config.settings
+        try:
+            settings, _ = settings_from_wire(json.loads(self.settings_file.read_text()))
+        except (CdcaError, ValueError, OSError) as err:
+            log.warning("ignoring the cached device settings: %s", err)
+            return self.config.settings
+        log.info("restored the cloud's device settings from %s", self.settings_file)
+        return settings
 
     def _restore_prompt(self) -> int:
         cached = self.cache.load()

@@ -10,6 +10,9 @@ Flower is server-driven (a SuperNode pulls instructions and replies), so the clo
   ``version``). A prompt that does not fit the model, or holds NaN, is refused with an
   error reply and the device keeps its last good one.
 
+Every message also carries the project's device settings (``device-settings``: TOML
+literals by key, ``protocol.config.wire``), as ``Register`` does over gRPC.
+
 It wraps the same ``DeviceAgent`` and ``ReplayDevice`` as every other engine. Where the
 stream and the model live: the node's config (``stream``, ``model-dir``, set with
 ``flower-supernode --node-config``) or, in simulation, the folders the cloud names in each
@@ -30,13 +33,14 @@ from flwr.clientapp import ClientApp
 from device.agent import DeviceAgent
 from device.replay import ReplayDevice
 from device.runtime import DeviceRuntime
-from device.sampling import SamplingConfig
+from protocol.config.wire import settings_from_wire
 from protocol.errors import CdcaError, DataError
 from protocol.manifest import MANIFEST_FILE
 
 app = ClientApp()
 
 STATE_KEY = "cdca-device"
+SETTINGS_KEY = "device-settings"  # the ConfigRecord with the project's [adaptation.device]
 UPLOAD_ARRAYS = ("images", "uncertainty", "frame_ids", "predicted", "batch_stats")
 _RUNTIMES: dict[str, DeviceRuntime] = {}  # one onnxruntime session per model per process
 
@@ -45,7 +49,7 @@ _RUNTIMES: dict[str, DeviceRuntime] = {}  # one onnxruntime session per model pe
 def step(message: Message, context: Context) -> Message:
     """Run the next batches of this device's stream and reply with the uploads."""
     config = message.content.config_records["step"]
-    device = _device(config, context)
+    device = _device(message, context)
     content = RecordDict()
     first, count = number(config, "first-batch"), number(config, "count")
     if config.get("slow") and number(config, "slow-device", -1) == _index(config, context):
@@ -63,8 +67,7 @@ def step(message: Message, context: Context) -> Message:
 @app.train("prompt")
 def prompt(message: Message, context: Context) -> Message:
     """Apply the prompt the cloud sent (validated; a bad one changes nothing)."""
-    config = message.content.config_records["step"]
-    device = _device(config, context)
+    device = _device(message, context)
     parts = {k: v.numpy() for k, v in message.content.array_records["prompt"].items()}
     version = number(message.content.config_records["prompt-info"], "version")
     try:
@@ -99,7 +102,8 @@ def _index(config: ConfigRecord, context: Context) -> int:
     return number(context.node_config, "partition-id", number(config, "device-index", 0))
 
 
-def _device(config: ConfigRecord, context: Context) -> ReplayDevice:
+def _device(message: Message, context: Context) -> ReplayDevice:
+    config = message.content.config_records["step"]
     node = context.node_config
     index = _index(config, context)
     default_stream = (
@@ -111,12 +115,9 @@ def _device(config: ConfigRecord, context: Context) -> ReplayDevice:
         _RUNTIMES[model_dir] = DeviceRuntime.load(Path(model_dir) / MANIFEST_FILE, threads=1)
     runtime = _RUNTIMES[model_dir]
     runtime.reset_adaptation()
-    budget = config.get("budget")
-    if not isinstance(budget, float | int):
-        raise DataError(f"message field 'budget' must be a number, got {budget!r}")
-    sampling = SamplingConfig(budget=float(budget), score=text(config, "score"),
-                              seed=number(config, "seed") + index)  # fmt: skip
-    agent = DeviceAgent(runtime, sampling, gate=text(config, "prompt-gate"))
+    wire = message.content.config_records.get(SETTINGS_KEY, ConfigRecord())
+    settings, _ = settings_from_wire({k: str(v) for k, v in wire.items()})
+    agent = DeviceAgent(runtime, settings, seed=number(config, "seed") + index)
     device = ReplayDevice(agent, stream, number(config, "batch-size"),
                           f"device-{index}")  # fmt: skip
     if STATE_KEY in context.state.config_records:

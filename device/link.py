@@ -13,7 +13,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,9 @@ STOP_WATCHING = {grpc.StatusCode.FAILED_PRECONDITION}
 # Refusals a retry will not fix by itself: say so loudly (but keep retrying: it may be re-keyed).
 NEEDS_OPERATOR = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
                   grpc.StatusCode.FAILED_PRECONDITION}  # fmt: skip
+# The first Register happens before the first frame, so the cloud's device settings apply
+# from the start; a cloud that is away delays the device by at most this much.
+FIRST_REGISTER_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,8 @@ class CloudLink:
         prompt_shapes: the model's adaptation input shapes (prompts are checked against them).
         on_prompt: called from the watcher thread with each valid new prompt.
         known_version: the prompt version the device already runs (from its cache).
+        on_settings: called from the watcher thread with the device settings the cloud
+            hands out at each ``Register`` (TOML literals by key, ``protocol.config.wire``).
     """
 
     def __init__(
@@ -139,9 +144,11 @@ class CloudLink:
         prompt_shapes: dict[str, tuple[int, ...]],
         on_prompt: Callable[[DecodedPrompt], None],
         known_version: int = 0,
+        on_settings: Callable[[Mapping[str, str]], None] | None = None,
     ) -> None:
         self.config, self.queue, self.prompt_shapes = config, queue, prompt_shapes
         self.on_prompt, self.known_version = on_prompt, known_version
+        self.on_settings = on_settings
         self.stats = LinkStats()
         self.metadata = call_metadata(config.device_id, config.token)
         self._channel = channel(config)
@@ -150,11 +157,17 @@ class CloudLink:
         self._wake = threading.Event()
         self._watch_call: grpc.Future | None = None
         self._last_refusal = ""
+        self._registered = False
         self._threads = [threading.Thread(target=self._upload_loop, name="uploader", daemon=True),
                          threading.Thread(target=self._watch_loop, name="watcher", daemon=True)]  # fmt: skip
 
     def start(self) -> None:
-        """Start both threads."""
+        """Register once (the cloud's settings and prompt), then start both threads."""
+        try:
+            self._register(min(self.config.rpc_timeout, FIRST_REGISTER_TIMEOUT_S))
+        except grpc.RpcError as err:
+            self.stats.rpc_errors += 1
+            self._explain(err, "the cloud is away at start; running on this device's settings")
         for thread in self._threads:
             thread.start()
 
@@ -239,7 +252,8 @@ class CloudLink:
         backoff = Backoff(self.config.backoff_initial, self.config.backoff_max)
         while not self._stop.is_set():
             try:
-                self._register()
+                if not self._registered:
+                    self._register()
                 backoff.reset()
                 self._watch()
             except grpc.RpcError as err:
@@ -250,6 +264,7 @@ class CloudLink:
                 if code in STOP_WATCHING:
                     log.error("the cloud will not adapt this device: %s", err.details())
                     return
+                self._registered = False  # a restarted cloud may have forgotten this device
                 self._explain(err, "prompt stream ended; reconnecting")
                 self._stop.wait(backoff.next_wait())
 
@@ -264,17 +279,20 @@ class CloudLink:
             log.error("the cloud refused this device (%s); still predicting offline", reason)
             self._last_refusal = reason
 
-    def _register(self) -> None:
+    def _register(self, timeout: float | None = None) -> None:
         request = cdca_pb2.RegisterRequest(
             device_id=self.config.device_id, protocol_version=PROTOCOL_VERSION,
             model_sha256=self.config.model_sha256,
         )  # fmt: skip
         response = self._stub.Register(
-            request, metadata=self.metadata, timeout=self.config.rpc_timeout
+            request, metadata=self.metadata, timeout=timeout or self.config.rpc_timeout
         )
+        self._registered = True
         log.info(
             "registered with %s (upload budget %.2f)", self.config.target, response.upload_budget
         )
+        if response.device_settings and self.on_settings is not None:
+            self.on_settings(dict(response.device_settings))
         if response.HasField("prompt"):
             self._deliver(response.prompt, pushed=False)
 

@@ -21,16 +21,6 @@ from __future__ import annotations
 import numpy as np
 
 from device.uncertainty import entropy
-from protocol.errors import ConfigError
-
-GATES = ("entropy", "off")  # "off": always answer with the prompt in force
-
-
-def check_gate(gate: str) -> str:
-    """``gate`` if known; a ConfigError naming the choices otherwise."""
-    if gate not in GATES:
-        raise ConfigError(f"prompt gate must be one of {GATES}, got {gate!r}")
-    return gate
 
 
 def prefers_prompt(prompted: np.ndarray, fallback: np.ndarray) -> bool:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device.agent import DeviceAgent
+from device.agent import AgentStep, DeviceAgent
 from device.sources import batch_starts
 from protocol.errors import DataError
 from protocol.messages import prompt_message, upload_chunks
@@ -39,6 +39,23 @@ class BatchRecord:
     def to_json(self) -> dict[str, int | bool]:
         """Plain dict."""
         return dict(self.__dict__)
+
+
+def step_and_upload(
+    agent: DeviceAgent, device_id: str, images: np.ndarray, batch: int, first_frame: int
+) -> tuple[AgentStep, dict[str, object] | None, int]:
+    """One batch: the agent's step, its upload's fields (None: nothing goes up) and their wire bytes."""
+    step = agent.step(images)
+    if not step.uploads:
+        return step, None, 0
+    fields = agent.upload(images, step, batch, first_frame, first_frame + len(images))
+    chunks = upload_chunks(device_id, **fields)  # type: ignore[arg-type]
+    return step, fields, sum(chunk.ByteSize() for chunk in chunks)
+
+
+def prompt_bytes(parts: dict[str, np.ndarray], version: int) -> int:
+    """What a prompt takes on the wire (its protobuf message)."""
+    return int(prompt_message(parts, version=version).ByteSize())
 
 
 @lru_cache(maxsize=8)
@@ -75,19 +92,13 @@ class ReplayDevice:
         """Switch to a prompt; returns the bytes it took on the wire."""
         self.agent.apply(parts)
         self.prompt_version = version
-        return int(prompt_message(parts, version=version).ByteSize())
+        return prompt_bytes(parts, version)
 
     def run(self, batch: int) -> tuple[BatchRecord, dict[str, object] | None]:
         """Predict one batch; returns its record and the upload's fields (None: nothing goes up)."""
         start, stop = self.starts[batch], self.starts[batch + 1]
         images, labels = self.images[start:stop], self.labels[start:stop]
-        step = self.agent.step(images)
-        fields = None
-        bytes_up = 0
-        if step.uploads:
-            fields = self.agent.upload(images, step, batch, start, start + len(images))
-            chunks = upload_chunks(self.device_id, **fields)  # type: ignore[arg-type]
-            bytes_up = sum(chunk.ByteSize() for chunk in chunks)
+        step, fields, bytes_up = step_and_upload(self.agent, self.device_id, images, batch, start)
         correct = int((step.logits.argmax(1) == labels).sum())
         record = BatchRecord(batch, int(self.domain[start]), len(images), correct,
                              len(step.decision.indices), step.decision.shift, bytes_up,

@@ -7,11 +7,14 @@ import json
 import logging
 import os
 import sys
+import typing
 from contextlib import ExitStack
 from pathlib import Path
 
+from protocol.config.adaptation import DeviceSettings, Gate, Score
 from protocol.errors import ConfigError
 
+SCORES, GATES = typing.get_args(Score), typing.get_args(Gate)
 TOKEN_ENV = "CDCA_DEVICE_TOKEN"
 
 
@@ -22,7 +25,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         help="predict a stream of frames with the ONNX student, adapted by the cloud",
         description="Runs the exported student on every frame (JSON lines out), uploads the "
         "most uncertain frames within a budget and applies the prompts the cloud pushes. Works "
-        "without --server (last cached prompt) and keeps predicting when the cloud is down.",
+        "without --server (last cached prompt) and keeps predicting when the cloud is down. "
+        "With --server, the cloud's device settings (its project's [adaptation.device]) "
+        "replace --budget, --score, --stat-mix and --prompt-gate when the device registers, "
+        "and are kept in --state-dir for the next start.",
     )
     run.add_argument("--input", required=True,
                      help="frames: file.npz | file.npy | image folder | CIFAR-10-C folder | camera:N")  # fmt: skip
@@ -46,17 +52,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     run.add_argument("--ca-cert", type=Path, help="TLS: the server's CA (PEM); enables TLS")
     run.add_argument("--client-cert", type=Path, help="TLS: this device's certificate")
     run.add_argument("--client-key", type=Path, help="TLS: this device's key")
-    run.add_argument("--budget", type=float, default=0.1, help="largest share of frames uploaded")
+    defaults = DeviceSettings()
+    run.add_argument("--budget", type=float,
+                     help=f"largest share of frames uploaded (default {defaults.budget})")  # fmt: skip
     run.add_argument(
-        "--score", default="entropy", choices=["entropy", "margin", "disagreement", "random"]
+        "--score", choices=SCORES, help=f"uncertainty score (default {defaults.score})"
     )
     run.add_argument("--seed", type=int, default=0, help="for the random share of the uploads")
-    run.add_argument("--stat-mix", type=float, default=1.0,
-                     help="1: normalise with each batch's statistics (U-VPA); 0: source statistics")  # fmt: skip
-    run.add_argument("--prompt-gate", default="entropy", choices=["entropy", "off"],
+    run.add_argument("--stat-mix", type=float,
+                     help="1: normalise with each batch's statistics (U-VPA); 0: source "
+                     f"statistics (default {defaults.stat_mix})")  # fmt: skip
+    run.add_argument("--prompt-gate", choices=GATES,
                      help="entropy: per batch, answer without the cloud's prompt when that run "
                           "is surer (a second model pass while a prompt is in force); "
-                          "off: always use the prompt (default: %(default)s)")  # fmt: skip
+                          f"off: always use the prompt (default {defaults.gate})")  # fmt: skip
     run.add_argument("--fps", type=float, help="pace frames like a camera (default: flat out)")
     run.add_argument("--drain-seconds", type=float, default=5.0, help="wait for uploads at the end")
     run.add_argument("--queue-items", type=int, default=1000,
@@ -77,7 +86,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def _run(args: argparse.Namespace) -> int:
     from device.client import ClientConfig, DeviceClient
     from device.runtime import DeviceRuntime
-    from device.sampling import SamplingConfig
     from device.sources import open_source
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, force=True,
@@ -86,9 +94,11 @@ def _run(args: argparse.Namespace) -> int:
     manifest = _manifest(args, token)
     runtime = DeviceRuntime.load(manifest, threads=args.threads)
     link = _link_config(args, token, runtime.manifest.sha256) if args.server else None
+    own = {"budget": args.budget, "score": args.score, "stat_mix": args.stat_mix,
+           "gate": args.prompt_gate}  # fmt: skip
+    settings = DeviceSettings(**{k: v for k, v in own.items() if v is not None})
     config = ClientConfig(
-        args.state_dir, SamplingConfig(budget=args.budget, score=args.score, seed=args.seed),
-        stat_mix=args.stat_mix, gate=args.prompt_gate, fps=args.fps, drain_seconds=args.drain_seconds,
+        args.state_dir, settings, seed=args.seed, fps=args.fps, drain_seconds=args.drain_seconds,
         queue_items=args.queue_items,
     )  # fmt: skip
     corruptions = [c for c in args.corruptions.split(",") if c]

@@ -10,6 +10,7 @@ the caller makes and hands in as ``view_logits``).
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,36 +19,10 @@ import numpy as np
 from device.selection import BudgetSelector
 from device.shift import ShiftDetector, batch_signature
 from device.uncertainty import disagreement, entropy, margin
+from protocol.config.adaptation import DeviceSettings, Score
 from protocol.errors import ConfigError
 
-SCORES = ("entropy", "margin", "disagreement", "random")
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """What the device uploads.
-
-    Attributes:
-        budget: at most this fraction of frames is uploaded.
-        score: how uncertainty is measured (or ``random``: no uncertainty at all).
-        random_fraction: share of the budget spent on random frames even when scoring, so
-            the cloud also sees typical frames of the environment.
-        class_balance: spread the uncertain picks over the device's predicted classes.
-        detect_shifts: run the shift detector and report new environments.
-        seed: for the random picks.
-    """
-
-    budget: float = 0.1
-    score: str = "entropy"
-    random_fraction: float = 0.5
-    class_balance: bool = True
-    detect_shifts: bool = True
-    seed: int = 0
-    noise_std: float = 0.02  # of the noisy view for ``disagreement``, as a share of 255
-
-    def __post_init__(self) -> None:
-        if self.score not in SCORES:
-            raise ConfigError(f"unknown uncertainty score {self.score!r}; choose from {SCORES}")
+SCORES = typing.get_args(Score)
 
 
 @dataclass(frozen=True)
@@ -63,23 +38,32 @@ class UncertaintySampler:
     """Stateful over the stream: the budget and the shift detector remember what came before.
 
     Args:
-        config: budget, score and shift detection.
+        config: the project's ``[adaptation.device]`` settings (budget, score, shifts).
         signature_channels: channels of the model's first normalisation layer (the manifest's
             first ``norm_layers`` entry); the shift detector watches their batch statistics.
+        seed: this device's own seed for its random picks (devices should differ).
     """
 
-    def __init__(self, config: SamplingConfig | None = None, signature_channels: int = 32) -> None:
-        self.config = config or SamplingConfig()
+    def __init__(
+        self, config: DeviceSettings | None = None, signature_channels: int = 32, seed: int = 0
+    ) -> None:
+        self.config = config or DeviceSettings()
         self.signature_channels = signature_channels
-        cfg = self.config
-        self.random_scores = np.random.default_rng([cfg.seed, 1])
-        self.selector = BudgetSelector(
-            budget=cfg.budget,
-            random_fraction=1.0 if cfg.score == "random" else cfg.random_fraction,
-            class_balance=cfg.class_balance and cfg.score != "random",
-            seed=cfg.seed,
-        )
-        self.detector = ShiftDetector() if cfg.detect_shifts else None
+        self.random_scores = np.random.default_rng([seed, 1])
+        self.selector = BudgetSelector(seed=seed)
+        self.detector: ShiftDetector | None = None
+        self.reconfigure(self.config)
+
+    def reconfigure(self, config: DeviceSettings) -> None:
+        """Switch to new settings mid-stream; the budget's count and the shift detector carry on."""
+        self.config = config
+        self.selector.budget = config.budget
+        self.selector.random_fraction = 1.0 if config.score == "random" else config.random_fraction
+        self.selector.class_balance = config.class_balance and config.score != "random"
+        if not config.detect_shifts:
+            self.detector = None
+        elif self.detector is None:
+            self.detector = ShiftDetector()
 
     @property
     def needs_views(self) -> bool:

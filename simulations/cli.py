@@ -16,9 +16,11 @@ from protocol.errors import CdcaError
 
 # group -> (module with `main(argv, prog) -> int`, one-line help, extra that provides it)
 GROUPS: dict[str, tuple[str, str, str]] = {
-    "data": ("cloud.data.cli", "prepare corrupted benchmarks (Fashion-MNIST-C) and inspect them", "cloud"),
-    "train": ("cloud.train_cli", "train the device student or the built-in CLIP teacher", "cloud"),
-    "cloud": ("cloud.cli", "cloud jobs: CoOp prompt learning for the teacher", "cloud"),
+    "init": ("simulations.init_command", "start a project from a labelled image set: writes cdca.toml", "cloud"),
+    "config": ("simulations.config_command", "show, check and document the project's settings", "cloud"),
+    "data": ("cloud.data.cli", "prepare the project's shifted benchmark and inspect benchmarks", "cloud"),
+    "train": ("cloud.train_cli", "train the built-in CLIP teacher or a label-trained student", "cloud"),
+    "cloud": ("cloud.cli", "cloud jobs: teacher prompts, distillation, export, the server", "cloud"),
     "simulate": ("simulations.fleet.command", "the main job: many devices, one cloud, a report with plots", "cloud"),
     "bench": ("simulations.bench.cli", "run adaptation methods over a shifting stream and report", "cloud"),
     "device": ("device.cli", "device-side tools; needs only the device extra (no torch)", "device"),

@@ -1,42 +1,51 @@
-"""Every method the benchmark can run, by name: on-device peers and cloud-device (U-VPA) rows.
+"""Every method the benchmark can run, by name: on-device peers, U-VPA and its ablations, references.
 
-The U-VPA ablations each change one thing against ``uvpa`` so the table shows what each
-part contributes: how uploads are chosen (``random``), whether uncertainty guides the
-update (``unguided``), what the device is taught to match (``teacher_target``), where the
-prompt lives (``pixel`` full-image, ``pixel_border``, ``pixel_patch``, ``all_parts``), how
-environments hand over (``homeostasis``, ``no_restart``), whether the cloud adapts a
-teacher of its own (``companion``: a BatchNorm CNN re-normalised on each environment's
-uploads joins the ensemble target), whether the cloud adds its own clean labelled images
-rendered like each environment's uploads (``synthetic``), and two references: upload everything
-(``cloud_teacher``) and a perfect teacher (``label_target``: the cloud learns from the
-uploads' true labels). Which BatchNorms the cloud fits is a setting of every row
-(``fit_norms``), not a row of its own.
+``uvpa`` is the project's ``[adaptation]`` as it stands, run on the real ONNX device and the
+real cloud (``simulations.bench.cloud_device``). Each ablation changes settings by their
+keys, so the table shows what one part contributes: how uploads are chosen
+(``uvpa_random``, ``uvpa_disagreement``), whether uncertainty guides the update
+(``uvpa_unguided``), what the device is taught to match (``uvpa_teacher_target``), the
+device's check on each prompt (``uvpa_no_gate``), the rendered clean samples
+(``uvpa_no_synthetic``), how environments hand over (``uvpa_homeostasis``,
+``uvpa_no_restart``) and which device-model inputs the cloud learns (``uvpa_all_parts``).
+Two references: upload everything (``cloud_teacher``) and a perfect teacher
+(``uvpa_label_target``: the cloud learns from the uploads' true labels).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Protocol
 
 import torch
 
-from cloud.adaptation.clean_set import CLEAN_SET_MISSING
-from cloud.adaptation.prompt_bank import BankConfig
-from cloud.adaptation.session import SessionConfig
-from cloud.adaptation.synthetic import SyntheticConfig, synthetic_fit
-from cloud.adaptation.vplu import FEATURE_PARTS, PIXEL_PARTS, VPLUConfig
-from cloud.teacher.companion import COMPANION_CHECKPOINT, MAKE_IT
-from device.sampling import SamplingConfig
+from cloud.server.world import CloudWorld
+from protocol.config.adaptation import PARTS
+from protocol.config.project import ProjectConfig, with_settings
 from protocol.errors import ConfigError, unknown_name
-from simulations.cloud_device import (
-    CloudDeviceWorld,
-    CloudTeacherMethod,
-    UVPAConfig,
-    UVPAMethod,
-)
-from simulations.label_target import LabelTargetMethod
+from simulations.bench.cloud_device import CloudTeacherMethod, FleetMethod
 from simulations.peers import PEERS, PixelModel, create_method
+
+ABLATIONS: dict[str, dict[str, object]] = {
+    "uvpa_random": {"adaptation.device.score": "random"},
+    "uvpa_disagreement": {"adaptation.device.score": "disagreement"},
+    "uvpa_unguided": {"adaptation.vplu.guided": False},
+    "uvpa_teacher_target": {"adaptation.vplu.target": "teacher"},
+    "uvpa_no_gate": {"adaptation.device.gate": "off"},
+    "uvpa_no_synthetic": {"adaptation.synthetic.count": 0},
+    "uvpa_homeostasis": {
+        "adaptation.prompt_bank.shared_rate": 0.5,
+        "adaptation.prompt_bank.sensitive_quantile": 0.8,
+    },  # fmt: skip
+    "uvpa_no_restart": {
+        "adaptation.session.restart_on_shift": False,
+        "adaptation.device.detect_shifts": False,
+    },  # fmt: skip
+    "uvpa_all_parts": {"adaptation.vplu.parts": ",".join(PARTS)},
+    # an upper reference, not a method: the true label as the cloud's target
+    "uvpa_label_target": {"adaptation.vplu.target": "teacher"},
+}
+CLOUD_DEVICE_METHODS = ("uvpa", *ABLATIONS, "cloud_teacher")
 
 
 class OnlineMethod(Protocol):
@@ -54,101 +63,65 @@ class OnlineMethod(Protocol):
         ...
 
 
-def _uvpa_variants(base: UVPAConfig) -> dict[str, UVPAConfig]:
-    vplu, sampling, session = base.vplu, base.sampling, base.session
-    return {
-        "uvpa": base,  # feature-space prompt (BatchNorm scale/shift), ensemble target
-        "uvpa_random": replace(base, sampling=replace(sampling, score="random")),
-        "uvpa_disagreement": replace(base, sampling=replace(sampling, score="disagreement")),
-        "uvpa_unguided": replace(base, vplu=replace(vplu, guided=False)),
-        "uvpa_teacher_target": replace(base, vplu=replace(vplu, target="teacher")),
-        "uvpa_pixel": replace(base, vplu=replace(vplu, parts=PIXEL_PARTS)),
-        "uvpa_pixel_border": replace(
-            base, vplu=replace(vplu, parts=PIXEL_PARTS, pixel_prompt="border:4")
-        ),
-        "uvpa_pixel_patch": replace(
-            base, vplu=replace(vplu, parts=PIXEL_PARTS, pixel_prompt="patch:8")
-        ),
-        "uvpa_all_parts": replace(base, vplu=replace(vplu, parts=PIXEL_PARTS + FEATURE_PARTS)),
-        "uvpa_homeostasis": replace(base, bank=BankConfig(shared_rate=0.5, sensitive_quantile=0.8)),
-        "uvpa_companion": replace(base, companion=True),
-        "uvpa_no_gate": replace(base, gate="off"),
-        "uvpa_synthetic": replace(base, synthetic=SyntheticConfig.count, vplu=synthetic_fit(vplu)),
-        "uvpa_no_restart": replace(
-            base,
-            session=replace(session, restart_on_shift=False),
-            sampling=replace(sampling, detect_shifts=False),
-        ),  # fmt: skip
-        # an upper reference, not a method: the true label as the cloud's target
-        "uvpa_label_target": replace(base, vplu=replace(vplu, target="teacher")),
-    }
-
-
-CLOUD_DEVICE_METHODS = (*_uvpa_variants(UVPAConfig()), "cloud_teacher")
-# rows that render the cloud's clean training set (loaded only when one of them runs)
-SYNTHETIC_METHODS = tuple(n for n, c in _uvpa_variants(UVPAConfig()).items() if c.synthetic)
-
-
 def list_methods() -> list[str]:
     """Every name, peers first, in table order."""
     return [*PEERS, *CLOUD_DEVICE_METHODS]
 
 
+def check_method(name: str) -> None:
+    """Fail on an unknown name before any work."""
+    if name not in PEERS and name not in CLOUD_DEVICE_METHODS:
+        raise unknown_name("method", name, list_methods())
+
+
 class MethodFactory:
-    """Builds fresh methods by name around the same source model (and cloud, when there is one).
+    """Builds fresh methods by name around the same student (and cloud, when there is one).
 
     Args:
         model: the device student taking [0, 1] pixels, for the on-device peers.
-        world: device graph, teacher and class vectors; None when the student has no
+        project: the settings every U-VPA row starts from.
+        world: the cloud (exported device model, teacher); None when the student has no
             teacher (a label-trained student), which rules out the cloud-device rows.
         delay: batches between the cloud learning a prompt and the device using it.
-        budget: share of frames a device may upload.
-        fit_norms: which BatchNorms the cloud's fit may change in every U-VPA row
-            (``VPLUConfig.fit_norms``).
+        seed: the device's seed for its random picks.
     """
 
     def __init__(
-        self, model: PixelModel, world: CloudDeviceWorld | None, delay: int = 1,
-        budget: float = 0.1, fit_norms: str = VPLUConfig.fit_norms,
+        self, model: PixelModel, project: ProjectConfig, world: CloudWorld | None,
+        delay: int = 1, seed: int = 0,
     ) -> None:  # fmt: skip
         if delay < 1:
             raise ConfigError(
                 f"--delay must be >= 1 batch (the earliest a prompt can arrive), got {delay}"
             )
-        self.model, self.world = model, world
-        base = UVPAConfig(sampling=SamplingConfig(budget=budget),
-                          vplu=VPLUConfig(fit_norms=fit_norms),
-                          session=SessionConfig(), delay=delay)  # fmt: skip
-        self.variants = _uvpa_variants(base)
+        self.model, self.project, self.world, self.delay, self.seed = (
+            model,
+            project,
+            world,
+            delay,
+            seed,
+        )
 
     def check(self, name: str) -> None:
         """Fail before any work when ``name`` cannot be built."""
-        if name not in PEERS and name not in CLOUD_DEVICE_METHODS:
-            raise unknown_name("method", name, list_methods())
+        check_method(name)
         if name in CLOUD_DEVICE_METHODS and self.world is None:
             raise ConfigError(
-                f"method {name!r} needs a distilled student and its teacher; pass --student "
-                "with a checkpoint from `cdca cloud distill` (the default student is one)"
+                f"method {name!r} needs a distilled student and its teacher; set "
+                "student.checkpoint (or --student) to a `cdca cloud distill` checkpoint"
             )
-        if self.variants.get(name, UVPAConfig()).synthetic and self.world.clean is None:  # type: ignore[union-attr]
-            raise ConfigError(f"method {name!r} renders the cloud's clean training set; "
-                              f"{CLEAN_SET_MISSING}")  # fmt: skip
-        if self.variants.get(name, UVPAConfig()).companion and self.world.companion is None:  # type: ignore[union-attr]
-            raise ConfigError(f"method {name!r} needs a companion teacher trained on the "
-                              f"student's classes at {COMPANION_CHECKPOINT}; create it with "
-                              f"`{MAKE_IT}`")  # fmt: skip
 
     def create(self, name: str) -> OnlineMethod:
-        """A fresh method; peers copy the model, cloud-device methods share the frozen graph."""
+        """A fresh method; peers copy the model, cloud-device methods share the frozen cloud."""
         self.check(name)
         if name in PEERS:
             return create_method(name, self.model)
         assert self.world is not None
         if name == "cloud_teacher":
             return CloudTeacherMethod(name, self.world)
-        if name == "uvpa_label_target":
-            return LabelTargetMethod(name, self.world, self.variants[name])
-        return UVPAMethod(name, self.world, self.variants[name])
+        project = with_settings(self.project, ABLATIONS.get(name, {}), f"the {name} row")
+        return FleetMethod(name, self.world, project.adaptation, self.delay, self.seed,
+                           label_target=name == "uvpa_label_target")  # fmt: skip
 
 
 MethodMaker = Callable[[str], OnlineMethod]

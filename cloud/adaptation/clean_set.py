@@ -1,55 +1,53 @@
-"""The cloud's clean labelled set, which synthetic environment samples are rendered from.
+"""The cloud's clean labelled images for synthetic samples: the project's own training split.
 
-Synthetic samples (``cloud.adaptation.synthetic``) need labelled clean images over the
-device's own classes. Here that is Fashion-MNIST's training split, found offline (the
-Debian package, ``CDCA_DATA``); the corrupted streams devices see are made from its test
-split, so no image a device is scored on is ever rendered. A student over other classes
-has no clean set here, and asking for synthetic samples for it is an error that says so.
+Synthetic samples (``cloud.adaptation.synthetic``) render clean labelled images of the
+device's classes like each environment's uploads. They come from ``data.train``, the
+images the teacher and student learned from; the shifted streams devices see are made from
+``data.test``, so no image a device is scored on is ever rendered.
 """
 
 from __future__ import annotations
 
-from cloud.adaptation.synthetic import EnvironmentRenderer, SyntheticConfig
-from cloud.data.labelled import LabelledImages
+from collections.abc import Sequence
+
+from cloud.adaptation.synthetic import EnvironmentRenderer
+from protocol.config.adaptation import SyntheticConfig
+from protocol.config.data import DataConfig
 from protocol.errors import ConfigError, DataError
 
-CLEAN_SET_MISSING = (
-    "install the Fashion-MNIST training split (`make setup`, the Debian package "
-    "dataset-fashion-mnist) or point CDCA_DATA at its IDX files"
+NO_SYNTHETIC = (
+    "or run without them (adaptation.synthetic.count = 0, `--set adaptation.synthetic.count=0`)"
 )
-NO_SYNTHETIC = "run without synthetic samples (`--synthetic 0`, or `synthetic = 0` in the settings)"
 
 
-def load_clean_set(class_names: tuple[str, ...]) -> LabelledImages | None:
-    """The Fashion-MNIST training split, when installed and ``class_names`` are its classes."""
-    from cloud.data.fashion_mnist import CLASS_NAMES, load_fashion_mnist
-
-    if tuple(class_names) != CLASS_NAMES:
-        return None
-    try:
-        return load_fashion_mnist("train", allow_download=False)
-    except DataError:
-        return None
-
-
-def clean_renderer(class_names: tuple[str, ...], count: int) -> EnvironmentRenderer:
-    """A renderer of ``count`` synthetic samples per update over the clean set of these classes.
+def clean_renderer(
+    data: DataConfig, class_names: Sequence[str], image_size: int, config: SyntheticConfig
+) -> EnvironmentRenderer:
+    """A renderer of ``config.count`` samples per update over the project's training images.
 
     Raises:
-        ConfigError: no clean set for these classes, with what to install or change.
+        ConfigError: the training images cannot be loaded, or are not the student's classes
+            or size; the message says what to change.
     """
-    from cloud.data.fashion_mnist import CLASS_NAMES
+    from cloud.data.splits import load_split
 
-    if tuple(class_names) != CLASS_NAMES:
+    try:
+        clean = load_split(data, "train")
+    except DataError as err:
+        raise ConfigError(f"synthetic samples render the project's training images, and "
+                          f"they cannot be loaded: {err}; fix data.train {NO_SYNTHETIC}") from err  # fmt: skip
+    if tuple(clean.class_names) != tuple(class_names):
         raise ConfigError(
-            "synthetic samples need the cloud's clean labelled images of the device's classes, "
-            f"and only Fashion-MNIST's are known here (the student has {len(class_names)} "
-            f"classes: {', '.join(class_names[:4])}...); {NO_SYNTHETIC}"
+            f"synthetic samples need training images of the student's classes; data.train has "
+            f"{_names(clean.class_names)}, the student {_names(class_names)}. Point data.train "
+            f"at the student's data {NO_SYNTHETIC}"
         )
-    clean = load_clean_set(class_names)
-    if clean is None:
-        raise ConfigError(
-            f"synthetic samples render the cloud's clean training set; {CLEAN_SET_MISSING}, "
-            f"or {NO_SYNTHETIC}"
-        )
-    return EnvironmentRenderer(clean, len(class_names), SyntheticConfig(count=count))
+    if clean.images.shape[1] != image_size:
+        raise ConfigError(f"data.image_size is {clean.images.shape[1]} but the student takes "
+                          f"{image_size}-px images; make them agree {NO_SYNTHETIC}")  # fmt: skip
+    return EnvironmentRenderer(clean, len(class_names), config)
+
+
+def _names(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+    return f"{len(names)} classes ({shown})"

@@ -22,31 +22,8 @@ import numpy as np
 import torch
 
 from cloud.adaptation.prompt_bank import Prompt
-from protocol.errors import ConfigError
+from protocol.config.adaptation import EnvironmentBankConfig
 from protocol.signature import signature_distance
-
-
-@dataclass(frozen=True)
-class EnvironmentBankConfig:
-    """When two signatures count as one environment, and how much must be learned to keep one.
-
-    ``match_distance`` is in the shift detector's unit (RMS over mean and log-std entries);
-    on Fashion-MNIST-C the same corruption on two devices lies within about 0.02 and the
-    closest pair of different corruptions (Gaussian vs shot noise) about 0.03, others 0.1+.
-    """
-
-    match_distance: float = 0.05
-    min_evidence: int = 24  # uploads an environment needs before its prompt is worth keeping
-    max_entries: int = 256
-    # uploads an environment keeps for the next device's fit (0: share prompts only); at
-    # 32x32 that is about 0.3 MB per environment, 75 MB for a full bank
-    pooled_uploads: int = 96
-
-    def __post_init__(self) -> None:
-        if self.match_distance <= 0 or self.min_evidence < 1 or self.max_entries < 1:
-            raise ConfigError("need match_distance > 0, min_evidence >= 1 and max_entries >= 1")
-        if self.pooled_uploads < 0:
-            raise ConfigError(f"pooled_uploads must be >= 0, got {self.pooled_uploads}")
 
 
 @dataclass(frozen=True)

@@ -17,35 +17,18 @@ all hand uploads to ``FleetCloud.ingest`` and ship what it returns.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from cloud.adaptation.environments import (
-    EnvironmentBank,
-    EnvironmentBankConfig,
-    PooledUploads,
-    mean_prompt,
-)
-from cloud.adaptation.prompt_bank import BankConfig, Prompt, PromptBank
-from cloud.adaptation.session import AdaptationSession, SessionConfig, UploadBatch
+from cloud.adaptation.environments import EnvironmentBank, PooledUploads, mean_prompt
+from cloud.adaptation.prompt_bank import Prompt, PromptBank
+from cloud.adaptation.session import AdaptationSession, UploadBatch
 from cloud.adaptation.synthetic import EnvironmentRenderer
 from cloud.adaptation.vplu import VPLU
+from protocol.config.adaptation import AdaptationConfig
 from protocol.signature import batch_signature
-
-
-@dataclass(frozen=True)
-class FleetConfig:
-    """What devices share through the cloud."""
-
-    environment_bank: bool = True
-    share_across_devices: bool = True  # unknown environments start from the fleet's shared prompt
-    # a known environment's past uploads join the next device's fit: +0.4 points where devices
-    # pass through briefly, +0.1 on the default scenario, for fits on up to 96 more samples
-    # each (docs/simulate.md), so off unless asked for
-    pool_uploads: bool = False
-    bank: EnvironmentBankConfig = field(default_factory=EnvironmentBankConfig)
 
 
 @dataclass
@@ -73,11 +56,7 @@ class FleetCloud:
         vplu: the learner (stateless across devices; shared).
         teacher: [0, 1] pixels -> teacher logits over the devices' classes.
         normalize: [0, 1] pixels -> the device model's input.
-        session: buffer and schedule of each device's session.
-        bank: how each device's ending environment feeds its shared prompt.
-        fleet: what devices share.
-        signature_channels: channels of the device model's first normalisation layer.
-        companion: the cloud's re-normalised companion teacher for every session, or None.
+        config: the project's ``[adaptation]`` (sessions, prompt banks, what devices share).
         synthetic: renders the cloud's clean labelled images like each device's uploads
             (``cloud.adaptation.synthetic``), shared by every session; None: uploads only.
     """
@@ -87,20 +66,15 @@ class FleetCloud:
         vplu: VPLU,
         teacher: Callable[[torch.Tensor], torch.Tensor],
         normalize: Callable[[torch.Tensor], torch.Tensor],
-        session: SessionConfig | None = None,
-        bank: BankConfig | None = None,
-        fleet: FleetConfig | None = None,
-        signature_channels: int | None = None,
-        companion: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        config: AdaptationConfig | None = None,
         synthetic: EnvironmentRenderer | None = None,
     ) -> None:
         self.vplu, self.teacher, self.normalize = vplu, teacher, normalize
-        self.companion, self.synthetic = companion, synthetic
-        self.session_config, self.bank_config = session or SessionConfig(), bank or BankConfig()
-        self.config = fleet or FleetConfig()
-        first = vplu.model.norm_layers[0].channels if vplu.model.norm_layers else 0
-        self.channels = signature_channels or first
-        self.environments = EnvironmentBank(self.config.bank)
+        self.synthetic = synthetic
+        self.adaptation = config or AdaptationConfig()
+        self.config = self.adaptation.sharing
+        self.channels = vplu.model.norm_layers[0].channels if vplu.model.norm_layers else 0
+        self.environments = EnvironmentBank(self.adaptation.environment_bank)
         self.sessions: dict[str, AdaptationSession] = {}
         self.stays: dict[str, _Stay] = {}
         self.starts = {"bank": 0, "fleet_shared": 0, "own_shared": 0}
@@ -108,10 +82,10 @@ class FleetCloud:
     def session(self, device_id: str, bank: PromptBank | None = None) -> AdaptationSession:
         """The device's session, created on first use (from ``bank`` when one was restored)."""
         if device_id not in self.sessions:
-            bank = bank or PromptBank(self.vplu.neutral, self.bank_config)
+            bank = bank or PromptBank(self.vplu.neutral, self.adaptation.prompt_bank)
             self.sessions[device_id] = AdaptationSession(
-                self.vplu, self.teacher, self.normalize, bank, self.session_config,
-                self.companion, self.synthetic,
+                self.vplu, self.teacher, self.normalize, bank, self.adaptation.session,
+                self.synthetic,
             )  # fmt: skip
             self.stays[device_id] = _Stay()
         return self.sessions[device_id]
@@ -156,7 +130,6 @@ class FleetCloud:
                 "bank_lookups": self.environments.lookups, "bank_hits": self.environments.hits,
                 **{f"started_from_{k}": v for k, v in self.starts.items()},
                 "updates": sum(s.updates for s in self.sessions.values()),
-                "companion_updates": sum(s.companion_updates for s in self.sessions.values()),
                 "synthetic_samples": sum(s.synthetic_samples for s in self.sessions.values()),
                 "cloud_seconds": sum(s.seconds for s in self.sessions.values())}  # fmt: skip
 

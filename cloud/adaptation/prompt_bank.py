@@ -14,37 +14,18 @@ the specific delta restarts from zero.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from protocol.errors import ConfigError
+from protocol.config.adaptation import PromptBankConfig
 
 Prompt = dict[str, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class BankConfig:
-    """How environments hand knowledge to the shared prompt.
-
-    The defaults carry the whole ending environment over (the prompt keeps working while
-    the new environment's buffer fills): on Fashion-MNIST-C holding entries back did not
-    help (docs/uvpa.md). VDP-style homeostasis is ``shared_rate=0.5, sensitive_quantile=0.8``.
-    """
-
-    shared_rate: float = 1.0  # share of the ending environment's delta folded into the DAP
-    sensitive_quantile: float = 1.0  # entries above this |delta| quantile are held back
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.shared_rate <= 1 or not 0 < self.sensitive_quantile <= 1:
-            raise ConfigError("shared_rate must be in [0, 1] and sensitive_quantile in (0, 1]")
 
 
 class PromptBank:
     """The prompts of one device: neutral, shared (DAP) and current-environment (DSP) deltas."""
 
-    def __init__(self, neutral: Prompt, config: BankConfig | None = None) -> None:
-        self.config = config or BankConfig()
+    def __init__(self, neutral: Prompt, config: PromptBankConfig | None = None) -> None:
+        self.config = config or PromptBankConfig()
         self.neutral = {k: v.detach().clone() for k, v in neutral.items()}
         self.shared = {k: torch.zeros_like(v) for k, v in neutral.items()}
         self.specific = {k: torch.zeros_like(v) for k, v in neutral.items()}

@@ -5,7 +5,7 @@ uploads a device sends (Gan et al., U-VPA, CVPR 2023, https://arxiv.org/abs/2212
 No transport code: callers hand in tensors and get back the prompt to ship, if any.
 
 Per batch: a reported shift folds the ending environment into the shared prompt and empties
-the buffer (PROTOTYPE_FINDINGS lesson 7: a stale buffer mixes shifts), seeded with uploads
+the buffer (a buffer that outlives its environment mixes two shifts), seeded with uploads
 other devices made in the same environment when the fleet has them; the teacher labels
 the new uploads once; VPLU refits the current environment's prompt on the whole buffer
 (plus, with a renderer, the cloud's clean labelled images rendered like the buffer),
@@ -27,21 +27,10 @@ from cloud.adaptation.prompt_bank import Prompt, PromptBank
 from cloud.adaptation.synthetic import EnvironmentRenderer
 from cloud.adaptation.vplu import VPLU, Uploads
 from cloud.students.preprocess import pixels_to_uint8
-from cloud.teacher.companion import MIN_BATCH as COMPANION_MIN_BATCH
-from protocol.errors import ConfigError, DataError
+from protocol.config.adaptation import SessionConfig
+from protocol.errors import DataError
 
-
-@dataclass(frozen=True)
-class SessionConfig:
-    """Buffer and schedule of one device's cloud session."""
-
-    buffer_size: int = 192  # most recent uploads of the current environment kept
-    min_uploads: int = 24  # no update before the buffer holds this many (fits on fewer are noise)
-    restart_on_shift: bool = True  # DSP restarts when the device reports a new environment
-
-    def __post_init__(self) -> None:
-        if self.buffer_size < self.min_uploads or self.min_uploads < 2:
-            raise ConfigError("need buffer_size >= min_uploads >= 2")
+__all__ = ["AdaptationSession", "SessionConfig", "UploadBatch"]
 
 
 @dataclass(frozen=True)
@@ -67,7 +56,6 @@ class _Sample:
     teacher_logits: torch.Tensor
     uncertainty: float
     batch_stats: torch.Tensor
-    pixels: torch.Tensor | None  # kept only for a companion, which normalises the buffer itself
     frame: torch.Tensor  # (3, H, W) uint8, what the device sent: pooled for the next device
     pooled: bool = False  # seeded from the environment's pool, not uploaded in this stay
 
@@ -81,8 +69,6 @@ class AdaptationSession:
         normalize: [0, 1] pixels -> the device model's input.
         bank: the device's prompts (shared and environment-specific).
         config: buffer and schedule.
-        companion: [0, 1] pixels of one environment -> class probabilities, normalised with
-            those pixels' own statistics (``cloud.teacher.companion``); None: no companion.
         synthetic: renders the cloud's clean labelled images like the buffer's uploads
             (``cloud.adaptation.synthetic``); they join every fit. None: uploads only.
     """
@@ -94,16 +80,14 @@ class AdaptationSession:
         normalize: Callable[[torch.Tensor], torch.Tensor],
         bank: PromptBank | None = None,
         config: SessionConfig | None = None,
-        companion: Callable[[torch.Tensor], torch.Tensor] | None = None,
         synthetic: EnvironmentRenderer | None = None,
     ) -> None:
         self.vplu, self.teacher, self.normalize = vplu, teacher, normalize
-        self.companion, self.synthetic = companion, synthetic
+        self.synthetic = synthetic
         self.bank = bank or PromptBank(vplu.neutral_prompt())
         self.config = config or SessionConfig()
         self.buffer: deque[_Sample] = deque(maxlen=self.config.buffer_size)
         self.uploads = self.updates = self.shipped = self.shifts = 0
-        self.companion_updates = 0  # updates whose target had the companion's view
         self.synthetic_samples = 0  # rendered clean images the fits trained on
         self.seconds = 0.0
 
@@ -168,14 +152,10 @@ class AdaptationSession:
         x = self.normalize(batch.pixels)
         teacher_logits = self.teacher(batch.pixels).float()
         stats = batch.batch_stats.detach().float()
-        keep = self.companion is not None
         frames = pixels_to_uint8(batch.pixels)
         for i in range(len(x)):
-            pixels = batch.pixels[i].detach().float() if keep else None
             self.buffer.append(
-                _Sample(
-                    x[i], teacher_logits[i], float(batch.uncertainty[i]), stats, pixels, frames[i]
-                )
+                _Sample(x[i], teacher_logits[i], float(batch.uncertainty[i]), stats, frames[i])
             )
         self.uploads += len(x)
 
@@ -184,7 +164,6 @@ class AdaptationSession:
         """Pooled uploads into the fresh buffer, oldest first; they do not count as uploads."""
         pixels = pooled.pixels.float() / 255
         x = self.normalize(pixels)
-        keep = self.companion is not None
         for i in range(len(pooled)):
             self.buffer.append(
                 _Sample(
@@ -192,7 +171,6 @@ class AdaptationSession:
                     pooled.teacher_logits[i].float(),
                     float(pooled.uncertainty[i]),
                     pooled.batch_stats[i].float(),
-                    pixels[i] if keep else None,
                     pooled.pixels[i],
                     pooled=True,
                 )
@@ -205,7 +183,6 @@ class AdaptationSession:
             batch_stats=torch.stack([s.batch_stats for s in samples]).mean(dim=0),
             uncertainty=torch.tensor([s.uncertainty for s in samples]),
             teacher_logits=torch.stack([s.teacher_logits for s in samples]),
-            companion_probs=self._companion_view(samples),
         )
         result = self.vplu.update(uploads, self.bank.current(), self._synthetic_view(samples))
         self.updates += 1
@@ -222,23 +199,6 @@ class AdaptationSession:
         rendered = self.synthetic.render(torch.stack([s.frame for s in samples]))
         self.synthetic_samples += len(rendered.targets)
         return self.normalize(rendered.pixels), rendered.targets
-
-    @torch.no_grad()
-    def _companion_view(self, samples: list[_Sample]) -> torch.Tensor | None:
-        """The companion over the whole buffer: one environment's statistics (lesson 7).
-
-        None (the companion sits this update out) while the buffer is too small for batch
-        statistics, or when it holds samples from before the companion was attached.
-        """
-        pixels = [s.pixels for s in samples]
-        if (
-            self.companion is None
-            or len(pixels) < COMPANION_MIN_BATCH
-            or any(p is None for p in pixels)
-        ):
-            return None
-        self.companion_updates += 1
-        return self.companion(torch.stack(pixels))  # type: ignore[arg-type]
 
 
 def _check(batch: UploadBatch, stats_shape: torch.Size) -> None:

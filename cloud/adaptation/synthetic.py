@@ -19,43 +19,20 @@ environment's mean gain instead.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import copy
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from cloud.adaptation.vplu import VPLUConfig
 from cloud.data.labelled import LabelledImages
-from protocol.errors import ConfigError, DataError
+from protocol.config.adaptation import SyntheticConfig
+from protocol.errors import DataError
+
+__all__ = ["EnvironmentRenderer", "SyntheticConfig", "SyntheticSamples"]
 
 SPECTRUM_FLOOR = 1e-6  # added to both spectra before dividing
 SPECTRUM_CHUNK = 1000  # clean images per FFT when measuring the clean spectrum (bounds memory)
-# The fit's Adam step size when synthetic samples join it. More and cleaner samples than the
-# uploads alone bear a larger step: on the continual stream lr 1e-2 gave 88.3 against 87.9 at
-# the default 5e-3, at the same compute; 20 steps gave 88.1 at twice it (one thread)
-# (docs/bench-uvpa-synthetic-s5.md).
-SYNTHETIC_FIT_LR = 1e-2
-
-
-@dataclass(frozen=True)
-class SyntheticConfig:
-    """How many synthetic samples each cloud update adds, and how sure their labels are."""
-
-    count: int = 192  # per update; the buffer holds at most 192 uploads
-    smoothing: float = 0.1  # label smoothing: a rendered image can lose what made it clear
-    spectrum_images: int = 5000  # clean images that define the clean mean spectrum
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.count < 1 or self.spectrum_images < 1:
-            raise ConfigError("synthetic count and spectrum_images must be >= 1")
-        if not 0 <= self.smoothing < 1:
-            raise ConfigError(f"synthetic smoothing must be in [0, 1), got {self.smoothing}")
-
-
-def synthetic_fit(vplu: VPLUConfig) -> VPLUConfig:
-    """``vplu`` with the fit settings measured best when synthetic samples join every fit."""
-    return replace(vplu, lr=SYNTHETIC_FIT_LR)
 
 
 @dataclass(frozen=True)
@@ -89,11 +66,21 @@ class EnvironmentRenderer:
     ) -> None:
         self.config = config or SyntheticConfig()
         _check_clean(clean, num_classes)
+        self.clean = clean
         self.images = torch.from_numpy(np.ascontiguousarray(clean.images)).permute(0, 3, 1, 2)
         self.labels = torch.from_numpy(np.asarray(clean.labels, dtype=np.int64))
         self.num_classes = num_classes
         self.generator = torch.Generator().manual_seed(self.config.seed)
         self.clean_amplitude = self._mean_amplitude()
+
+    def with_config(self, config: SyntheticConfig) -> EnvironmentRenderer:
+        """This renderer (same clean images and spectrum) drawing per ``config``."""
+        if config.spectrum_images != self.config.spectrum_images:
+            return EnvironmentRenderer(self.clean, self.num_classes, config)
+        twin = copy.copy(self)
+        twin.config = config
+        twin.generator = torch.Generator().manual_seed(config.seed)
+        return twin
 
     @property
     def frame_shape(self) -> tuple[int, int, int]:

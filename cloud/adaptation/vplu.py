@@ -3,10 +3,10 @@
 Gan et al., "Cloud-Device Collaborative Adaptation to Continual Changing Environments in
 the Real-world" (U-VPA), CVPR 2023 (https://arxiv.org/abs/2212.00972); the update rule
 follows the same group's SVDP code (uncertainty-modulated EMA of the prompt). Where the
-prompt lives follows PROTOTYPE_FINDINGS.md: besides the pixel prompt, the "prompts" are
-the device model's small inputs (per-channel input affine, BatchNorm scale/shift and the
-class vectors), and the device's own batch statistics (uploaded with the samples) are
-replayed exactly.
+prompt lives: besides the pixel prompt, the "prompts" are the device model's small inputs
+(per-channel input affine, BatchNorm scale/shift and the class vectors); by default only
+the encoder's BatchNorm scale/shift, which measured best (docs/uvpa.md). The device's own
+batch statistics (uploaded with the samples) are replayed exactly.
 
 One ``update``: (1) split the uploads into a training part and a held-out part; (2) a few
 Adam steps on the enabled prompt parts, with an align loss (KL to the teacher, weighted
@@ -24,69 +24,23 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from cloud.adaptation.pixel_prompts import prompt_mask
 from cloud.export.device_model import AdaptiveBatchNorm, DeviceModel
-from protocol.errors import ConfigError
+from protocol.config.adaptation import PARTS, VPLUConfig
 
-PARTS = ("prompt", "input_affine", "norm_affine", "class_vectors")
-TARGETS = ("teacher", "ensemble")
-NORM_SCOPES = ("all", "encoder")  # which BatchNorms' scale/shift the fit may change
-PIXEL_PARTS = ("prompt", "input_affine")  # live in input space
-FEATURE_PARTS = ("norm_affine", "class_vectors")  # live inside the network
+__all__ = ["PARTS", "VPLU", "UpdateResult", "Uploads", "VPLUConfig", "encoder_norm_mask"]
 
 
-@dataclass(frozen=True)
-class VPLUConfig:
-    """Hyper-parameters of one cloud update."""
+def encoder_norm_mask(model: DeviceModel) -> torch.Tensor:
+    """(2, K): 1 on the encoder's BatchNorm channels, 0 on the projector's.
 
-    # Measured on Fashion-MNIST-C (docs/uvpa.md): BatchNorm scale/shift alone beat adding the
-    # input affine and class vectors, which overfit the few uploads.
-    parts: tuple[str, ...] = ("norm_affine",)
-    steps: int = 10
-    lr: float = 5e-3
-    align_weight: float = 1.0
-    supervised_weight: float = 0.5
-    confidence_threshold: float = 0.6
-    ema_base: float = 0.5  # share of the old prompt kept when uploads are certain
-    ema_scale: float = 0.5  # how much uncertainty lowers that share
-    holdout_every: int = 4  # every k-th upload is held out for the safety valve
-    l2: float = 1e-4  # pull towards the unadapted student
-    guided: bool = True  # uncertainty sets the EMA momentum; False = fixed ema_base
-    target: str = "ensemble"  # teacher and device view weighted by confidence, or "teacher"
-    ship_ties: bool = True  # ship when held-out agreement stays equal (False: must improve)
-    pixel_prompt: str = "full"  # where the pixel prompt may be non-zero: full, border:W, patch:S
-    # "encoder" (default): leave the projector's BatchNorm (256 of the compact CNN's 576
-    # channels, right before the embedding) at the shipped values; fitted on ~100 uploads it
-    # most likely overfits them. "all" fits it too (docs/uvpa.md: 86.4 against 87.2)
-    fit_norms: str = "encoder"
-
-    def __post_init__(self) -> None:
-        unknown = set(self.parts) - set(PARTS)
-        if unknown or not self.parts:
-            raise ConfigError(f"VPLU parts must be a non-empty subset of {PARTS}, got {self.parts}")
-        if self.target not in TARGETS:
-            raise ConfigError(f"VPLU target must be one of {TARGETS}, got {self.target!r}")
-        if self.fit_norms not in NORM_SCOPES:
-            raise ConfigError(
-                f"VPLU fit_norms must be one of {NORM_SCOPES}, got {self.fit_norms!r}"
-            )
-        prompt_mask(self.pixel_prompt, 32)  # fail on a bad shape at configuration time
-        if self.holdout_every < 2:
-            raise ConfigError("holdout_every must be >= 2 (some uploads train, some are held out)")
-
-
-def norm_fit_mask(model: DeviceModel, scope: str) -> torch.Tensor:
-    """(2, K): 1 where a fit may change ``norm_affine`` under ``scope``, 0 where it may not.
-
-    ``scope`` is one of ``NORM_SCOPES``: every BatchNorm, or the encoder's only.
+    A fit changes only the encoder's scale/shift: the projector's BatchNorm (256 of the
+    compact CNN's 576 channels, right before the embedding), fitted on ~100 uploads, mostly
+    overfits them (docs/uvpa.md: 86.4 against 87.2 on the continual stream).
     """
-    if scope not in NORM_SCOPES:
-        raise ConfigError(f"fit_norms must be one of {NORM_SCOPES}, got {scope!r}")
     mask = torch.ones(2, model.num_norm_channels)
-    if scope == "encoder":
-        for layer in model.norm_layers:
-            if not layer.name.startswith("encoder."):
-                mask[:, layer.offset : layer.offset + layer.channels] = 0
+    for layer in model.norm_layers:
+        if not layer.name.startswith("encoder."):
+            mask[:, layer.offset : layer.offset + layer.channels] = 0
     return mask
 
 
@@ -99,15 +53,12 @@ class Uploads:
         batch_stats: (2, K) BatchNorm statistics the device used for these frames' batches.
         uncertainty: (N,) device uncertainty scores in [0, 1].
         teacher_logits: (N, C) the teacher's logits for the same images.
-        companion_probs: (N, C) the re-normalised companion's probabilities, when the cloud
-            runs one (``cloud.teacher.companion``): a third view in the ensemble target.
     """
 
     x: torch.Tensor
     batch_stats: torch.Tensor
     uncertainty: torch.Tensor
     teacher_logits: torch.Tensor
-    companion_probs: torch.Tensor | None = None
 
 
 @dataclass
@@ -135,8 +86,7 @@ class VPLU:
         running = [torch.stack([m.running_mean, m.running_var]) for m in norms]
         self.running_stats = torch.cat(running, dim=1)  # (2, K)
         self.neutral = self.neutral_prompt()
-        self.prompt_mask = prompt_mask(self.config.pixel_prompt, self.neutral["prompt"].shape[-1])
-        self.norm_mask = norm_fit_mask(self.model, self.config.fit_norms)
+        self.norm_mask = encoder_norm_mask(self.model)
 
     def neutral_prompt(self) -> dict[str, torch.Tensor]:
         """The prompt parts of the unadapted student (zeros and the shipped class vectors)."""
@@ -188,7 +138,7 @@ class VPLU:
                      for k in shipped}  # fmt: skip
         before = self._agreement(uploads.x[held], target[held], stats, shipped)
         after = self._agreement(uploads.x[held], target[held], stats, candidate)
-        ship = after > before or (cfg.ship_ties and after == before)
+        ship = after >= before  # ties ship: the targets agree no less with the new prompt
         return UpdateResult(ship, candidate if ship else shipped, before, after, momentum, losses)
 
     def momentum(self, uncertainty: torch.Tensor) -> float:
@@ -208,17 +158,15 @@ class VPLU:
     ) -> torch.Tensor:
         """(N, C) probabilities the device should match: the teacher's, or the ensemble.
 
-        The ensemble weighs the teacher, the device's current view of each sample and, when
-        there is one, the companion by their own confidence: where the teacher is weak (in
-        this world: fog, glass blur) the device's batch-normalised view often knows better,
-        and neither alone is best.
+        The ensemble weighs the teacher and the device's current view of each sample by their
+        own confidence: where the teacher is weak (in the Fashion-MNIST world: fog, glass
+        blur) the device's batch-normalised view often knows better, and neither alone is
+        best.
         """
         teacher = uploads.teacher_logits.softmax(dim=1)
         if self.config.target == "teacher":
             return teacher
         views = [teacher, self.logits(uploads.x, shipped, stats).softmax(dim=1)]
-        if uploads.companion_probs is not None:
-            views.append(uploads.companion_probs)
         weights = [view.max(dim=1, keepdim=True).values for view in views]
         weighted: torch.Tensor = sum(w * view for w, view in zip(weights, views, strict=True))  # type: ignore[assignment]
         total: torch.Tensor = sum(weights)  # type: ignore[assignment]
@@ -260,10 +208,8 @@ class VPLU:
 
     @torch.no_grad()
     def _keep_masked(self, params: dict[str, torch.Tensor], start: dict[str, torch.Tensor]) -> None:
-        """Undo a step's change where the configuration says the fit may not go."""
-        if "prompt" in params:  # keep the pixel prompt inside its shape (border, patch)
-            params["prompt"].mul_(self.prompt_mask)
-        if "norm_affine" in params and self.config.fit_norms != "all":
+        """Undo a step's change on the projector's BatchNorm (``encoder_norm_mask``)."""
+        if "norm_affine" in params:
             norm = params["norm_affine"]
             norm.copy_(self.norm_mask * norm + (1 - self.norm_mask) * start["norm_affine"])
 

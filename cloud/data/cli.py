@@ -7,7 +7,7 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
-DEFAULT_OUT = Path("data/fashion-mnist-c")
+from cloud.project_cli import add_project_arguments, project_from_args
 
 
 def main(argv: Sequence[str], prog: str = "cdca data") -> int:
@@ -26,26 +26,30 @@ def main(argv: Sequence[str], prog: str = "cdca data") -> int:
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
     prepare = sub.add_parser(
         "prepare",
-        help="write a corrupted benchmark in the CIFAR-10-C layout (default: Fashion-MNIST-C)",
-        description="Corrupt a clean test set with the 15 test and 4 extra corruptions at "
-        "severities 1-5 and write <corruption>.npy files in the CIFAR-10-C layout, "
-        "labels.npy, dataset.json and a DATASET_CARD.md. Finished files are skipped.",
+        help="write the project's shifted benchmark (default: Fashion-MNIST-C)",
+        description="Corrupt the project's clean test images (data.test, or the share of "
+        "data.train held out when it is empty; at data.image_size) with the 15 test and 4 "
+        "extra corruptions at severities 1-5, and write <corruption>.npy files in the "
+        "CIFAR-10-C layout, labels.npy, dataset.json and a DATASET_CARD.md into data.shifted. "
+        "Finished files are skipped.",
+        epilog="examples:\n  cdca data prepare\n  cdca data prepare --project cdca.toml\n"
+        "  cdca data prepare --source npz:digits.npz --image-size 32 --out data/digits-c",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    prepare.add_argument(
-        "--source", default="fashion-mnist",
-        help="fashion-mnist | npz:PATH | image-folder:PATH (default: fashion-mnist)",
-    )  # fmt: skip
-    prepare.add_argument("--data-dir", help="where to look for Fashion-MNIST first (or $CDCA_DATA)")
-    prepare.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
+    prepare.add_argument("--source", help="data.test: fashion-mnist | npz:FILE | image-folder:DIR")
+    prepare.add_argument("--data-dir", help="data.data_dir: Fashion-MNIST's IDX files")
+    prepare.add_argument("--out", type=Path, help="data.shifted: the folder to write")
     prepare.add_argument(
         "--corruptions", default="all",
         help="all | test | extra | comma-separated names (default: all 19)",
     )  # fmt: skip
-    prepare.add_argument("--num-images", type=int, default=10_000, help="clean images to corrupt (default: 10000)")
-    prepare.add_argument("--image-size", type=int, default=32, help="size for image folders (default: 32)")
+    prepare.add_argument("--num-images", type=int,
+                         help="the first N test images only (default: all)")  # fmt: skip
+    prepare.add_argument("--image-size", type=int, help="data.image_size: side in pixels")
     prepare.add_argument("--seed", type=int, default=0, help="corruption seed (default: 0)")
     prepare.add_argument("--workers", type=int, default=2, help="worker processes (default: 2)")
     prepare.add_argument("--force", action="store_true", help="rewrite files already on disk")
+    add_project_arguments(prepare)
     prepare.set_defaults(handler=_run_prepare)
 
 
@@ -66,21 +70,31 @@ def parse_corruptions(spec: str) -> list[str]:
 def _run_prepare(args: argparse.Namespace) -> int:
     from cloud.data.card import write_dataset_card
     from cloud.data.prepare import PrepareRequest, prepare_corrupted
-    from cloud.data.sources import load_source
+    from cloud.data.splits import load_split
     from cloud.progress import counted_progress
+    from protocol.errors import ConfigError
 
+    project = project_from_args(args, {
+        "data.test": args.source, "data.data_dir": args.data_dir, "data.image_size": args.image_size,
+        "data.shifted": None if args.out is None else str(args.out),
+    })  # fmt: skip
+    out = Path(project.data.shifted)
+    if ":" in project.data.shifted:
+        raise ConfigError(f"data.shifted = {project.data.shifted!r} names a published benchmark; "
+                          "prepare writes a folder: give --out DIR")  # fmt: skip
     corruptions = parse_corruptions(args.corruptions)
-    source = load_source(args.source, data_dir=args.data_dir, image_size=args.image_size)
+    source = load_split(project.data, "test", args.num_images)
     request = PrepareRequest(
-        source=source, out_dir=args.out, corruptions=corruptions, num_images=args.num_images,
+        source=source, out_dir=out, corruptions=corruptions, num_images=len(source),
         seed=args.seed, workers=args.workers, force=args.force,
     )  # fmt: skip
     with counted_progress("corrupting", len(corruptions) * 5) as advance:
         written = prepare_corrupted(request, progress=advance)
-    card = write_dataset_card(args.out, args.command_line, source.images[: args.num_images])
+    card = write_dataset_card(out, args.command_line, source.images)
     print(
-        f"{args.out}: {len(written)} corruption(s) written, "
-        f"{len(corruptions) - len(written)} already there; card: {card}"
+        f"{out}: {len(written)} corruption(s) written, "
+        f"{len(corruptions) - len(written)} already there ({len(source)} images of "
+        f"{len(source.class_names)} classes at {source.images.shape[1]} px); card: {card}"
     )
     return 0
 

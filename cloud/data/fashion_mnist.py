@@ -30,9 +30,10 @@ _PAD = 2  # 28 + 2 * 2 = 32
 
 
 def load_fashion_mnist(
-    split: str, data_dir: str | Path | None = None, *, allow_download: bool = True
-) -> LabelledImages:
-    """Load one Fashion-MNIST split as 32x32 RGB.
+    split: str, data_dir: str | Path | None = None, *, allow_download: bool = True,
+    padded: bool = True,
+) -> LabelledImages:  # fmt: skip
+    """Load one Fashion-MNIST split as 32x32 RGB (28x28 with ``padded=False``).
 
     Looks in ``data_dir`` (or ``$CDCA_DATA``), then in the Debian package's folder, then
     downloads through torchvision when ``allow_download`` and online.
@@ -56,13 +57,13 @@ def load_fashion_mnist(
         found = _find_idx_pair(folder, split)
         if found is not None:
             logger.info("Fashion-MNIST %s from %s", split, folder)
-            return _read_pair(*found, split=split)
+            return _read_pair(*found, split=split, padded=padded)
         tried.append(str(folder))
     if allow_download:
         folder = _download_with_torchvision(tried)
         found = _find_idx_pair(folder, split)
         if found is not None:
-            return _read_pair(*found, split=split)
+            return _read_pair(*found, split=split, padded=padded)
     raise DataError(_not_found_message(tried, allow_download))
 
 
@@ -90,7 +91,7 @@ def _first_existing(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def _read_pair(images_path: Path, labels_path: Path, *, split: str) -> LabelledImages:
+def _read_pair(images_path: Path, labels_path: Path, *, split: str, padded: bool) -> LabelledImages:
     images = read_idx(images_path, expected_ndim=3)
     labels = read_idx(labels_path, expected_ndim=1).astype(np.int64)
     if len(images) != len(labels):
@@ -98,8 +99,9 @@ def _read_pair(images_path: Path, labels_path: Path, *, split: str) -> LabelledI
             f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} "
             "labels; re-install the dataset (apt-get install --reinstall dataset-fashion-mnist)"
         )
-    padded = np.pad(images, ((0, 0), (_PAD, _PAD), (_PAD, _PAD)))
-    rgb = np.repeat(padded[..., np.newaxis], 3, axis=-1)
+    if padded:
+        images = np.pad(images, ((0, 0), (_PAD, _PAD), (_PAD, _PAD)))
+    rgb = np.repeat(images[..., np.newaxis], 3, axis=-1)
     return LabelledImages(rgb, labels, CLASS_NAMES, name=f"fashion-mnist-{split}")
 
 

@@ -37,6 +37,9 @@ class CorruptedDataset(Protocol):
     def corruptions(self) -> list[str]:
         """The corruptions present on disk."""
 
+    def count(self, corruption: str) -> int:
+        """Images per severity of one corruption."""
+
     def load(
         self, corruption: str, severity: int, count: int | None = None, offset: int = 0
     ) -> LabelledImages:
@@ -85,6 +88,13 @@ class NpyCorruptedDataset:
     def corruptions(self) -> list[str]:
         """Every ``<name>.npy`` except the labels, sorted."""
         return sorted(p.stem for p in self.root.glob("*.npy") if p.stem != "labels")
+
+    def count(self, corruption: str) -> int:
+        """Images per severity (read from the file's header, no pixels loaded)."""
+        path = self.root / f"{corruption}.npy"
+        if not path.is_file():
+            raise unknown_name(f"corruption in {self.root}", corruption, self.corruptions())
+        return self._check_layout(path, _load_npy(path))
 
     def load(
         self, corruption: str, severity: int, count: int | None = None, offset: int = 0
@@ -148,6 +158,13 @@ class ImageNetCDataset:
         first = self.root / domains[0]
         severity_dir = next(p for p in sorted(first.iterdir()) if p.is_dir())
         return tuple(sorted(p.name for p in severity_dir.iterdir() if p.is_dir()))
+
+    def count(self, corruption: str) -> int:
+        """Images of severity 1 of one corruption."""
+        folder = self.root / corruption / "1"
+        if not folder.is_dir():
+            raise DataError(f"{folder} does not exist (expected <corruption>/<severity>/<class>/)")
+        return sum(len(list_images(p)) for p in folder.iterdir() if p.is_dir())
 
     def corruptions(self) -> list[str]:
         """Sub-folders that contain severity folders."""

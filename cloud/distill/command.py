@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cloud.cli_args import add_training_arguments
+from cloud.cli_args import add_training_arguments, training_epochs
+from cloud.project_cli import add_project_arguments, project_from_args
+from cloud.shipped import SHIPPED_DISTILLED as DEFAULT_DISTILLED
+from protocol.config.models import StudentArch
 
 if TYPE_CHECKING:
     import torch
@@ -19,10 +23,10 @@ if TYPE_CHECKING:
     from cloud.distill.student import DistilledStudent
     from cloud.students.preprocess import Normalization
     from cloud.teacher.teacher import Teacher
+    from protocol.config.project import ProjectConfig
 
-DEFAULT_DISTILLED = (
-    Path(__file__).resolve().parents[1] / "checkpoints" / "student_distilled.safetensors"
-)
+__all__ = ["DEFAULT_DISTILLED", "add_parser", "run"]
+DISTILL_MIN_STEPS = 2000  # a small dataset still gets this many optimiser steps by default
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,20 +34,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     distill = sub.add_parser(
         "distill",
         help="PromptKD-style distillation of the teacher into the device student (no labels)",
-        description="Trains the student encoder plus a projector to match the teacher's logits "
-        "(KL) on unlabelled Fashion-MNIST training images; class vectors come from a learned "
-        "CoOp prompt (--prompts) or the zero-shot template. Reports clean and shifted accuracy "
-        "next to the label-trained student and the teacher.",
+        description="Trains the student (student.arch) plus a projector to match the project's "
+        "teacher (KL) on its training images (data.train), labels never read; class vectors "
+        "come from the teacher's CoOp prompts (teacher.prompts) or its template. Writes "
+        "student.checkpoint (or --out) and a report next to it: clean (data.test) and "
+        "severity-5 (data.shifted) accuracy of the teacher, the label-trained student "
+        "(student.label_trained) and the distilled one.",
+        epilog="example: cdca cloud distill --project cdca.toml",
     )
-    distill.add_argument("--teacher", default="builtin")
-    distill.add_argument("--pretrained", default=None)
     distill.add_argument(
-        "--prompts", type=Path, default=None, help="CoOp prompt file from learn-prompts"
+        "--teacher", help="teacher.model: builtin | open_clip name | local-dir:DIR"
     )
-    distill.add_argument("--arch", default="compact_cnn")
-    add_training_arguments(distill, epochs=8, lr=2e-3, out=DEFAULT_DISTILLED)
+    distill.add_argument("--pretrained", help="teacher.pretrained: open_clip tag or weights file")
+    distill.add_argument("--teacher-checkpoint", type=Path, help="teacher.checkpoint (builtin)")
     distill.add_argument(
-        "--data", default="data/fashion-mnist-c", help="shifted benchmark for the report"
+        "--prompts", type=Path, help="teacher.prompts: a CoOp file from learn-prompts"
+    )
+    distill.add_argument("--arch", choices=typing.get_args(StudentArch), help="student.arch")
+    add_training_arguments(
+        distill, epochs=8, min_steps=DISTILL_MIN_STEPS, lr=2e-3, out_key="student.checkpoint"
     )
     distill.add_argument(
         "--num-test", type=int, default=10_000, help="clean test images for the report"
@@ -51,6 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     distill.add_argument(
         "--num-per-domain", type=int, default=1000, help="shifted images per corruption"
     )
+    add_project_arguments(distill)
     distill.set_defaults(handler=run)
 
 
@@ -58,48 +68,81 @@ def run(args: argparse.Namespace) -> int:
     """Distil, evaluate, save; prints a comparison table and writes it next to the checkpoint."""
     import torch
 
-    from cloud.data.fashion_mnist import load_fashion_mnist
+    from cloud.data.splits import load_split
     from cloud.distill.checkpoint import DistilledInfo, save_distilled
     from cloud.distill.student import DistilledStudent
     from cloud.distill.training import DistillConfig, distill, teacher_logits
     from cloud.progress import epoch_progress
-    from cloud.prompts.storage import load_prompt_vectors
+    from cloud.shipped import output_path
     from cloud.students import create_student
+    from cloud.students.init_weights import load_init_weights
     from cloud.students.preprocess import Normalization
-    from cloud.teacher.factory import create_teacher
 
-    teacher = create_teacher(args.teacher, args.pretrained)
-    train = load_fashion_mnist("train", args.data_dir).take(args.limit)
-    if args.prompts:
-        vectors, _ = load_prompt_vectors(teacher, args.prompts)
-    else:
-        vectors = teacher.class_vectors(train.class_names)
-    vectors = vectors.detach().cpu()
+    project = project_from_args(args, {
+        "teacher.model": args.teacher, "teacher.pretrained": args.pretrained,
+        "teacher.checkpoint": _text(args.teacher_checkpoint), "teacher.prompts": _text(args.prompts),
+        "student.arch": args.arch,
+    })  # fmt: skip
+    out = output_path(args.out, project.student.checkpoint, "student.checkpoint",
+                      args.replace_shipped)  # fmt: skip
+    train = load_split(project.data, "train", args.limit)
+    teacher, vectors = _teacher_and_vectors(project, tuple(train.class_names))
     targets = torch.cat([teacher_logits(teacher, train.images, vectors),
                          teacher_logits(teacher, train.images[:, :, ::-1], vectors)])  # fmt: skip
     torch.manual_seed(args.seed)
-    student = DistilledStudent(create_student(args.arch, len(train.class_names)), teacher.embed_dim,
-                               float(teacher.logit_scale()))  # fmt: skip
+    encoder = create_student(project.student.arch, len(train.class_names))
+    if project.student.init is not None:
+        load_init_weights(encoder, project.student.init)
+    student = DistilledStudent(encoder, teacher.embed_dim, float(teacher.logit_scale()))
     norm = Normalization.fit(train.images)
-    config = DistillConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed
-    )
-    state = args.out.with_name(args.out.name + ".state.pt")
+    config = DistillConfig(epochs=training_epochs(args, len(train)), batch_size=args.batch_size,
+                           lr=args.lr, seed=args.seed)  # fmt: skip
+    state = out.with_name(out.name + ".state.pt")
     with epoch_progress(config.epochs, -(-len(train) // config.batch_size)) as advance:
         history = distill(student, train.images, targets, vectors, norm, config, state, advance)
-    rows = _compare(args, teacher, student, vectors, norm)
+    rows = _compare(args, project, teacher, student, vectors, norm)
     info = DistilledInfo(
-        arch=args.arch, class_names=tuple(train.class_names), normalization=norm,
+        arch=project.student.arch, class_names=tuple(train.class_names), normalization=norm,
         embed_dim=teacher.embed_dim, logit_scale=float(teacher.logit_scale()), teacher=teacher.name,
-        trained={"command": args.command_line, "seed": args.seed, "epochs": args.epochs,
-                 "train_images": len(train), "prompts": str(args.prompts or "zero-shot template"),
+        image_size=project.data.image_size,
+        trained={"command": args.command_line, "seed": args.seed, "epochs": config.epochs,
+                 "train_images": len(train), "data": project.data.train,
+                 "prompts": str(project.teacher.prompts or "zero-shot template"),
                  "final_kl": history[-1] if history else None,
                  "clean_test_accuracy": rows["distilled student"]["clean"]},
     )  # fmt: skip
-    save_distilled(args.out, student, vectors, info)
+    save_distilled(out, student, vectors, info)
     state.unlink(missing_ok=True)
-    _report(args.out, rows)
+    _report(out, rows)
     return 0
+
+
+def _text(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def _teacher_and_vectors(
+    project: ProjectConfig, class_names: tuple[str, ...]
+) -> tuple[Teacher, torch.Tensor]:
+    """The project's teacher and its class vectors (learned CoOp prompts, else the template)."""
+    from cloud.prompts.storage import load_prompt_vectors
+    from cloud.teacher.factory import teacher_for
+
+    teacher = teacher_for(project.teacher, class_names, project.data.image_size)
+    if project.teacher.prompts is not None:
+        vectors, names = load_prompt_vectors(teacher, project.teacher.prompts)
+        _check_prompt_classes(project.teacher.prompts, tuple(names), class_names)
+    else:
+        vectors = teacher.class_vectors(class_names, project.teacher.template)
+    return teacher, vectors.detach().cpu()
+
+
+def _check_prompt_classes(path: Path, learned: tuple[str, ...], wanted: tuple[str, ...]) -> None:
+    from protocol.errors import ConfigError
+
+    if tuple(learned) != tuple(wanted):
+        raise ConfigError(f"teacher.prompts {path} was learned for the classes {list(learned)}, "
+                          f"the project has {list(wanted)}; run `cdca cloud learn-prompts` again")  # fmt: skip
 
 
 Predict = Callable[[np.ndarray], np.ndarray]
@@ -107,6 +150,7 @@ Predict = Callable[[np.ndarray], np.ndarray]
 
 def _compare(
     args: argparse.Namespace,
+    project: ProjectConfig,
     teacher: Teacher,
     student: DistilledStudent,
     vectors: torch.Tensor,
@@ -114,15 +158,8 @@ def _compare(
 ) -> dict[str, dict[str, float]]:
     import torch
 
-    from cloud.data.fashion_mnist import load_fashion_mnist
-    from cloud.students.checkpoint import load_student
-    from cloud.students.cli import DEFAULT_STUDENT
+    from cloud.data.splits import load_split
     from cloud.students.preprocess import pixels_from_uint8
-
-    labelled, labelled_info = load_student(DEFAULT_STUDENT)
-
-    def as_pixels(images: np.ndarray) -> torch.Tensor:
-        return pixels_from_uint8(images)
 
     @torch.no_grad()
     def batched(fn: Callable[[np.ndarray], torch.Tensor]) -> Predict:
@@ -131,29 +168,43 @@ def _compare(
         )
 
     models: dict[str, Predict] = {
-        "teacher": batched(lambda im: teacher.logits(as_pixels(im), vectors)),
-        "label-trained student": batched(
-            lambda im: labelled(labelled_info.normalization.to_tensor(im))
-        ),
+        "teacher": batched(lambda im: teacher.logits(pixels_from_uint8(im), vectors)),
+        **_label_trained_row(project, batched),
         "distilled student": batched(lambda im: student(norm.to_tensor(im), vectors)),
     }
-    test = load_fashion_mnist("test", args.data_dir).take(args.num_test)
+    test = load_split(project.data, "test").take(args.num_test)
     return {
-        name: _accuracies(predict, test, args.data, args.num_per_domain)
+        name: _accuracies(predict, test, project.data.shifted, args.num_per_domain)
         for name, predict in models.items()
     }
 
 
-def _accuracies(predict: Predict, test: LabelledImages, data: str, count: int) -> dict[str, float]:
+def _label_trained_row(project: ProjectConfig, batched: Callable) -> dict[str, Predict]:
+    """The project's label-trained student, when it has one for these classes."""
+    from cloud.shipped import label_trained_student
+    from cloud.students.checkpoint import load_student
+
+    path = label_trained_student(project)
+    if path is None or not path.is_file():
+        return {}
+    labelled, info = load_student(path)
+    return {"label-trained student": batched(lambda im: labelled(info.normalization.to_tensor(im)))}
+
+
+def _accuracies(
+    predict: Predict, test: LabelledImages, shifted: str, count: int
+) -> dict[str, float]:
     from cloud.data.corruptions import TEST_CORRUPTIONS
     from cloud.data.formats import open_benchmark
 
     result = {"clean": float((predict(test.images) == test.labels).mean())}
-    if Path(data.partition(":")[2] or data).is_dir():
-        bench = open_benchmark(data)
-        shifted = [bench.load(c, 5, count) for c in TEST_CORRUPTIONS]
-        per = [float((predict(d.images) == d.labels).mean()) for d in shifted]
-        result["severity5_mean"] = float(np.mean(per))
+    if Path(shifted.partition(":")[2] or shifted).is_dir():
+        bench = open_benchmark(shifted)
+        present = [c for c in TEST_CORRUPTIONS if c in bench.corruptions()]
+        shifted_sets = [bench.load(c, 5, min(count, bench.count(c))) for c in present]
+        per = [float((predict(d.images) == d.labels).mean()) for d in shifted_sets]
+        if per:
+            result["severity5_mean"] = float(np.mean(per))
     return result
 
 

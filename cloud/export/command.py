@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cloud.distill.command import DEFAULT_DISTILLED
+from cloud.project_cli import add_project_arguments, project_from_args
 
-DEFAULT_OUT = Path("runs/device-model")
+DEFAULT_OUT = Path("runs/device-model")  # under the project's folder
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,51 +19,57 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     export = sub.add_parser(
         "export",
         help="write the ONNX device model + manifest from the distilled student",
-        description="Exports the distilled student with its adaptation inputs (prompt, input "
-        "affine, norm affine/statistics, statistics mix, class vectors), checks onnxruntime "
-        "against PyTorch, writes the manifest (with the model's SHA-256) and, with --int8, a "
-        "static QDQ int8 copy whose accuracy and latency are compared with fp32.",
+        description="Exports the project's distilled student (student.checkpoint) with its "
+        "adaptation inputs (prompt, input affine, norm affine/statistics, statistics mix, class "
+        "vectors), checks onnxruntime against PyTorch, writes the manifest (the model's SHA-256, "
+        "preprocessing, class names) and, with --int8, a static QDQ int8 copy calibrated on "
+        "data.train whose accuracy (data.test, data.shifted) and latency are compared with fp32. "
+        "`cdca cloud serve` exports the same files itself; this is for shipping them by hand.",
+        epilog="example: cdca cloud export --project cdca.toml --int8",
     )
+    export.add_argument("--student", type=Path, help="student.checkpoint: the distilled student")
     export.add_argument(
-        "--student", type=Path, default=DEFAULT_DISTILLED, help="distilled checkpoint"
-    )
-    export.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help="output folder (default: %(default)s)"
+        "--out", type=Path, help=f"output folder (default: {DEFAULT_OUT} in the project's folder)"
     )
     export.add_argument("--model-version", default="1")
     export.add_argument("--int8", action="store_true", help="also write a static int8 (QDQ) model")
-    export.add_argument("--calibration-images", type=int, default=512)
-    export.add_argument("--data-dir", help="where to look for Fashion-MNIST first (or $CDCA_DATA)")
-    export.add_argument(
-        "--data", default="data/fashion-mnist-c", help="shifted benchmark for the int8 check"
-    )
-    export.add_argument("--num-test", type=int, default=2000)
+    export.add_argument("--calibration-images", type=int, default=512,
+                        help="training images int8 is calibrated on (default: %(default)s)")  # fmt: skip
+    export.add_argument("--num-test", type=int, default=2000,
+                        help="test images of the int8 check (default: %(default)s)")  # fmt: skip
+    add_project_arguments(export)
     export.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Export, check, optionally quantise; print sizes, parity, latency and accuracy."""
-    from cloud.data.fashion_mnist import load_fashion_mnist
+    from cloud.data.splits import load_split
     from cloud.distill.checkpoint import load_distilled
     from cloud.export.device_model import DeviceModel
     from cloud.export.onnx_export import export_device_model, quantize_int8
+    from cloud.shipped import distilled_student
     from protocol.manifest import load_manifest
 
-    student, vectors, info = load_distilled(args.student)
+    project = project_from_args(
+        args, {"student.checkpoint": None if args.student is None else str(args.student)}
+    )
+    args.out = args.out or project.root / DEFAULT_OUT
+    student, vectors, info = load_distilled(distilled_student(project))
     result = export_device_model(student, vectors, info, args.out, args.model_version)
     report: dict[str, object] = {
         "fp32": {"file": str(result.model), "bytes": result.model.stat().st_size,
                  "parity_max_abs_diff": result.parity_max_abs_diff, "export_seconds": round(result.seconds, 1)},
     }  # fmt: skip
     if args.int8:
-        test = load_fashion_mnist("test", args.data_dir).take(args.num_test)
-        train = load_fashion_mnist("train", args.data_dir).take(args.calibration_images)
+        test = load_split(project.data, "test").take(args.num_test)
+        train = load_split(project.data, "train", args.calibration_images)
         norm = info.normalization
         calibration = norm.to_tensor(train.images).numpy()
-        example = DeviceModel(student).neutral_inputs(vectors, batch=2)
+        example = DeviceModel(student, image_size=info.image_size).neutral_inputs(vectors, batch=2)
         manifest = load_manifest(result.manifest)
         int8_path, _ = quantize_int8(result, calibration, manifest, example)
-        raw_sets = {"clean": (test.images, test.labels), **_shifted(args.data, args.num_test // 10)}
+        shifted = _shifted(project.data.shifted, args.num_test // 10)
+        raw_sets = {"clean": (test.images, test.labels), **shifted}
         # Normalised once, then shared by the PyTorch, fp32 and int8 measurements.
         eval_sets = {
             name: (norm.to_tensor(images).numpy(), labels)
@@ -102,7 +108,10 @@ def _shifted(data: str, count: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     if not Path(data.partition(":")[2] or data).is_dir() or count < 1:
         return {}
     bench = open_benchmark(data)
-    loaded = [bench.load(c, 5, count) for c in TEST_CORRUPTIONS]
+    present = [c for c in TEST_CORRUPTIONS if c in bench.corruptions()]
+    loaded = [bench.load(c, 5, min(count, bench.count(c))) for c in present]
+    if not loaded:
+        return {}
     return {
         "severity5": (
             np.concatenate([d.images for d in loaded]),

@@ -119,9 +119,12 @@ class DeviceModel(nn.Module):
     )
     OUTPUTS = ("logits", "embedding", "batch_stats")
 
-    def __init__(self, student: DistilledStudent, for_export: bool = False) -> None:
+    def __init__(
+        self, student: DistilledStudent, for_export: bool = False, image_size: int = 32
+    ) -> None:
         super().__init__()
         self.student = _copy_eval(student)
+        self.image_size = image_size  # of x and the pixel prompt (the checkpoint's data.image_size)
         self.knobs = _Knobs()
         self.knobs.fused = for_export
         self.norm_layers = self._swap_batchnorms()
@@ -191,7 +194,7 @@ class DeviceModel(nn.Module):
         self, class_vectors: torch.Tensor, batch: int = 1
     ) -> dict[str, torch.Tensor]:
         """Inputs that reproduce the distilled student (zeros everywhere but x and class vectors)."""
-        size = self.student_image_size
+        size = self.image_size
         return {
             "x": torch.zeros(batch, 3, size, size),
             "prompt": torch.zeros(1, 3, size, size),
@@ -201,8 +204,6 @@ class DeviceModel(nn.Module):
             "stat_mix": torch.zeros(1),
             "class_vectors": class_vectors.float(),
         }
-
-    student_image_size = 32
 
 
 def _copy_eval(student: DistilledStudent) -> DistilledStudent:

@@ -69,7 +69,7 @@ def export_device_model(
     """Write ``student.onnx``, ``student.defaults.npz`` and ``student.manifest.json`` into ``out_dir``."""
     start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
-    device_model = DeviceModel(student, for_export=True)
+    device_model = DeviceModel(student, for_export=True, image_size=info.image_size)
     example = device_model.neutral_inputs(class_vectors, batch=2)
     model_path = out_dir / "student.onnx"
     _export(device_model, example, model_path)

@@ -7,10 +7,9 @@ import asyncio
 import logging
 from pathlib import Path
 
-from cloud.server.config import ServerConfig, TLSConfig, load_config
+from cloud.project_cli import add_project_arguments, project_from_args
 from cloud.server.registry import DeviceRegistry
-
-_DEFAULTS = ServerConfig()
+from protocol.errors import ConfigError
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -18,32 +17,31 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     serve = sub.add_parser(
         "serve",
         help="run the cloud server devices connect to (gRPC)",
-        description="Serves the device model, takes devices' uploads, learns prompts with U-VPA "
-        "and pushes them back. Settings come from --config (TOML), then the flags below. State "
-        "(registry, prompt banks, unprocessed uploads, the served model) lives in --state-dir and "
-        "survives restarts. Enrol devices first with `cdca cloud enrol`.",
+        description="Serves the project's device model, takes devices' uploads, learns prompts "
+        "with U-VPA and pushes them back; each device gets the project's [adaptation.device] "
+        "settings when it registers. Settings come from the project file ([server], "
+        "[adaptation], [teacher], [student]), then the flags below. State (registry, prompt "
+        "banks, unprocessed uploads, the served model, the settings it ran with) lives in "
+        "server.state_dir and survives restarts. Enrol devices first with `cdca cloud enrol`.",
+        epilog="example: cdca cloud serve --project cdca.toml --port 50051",
     )
-    serve.add_argument("--config", type=Path, help="TOML file (see cloud/server/config.py)")
-    serve.add_argument("--host", help=f"default: {_DEFAULTS.host}")
-    serve.add_argument("--port", type=int, help=f"default: {_DEFAULTS.port}; 0 picks a free one")
-    serve.add_argument("--state-dir", type=Path, help=f"default: {_DEFAULTS.state_dir}")
-    serve.add_argument("--student", type=Path, help="distilled student checkpoint")
-    serve.add_argument("--teacher", help="builtin | open_clip name | local-dir:PATH")
-    serve.add_argument("--model-dir", type=Path, help="serve this exported model folder")
+    add_project_arguments(serve)
+    serve.add_argument("--host", help="server.host: address to listen on")
+    serve.add_argument("--port", type=int, help="server.port; 0 picks a free one")
+    serve.add_argument("--state-dir", type=Path, help="server.state_dir")
     serve.add_argument(
-        "--companion", type=Path,
-        help="companion checkpoint (`cdca train companion`) added to the ensemble target",
-    )  # fmt: skip
-    serve.add_argument(
-        "--synthetic", type=int, metavar="N",
-        help="add N clean training images rendered like each device's environment to every "
-        "fit (192 in `cdca bench adapt`'s uvpa_synthetic; 4x the cloud compute; needs the "
-        "Fashion-MNIST training split); default: 0, none",
-    )  # fmt: skip
-    serve.add_argument("--upload-budget", type=float, help="largest share of frames accepted")
-    serve.add_argument("--tls-cert", type=Path, help="server certificate (PEM)")
-    serve.add_argument("--tls-key", type=Path, help="server private key (PEM)")
-    serve.add_argument("--tls-client-ca", type=Path, help="require client certs signed by this CA")
+        "--model-dir", type=Path, help="server.model_dir: serve this exported folder"
+    )
+    serve.add_argument("--student", type=Path, help="student.checkpoint: the distilled student")
+    serve.add_argument("--teacher", help="teacher.model: builtin | open_clip name | local-dir:DIR")
+    serve.add_argument("--upload-budget", type=float, help="adaptation.device.budget")
+    serve.add_argument("--synthetic", type=int, metavar="N",
+                       help="adaptation.synthetic.count: rendered training images per fit "
+                       "(0: none)")  # fmt: skip
+    serve.add_argument("--tls-cert", type=Path, help="server.tls.cert (PEM)")
+    serve.add_argument("--tls-key", type=Path, help="server.tls.key (PEM)")
+    serve.add_argument("--tls-client-ca", type=Path,
+                       help="server.tls.client_ca: require client certs signed by this CA")  # fmt: skip
     serve.add_argument("--port-file", type=Path, help="write the bound port here once listening")
     serve.add_argument("--verbose", action="store_true", help="debug logging")
     serve.set_defaults(handler=_serve)
@@ -55,12 +53,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     enrol.add_argument("--device", required=True, help="device id (letters, digits, . _ -)")
     enrol.add_argument("--token", help="use this token instead of a random one")
-    enrol.add_argument("--state-dir", type=Path, default=_DEFAULTS.state_dir)
+    _add_state_dir(enrol)
     enrol.set_defaults(handler=_enrol)
 
     devices = sub.add_parser("devices", help="list enrolled devices and their counters")
-    devices.add_argument("--state-dir", type=Path, default=_DEFAULTS.state_dir)
+    _add_state_dir(devices)
     devices.set_defaults(handler=_devices)
+
+
+def _add_state_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--state-dir", type=Path,
+                        help="the server's state folder (default: the project's server.state_dir)")  # fmt: skip
+    add_project_arguments(parser)
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    return Path(args.state_dir or project_from_args(args).server.state_dir)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -71,25 +79,27 @@ def _serve(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         force=True,  # some imports configure the root logger; ours wins
     )
-    tls = None
-    if args.tls_cert or args.tls_key:
-        if not (args.tls_cert and args.tls_key):
-            raise SystemExit("cdca cloud serve: --tls-cert and --tls-key go together")
-        tls = TLSConfig(args.tls_cert, args.tls_key, args.tls_client_ca)
-    config = load_config(
-        args.config, host=args.host, port=args.port, state_dir=args.state_dir,
-        student=args.student, teacher=args.teacher, model_dir=args.model_dir,
-        companion=args.companion, synthetic=args.synthetic,
-        upload_budget=args.upload_budget, tls=tls,
-    )  # fmt: skip
-    asyncio.run(serve(config, args.port_file))
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    flags = {
+        "server.host": args.host, "server.port": args.port, "server.state_dir": _text(args.state_dir),
+        "server.model_dir": _text(args.model_dir), "student.checkpoint": _text(args.student),
+        "teacher.model": args.teacher, "adaptation.device.budget": args.upload_budget,
+        "adaptation.synthetic.count": args.synthetic, "server.tls.cert": _text(args.tls_cert),
+        "server.tls.key": _text(args.tls_key), "server.tls.client_ca": _text(args.tls_client_ca),
+    }  # fmt: skip
+    asyncio.run(serve(project_from_args(args, flags), args.port_file))
     return 0
+
+
+def _text(path: Path | None) -> str | None:
+    return None if path is None else str(path)
 
 
 def _enrol(args: argparse.Namespace) -> int:
     from cloud.server.serve import registry_path
 
-    registry = DeviceRegistry(registry_path(args.state_dir))
+    registry = DeviceRegistry(registry_path(_state_dir(args)))
     token = registry.enrol(args.device, args.token)
     registry.close()
     print(token)
@@ -99,9 +109,10 @@ def _enrol(args: argparse.Namespace) -> int:
 def _devices(args: argparse.Namespace) -> int:
     from cloud.server.serve import registry_path
 
-    path = registry_path(args.state_dir)
+    state_dir = _state_dir(args)
+    path = registry_path(state_dir)
     if not path.is_file():
-        raise SystemExit(f"cdca cloud devices: no registry in {args.state_dir}; enrol a device")
+        raise ConfigError(f"no registry in {state_dir}; enrol a device with `cdca cloud enrol`")
     registry = DeviceRegistry(path)
     print(f"{'device':<24} {'frames':>9} {'accepted':>9} {'refused':>8} {'prompt v':>8}")
     for device_id in registry.device_ids():

@@ -16,15 +16,14 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from cloud.adaptation.fleet import FleetConfig
-from cloud.adaptation.session import SessionConfig
 from cloud.server.board import PromptBoard
-from cloud.server.config import ServerConfig
 from cloud.server.registry import DeviceRegistry
 from cloud.server.service import CloudAdaptationService
 from cloud.server.storage import Inbox
 from cloud.server.worker import AdaptationWorker
 from cloud.server.world import CloudWorld, load_world
+from protocol.config.project import ProjectConfig, write_resolved
+from protocol.config.server import ServerConfig
 from protocol.errors import ConfigError
 from protocol.messages import SERVICE_NAME
 from protocol.v1 import cdca_pb2_grpc
@@ -38,15 +37,11 @@ def registry_path(state_dir: Path) -> Path:
     return state_dir / "registry.sqlite"
 
 
-async def serve(config: ServerConfig, port_file: Path | None = None) -> None:
-    """Run the server until SIGINT/SIGTERM."""
-    world = load_world(config.student, config.teacher, config.state_dir, config.model_dir,
-                       config.teacher_checkpoint, config.companion, config.synthetic)  # fmt: skip
-    world.session = SessionConfig(max(world.session.buffer_size, config.min_uploads),
-                                  config.min_uploads)  # fmt: skip
-    world.fleet = FleetConfig(
-        config.environment_bank, config.share_across_devices, config.pool_uploads
-    )
+async def serve(project: ProjectConfig, port_file: Path | None = None) -> None:
+    """Run the project's server until SIGINT/SIGTERM."""
+    config = project.server
+    world = load_world(project, config.state_dir, config.model_dir)
+    write_resolved(project, config.state_dir, "this server")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -57,7 +52,7 @@ async def serve(config: ServerConfig, port_file: Path | None = None) -> None:
 async def run_server(
     config: ServerConfig, world: CloudWorld, stop: asyncio.Event, port_file: Path | None = None
 ) -> None:
-    """Serve ``world`` until ``stop`` is set (the testable core of ``serve``)."""
+    """Serve ``world`` with ``config`` until ``stop`` is set (the testable core of ``serve``)."""
     registry = DeviceRegistry(registry_path(config.state_dir))
     board = PromptBoard()
     inbox = Inbox(config.state_dir / "inbox")
@@ -91,7 +86,8 @@ def _build_server(config, registry, inbox, worker, board, world):  # type: ignor
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
     ])  # fmt: skip
-    service = CloudAdaptationService(config, registry, inbox, worker, board, world.served)
+    service = CloudAdaptationService(config, world.adaptation.device, registry, inbox, worker,
+                                     board, world.served)  # fmt: skip
     cdca_pb2_grpc.add_CloudAdaptationServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -25,11 +25,13 @@ import grpc
 import numpy as np
 
 from cloud.server.board import PromptBoard
-from cloud.server.config import ServerConfig
 from cloud.server.registry import DeviceRegistry
 from cloud.server.storage import Inbox, StoredBatch
 from cloud.server.worker import AdaptationWorker
 from cloud.server.world import ServedModel
+from protocol.config.adaptation import DeviceSettings
+from protocol.config.server import ServerConfig
+from protocol.config.wire import settings_to_wire
 from protocol.errors import CdcaError
 from protocol.messages import (
     DEVICE_METADATA,
@@ -54,19 +56,21 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
     def __init__(
         self,
         config: ServerConfig,
+        device: DeviceSettings,
         registry: DeviceRegistry,
         inbox: Inbox,
         worker: AdaptationWorker,
         board: PromptBoard,
         served: ServedModel,
     ) -> None:
-        self.config, self.registry, self.inbox = config, registry, inbox
+        self.config, self.device, self.registry, self.inbox = config, device, registry, inbox
+        self.device_settings = settings_to_wire(device)
         self.worker, self.board, self.served = worker, board, served
 
     async def Register(  # noqa: N802 (gRPC method names)
         self, request: cdca_pb2.RegisterRequest, context: grpc.aio.ServicerContext
     ) -> cdca_pb2.RegisterResponse:
-        """Check version and model, then hand the device its budget and current prompt."""
+        """Check version and model, then hand the device its settings and current prompt."""
         device_id = await self._authenticate(context, request.device_id)
         try:
             check_protocol_version(request.protocol_version)
@@ -81,8 +85,9 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
         self.registry.seen(device_id, request.model_sha256)
         log.info("registered %s (model %s)", device_id, request.model_sha256[:12])
         response = cdca_pb2.RegisterResponse(
-            protocol_version=PROTOCOL_VERSION, upload_budget=self.config.upload_budget
-        )
+            protocol_version=PROTOCOL_VERSION, upload_budget=self.device.budget,
+            device_settings=self.device_settings,
+        )  # fmt: skip
         prompt = self.board.latest(device_id)
         if prompt is not None:
             response.prompt.CopyFrom(prompt)
@@ -217,7 +222,7 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
         uncertainty = np.concatenate([p.uncertainty for p in parts])
         record = self.registry.record(device_id)
         assert record is not None  # authenticated above
-        allowed = int(self.config.upload_budget * record.frames_after(frames_seen))
+        allowed = int(self.device.budget * record.frames_after(frames_seen))
         room = max(0, allowed + self.config.upload_slack - record.accepted)
         keep = min(len(images), room)
         refused = len(images) - keep

@@ -22,7 +22,8 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from cloud.adaptation.environments import Environment, EnvironmentBank, PooledUploads
-from cloud.adaptation.prompt_bank import BankConfig, Prompt, PromptBank
+from cloud.adaptation.prompt_bank import Prompt, PromptBank
+from protocol.config.adaptation import PromptBankConfig
 from protocol.errors import DataError
 from protocol.files import atomic_write
 
@@ -145,7 +146,7 @@ def save_bank(path: Path, bank: PromptBank, version: int) -> None:
 
 
 def load_bank(
-    path: Path, neutral: Prompt, config: BankConfig | None = None
+    path: Path, neutral: Prompt, config: PromptBankConfig | None = None
 ) -> tuple[PromptBank, int]:
     """A bank and its prompt version from disk (fresh, version 0, without a file)."""
     bank = PromptBank(neutral, config)

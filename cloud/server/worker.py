@@ -116,7 +116,7 @@ class AdaptationWorker:
         """Every device's domain-agnostic prompt, weighted by environments learned (= version)."""
         shared = self.fleet.shared_prompt()
         evidence = sum(s.bank.environments - 1 for s in self.sessions.values())
-        parts = {k: shared[k] for k in self.world.vplu.parts}
+        parts = {k: shared[k] for k in self.world.adaptation.vplu.parts}
         return prompt_message(_numpy(parts), version=evidence, scope="shared",
                               created_unix_ms=int(time.time() * 1000))  # fmt: skip
 
@@ -174,13 +174,15 @@ class AdaptationWorker:
 
     def _load_session(self, device_id: str) -> tuple[AdaptationSession, int]:
         bank, version = load_bank(
-            self.banks / f"{device_id}.safetensors", self.world.neutral, self.world.bank
+            self.banks / f"{device_id}.safetensors",
+            self.world.neutral,
+            self.world.adaptation.prompt_bank,
         )
         return self.fleet.session(device_id, bank), version
 
     def _message(self, session: AdaptationSession, version: int, batch_id: int) -> cdca_pb2.Prompt:
         current = session.bank.current()
-        parts = {k: current[k] for k in self.world.vplu.parts}
+        parts = {k: current[k] for k in self.world.adaptation.vplu.parts}
         return prompt_message(
             _numpy(parts), version=version, scope="device",
             environment_id=f"env-{session.bank.environments}", learned_from_batch=batch_id,

@@ -16,14 +16,15 @@ from pathlib import Path
 
 import torch
 
-from cloud.adaptation.fleet import FleetCloud, FleetConfig
-from cloud.adaptation.prompt_bank import BankConfig
-from cloud.adaptation.session import SessionConfig
-from cloud.adaptation.synthetic import EnvironmentRenderer, synthetic_fit
-from cloud.adaptation.vplu import VPLU, VPLUConfig
+from cloud.adaptation.fleet import FleetCloud
+from cloud.adaptation.synthetic import EnvironmentRenderer
+from cloud.adaptation.vplu import VPLU
 from cloud.export.device_model import DeviceModel
+from cloud.shipped import distilled_student
 from cloud.students.preprocess import Normalization
-from protocol.errors import DataError
+from protocol.config.adaptation import AdaptationConfig
+from protocol.config.project import ProjectConfig
+from protocol.errors import ConfigError, DataError
 from protocol.manifest import (
     INT8_MANIFEST_FILE,
     MANIFEST_FILE,
@@ -64,35 +65,40 @@ class ServedModel:
 
 @dataclass
 class CloudWorld:
-    """The frozen pieces every device session shares."""
+    """The frozen pieces every device session shares, and the project's adaptation settings."""
 
     device_model: DeviceModel
     class_vectors: torch.Tensor
     normalization: Normalization
     teacher: Callable[[torch.Tensor], torch.Tensor]
     served: ServedModel
-    vplu: VPLUConfig = field(default_factory=VPLUConfig)
-    session: SessionConfig = field(default_factory=SessionConfig)
-    bank: BankConfig = field(default_factory=BankConfig)
-    fleet: FleetConfig = field(default_factory=FleetConfig)
-    companion: Callable[[torch.Tensor], torch.Tensor] | None = None  # cloud.teacher.companion
+    adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
     synthetic: EnvironmentRenderer | None = None  # cloud.adaptation.synthetic; None: uploads only
 
     @cached_property
     def neutral(self) -> dict[str, torch.Tensor]:
         """The unadapted student's prompt parts (built once; read-only: banks copy them)."""
-        return VPLU(self.device_model, self.class_vectors, self.vplu).neutral_prompt()
+        return VPLU(self.device_model, self.class_vectors, self.adaptation.fit).neutral_prompt()
 
-    def new_fleet(self, fleet: FleetConfig | None = None) -> FleetCloud:
+    def new_fleet(
+        self, adaptation: AdaptationConfig | None = None,
+        teacher: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> FleetCloud:  # fmt: skip
         """The cloud side of every device this world serves (sessions, environment bank).
 
-        ``fleet``: what devices share, when not this world's setting (e.g. a run without
-        the environment bank, for comparison).
+        ``adaptation``: settings other than the project's (e.g. a run without the
+        environment bank, for comparison); synthetic samples need a renderer in this world.
+        ``teacher``: [0, 1] pixels -> logits instead of this world's teacher.
         """
-        vplu = VPLU(self.device_model, self.class_vectors, self.vplu)
-        return FleetCloud(vplu, self.teacher_logits, self.normalization.apply,
-                          self.session, self.bank, fleet or self.fleet,
-                          companion=self.companion, synthetic=self.synthetic)  # fmt: skip
+        adaptation = adaptation or self.adaptation
+        vplu = VPLU(self.device_model, self.class_vectors, adaptation.fit)
+        renderer = None
+        if adaptation.synthetic.count:
+            if self.synthetic is None:
+                raise ConfigError("this cloud was loaded without synthetic samples")
+            renderer = self.synthetic.with_config(adaptation.synthetic)
+        return FleetCloud(vplu, teacher or self.teacher_logits, self.normalization.apply,
+                          adaptation, renderer)  # fmt: skip
 
     @torch.no_grad()
     def teacher_logits(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -101,24 +107,20 @@ class CloudWorld:
 
 
 def load_world(
-    student: Path, teacher: str, state_dir: Path, model_dir: Path | None,
-    teacher_checkpoint: Path | None = None, companion: Path | None = None,
-    synthetic: int = 0,
-) -> CloudWorld:  # fmt: skip
-    """Load the student and teacher, and export (or check) the model folder devices get.
+    project: ProjectConfig, state_dir: Path, model_dir: Path | None = None
+) -> CloudWorld:
+    """Load the project's student and teacher, and export (or check) the model folder devices get.
 
-    ``teacher_checkpoint``: for the built-in teacher, weights other than the shipped file.
-    ``companion``: a ``cdca train companion`` checkpoint that joins every ensemble target.
-    ``synthetic``: clean images rendered like each environment per update (0: none); needs
-    the cloud's clean set for the student's classes (``cloud.adaptation.clean_set``).
+    ``model_dir``: serve this exported folder; None: export into ``state_dir/model`` (kept
+    when it is there and comes from the same student).
     """
     from cloud.distill.checkpoint import load_distilled
-    from cloud.teacher.factory import create_teacher
+    from cloud.teacher.factory import teacher_for
 
-    distilled, vectors, info = load_distilled(student)
+    distilled, vectors, info = load_distilled(distilled_student(project))
     # a bad synthetic request fails here, before the export and the teacher
-    renderer, vplu = _synthetic_setup(tuple(info.class_names), synthetic)
-    device_model = DeviceModel(distilled)
+    renderer = _renderer(project, info.class_names, info.image_size)
+    device_model = DeviceModel(distilled, image_size=info.image_size)
     folder = model_dir or state_dir / "model"
     exported_now = model_dir is None and not (folder / MANIFEST_FILE).is_file()
     if exported_now:
@@ -129,32 +131,27 @@ def load_world(
     served = served_model(folder, device_model)
     if not exported_now:
         check_same_student(served, device_model, vectors)
-    cloud_teacher = create_teacher(teacher, checkpoint=teacher_checkpoint)
-    view = None
-    if companion is not None:
-        from cloud.teacher.companion import companion_for
-
-        view = companion_for(companion, info.class_names).probabilities
+    cloud_teacher = teacher_for(project.teacher, info.class_names, project.data.image_size)
     return CloudWorld(
         device_model, vectors, info.normalization,
-        lambda pixels: cloud_teacher.logits(pixels, vectors), served, companion=view,
-        synthetic=renderer, vplu=vplu,
+        lambda pixels: cloud_teacher.logits(pixels, vectors), served, project.adaptation,
+        renderer,
     )  # fmt: skip
 
 
-def _synthetic_setup(
-    class_names: tuple[str, ...], count: int
-) -> tuple[EnvironmentRenderer | None, VPLUConfig]:
-    """The renderer of ``count`` synthetic samples (None for 0) and the fit settings it bears."""
-    # a negative count is refused by the scenario and server configs, and by SyntheticConfig
-    if not count:
-        return None, VPLUConfig()
+def _renderer(
+    project: ProjectConfig, class_names: tuple[str, ...], image_size: int
+) -> EnvironmentRenderer | None:
+    """The renderer of the project's synthetic samples (None for a count of 0)."""
+    synthetic = project.adaptation.synthetic
+    if not synthetic.count:
+        return None
     from cloud.adaptation.clean_set import clean_renderer
 
-    renderer, vplu = clean_renderer(class_names, count), synthetic_fit(VPLUConfig())
-    log.info("synthetic samples: %d clean images rendered like each environment per update, "
-             "fitted with Adam lr %g", count, vplu.lr)  # fmt: skip
-    return renderer, vplu
+    renderer = clean_renderer(project.data, class_names, image_size, synthetic)
+    log.info("synthetic samples: %d training images rendered like each environment per update, "
+             "fitted with Adam lr %g", synthetic.count, synthetic.fit_lr)  # fmt: skip
+    return renderer
 
 
 def check_same_student(

@@ -1,11 +1,14 @@
-"""Student networks small enough for an edge CPU: a compact CNN and torchvision's MobileNetV3-small.
+"""Student networks for an edge CPU: a compact CNN, and torchvision's MobileNetV3-small and ResNet-18.
 
-Both expose ``forward_features(x) -> (batch, feature_dim)`` and ``classifier``, so that a
-projector (PromptKD) or a feature-space prompt can attach to the same place.
+Each exposes ``forward_features(x) -> (batch, feature_dim)`` and ``classifier``, so that a
+projector (PromptKD) or a feature-space prompt can attach to the same place, and every one
+normalises with BatchNorm, which is what the cloud's prompts adapt. The torchvision ones
+name ``TORCHVISION_RENAMES``, so torchvision's own weights can start them (``student.init``).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
@@ -49,6 +52,8 @@ class CompactCNN(nn.Module):
 class MobileNetV3Small(nn.Module):
     """torchvision's MobileNetV3-small (no pretrained weights), with the same two-part interface."""
 
+    TORCHVISION_RENAMES = (("features.", "features.0."),)
+
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
         from torchvision.models import mobilenet_v3_small
@@ -67,9 +72,52 @@ class MobileNetV3Small(nn.Module):
         return self.classifier(self.forward_features(x))
 
 
+class ResNet18(nn.Module):
+    """torchvision's ResNet-18 (no pretrained weights: ``student.init`` can give them).
+
+    Unchanged, ImageNet stem included, so torchvision's weights fit; at 32 px its last stage
+    sees 1 x 1 maps, so it suits larger images (64 px and up) best.
+    """
+
+    TORCHVISION_RENAMES = (("fc.", "classifier."), ("", "features."))
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        from torchvision.models import resnet18
+
+        net = resnet18(weights=None, num_classes=num_classes)
+        stages = [
+            "conv1",
+            "bn1",
+            "relu",
+            "maxpool",
+            "layer1",
+            "layer2",
+            "layer3",
+            "layer4",
+            "avgpool",
+        ]
+        self.features = nn.Sequential(
+            OrderedDict(
+                [*((name, getattr(net, name)) for name in stages), ("flatten", nn.Flatten())]
+            )
+        )
+        self.feature_dim = net.fc.in_features
+        self.classifier = net.fc
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, 3, H, W) normalised images -> (batch, 512) pooled features."""
+        return self.features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, 3, H, W) normalised images -> (batch, num_classes) logits."""
+        return self.classifier(self.forward_features(x))
+
+
 STUDENTS: dict[str, Callable[[int], nn.Module]] = {
     "compact_cnn": CompactCNN,
     "mobilenet_v3_small": MobileNetV3Small,
+    "resnet18": ResNet18,
 }
 
 

@@ -3,21 +3,26 @@
 Three sources, one factory:
   (a) an open_clip model name with a pretrained tag (downloads when online, as open_clip does);
   (b) a local checkpoint file (``pretrained=/path/file``) or a ``local-dir:`` folder;
-  (c) ``builtin``: cdca's own small CLIP for 32-px images, trained by ``cdca train teacher``.
+  (c) ``builtin``: cdca's own small CLIP, a ViT whose 8 x 8 patches cover the project's
+      image size, trained on the project's captions by ``cdca train teacher``.
 The model is frozen here, once; prompt learners train their own parameters only.
+``teacher_for`` builds the project's teacher (``[teacher]``) and refuses weights that were
+trained on other classes.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
 import torch
 
 from cloud.teacher.teacher import Teacher, TeacherPreprocess
-from cloud.weights_io import read_weights, save_weights
-from protocol.errors import DataError, unknown_name
+from cloud.weights_io import read_metadata, read_weights, save_weights
+from protocol.config.models import TeacherConfig
+from protocol.errors import ConfigError, DataError, unknown_name
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +32,7 @@ BUILTIN_CONFIG = Path(__file__).resolve().parent / "configs" / f"{BUILTIN_ARCH}.
 BUILTIN_CHECKPOINT = (
     Path(__file__).resolve().parents[1] / "checkpoints" / "teacher_builtin.safetensors"
 )
-# The built-in teacher sees Fashion-MNIST-style 32-px images, each standardised on its own.
-BUILTIN_PREPROCESS = TeacherPreprocess(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), standardize=True)
+BUILTIN_GRID = 8  # the built-in ViT sees an 8 x 8 grid of patches whatever the image size
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -47,6 +51,7 @@ def create_teacher(
     precision: str = "fp32",
     load_weights: bool = True,
     checkpoint: str | Path | None = None,
+    image_size: int | None = None,
 ) -> Teacher:
     """Build a frozen teacher.
 
@@ -57,6 +62,8 @@ def create_teacher(
         precision: ``fp32``, ``fp16`` or ``bf16``.
         load_weights: ``False`` gives random weights (tests, or before ``cdca train teacher``).
         checkpoint: for ``builtin``, a checkpoint other than the shipped one.
+        image_size: for ``builtin`` without weights, the images it will see; with weights,
+            the size the checkpoint was trained at.
 
     Raises:
         UnknownNameError: unknown model name or precision.
@@ -68,7 +75,7 @@ def create_teacher(
         raise unknown_name("precision", precision, PRECISIONS)
     target = resolve_device(device)
     if name == BUILTIN:
-        model, preprocess = _builtin(open_clip, checkpoint, load_weights)
+        model, preprocess = _builtin(open_clip, checkpoint, load_weights, image_size)
         tokenizer = open_clip.get_tokenizer(BUILTIN_ARCH)
     else:
         model, preprocess = _from_open_clip(open_clip, name, pretrained, load_weights)
@@ -78,8 +85,21 @@ def create_teacher(
 
 
 def _builtin(
-    open_clip: ModuleType, checkpoint: str | Path | None, load_weights: bool
-) -> tuple[torch.nn.Module, TeacherPreprocess]:
+    open_clip: ModuleType, checkpoint: str | Path | None, load_weights: bool,
+    image_size: int | None,
+) -> tuple[torch.nn.Module, TeacherPreprocess]:  # fmt: skip
+    path = Path(checkpoint) if checkpoint is not None else BUILTIN_CHECKPOINT
+    if load_weights:  # the checkpoint's own size decides the architecture
+        meta = read_metadata(
+            path, kind="teacher checkpoint", make_it=f"cdca train teacher --out {path}"
+        )
+        image_size = int(meta.get("image_size", 32))
+    patch = max(1, round((image_size or 32) / BUILTIN_GRID))
+    vision = {
+        **_builtin_config()["vision_cfg"],
+        "image_size": patch * BUILTIN_GRID,
+        "patch_size": patch,
+    }
     open_clip.add_model_config(BUILTIN_CONFIG)
     # open_clip warns "initialized randomly" for every model built without a pretrained tag;
     # here the weights come from our own checkpoint right after, so the warning would mislead.
@@ -87,13 +107,56 @@ def _builtin(
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
-        model = open_clip.create_model(BUILTIN_ARCH, pretrained=None)
+        model = open_clip.create_model(BUILTIN_ARCH, pretrained=None, vision_cfg=vision)
     finally:
         quiet.setLevel(level)
     if load_weights:
-        path = Path(checkpoint) if checkpoint is not None else BUILTIN_CHECKPOINT
         load_teacher_weights(model, path)
-    return model, BUILTIN_PREPROCESS
+    # each image standardised on its own: global contrast and brightness changes vanish
+    preprocess = TeacherPreprocess(patch * BUILTIN_GRID, (0.5,) * 3, (0.5,) * 3, standardize=True)
+    return model, preprocess
+
+
+def _builtin_config() -> dict[str, dict[str, object]]:
+    import json
+
+    return json.loads(BUILTIN_CONFIG.read_text())
+
+
+def teacher_for(
+    config: TeacherConfig, class_names: Sequence[str], image_size: int, *,
+    load_weights: bool = True, device: str | None = None,
+) -> Teacher:  # fmt: skip
+    """The project's teacher, checked against its classes.
+
+    The built-in teacher's checkpoint stores the classes it was trained on; another set is
+    an error that says how to train the right one. An open_clip teacher knows any class by
+    its name.
+    """
+    if config.is_builtin and load_weights:
+        check_teacher_classes(config.checkpoint or BUILTIN_CHECKPOINT, class_names)
+    return create_teacher(
+        config.model, config.pretrained or None, device=device or config.device,
+        precision=config.precision, load_weights=load_weights, checkpoint=config.checkpoint,
+        image_size=image_size,
+    )  # fmt: skip
+
+
+def check_teacher_classes(path: Path, class_names: Sequence[str]) -> None:
+    """Refuse a built-in teacher checkpoint trained on other classes than ``class_names``."""
+    meta = read_metadata(
+        path, kind="teacher checkpoint", make_it=f"cdca train teacher --out {path}"
+    )
+    trained = tuple(meta.get("class_names", ()))
+    if trained and trained != tuple(class_names):
+        shipped = " (the teacher shipped with cdca)" if path == BUILTIN_CHECKPOINT else ""
+        raise ConfigError(
+            f"teacher checkpoint {path}{shipped} was trained on {len(trained)} classes "
+            f"({', '.join(trained[:4])}{', ...' if len(trained) > 4 else ''}), the project has "
+            f"{len(class_names)} ({', '.join(class_names[:4])}{', ...' if len(class_names) > 4 else ''}). "
+            "Train one on the project's data with `cdca train teacher` and set teacher.checkpoint "
+            "to it, or use a pretrained open_clip teacher (teacher.model, teacher.pretrained)"
+        )
 
 
 def _from_open_clip(

@@ -1,11 +1,13 @@
-"""Training the built-in teacher: CLIP-style image-text alignment on clean Fashion-MNIST.
+"""Training the built-in teacher: CLIP-style image-text alignment on the project's clean images.
 
 Each image is paired with the caption ``"a photo of a {class}."``; since a batch holds
 many images per caption, the contrastive loss is taken against the set of distinct
 captions (one per class), which trains both towers exactly as CLIP's image-to-text loss
 does without counting duplicate captions as negatives. Robustness comes from per-image
 standardisation (in the teacher's preprocessing) and from augmentations disjoint from the
-test corruptions (``augment.py``).
+test corruptions (``augment.py``). From scratch on a new dataset the run is kept stable by
+the one-cycle schedule's warm-up and by clipping the gradient norm, and stopped with a
+message (``cloud.watchdog``) when it diverges or sits at chance.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -25,7 +26,13 @@ from cloud.students.preprocess import pixels_from_uint8
 from cloud.students.training import augment as translate_and_flip
 from cloud.teacher.augment import augmix, extra_corruptions
 from cloud.teacher.teacher import DEFAULT_TEMPLATE, Teacher
+from cloud.watchdog import TrainingWatch
 
+WARMUP_SHARE = 0.15  # of all steps, rising to the peak learning rate
+CHANCE_HINT = (
+    "Try a lower --lr (e.g. a third), more images or epochs, or a pretrained open_clip "
+    "teacher (teacher.model, teacher.pretrained); nothing was written."
+)
 ProgressFn = Callable[[int, int, float], None]  # (epoch, step, loss)
 
 
@@ -38,39 +45,12 @@ class TeacherTrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
+    max_grad_norm: float = 1.0  # clipped: one bad batch early on cannot throw the towers off
     extra_corruption_prob: float = 0.5
     augmix_prob: float = 0.5
     template: str = DEFAULT_TEMPLATE
     seed: int = 0
     threads: int = 2
-
-
-class LoopSettings(Protocol):
-    """What the shared training loop reads from a config (the teacher's or the companion's)."""
-
-    @property
-    def epochs(self) -> int:
-        """Passes over the data."""
-
-    @property
-    def batch_size(self) -> int:
-        """Images per step."""
-
-    @property
-    def lr(self) -> float:
-        """Peak learning rate of the one-cycle schedule."""
-
-    @property
-    def weight_decay(self) -> float:
-        """AdamW's decoupled weight decay."""
-
-    @property
-    def label_smoothing(self) -> float:
-        """Cross-entropy label smoothing."""
-
-    @property
-    def seed(self) -> int:
-        """Seeds each epoch's order and augmentations."""
 
 
 def train_teacher(
@@ -92,7 +72,7 @@ def train_teacher(
 
     train_augmented(
         model, lambda pixels: teacher.logits(pixels, teacher.encode_texts(captions)),
-        data, config, config, state_path, progress, clamp_temperature,
+        data, config, state_path, progress, clamp_temperature,
     )  # fmt: skip
     model.eval().requires_grad_(False)
     return teacher
@@ -102,27 +82,31 @@ def train_augmented(
     model: torch.nn.Module,
     logits_of: Callable[[torch.Tensor], torch.Tensor],
     data: LabelledImages,
-    config: LoopSettings,
-    augment: TeacherTrainConfig,
+    config: TeacherTrainConfig,
     state_path: Path,
     progress: ProgressFn | None = None,
     after_step: Callable[[], None] | None = None,
 ) -> None:
-    """The loop the teacher and the companion share, resumable from ``state_path`` per epoch.
+    """The teacher's training loop, resumable from ``state_path`` per epoch.
 
-    AdamW with a one-cycle schedule, label-smoothed cross-entropy on ``logits_of`` the
-    teacher's augmentations (``augment`` sets their mix). Seed the global RNG and build
-    ``model`` before calling: this loop draws only from its own per-epoch generators.
+    AdamW with a one-cycle schedule and a clipped gradient norm, label-smoothed
+    cross-entropy on ``logits_of`` the teacher's augmentations. Seed the global RNG and
+    build ``model`` before calling: this loop draws only from its own per-epoch generators.
+
+    Raises:
+        TrainingFailed: the loss became NaN, or sat at chance after the warm-up.
     """
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
     steps = int(np.ceil(len(data) / config.batch_size))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.lr, total_steps=config.epochs * steps, pct_start=0.15
+        optimizer, max_lr=config.lr, total_steps=config.epochs * steps, pct_start=WARMUP_SHARE
     )
     settings = dict(vars(config))  # what the resumable state must match
     start = resume_training_state(state_path, settings, model, optimizer, scheduler)
+    watch = TrainingWatch("the teacher", len(data.class_names),
+                          int(WARMUP_SHARE * config.epochs * steps), CHANCE_HINT)  # fmt: skip
     for epoch in range(start, config.epochs):
         rng = np.random.default_rng([config.seed, epoch])
         generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
@@ -130,20 +114,23 @@ def train_augmented(
         model.train()
         for step, first in enumerate(range(0, len(data), config.batch_size)):
             idx = np.sort(order[first : first + config.batch_size])
-            pixels = augmented_batch(data.images[idx], augment, rng, generator)
+            pixels = augmented_batch(data.images[idx], config, rng, generator)
             loss = F.cross_entropy(
                 logits_of(pixels),
                 torch.from_numpy(data.labels[idx]),
                 label_smoothing=config.label_smoothing,
             )
+            watch.step(float(loss.detach()))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
             scheduler.step()
             if after_step:
                 after_step()
             if progress:
                 progress(epoch, step, float(loss.detach()))
+        watch.end_epoch(epoch)
         save_training_state(state_path, settings, epoch, model, optimizer, scheduler)
 
 

@@ -38,14 +38,23 @@ class RegisterRequest(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., protocol_version: _Optional[int] = ..., model_sha256: _Optional[str] = ..., model_version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
-    __slots__ = ("protocol_version", "upload_budget", "prompt")
+    __slots__ = ("protocol_version", "upload_budget", "prompt", "device_settings")
+    class DeviceSettingsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     UPLOAD_BUDGET_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_SETTINGS_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     upload_budget: float
     prompt: Prompt
-    def __init__(self, protocol_version: _Optional[int] = ..., upload_budget: _Optional[float] = ..., prompt: _Optional[_Union[Prompt, _Mapping]] = ...) -> None: ...
+    device_settings: _containers.ScalarMap[str, str]
+    def __init__(self, protocol_version: _Optional[int] = ..., upload_budget: _Optional[float] = ..., prompt: _Optional[_Union[Prompt, _Mapping]] = ..., device_settings: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Sample(_message.Message):
     __slots__ = ("image", "uncertainty", "frame_id", "predicted_class")

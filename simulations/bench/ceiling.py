@@ -19,13 +19,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cloud.adaptation.vplu import NORM_SCOPES, PARTS, VPLUConfig, norm_fit_mask
+from cloud.adaptation.vplu import PARTS, encoder_norm_mask
 from cloud.data.formats import CorruptedDataset
 from cloud.export.device_model import DeviceModel
 from cloud.students.preprocess import Normalization, pixels_from_uint8
 from protocol.errors import ConfigError
 
 Progress = Callable[[str, int], None]  # (description, steps done)
+NORM_SCOPES = ("encoder", "all")
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class CeilingConfig:
     batch_size: int = 64
     severity: int = 5
     seed: int = 0
-    fit_norms: str = VPLUConfig.fit_norms  # the BatchNorms U-VPA's cloud may fit
+    fit_norms: str = "encoder"  # U-VPA's cloud fits the encoder's; "all": the projector's too
 
     def __post_init__(self) -> None:
         unknown = set(self.parts) - set(PARTS)
@@ -83,7 +84,10 @@ class PromptCeiling:
         self.config = config
         self.neutral = model.neutral_inputs(class_vectors.detach().float())
         self.neutral["stat_mix"] = torch.ones(1)  # the device's own batch statistics
-        self.norm_mask = norm_fit_mask(model, config.fit_norms)
+        self.norm_mask = (
+            encoder_norm_mask(model) if config.fit_norms == "encoder"
+            else torch.ones(2, model.num_norm_channels)
+        )  # fmt: skip
 
     def measure(self, images: np.ndarray, labels: np.ndarray, domain: str) -> DomainCeiling:
         """Fit on the first ``train_count`` frames, score both prompts on the rest."""

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``ceiling`` under ``cdca bench``."""
     # ``cdca bench``'s parser already imports the method table, which brings these
-    from cloud.adaptation.vplu import NORM_SCOPES, VPLUConfig
+    from simulations.bench.ceiling import NORM_SCOPES
 
     ceiling = sub.add_parser(
         "ceiling", help="how far prompt parts could move the device if fitted on true labels",
@@ -35,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ceiling.add_argument("--parts", default="norm_affine",
                          help="comma-separated prompt parts: prompt, input_affine, norm_affine, "
                          "class_vectors (default: %(default)s, U-VPA's default)")  # fmt: skip
-    ceiling.add_argument("--fit-norms", choices=NORM_SCOPES, default=VPLUConfig.fit_norms,
+    ceiling.add_argument("--fit-norms", choices=NORM_SCOPES, default="encoder",
                          help="which BatchNorms' scale/shift norm_affine may change: the "
                          "encoder's (U-VPA's default) or every one (default: %(default)s)")  # fmt: skip
     ceiling.add_argument("--corruptions", default="test",
@@ -109,4 +109,4 @@ def _device_model(path: Path) -> tuple[DeviceModel, torch.Tensor, Normalization]
         raise ConfigError(f"{path} is a label-trained student; the prompt ceiling needs the "
                           "device model of a distilled one (`cdca cloud distill`)")  # fmt: skip
     distilled, vectors, info = load_distilled(path)
-    return DeviceModel(distilled), vectors, info.normalization
+    return DeviceModel(distilled, image_size=info.image_size), vectors, info.normalization

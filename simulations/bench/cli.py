@@ -7,7 +7,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from cloud.project_cli import add_project_arguments, project_from_args
+from cloud.shipped import distilled_student
+from protocol.config.project import ProjectConfig, write_resolved
 from protocol.errors import ConfigError
+from simulations.methods import CLOUD_DEVICE_METHODS, MethodFactory, check_method
 
 DEFAULT_DATA = Path("data/fashion-mnist-c")
 DEFAULT_METHODS = "source,bn_adapt,tent,cotta,vdp,uvpa,cloud_teacher"
@@ -15,78 +19,9 @@ DEFAULT_METHODS = "source,bn_adapt,tent,cotta,vdp,uvpa,cloud_teacher"
 
 def main(argv: Sequence[str], prog: str = "cdca bench") -> int:
     """Parse ``argv`` and run one benchmark; returns the exit code."""
-    # the parser already imports the method table (``_method_names``), which brings these
-    from cloud.adaptation.vplu import NORM_SCOPES, VPLUConfig
-
     parser = argparse.ArgumentParser(prog=prog, description="Benchmarks.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
-    adapt = sub.add_parser(
-        "adapt", help="online accuracy of adaptation methods on a shifting stream",
-        description="Each method starts from the same student and sees the stream once, "
-        "predicting every batch before adapting on it (continual: no reset between domains).",
-    )  # fmt: skip
-    adapt.add_argument(
-        "--data",
-        default=str(DEFAULT_DATA),
-        help="[kind:]PATH of a corrupted benchmark (default: %(default)s)",
-    )
-    adapt.add_argument(
-        "--student",
-        type=Path,
-        default=None,
-        help="student checkpoint: a distilled one (all methods) or a label-trained one (on-device "
-        "peers only); default: the shipped distilled compact CNN",
-    )
-    adapt.add_argument(
-        "--teacher",
-        default="builtin",
-        help="cloud teacher for the cloud-device rows (default: builtin)",
-    )
-    adapt.add_argument(
-        "--delay", type=int, default=1,
-        help="batches before a prompt learned from batch t reaches the device (default: 1)",
-    )  # fmt: skip
-    adapt.add_argument(
-        "--budget", type=float, default=0.1,
-        help="share of frames a device may upload (default: %(default)s)",
-    )  # fmt: skip
-    adapt.add_argument(
-        "--fit-norms", choices=NORM_SCOPES, default=VPLUConfig.fit_norms,
-        help="BatchNorms the cloud fits in every U-VPA row: encoder (all but the projector's) "
-        "or all (the default before 2026-12-03; older tables in docs/ used it) "
-        "(default: %(default)s)",
-    )  # fmt: skip
-    adapt.add_argument(
-        "--methods", default=DEFAULT_METHODS,
-        help="comma-separated, from: " + ", ".join(_method_names()) + " (default: %(default)s)",
-    )  # fmt: skip
-    adapt.add_argument(
-        "--stream",
-        default="continual",
-        help="continual | random:K | gradual (default: %(default)s)",
-    )
-    adapt.add_argument(
-        "--corruptions",
-        default="test",
-        help="test | comma-separated names, in stream order (default: the 15 test corruptions)",
-    )
-    adapt.add_argument(
-        "--severity", type=int, default=5, help="for continual/random streams (default: 5)"
-    )
-    adapt.add_argument(
-        "--num-per-domain", type=int, default=1000, help="images per domain (default: 1000)"
-    )
-    adapt.add_argument("--batch-size", type=int, default=64, help="device batch size (default: 64)")
-    adapt.add_argument(
-        "--seed", type=int, default=0, help="torch seed for every method (default: 0)"
-    )
-    adapt.add_argument("--companion", type=Path, default=None,
-                       help="companion checkpoint for uvpa_companion (`cdca train companion`; "
-                       "default: the shipped one)")  # fmt: skip
-    adapt.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
-    adapt.add_argument(
-        "--out", type=Path, default=None, help="output folder (default: runs/bench-adapt-<time>)"
-    )
+    _add_adapt(sub)
     from simulations.bench.system_command import add_parser as add_system
 
     add_system(sub)
@@ -101,10 +36,60 @@ def main(argv: Sequence[str], prog: str = "cdca bench") -> int:
     return _run_adapt(args)
 
 
-def _method_names() -> list[str]:
+def _add_adapt(sub: argparse._SubParsersAction) -> None:
     from simulations.methods import list_methods
 
-    return list_methods()
+    adapt = sub.add_parser(
+        "adapt", help="online accuracy of adaptation methods on a shifting stream",
+        description="Each method starts from the project's student and sees the stream once, "
+        "predicting every batch before adapting on it (continual: no reset between domains). "
+        "The U-VPA rows run the exported ONNX device and the cloud of `cdca cloud serve` in "
+        "this process, with the project's [adaptation] settings; the stream comes from "
+        "data.shifted.",
+        epilog="example: cdca bench adapt --methods source,bn_adapt,tent,uvpa --stream random:5",
+    )  # fmt: skip
+    adapt.add_argument("--data", help="data.shifted: [kind:]PATH of a corrupted benchmark")
+    adapt.add_argument(
+        "--student", type=Path,
+        help="student.checkpoint: a distilled student (every method) or a label-trained one "
+        "(on-device peers only)",
+    )  # fmt: skip
+    adapt.add_argument("--teacher", help="teacher.model: builtin | open_clip name | local-dir:DIR")
+    adapt.add_argument("--teacher-checkpoint", type=Path,
+                       help="teacher.checkpoint: the built-in teacher's weights")  # fmt: skip
+    adapt.add_argument(
+        "--delay", type=int, default=1,
+        help="batches before a prompt learned from batch t reaches the device (default: 1)",
+    )  # fmt: skip
+    adapt.add_argument("--budget", type=float, help="adaptation.device.budget")
+    adapt.add_argument(
+        "--methods", default=DEFAULT_METHODS,
+        help="comma-separated, from: " + ", ".join(list_methods()) + " (default: %(default)s)",
+    )  # fmt: skip
+    adapt.add_argument(
+        "--stream",
+        default="continual",
+        help="continual | random:K | gradual (default: %(default)s)",
+    )
+    adapt.add_argument(
+        "--corruptions", default="test",
+        help="test | comma-separated names, in stream order (default: the 15 test corruptions)",
+    )  # fmt: skip
+    adapt.add_argument(
+        "--severity", type=int, default=5, help="for continual/random streams (default: 5)"
+    )
+    adapt.add_argument(
+        "--num-per-domain", type=int, default=1000, help="images per domain (default: 1000)"
+    )
+    adapt.add_argument("--batch-size", type=int, default=64, help="device batch size (default: 64)")
+    adapt.add_argument(
+        "--seed", type=int, default=0, help="torch and device seed for every method (default: 0)"
+    )
+    adapt.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
+    adapt.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: runs/bench-adapt-<time>)"
+    )
+    add_project_arguments(adapt)
 
 
 def _run_adapt(args: argparse.Namespace) -> int:
@@ -112,46 +97,64 @@ def _run_adapt(args: argparse.Namespace) -> int:
 
     from cloud.data.cli import parse_corruptions
     from cloud.data.formats import open_benchmark
-    from cloud.distill.command import DEFAULT_DISTILLED
     from cloud.progress import counted_progress
-    from cloud.teacher.companion import COMPANION_CHECKPOINT
     from simulations.bench.adapt import run_benchmark
-    from simulations.bench.models import load_bench_models
     from simulations.bench.report import write_report
-    from simulations.methods import SYNTHETIC_METHODS, MethodFactory
     from simulations.streams import check_available, parse_stream
 
     torch.set_num_threads(args.threads)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if args.companion is not None and not args.companion.is_file():
-        raise ConfigError(f"no companion checkpoint at {args.companion}; create it with "
-                          "`cdca train companion`")  # fmt: skip
-    loaded = load_bench_models(args.student or DEFAULT_DISTILLED, args.teacher,
-                               args.companion or COMPANION_CHECKPOINT,
-                               clean_set=bool(set(methods) & set(SYNTHETIC_METHODS)))  # fmt: skip
-    factory = MethodFactory(loaded.model, loaded.world, args.delay, args.budget, args.fit_norms)
-    for name in methods:  # fail on a typo before any work is done
+    project = project_from_args(args, {
+        "data.shifted": args.data, "student.checkpoint": _text(args.student),
+        "teacher.model": args.teacher, "teacher.checkpoint": _text(args.teacher_checkpoint),
+        "adaptation.device.budget": args.budget,
+    })  # fmt: skip
+    for name in methods:  # a typo fails before any model is loaded
+        check_method(name)
+    out = args.out or Path("runs") / time.strftime("bench-adapt-%Y%m%d-%H%M%S")
+    factory = _factory(project, methods, out, args.delay, args.seed)
+    for name in methods:
         factory.check(name)
-    dataset = open_benchmark(args.data)
+    dataset = open_benchmark(project.data.shifted)
     corruptions = parse_corruptions(args.corruptions)
     streams = parse_stream(
         args.stream, corruptions, args.severity, args.num_per_domain, args.batch_size
     )
     check_available(dataset, (segment for stream in streams for segment in stream.segments))
-    out = args.out or Path("runs") / time.strftime("bench-adapt-%Y%m%d-%H%M%S")
     total = len(methods) * sum(s.num_images() for s in streams)
     with counted_progress("adapting", total, width=32) as advance:
         results = run_benchmark(methods, factory.create, dataset, streams, args.seed, advance)
     config = {
-        "data": args.data, **loaded.description, "delay": args.delay, "budget": args.budget,
-        "fit_norms": args.fit_norms, "stream": args.stream, "corruptions": args.corruptions,
-        "severity": args.severity, "num_per_domain": args.num_per_domain,
-        "batch_size": args.batch_size, "seed": args.seed, "threads": args.threads,
+        "data": project.data.shifted, "student": str(distilled_student(project)),
+        "teacher": project.teacher.model, "delay": args.delay, "stream": args.stream,
+        "corruptions": args.corruptions, "severity": args.severity,
+        "num_per_domain": args.num_per_domain, "batch_size": args.batch_size, "seed": args.seed,
+        "threads": args.threads, "settings": str(out / "config.toml"),
     }  # fmt: skip
     paths = write_report(out, results, config)
     print(paths["markdown"].read_text())  # plain print: a markdown table must not be re-wrapped
     print(f"wrote {paths['json']}, {paths['markdown']}, {paths['plot']}")
     return 0
+
+
+def _factory(
+    project: ProjectConfig, methods: list[str], out: Path, delay: int, seed: int
+) -> MethodFactory:
+    """The student for the peers; the cloud (exported into ``out/model``) only when a row needs it."""
+    from cloud.server.world import load_world
+    from simulations.bench.models import is_distilled, load_student_model
+
+    student = distilled_student(project)
+    model = load_student_model(student)
+    write_resolved(project, out, "this benchmark")
+    world = None
+    if set(methods) & set(CLOUD_DEVICE_METHODS) and is_distilled(student):
+        world = load_world(project, out)
+    return MethodFactory(model, project, world, delay, seed)
+
+
+def _text(path: Path | None) -> str | None:
+    return None if path is None else str(path)
 
 
 def _add_perf(sub: argparse._SubParsersAction) -> None:

@@ -25,7 +25,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -172,11 +172,12 @@ def gate_cost(manifest: Path, frames: np.ndarray, repeats: int) -> dict[str, flo
     """
     from device.agent import DeviceAgent
     from device.runtime import DeviceRuntime
-    from device.sampling import SamplingConfig
+    from protocol.config.adaptation import DeviceSettings
 
     out = {}
     for gate in ("off", "entropy"):
-        agent = DeviceAgent(DeviceRuntime.load(manifest, threads=1), SamplingConfig(), gate=gate)
+        settings = DeviceSettings(gate=gate)
+        agent = DeviceAgent(DeviceRuntime.load(manifest, threads=1), settings)
         agent.apply({"norm_affine": agent.runtime.defaults["norm_affine"] + np.float32(0.01)})
         ms = median_ms(partial(agent.step, frames), repeats, 2)
         out[f"agent_step_gate_{gate}_ms_per_frame_b{len(frames)}"] = ms / len(frames)
@@ -187,8 +188,7 @@ DEVICE_PROCESS = """
 import sys, numpy as np
 from device.runtime import DeviceRuntime
 from device.agent import DeviceAgent
-from device.sampling import SamplingConfig
-agent = DeviceAgent(DeviceRuntime.load(sys.argv[1], threads=1), SamplingConfig())
+agent = DeviceAgent(DeviceRuntime.load(sys.argv[1], threads=1))
 frames = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
 for _ in range(100):
     agent.step(frames)
@@ -208,30 +208,30 @@ def device_peak_memory_mb(manifest: Path) -> float | None:
 
 def cloud_costs(config: PerfConfig, pixels: torch.Tensor) -> dict[str, object]:
     """One VPLU update vs buffer size; one fleet round (every device uploads) vs device count."""
-    from cloud.adaptation.fleet import FleetCloud
     from cloud.adaptation.session import SessionConfig, UploadBatch
     from cloud.adaptation.vplu import VPLU, Uploads
-    from cloud.distill.command import DEFAULT_DISTILLED
-    from simulations.bench.models import load_bench_models
+    from cloud.server.world import load_world
+    from protocol.config.project import load_project
     from simulations.fleet.memory import tree_rss_bytes
 
-    world = load_bench_models(DEFAULT_DISTILLED).world
-    assert world is not None
-    vplu = VPLU(world.device_model, world.class_vectors)
+    project = load_project(None)  # the built-in world with the default settings
+    world = load_world(project, config.out / "cloud")
+    normalize = world.normalization.apply
+    vplu = VPLU(world.device_model, world.class_vectors, project.adaptation.fit)
     inputs = world.device_model.neutral_inputs(world.class_vectors, batch=len(pixels))
     with torch.no_grad():
-        _, _, stats = world.device_model(**{**inputs, "x": world.normalize(pixels),
+        _, _, stats = world.device_model(**{**inputs, "x": normalize(pixels),
                                             "stat_mix": torch.ones(1)})  # fmt: skip
         teacher = world.teacher_logits(pixels)
     update_ms = {}
     for size in config.buffers:
-        uploads = Uploads(world.normalize(pixels[:size]), stats, torch.rand(size), teacher[:size])
+        uploads = Uploads(normalize(pixels[:size]), stats, torch.rand(size), teacher[:size])
         update_ms[size] = round(
             median_ms(partial(vplu.update, uploads, vplu.neutral), config.repeats), 1
         )
     fleet_rounds = {}
     for count in config.devices:
-        cloud = FleetCloud(vplu, world.teacher_logits, world.normalize, SessionConfig(192, 24))
+        cloud = world.new_fleet(replace(project.adaptation, session=SessionConfig(192, 24)))
         full = UploadBatch(pixels[:192], torch.rand(192), stats)
         for d in range(count):  # fill every buffer first: the round below is the steady state
             cloud.ingest(f"d{d}", full)
@@ -248,10 +248,10 @@ def communication(manifest: Path, images: np.ndarray, budget: float = 0.1) -> di
     """Uplink and downlink bytes per 1,000 frames: U-VPA's uploads vs every frame to the cloud."""
     from device.agent import DeviceAgent
     from device.runtime import DeviceRuntime
-    from device.sampling import SamplingConfig
+    from protocol.config.adaptation import DeviceSettings
     from protocol.messages import upload_chunks
 
-    agent = DeviceAgent(DeviceRuntime.load(manifest, threads=1), SamplingConfig(budget=budget))
+    agent = DeviceAgent(DeviceRuntime.load(manifest, threads=1), DeviceSettings(budget=budget))
     classes = len(agent.runtime.manifest.class_names)
     uvpa_up = everything_up = 0
     for start in range(0, len(images), 64):

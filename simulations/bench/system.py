@@ -1,7 +1,8 @@
 """``cdca bench system``: the running system (server + device processes) next to its simulation.
 
-The same device streams go (a) through ``UVPAMethod`` in one process, where a prompt learned
-from batch t is used from batch t + 1, and (b) through a real ``cdca cloud serve`` process
+The same device streams go (a) through the ONNX device and the cloud in one process
+(``simulations.bench.cloud_device``), where a prompt learned from batch t is used from batch
+t + 1, and (b) through a real ``cdca cloud serve`` process
 and one ``cdca device run`` process per device on loopback, paced like cameras, where
 prompts arrive when the cloud has learned them. Reported per device: online accuracy of the
 source model, of the device alone (own batch statistics, no cloud), of U-VPA simulated and
@@ -59,45 +60,40 @@ def materialise_streams(config: SystemBenchConfig) -> list[Path]:
     return paths
 
 
-def simulate(streams: list[Path], batch_size: int) -> list[dict[str, float]]:
-    """Source, device alone and U-VPA (delay 1) on each stream, in this process."""
+def simulate(streams: list[Path], batch_size: int, out: Path) -> list[dict[str, float]]:
+    """Source, device alone and U-VPA (delay 1) on each stream, in this process (built-in world)."""
+    from dataclasses import replace
+
     import torch
 
-    from cloud.distill.command import DEFAULT_DISTILLED
-    from simulations.bench.models import load_bench_models
-    from simulations.cloud_device import UVPAConfig, UVPAMethod
+    from cloud.server.world import load_world
+    from protocol.config.project import load_project
+    from simulations.bench.cloud_device import FleetMethod
 
-    world = load_bench_models(DEFAULT_DISTILLED).world
-    assert world is not None  # the shipped student is distilled
+    project = load_project(None)
+    world = load_world(project, out / "simulated")
+    device = project.adaptation.device
+    runs = (("source", 0.0, False), ("device_alone", 1.0, False), ("uvpa_simulated", 1.0, True))
     results = []
     for path in streams:
         with np.load(path) as data:
             images, labels = data["images"], data["labels"]
         rows: dict[str, float] = {}
-        for name, stat_mix, learn in (("source", 0.0, False), ("device_alone", 1.0, False),
-                                      ("uvpa_simulated", 1.0, True)):  # fmt: skip
-            method = UVPAMethod(name, world, UVPAConfig(stat_mix=stat_mix))
+        for name, stat_mix, learn in runs:
+            adaptation = replace(project.adaptation, device=replace(device, stat_mix=stat_mix))
+            method = FleetMethod(name, world, adaptation)
             hits = 0
             for start in range(0, len(images), batch_size):
-                pixels = (
-                    torch.from_numpy(images[start : start + batch_size]).permute(0, 3, 1, 2).float()
-                    / 255
-                )
-                logits = method.step(pixels) if learn else _predict_only(method, pixels)
-                hits += int((logits.argmax(1).numpy() == labels[start : start + batch_size]).sum())
+                frames = images[start : start + batch_size]
+                if learn:
+                    pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
+                    logits = method.step(pixels).numpy()
+                else:
+                    logits = method.agent.runtime.predict(frames).logits
+                hits += int((logits.argmax(1) == labels[start : start + batch_size]).sum())
             rows[name] = hits / len(images)
         results.append(rows)
     return results
-
-
-def _predict_only(method, pixels):  # type: ignore[no-untyped-def]
-    import torch
-
-    with torch.no_grad():
-        logits, _, _ = method.world.device_model(
-            **{**method.inputs, "x": method.world.normalize(pixels)}
-        )
-    return logits
 
 
 def run_system(

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     )
     streams = materialise_streams(config)
     print("simulating the same streams in one process ...")
-    simulated = simulate(streams, config.batch_size)
+    simulated = simulate(streams, config.batch_size, config.out)
     print(
         f"running the system: 1 server + {args.devices} device processes at {args.fps} fps each ..."
     )

@@ -2,8 +2,9 @@
 
 One ``flower-superlink`` (``--insecure``, its own state database, runtime dependency
 installation disabled: nothing is downloaded), one ``flower-supernode`` per device (each
-told its ``partition-id``), then ``flwr run <checkout> <connection>`` with the scenario as
-run config, polled with ``flwr ls`` until the run finishes. Every process runs in its own
+told its ``partition-id``), then ``flwr run <checkout> <connection>`` with the run's
+resolved project file as run config (``project``), polled with ``flwr ls`` until the run
+finishes. Every process runs in its own
 process group and is stopped as a group (a SuperNode leaves a SuperExec child behind
 otherwise). Logs land in ``<run>/flower/``. For real deployments (TLS, node
 authentication) see docs/flower.md.
@@ -21,16 +22,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from protocol.config.loader import toml_value
+from protocol.config.project import ProjectConfig, write_resolved
 from protocol.errors import CdcaError
 from simulations.bench.rig import free_port
 from simulations.fleet.flower_server import PROGRESS_FILE, RESULTS_FILE
-from simulations.fleet.scenario import Scenario
 
 CONNECTION = "cdca-loopback"
-RUN_KEYS = ("devices", "per_domain", "corruptions", "batches_per_round", "budget", "data",
-            "round_timeout_s", "min_devices", "severity", "batch_size", "score", "prompt_gate", "seed",
-            "environment_bank", "share_across_devices", "pool_uploads", "min_uploads",
-            "slow_device", "slow_rounds", "slow_delay_s", "synthetic")  # fmt: skip
 
 
 def project_root() -> Path:
@@ -103,25 +101,18 @@ class LoopbackFederation:
 
 
 def run_deployment(
-    scenario: Scenario, run_dir: Path, progress: Callable[[int], None] | None = None,
+    project: ProjectConfig, run_dir: Path, progress: Callable[[int], None] | None = None,
     timeout: float = 3600.0,
 ) -> dict[str, object]:  # fmt: skip
     """The whole fleet through a loopback federation; returns what the ServerApp wrote."""
-    from cloud.teacher.factory import BUILTIN_CHECKPOINT
-    from simulations.fleet.cloud_side import student_checkpoint
-
     run_dir = run_dir.resolve()
     folder = run_dir / "flower"
     folder.mkdir(parents=True, exist_ok=True)
     for stale in (RESULTS_FILE, PROGRESS_FILE):
         (run_dir / stale).unlink(missing_ok=True)
     config = folder / "run-config.toml"
-    # absolute paths: the app runs from a bundle without the shipped files
-    files = {"student": str(student_checkpoint(scenario.student).resolve()),
-             "teacher-checkpoint": str(Path(scenario.teacher_checkpoint or BUILTIN_CHECKPOINT).resolve()),
-             "companion": str(Path(scenario.companion).resolve()) if scenario.companion else ""}  # fmt: skip
-    config.write_text(_run_config(scenario, run_dir, files))
-    with LoopbackFederation(folder, scenario.devices) as federation:
+    config.write_text(run_config(project, run_dir, folder))
+    with LoopbackFederation(folder, project.fleet.devices) as federation:
         started = federation.flwr(
             "run", str(project_root()), CONNECTION, "--run-config", str(config)
         )
@@ -135,11 +126,14 @@ def run_deployment(
     return json.loads((run_dir / RESULTS_FILE).read_text())
 
 
-def _run_config(scenario: Scenario, run_dir: Path, files: dict[str, str]) -> str:
-    values = {key.replace("_", "-"): getattr(scenario, key) for key in RUN_KEYS}
-    values["corruptions"] = ",".join(scenario.corruptions)
-    values.update({"run-dir": str(run_dir), **files, "data": str(Path(scenario.data).resolve())})
-    return "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+def run_config(project: ProjectConfig, run_dir: Path, folder: Path) -> str:
+    """``flwr run --run-config``: the project as one file, no scenario over it, the results folder.
+
+    The file holds absolute paths: the app runs from a bundle without the shipped files.
+    """
+    project_file = write_resolved(project, folder, "this Flower run")
+    values = {"project": str(project_file), "scenario": "", "set": "", "run-dir": str(run_dir)}
+    return "".join(f"{k} = {toml_value(v)}\n" for k, v in values.items())
 
 
 def _wait(federation: LoopbackFederation, run_id: str, run_dir: Path,

@@ -4,45 +4,46 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cloud.adaptation.fleet import FleetConfig
 from cloud.server.world import CloudWorld
-from simulations.fleet.cloud_side import fleet_config
+from protocol.config.adaptation import AdaptationConfig
+from protocol.config.project import ProjectConfig
 from simulations.fleet.inprocess import Progress, run_inprocess
-from simulations.fleet.scenario import Scenario
 
 
 def run_engine(
     engine: str,
-    scenario: Scenario,
+    project: ProjectConfig,
     streams: list[Path],
     world: CloudWorld,
-    fleet: FleetConfig,
+    adaptation: AdaptationConfig,
     out: Path,
     progress: Progress | None = None,
 ) -> dict[str, object]:
-    """Run the fleet on ``engine``; per-device batch records, bytes down, cloud counters."""
+    """Run the fleet on ``engine`` with ``adaptation``; per-device records, bytes down, counters."""
     if engine == "inprocess":
-        return run_inprocess(scenario, streams, world, fleet, progress)
+        return run_inprocess(project, streams, world, adaptation, progress)
     if engine == "flower-sim":
-        return run_flower_simulation(scenario, streams, world, fleet, progress)
+        return run_flower_simulation(project, streams, world, adaptation, progress)
+    if engine in ("grpc", "flower"):  # separate processes read the settings from a file
+        from dataclasses import replace
+
+        project = replace(project, adaptation=adaptation)
     if engine == "grpc":
         from simulations.fleet.grpc_engine import run_grpc
 
-        return run_grpc(scenario, streams, world, fleet, out, progress)
+        return run_grpc(project, streams, world, out, progress)
     if engine == "flower":
         from simulations.fleet.deployment import run_deployment
 
-        if fleet != fleet_config(scenario):
-            raise ValueError("the flower engine takes its fleet settings from the scenario")
-        return run_deployment(scenario, out, progress)
+        return run_deployment(project, out, progress)
     raise NotImplementedError(f"engine {engine!r} is not wired yet")
 
 
 def run_flower_simulation(
-    scenario: Scenario,
+    project: ProjectConfig,
     streams: list[Path],
     world: CloudWorld,
-    fleet: FleetConfig,
+    adaptation: AdaptationConfig,
     progress: Progress | None = None,
 ) -> dict[str, object]:
     """The Flower Simulation Engine (Ray): one virtual SuperNode per device, in this process."""
@@ -57,8 +58,8 @@ def run_flower_simulation(
     from simulations.fleet.cloud_side import FleetTeacher
     from simulations.fleet.flower_server import FleetRounds
 
-    rounds = FleetRounds(scenario, FleetTeacher.build(world, fleet), streams[0].parent,
-                         world.served.folder, progress)  # fmt: skip
+    rounds = FleetRounds(project, adaptation, FleetTeacher.build(world, adaptation),
+                         streams[0].parent, world.served.folder, progress)  # fmt: skip
     outcome: dict[str, dict[str, object]] = {}
     server_app = ServerApp()
 
@@ -66,7 +67,7 @@ def run_flower_simulation(
     def _main(grid: Grid, context: Context) -> None:
         outcome["results"] = rounds.run(grid)
 
-    run_simulation(server_app, client_app, num_supernodes=scenario.devices,
+    run_simulation(server_app, client_app, num_supernodes=project.fleet.devices,
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                                    "init_args": {"num_cpus": 2, "include_dashboard": False}})  # fmt: skip
     if "results" not in outcome:

@@ -8,8 +8,12 @@ the round goes on with the others (partial results are accepted as long as
 ``min_devices`` replied; otherwise the round is retried), so one slow device never
 stalls the fleet. The ClientApp is ``device.flower_client``.
 
-``app`` is what ``flwr run`` starts (run config in ``[tool.flwr.app.config]``);
-``cdca simulate --engine flower-sim|flower`` builds the same loop around its own objects.
+``app`` is what ``flwr run`` starts. Its run config (``[tool.flwr.app.config]``, or
+``--run-config``) names a cdca project file (``project``), a scenario over it
+(``scenario``) and ``set`` (``KEY=VALUE`` pairs, as ``--set`` takes them); any other dotted
+key (``fleet.devices = 8``) is a setting too, all read by the same loader as every cdca
+command. ``cdca simulate --engine flower-sim|flower`` builds the same loop around its own
+objects.
 """
 
 from __future__ import annotations
@@ -24,27 +28,30 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from device.flower_client import number, text, upload_fields
+from device.flower_client import SETTINGS_KEY, number, text, upload_fields
+from protocol.config.adaptation import AdaptationConfig
+from protocol.config.project import ProjectConfig, load_project
+from protocol.config.wire import settings_to_wire
 from protocol.errors import CdcaError
 from simulations.fleet.cloud_side import FleetTeacher
-from simulations.fleet.scenario import Scenario
 
 log = logging.getLogger("cdca.flower")
 app = ServerApp()
 RESULTS_FILE = "flower-results.json"
 PROGRESS_FILE = "flower-progress"
+RUN_KEYS = ("project", "scenario", "set", "run-dir")  # every other run-config key is a setting
 
 
 class FleetRounds:
     """The round loop over a Grid; holds what the report needs."""
 
-    def __init__(self, scenario: Scenario, teacher: FleetTeacher, stream_dir: Path,
-                 model_dir: Path, progress: Callable[[int], None] | None = None) -> None:  # fmt: skip
-        self.scenario, self.teacher, self.progress = scenario, teacher, progress
+    def __init__(self, project: ProjectConfig, adaptation: AdaptationConfig,
+                 teacher: FleetTeacher, stream_dir: Path, model_dir: Path,
+                 progress: Callable[[int], None] | None = None) -> None:  # fmt: skip
+        self.fleet, self.teacher, self.progress = project.fleet, teacher, progress
         self.base: dict[str, int | float | str] = {"stream-dir": str(stream_dir), "model-dir": str(model_dir),
-                     "budget": scenario.budget, "score": scenario.score, "seed": scenario.seed,
-                     "prompt-gate": scenario.prompt_gate,
-                     "batch-size": scenario.batch_size}  # fmt: skip
+                     "seed": self.fleet.seed, "batch-size": self.fleet.batch_size}  # fmt: skip
+        self.settings = ConfigRecord(settings_to_wire(adaptation.device))  # type: ignore[arg-type]
         self.records: dict[int, list[dict[str, object]]] = {}
         self.bytes_down: dict[int, int] = {}
         self.rounds = self.partial_rounds = self.refused_prompts = 0
@@ -79,7 +86,7 @@ class FleetRounds:
 
     def _wait_for_nodes(self, grid: Grid, timeout: float = 300.0) -> list[int]:
         deadline = time.monotonic() + timeout
-        wanted = self.scenario.devices
+        wanted = self.fleet.devices
         while len(nodes := sorted(grid.get_node_ids())) < wanted:
             if time.monotonic() > deadline:
                 raise CdcaError(
@@ -94,10 +101,11 @@ class FleetRounds:
         for node, (parts, version) in pending.items():
             content = RecordDict({"prompt": ArrayRecord(array_dict={k: Array(np.asarray(v)) for k, v in parts.items()}),
                                   "prompt-info": ConfigRecord({"version": version}),
-                                  "step": ConfigRecord({**self.base, "device-index": index[node]})})  # fmt: skip
+                                  "step": ConfigRecord({**self.base, "device-index": index[node]}),
+                                  SETTINGS_KEY: self.settings})  # fmt: skip
             messages.append(Message(content, dst_node_id=node, message_type="train.prompt"))
         pending.clear()
-        for reply in grid.send_and_receive(messages, timeout=self.scenario.round_timeout_s):
+        for reply in grid.send_and_receive(messages, timeout=self.fleet.round_timeout_s):
             if not reply.has_content():
                 continue
             node = reply.metadata.src_node_id
@@ -112,23 +120,24 @@ class FleetRounds:
     def _query(
         self, grid: Grid, nodes: list[int], next_batch: dict[int, int]
     ) -> dict[int, Message]:
-        k = self.scenario.batches_per_round
-        straggle = {"slow-device": self.scenario.slow_device, "slow-delay-s": self.scenario.slow_delay_s,
-                    "slow": int(self.rounds < self.scenario.slow_rounds)}  # fmt: skip
+        k = self.fleet.batches_per_round
+        straggle = {"slow-device": self.fleet.slow_device, "slow-delay-s": self.fleet.slow_delay_s,
+                    "slow": int(self.rounds < self.fleet.slow_rounds)}  # fmt: skip
         messages = [Message(RecordDict({"step": ConfigRecord({**self.base, **straggle, "count": k,
-                                                               "first-batch": next_batch[n]})}),
+                                                               "first-batch": next_batch[n]}),
+                                        SETTINGS_KEY: self.settings}),
                             dst_node_id=n, message_type="query.step") for n in nodes]  # fmt: skip
         replies = {r.metadata.src_node_id: r
-                   for r in grid.send_and_receive(messages, timeout=self.scenario.round_timeout_s)
+                   for r in grid.send_and_receive(messages, timeout=self.fleet.round_timeout_s)
                    if r.has_content()}  # fmt: skip
         if len(replies) < len(nodes):
             self.partial_rounds += 1
             log.warning(
                 "round %d: %d of %d devices replied in time", self.rounds, len(replies), len(nodes)
             )
-        if len(replies) < min(self.scenario.min_devices, len(nodes)):
+        if len(replies) < min(self.fleet.min_devices, len(nodes)):
             log.warning("round %d: fewer than min_devices=%d replies; retrying", self.rounds,
-                        self.scenario.min_devices)  # fmt: skip
+                        self.fleet.min_devices)  # fmt: skip
             return {}
         return replies
 
@@ -153,33 +162,30 @@ class FleetRounds:
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """``flwr run``: the scenario from the run config; results into ``<run-dir>/flower-results.json``."""
-    from simulations.fleet.cloud_side import fleet_config, load_fleet_world
-    from simulations.fleet.scenario import load_scenario
+    """``flwr run``: the project from the run config; results into ``<run-dir>/flower-results.json``."""
+    from simulations.fleet.cloud_side import load_fleet_world
+    from simulations.fleet.scenario import find_scenario
     from simulations.fleet.streams import write_streams
 
     config = dict(context.run_config)
-    run_dir = Path(str(config.pop("run-dir", "runs/flower")))
-    scenario = load_scenario(None, **{k.replace("-", "_"): v for k, v in config.items()})
+    run_dir = Path(str(config.get("run-dir", "runs/flower")))
+    scenario = str(config.get("scenario", ""))
+    project = load_project(
+        str(config.get("project", "")) or None,
+        overlays=[find_scenario(scenario)] if scenario else [],
+        assignments=str(config.get("set", "")).split(),
+        dotted={k: v for k, v in config.items() if k not in RUN_KEYS},
+    )  # fmt: skip
     run_dir.mkdir(parents=True, exist_ok=True)
-    world = load_fleet_world(
-        scenario.student,
-        scenario.teacher,
-        run_dir,
-        scenario.teacher_checkpoint,
-        scenario.min_uploads,
-        scenario.companion,
-        scenario.synthetic,
-    )
-    write_streams(scenario, run_dir / "streams")
-    fleet = fleet_config(scenario)
+    world = load_fleet_world(project, run_dir)
+    write_streams(project, run_dir / "streams")
     done = [0]
 
     def progress(frames: int) -> None:  # `cdca simulate --engine flower` polls this file
         done[0] += frames
         (run_dir / PROGRESS_FILE).write_text(str(done[0]))
 
-    rounds = FleetRounds(scenario, FleetTeacher.build(world, fleet), run_dir / "streams",
+    rounds = FleetRounds(project, project.adaptation, FleetTeacher.build(world), run_dir / "streams",
                          world.served.folder, progress)  # fmt: skip
     results = rounds.run(grid)
     (run_dir / RESULTS_FILE).write_text(json.dumps(results) + "\n")

@@ -1,6 +1,7 @@
 """The ``grpc`` engine: a real ``cdca cloud serve`` and one ``cdca device run`` process per device.
 
-Everything goes over loopback exactly as in a deployment: enrolment tokens, uploads, the
+Everything goes over loopback exactly as in a deployment: the server reads the project
+file, devices get their settings from it at ``Register``, enrolment tokens, uploads, the
 server's own budget, prompts pushed over ``WatchPrompts``. Devices run flat out (or at
 ``fps``) and apply prompts when they arrive, so timing differs from the round-based engines
 (a prompt may land a batch earlier or later); the report says how much that moves the
@@ -17,19 +18,19 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from cloud.adaptation.fleet import FleetConfig
 from cloud.server.world import CloudWorld
 from device.sources import batch_starts
+from protocol.config.project import ProjectConfig, write_resolved
 from simulations.bench.system import CDCA, enrol, launch_server
-from simulations.fleet.scenario import Scenario
 
 
 def run_grpc(
-    scenario: Scenario, streams: list[Path], world: CloudWorld, fleet: FleetConfig, out: Path,
+    project: ProjectConfig, streams: list[Path], world: CloudWorld, out: Path,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, object]:  # fmt: skip
     """Run the fleet through processes; returns per-device batch records, bytes down, logs."""
@@ -37,18 +38,20 @@ def run_grpc(
     shutil.rmtree(work, ignore_errors=True)
     state = work / "cloud"
     state.mkdir(parents=True)
-    config = work / "server.toml"
-    config.write_text(_server_config(scenario, world, fleet, state))
+    # the server serves the model this run exported, from its own state folder, on loopback
+    loopback = replace(project.server, host="127.0.0.1", port=0, state_dir=state,
+                       model_dir=world.served.folder, tls=None)  # fmt: skip
+    config = write_resolved(replace(project, server=loopback), work, "this run's server")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     ids = [f"device-{i}" for i in range(len(streams))]
     tokens = {device_id: enrol(state, device_id, env) for device_id in ids}
     server, port = launch_server(
-        state, 0, work / "server.log", env, extra=("--config", str(config))
+        state, 0, work / "server.log", env, extra=("--project", str(config))
     )
     devices: list[subprocess.Popen[bytes]] = []
     try:
         for i, path in enumerate(streams):
-            devices.append(_start_device(scenario, world, work, path, i, port, tokens[ids[i]], env))
+            devices.append(_start_device(project, world, work, path, i, port, tokens[ids[i]], env))
         _wait(devices, [work / f"{d}.jsonl" for d in ids], progress)
     finally:  # also on Ctrl-C or SIGTERM (see command.py): leave no process behind
         for device in devices:
@@ -60,40 +63,22 @@ def run_grpc(
     records, bytes_down = [], []
     for i, path in enumerate(streams):
         summary = json.loads((work / f"{ids[i]}.summary.json").read_text())
-        records.append(_records(work / f"{ids[i]}.jsonl", path, scenario.batch_size, summary))
+        records.append(_records(work / f"{ids[i]}.jsonl", path, project.fleet.batch_size, summary))
         bytes_down.append(int(summary.get("bytes_down", 0)))
     return {"records": records, "bytes_down": bytes_down,
             "cloud": {"server_log": str(work / "server.log"), "port": port}}  # fmt: skip
 
 
-def _server_config(scenario: Scenario, world: CloudWorld, fleet: FleetConfig, state: Path) -> str:
-    from simulations.fleet.cloud_side import student_checkpoint
-
-    values: dict[str, object] = {
-        "state_dir": str(state), "model_dir": str(world.served.folder),
-        "student": str(student_checkpoint(scenario.student)), "teacher": scenario.teacher,
-        "upload_budget": scenario.budget, "min_uploads": scenario.min_uploads,
-        "environment_bank": fleet.environment_bank, "share_across_devices": fleet.share_across_devices,
-        "pool_uploads": fleet.pool_uploads, "synthetic": scenario.synthetic,
-    }  # fmt: skip
-    if scenario.teacher_checkpoint:
-        values["teacher_checkpoint"] = scenario.teacher_checkpoint
-    if scenario.companion:
-        values["companion"] = str(Path(scenario.companion).resolve())
-    return "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
-
-
-def _start_device(scenario, world, work, stream, i, port, token, env):  # type: ignore[no-untyped-def]
-    device_id = f"device-{i}"
+def _start_device(project, world, work, stream, i, port, token, env):  # type: ignore[no-untyped-def]
+    """``cdca device run``: its settings come from the server at ``Register``, its seed is its own."""
+    device_id, fleet = f"device-{i}", project.fleet
     command = [*CDCA, "device", "run", "--input", str(stream), "--model", str(world.served.folder),
                "--state-dir", str(work / device_id), "--server", f"127.0.0.1:{port}",
-               "--device-id", device_id, f"--token={token}", "--batch-size", str(scenario.batch_size),
-               "--threads", "1", "--budget", str(scenario.budget), "--score", scenario.score,
-               "--prompt-gate", scenario.prompt_gate,
-               "--seed", str(scenario.seed + i), "--out", str(work / f"{device_id}.jsonl"),
+               "--device-id", device_id, f"--token={token}", "--batch-size", str(fleet.batch_size),
+               "--threads", "1", "--seed", str(fleet.seed + i), "--out", str(work / f"{device_id}.jsonl"),
                "--summary", str(work / f"{device_id}.summary.json"), "--log-level", "WARNING"]  # fmt: skip
-    if scenario.fps:
-        command += ["--fps", str(scenario.fps)]
+    if fleet.fps:
+        command += ["--fps", str(fleet.fps)]
     log = open(work / f"{device_id}.log", "w")  # noqa: SIM115 - the child writes to it
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, env=env)
 

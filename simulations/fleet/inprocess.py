@@ -13,49 +13,45 @@ from pathlib import Path
 
 import numpy as np
 
-from cloud.adaptation.fleet import FleetConfig
 from cloud.server.world import CloudWorld
 from device.agent import DeviceAgent
 from device.replay import BatchRecord, ReplayDevice
 from device.runtime import DeviceRuntime
-from device.sampling import SamplingConfig
+from protocol.config.adaptation import AdaptationConfig
+from protocol.config.project import ProjectConfig
 from protocol.manifest import MANIFEST_FILE
 from simulations.fleet.cloud_side import FleetTeacher
-from simulations.fleet.scenario import Scenario
 
 Progress = Callable[[int], None]  # frames advanced
 
 
-def device_sampling(scenario: Scenario, index: int) -> SamplingConfig:
-    """Device ``index``'s upload policy (its own seed, so devices do not pick in lockstep)."""
-    return SamplingConfig(budget=scenario.budget, score=scenario.score, seed=scenario.seed + index)
-
-
-def replay_devices(scenario: Scenario, streams: list[Path], model_dir: Path) -> list[ReplayDevice]:
-    """One torch-free device per stream, each with its own onnxruntime session."""
+def replay_devices(
+    project: ProjectConfig, adaptation: AdaptationConfig, streams: list[Path], model_dir: Path
+) -> list[ReplayDevice]:
+    """One torch-free device per stream, each with its own onnxruntime session and seed."""
     devices = []
     for i, path in enumerate(streams):
-        sampling = device_sampling(scenario, i)
         runtime = DeviceRuntime.load(model_dir / MANIFEST_FILE, threads=1)
-        agent = DeviceAgent(runtime, sampling, gate=scenario.prompt_gate)
-        devices.append(ReplayDevice(agent, path, scenario.batch_size, f"device-{i}"))
+        # each device its own seed, so that devices do not pick in lockstep
+        agent = DeviceAgent(runtime, adaptation.device, seed=project.fleet.seed + i)
+        devices.append(ReplayDevice(agent, path, project.fleet.batch_size, f"device-{i}"))
     return devices
 
 
 def run_inprocess(
-    scenario: Scenario,
+    project: ProjectConfig,
     streams: list[Path],
     world: CloudWorld,
-    fleet: FleetConfig,
+    adaptation: AdaptationConfig,
     progress: Progress | None = None,
 ) -> dict[str, object]:
     """Run the fleet; returns per-device batch records, bytes down and the cloud's counters."""
-    devices = replay_devices(scenario, streams, world.served.folder)
-    teacher = FleetTeacher.build(world, fleet)
+    devices = replay_devices(project, adaptation, streams, world.served.folder)
+    teacher = FleetTeacher.build(world, adaptation)
     records: list[list[BatchRecord]] = [[] for _ in devices]
     bytes_down = [0] * len(devices)
     pending: dict[int, tuple[dict[str, np.ndarray], int]] = {}
-    k = scenario.batches_per_round
+    k = project.fleet.batches_per_round
     rounds = -(-max(d.num_batches for d in devices) // k)
     for round_index in range(rounds):
         for i, device in enumerate(devices):

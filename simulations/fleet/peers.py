@@ -3,35 +3,32 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
+from functools import partial
 
 from cloud.data.formats import open_benchmark
+from cloud.shipped import distilled_student
+from protocol.config.project import ProjectConfig
 from simulations.bench.adapt import run_method
-from simulations.bench.models import load_bench_models
-from simulations.fleet.scenario import Scenario
-from simulations.methods import MethodFactory
+from simulations.bench.models import load_student_model
+from simulations.peers import create_method
 from simulations.streams import StreamSpec
 
 
 def run_peers(
-    scenario: Scenario,
+    project: ProjectConfig,
     specs: list[StreamSpec],
-    student: Path | None,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, list[dict[str, object]]]:
     """Per peer, per device: online accuracy per batch and per domain (same streams as U-VPA)."""
-    from cloud.distill.command import DEFAULT_DISTILLED
-
-    models = load_bench_models(student or DEFAULT_DISTILLED, scenario.teacher)
-    factory = MethodFactory(models.model, None)
-    dataset = open_benchmark(scenario.data)
+    model = load_student_model(distilled_student(project))
+    dataset = open_benchmark(project.data.shifted)
     out: dict[str, list[dict[str, object]]] = {}
-    for name in scenario.peers:
-        factory.check(name)
+    make = partial(create_method, model=model)
+    tick = (lambda _desc, n: progress(n)) if progress else None
+    for name in project.fleet.peers:
         out[name] = []
         for spec in specs:
-            tick = (lambda _desc, n: progress(n)) if progress else None
-            result = run_method(name, factory.create, dataset, spec, scenario.seed, tick)
+            result = run_method(name, make, dataset, spec, project.fleet.seed, tick)
             out[name].append({"accuracy": result.accuracy, "mean": result.mean,
                               "batch_accuracy": result.batch_accuracy,
                               "batch_domain": result.batch_domain})  # fmt: skip

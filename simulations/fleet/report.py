@@ -39,14 +39,15 @@ def best_peer(table: dict[str, dict[str, float]]) -> str | None:
 
 def markdown(results: dict[str, Any], paths: dict[str, Path]) -> str:
     """The report: what ran, the fleet table, per-device rows, the bank's benefit, the plots."""
-    config = results["config"]
+    fleet, adaptation = results["config"]["fleet"], results["config"]["adaptation"]
     table: dict[str, dict[str, float]] = results["table"]
     lines = ["# Fleet simulation", "",
-             f"Engine `{config['engine']}`, {config['devices']} devices, {config['per_domain']} "
-             f"frames per domain each, severity {config['severity']}, batch {config['batch_size']}, "
-             f"upload budget {config['budget']:.0%}; wall time {results['wall_seconds']:.0f} s, "
-             f"peak memory {results.get('peak_memory_mb')} MiB (all processes).",
-             f"U-VPA's cloud target: {_target(results)}.{_synthetic(results)}", "",
+             f"Engine `{fleet['engine']}`, {fleet['devices']} devices, {fleet['per_domain']} "
+             f"frames per domain each, severity {fleet['severity']}, batch {fleet['batch_size']}, "
+             f"upload budget {adaptation['device']['budget']:.0%}; wall time "
+             f"{results['wall_seconds']:.0f} s, peak memory {results.get('peak_memory_mb')} MiB "
+             f"(all processes). Settings: `config.toml`.",
+             f"U-VPA's cloud target: {_target(adaptation)}.{_synthetic(adaptation)}", "",
              "Online accuracy (%), mean over domains, then over devices (± spread over devices).",
              "\"After shift\": the first batches of every new domain.", "",
              "| method | mean accuracy | after shift | uploads | up KB / 1k frames | down KB / 1k frames |",
@@ -60,7 +61,7 @@ def markdown(results: dict[str, Any], paths: dict[str, Path]) -> str:
     lines += ["", *_verdict(table), "", "## Per device", "",
               "| device | " + " | ".join(table) + " |", "|---|" + "---|" * len(table)]  # fmt: skip
     per_device = results["devices"]
-    for i in range(int(config["devices"])):
+    for i in range(int(fleet["devices"])):
         cells = [f"{100 * per_device[m][i]['mean']:.1f}" for m in table]
         lines.append(f"| device-{i} | " + " | ".join(cells) + " |")
     lines += ["", "## Cloud", "", "```", json.dumps(results["cloud"], indent=2), "```", "",
@@ -68,15 +69,12 @@ def markdown(results: dict[str, Any], paths: dict[str, Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _target(results: dict[str, Any]) -> str:
-    companion = results["config"].get("companion")
-    if not companion:
-        return "teacher and device"
-    return f"teacher, device and the companion teacher (`{Path(companion).name}`)"
+def _target(adaptation: dict[str, Any]) -> str:
+    return "teacher and device" if adaptation["vplu"]["target"] == "ensemble" else "teacher"
 
 
-def _synthetic(results: dict[str, Any]) -> str:
-    count = results["config"].get("synthetic", 0)
+def _synthetic(adaptation: dict[str, Any]) -> str:
+    count = adaptation["synthetic"]["count"]
     if not count:
         return ""
     return f" Every fit adds {count} clean training images rendered like the device's environment."

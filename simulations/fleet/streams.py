@@ -13,7 +13,8 @@ import numpy as np
 
 from cloud.data.corruptions import TEST_CORRUPTIONS
 from cloud.data.formats import open_benchmark
-from simulations.fleet.scenario import Scenario
+from protocol.config.project import ProjectConfig
+from protocol.errors import ConfigError
 from simulations.streams import (
     GRADUAL_SEVERITIES,
     StreamSpec,
@@ -24,15 +25,16 @@ from simulations.streams import (
 )
 
 
-def stream_specs(scenario: Scenario, pool_size: int) -> list[StreamSpec]:
+def stream_specs(project: ProjectConfig, pool_size: int) -> list[StreamSpec]:
     """Device 0 walks the corruptions in the given order, the others in seeded orders."""
-    corruptions = scenario.corruptions or TEST_CORRUPTIONS
-    if scenario.stream == "gradual":
-        per_step = max(1, scenario.per_domain // len(GRADUAL_SEVERITIES))
-        base = gradual(corruptions, per_step, scenario.batch_size)
+    fleet = project.fleet
+    corruptions = fleet.corruptions or TEST_CORRUPTIONS
+    if fleet.stream == "gradual":
+        per_step = max(1, fleet.per_domain // len(GRADUAL_SEVERITIES))
+        base = gradual(corruptions, per_step, fleet.batch_size)
     else:
-        base = continual(corruptions, scenario.severity, scenario.per_domain, scenario.batch_size)
-    return device_streams(base, scenario.devices, pool_size, scenario.seed)
+        base = continual(corruptions, fleet.severity, fleet.per_domain, fleet.batch_size)
+    return device_streams(base, fleet.devices, pool_size, fleet.seed)
 
 
 def segment_names(spec: StreamSpec) -> list[str]:
@@ -40,12 +42,17 @@ def segment_names(spec: StreamSpec) -> list[str]:
     return [segment.domain for segment in spec.segments]
 
 
-def write_streams(scenario: Scenario, folder: Path) -> tuple[list[Path], list[StreamSpec]]:
-    """Materialise every device's stream under ``folder`` (rewritten: the scenario may differ)."""
-    dataset = open_benchmark(scenario.data)
-    corruptions = scenario.corruptions or TEST_CORRUPTIONS
-    pool = len(dataset.load(corruptions[0], scenario.severity))
-    specs = stream_specs(scenario, pool)
+def write_streams(project: ProjectConfig, folder: Path) -> tuple[list[Path], list[StreamSpec]]:
+    """Materialise every device's stream under ``folder`` (rewritten: the settings may differ)."""
+    dataset = open_benchmark(project.data.shifted)
+    corruptions = project.fleet.corruptions or TEST_CORRUPTIONS
+    pool = dataset.count(corruptions[0])
+    if project.fleet.per_domain > pool:
+        raise ConfigError(
+            f"fleet.per_domain is {project.fleet.per_domain} but {project.data.shifted} has "
+            f"{pool} images per corruption; set fleet.per_domain to {pool} or fewer"
+        )
+    specs = stream_specs(project, pool)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, spec in enumerate(specs):

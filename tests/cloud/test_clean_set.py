@@ -1,54 +1,47 @@
-"""The cloud's clean set for synthetic samples: Fashion-MNIST's training split, or a clear refusal."""
+"""The cloud's clean set for synthetic samples: the project's own training split, or a clear refusal."""
 
 import numpy as np
 import pytest
 
-from cloud.adaptation.clean_set import CLEAN_SET_MISSING, clean_renderer, load_clean_set
-from cloud.data import fashion_mnist
-from cloud.data.fashion_mnist import CLASS_NAMES
-from cloud.data.labelled import LabelledImages
-from protocol.errors import ConfigError, DataError
+from cloud.adaptation.clean_set import clean_renderer
+from protocol.config.adaptation import SyntheticConfig
+from protocol.config.data import DataConfig
+from protocol.errors import ConfigError
 
 
 @pytest.fixture
-def small_train_split(monkeypatch):
-    """Fashion-MNIST's training split stood in for by 30 random images (no 180 MB read)."""
+def digits_npz(tmp_path):
+    """30 random 16-px images of 3 named classes, as a user's npz."""
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (30, 32, 32, 3), dtype=np.uint8)
-    split = LabelledImages(images, rng.integers(0, 10, 30), CLASS_NAMES, "train")
-    asked = []
-
-    def load(name, data_dir=None, *, allow_download=True):
-        asked.append((name, allow_download))
-        return split
-
-    monkeypatch.setattr(fashion_mnist, "load_fashion_mnist", load)
-    return asked
+    path = tmp_path / "set.npz"
+    np.savez(path, images=rng.integers(0, 256, (30, 16, 16), dtype=np.uint8),
+             labels=np.arange(30) % 3, class_names=np.array(["a", "b", "c"]))  # fmt: skip
+    return path
 
 
-def test_a_fashion_mnist_student_gets_a_renderer_over_the_training_split_offline(
-    small_train_split,
-):
-    renderer = clean_renderer(CLASS_NAMES, count=7)
+def test_the_renderer_draws_on_the_projects_training_split(digits_npz):
+    data = DataConfig(train=f"npz:{digits_npz}", test="", image_size=16, resize="none")
+    renderer = clean_renderer(data, ("a", "b", "c"), 16, SyntheticConfig(count=7))
     assert renderer.config.count == 7
-    assert renderer.frame_shape == (3, 32, 32)
-    assert renderer.num_classes == 10
-    assert small_train_split == [("train", False)]  # never the test split, never a download
+    assert renderer.frame_shape == (3, 16, 16)
+    assert renderer.num_classes == 3
+    assert len(renderer.images) == 24  # the 6 held-out test images are never rendered
 
 
-def test_a_student_over_other_classes_has_no_clean_set_and_is_told_so(small_train_split):
-    assert load_clean_set(("cat", "dog")) is None
-    with pytest.raises(ConfigError, match="only Fashion-MNIST's are known here"):
-        clean_renderer(("cat", "dog"), count=8)
-    assert small_train_split == []
+def test_a_student_of_other_classes_is_told_to_point_data_train_at_its_data(digits_npz):
+    data = DataConfig(train=f"npz:{digits_npz}", test="", image_size=16)
+    with pytest.raises(ConfigError, match="training images of the student's classes") as err:
+        clean_renderer(data, ("cat", "dog"), 16, SyntheticConfig(count=8))
+    assert "adaptation.synthetic.count = 0" in str(err.value)
 
 
-def test_a_missing_training_split_says_how_to_install_it(monkeypatch):
-    def missing(*args, **kwargs):
-        raise DataError("not found")
+def test_unloadable_training_images_say_what_to_fix(tmp_path):
+    data = DataConfig(train=f"npz:{tmp_path / 'missing.npz'}", test="")
+    with pytest.raises(ConfigError, match="fix data.train"):
+        clean_renderer(data, ("a", "b"), 32, SyntheticConfig(count=8))
 
-    monkeypatch.setattr(fashion_mnist, "load_fashion_mnist", missing)
-    assert load_clean_set(CLASS_NAMES) is None
-    with pytest.raises(ConfigError, match="dataset-fashion-mnist") as err:
-        clean_renderer(CLASS_NAMES, count=8)
-    assert CLEAN_SET_MISSING in str(err.value)
+
+def test_a_size_other_than_the_students_is_refused(digits_npz):
+    data = DataConfig(train=f"npz:{digits_npz}", test="", image_size=16)
+    with pytest.raises(ConfigError, match="takes 32-px images"):
+        clean_renderer(data, ("a", "b", "c"), 32, SyntheticConfig(count=8))

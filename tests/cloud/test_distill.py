@@ -55,7 +55,7 @@ def test_distill_command_saves_a_student_that_reloads(tmp_path):
 
     out = tmp_path / "distilled.safetensors"
     args = ["cloud", "distill", "--limit", "64", "--epochs", "1", "--num-test", "50",
-            "--data", str(tmp_path / "none"), "--out", str(out)]  # fmt: skip
+            "--set", f"data.shifted={tmp_path / 'none'}", "--out", str(out)]  # fmt: skip
     assert main(args) == 0
     student, vectors, info = load_distilled(out)
     assert vectors.shape == (10, info.embed_dim)

@@ -140,7 +140,8 @@ def test_export_command_with_int8_reports_sizes_accuracy_and_latency(distilled, 
     )
     save_distilled(tmp_path / "d.safetensors", ten, ten_vectors, ten_info)
     args = ["cloud", "export", "--student", str(tmp_path / "d.safetensors"), "--out", str(tmp_path / "m"),
-            "--int8", "--calibration-images", "64", "--num-test", "64", "--data", str(tmp_path / "none")]  # fmt: skip
+            "--int8", "--calibration-images", "64", "--num-test", "64",
+            "--set", f"data.shifted={tmp_path / 'none'}"]  # fmt: skip
     assert main(args) == 0
     report = json.loads((tmp_path / "m" / "export_report.json").read_text())
     assert report["int8"]["bytes"] < report["fp32"]["bytes"]

@@ -2,12 +2,26 @@ import numpy as np
 import pytest
 import torch
 
-from cloud.adaptation.environments import EnvironmentBank, EnvironmentBankConfig, PooledUploads
-from cloud.adaptation.fleet import FleetCloud, FleetConfig
+from cloud.adaptation.environments import EnvironmentBank, PooledUploads
+from cloud.adaptation.fleet import FleetCloud
 from cloud.adaptation.session import SessionConfig, UploadBatch
 from cloud.adaptation.vplu import VPLU, VPLUConfig
 from cloud.export.device_model import DeviceModel
+from protocol.config.adaptation import (
+    AdaptationConfig,
+    EnvironmentBankConfig,
+    SharingConfig,
+    SyntheticConfig,
+)
 from protocol.errors import ConfigError, DataError
+
+
+def sharing(bank=None, **flags):
+    """What devices share, and when environments match (the rest: defaults, no synthetic)."""
+    return AdaptationConfig(
+        session=SessionConfig(8, 4), sharing=SharingConfig(**flags),
+        environment_bank=bank or EnvironmentBankConfig(), synthetic=SyntheticConfig(count=0),
+    )  # fmt: skip
 
 
 def prompt(value):
@@ -87,8 +101,7 @@ def fleet(distilled):
         return 3 * model(**{**inputs, "x": pixels * 2 - 1})[0]
 
     def make(config, **extra):
-        return FleetCloud(vplu, teacher, lambda p: p * 2 - 1, SessionConfig(8, 4), fleet=config,
-                          signature_channels=4, **extra)  # fmt: skip
+        return FleetCloud(vplu, teacher, lambda p: p * 2 - 1, config, **extra)
 
     return make
 
@@ -111,7 +124,7 @@ def walk(cloud, device, environment, batches=4, first=False):
 
 
 def test_a_device_entering_an_environment_another_device_left_starts_from_its_prompt(fleet):
-    cloud = fleet(FleetConfig(bank=EnvironmentBankConfig(min_evidence=4)))  # no pooling
+    cloud = fleet(sharing(EnvironmentBankConfig(min_evidence=4)))  # no pooling
     walk(cloud, "a", 0.0, first=True)
     walk(cloud, "a", 1.0)  # device a leaves environment 0.0: remembered
     learned = cloud.environments.entries[0].prompt
@@ -124,7 +137,7 @@ def test_a_device_entering_an_environment_another_device_left_starts_from_its_pr
 
 def test_the_next_device_in_an_environment_fits_on_the_uploads_made_there_before(fleet):
     cloud = fleet(
-        FleetConfig(pool_uploads=True, bank=EnvironmentBankConfig(min_evidence=4, pooled_uploads=6))
+        sharing(EnvironmentBankConfig(min_evidence=4, pooled_uploads=6), pool_uploads=True)
     )
     walk(cloud, "a", 0.0, first=True)
     a_uploads = cloud.sessions["a"].stay_uploads()
@@ -144,7 +157,7 @@ def test_the_next_device_in_an_environment_fits_on_the_uploads_made_there_before
 
 
 def test_pooled_uploads_must_fit_the_device_model(fleet):
-    cloud = fleet(FleetConfig())
+    cloud = fleet(sharing())
     session = cloud.session("a")
     session.ingest(upload(cloud, 3))
     with pytest.raises(DataError, match="pooled uploads"):
@@ -156,7 +169,7 @@ def test_pooled_uploads_must_fit_the_device_model(fleet):
 def test_devices_passing_through_briefly_give_the_next_one_enough_evidence_to_fit(fleet):
     # stays of 3 uploads, under min_uploads 4 and min_evidence 4: alone, nothing is learned
     cloud = fleet(
-        FleetConfig(pool_uploads=True, bank=EnvironmentBankConfig(min_evidence=4, pooled_uploads=6))
+        sharing(EnvironmentBankConfig(min_evidence=4, pooled_uploads=6), pool_uploads=True)
     )
     for device in ("a", "b"):
         walk(cloud, device, 0.0, batches=0, first=True)
@@ -170,7 +183,7 @@ def test_devices_passing_through_briefly_give_the_next_one_enough_evidence_to_fi
 
 
 def test_without_the_bank_a_new_environment_starts_from_the_shared_prompt(fleet):
-    cloud = fleet(FleetConfig(environment_bank=False, share_across_devices=False))
+    cloud = fleet(sharing(environment_bank=False, share_across_devices=False))
     walk(cloud, "a", 0.0, first=True)
     walk(cloud, "a", 1.0)
     walk(cloud, "b", 0.0, first=True)
@@ -180,7 +193,7 @@ def test_without_the_bank_a_new_environment_starts_from_the_shared_prompt(fleet)
 
 
 def test_the_fleet_shared_prompt_weighs_devices_by_environments_learned(fleet):
-    cloud = fleet(FleetConfig(environment_bank=False))
+    cloud = fleet(sharing(environment_bank=False))
     walk(cloud, "a", 0.0, first=True)
     walk(cloud, "a", 1.0)
     walk(cloud, "a", 2.0)  # a has finished 2 environments, b none
@@ -192,14 +205,14 @@ def test_the_fleet_shared_prompt_weighs_devices_by_environments_learned(fleet):
 
 
 def test_every_device_fits_on_synthetic_samples_from_the_fleet_renderer(fleet, monkeypatch):
-    from cloud.adaptation.synthetic import EnvironmentRenderer, SyntheticConfig
+    from cloud.adaptation.synthetic import EnvironmentRenderer
     from cloud.data.labelled import LabelledImages
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
     clean = LabelledImages(images, rng.integers(0, 4, 20), ("a", "b", "c", "d"), "clean")
     renderer = EnvironmentRenderer(clean, 4, SyntheticConfig(count=5))
-    cloud = fleet(FleetConfig(), synthetic=renderer)
+    cloud = fleet(sharing(), synthetic=renderer)
     extras = []
     update = cloud.vplu.update
     monkeypatch.setattr(
@@ -211,4 +224,4 @@ def test_every_device_fits_on_synthetic_samples_from_the_fleet_renderer(fleet, m
     assert len(extras) >= 2
     assert all(x.shape == (5, 3, 32, 32) and target.shape == (5, 4) for x, target in extras)
     assert cloud.stats()["synthetic_samples"] == 5 * len(extras)
-    assert fleet(FleetConfig()).session("c").synthetic is None  # uploads only by default
+    assert fleet(sharing()).session("c").synthetic is None  # uploads only by default

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from cloud.adaptation.prompt_bank import BankConfig, PromptBank
+from cloud.adaptation.prompt_bank import PromptBank
+from protocol.config.adaptation import PromptBankConfig as BankConfig
 from protocol.errors import ConfigError
 
 

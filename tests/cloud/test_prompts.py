@@ -88,7 +88,7 @@ def test_learn_prompts_command_reports_zero_shot_and_learned(tmp_path):
     from simulations.cli import main
 
     code = main(["cloud", "learn-prompts", "--shots", "1", "--epochs", "3", "--num-test", "40",
-                 "--data", str(tmp_path / "no-benchmark"), "--out", str(tmp_path / "run")])  # fmt: skip
+                 "--set", f"data.shifted={tmp_path / 'none'}", "--out", str(tmp_path / "run")])  # fmt: skip
     assert code == 0
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert set(results) == {"zero-shot", "CoOp 1-shot"}

@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from cloud.adaptation.environments import EnvironmentBank, EnvironmentBankConfig, PooledUploads
+from cloud.adaptation.environments import EnvironmentBank, PooledUploads
 from cloud.adaptation.prompt_bank import PromptBank
-from cloud.server.config import load_config
 from cloud.server.registry import DeviceRegistry, check_device_id
 from cloud.server.storage import (
     Inbox,
@@ -17,6 +16,7 @@ from cloud.server.storage import (
     save_bank,
     save_environments,
 )
+from protocol.config.adaptation import EnvironmentBankConfig
 from protocol.errors import ConfigError, DataError
 
 
@@ -88,25 +88,6 @@ def test_prompt_bank_survives_a_save_and_refuses_another_model(tmp_path):
     with pytest.raises(DataError, match="does not fit"):
         load_bank(tmp_path / "b.safetensors", {"norm_affine": torch.zeros(2, 9)})
     assert load_bank(tmp_path / "none.safetensors", neutral)[1] == 0
-
-
-def test_config_reads_toml_and_flags_win(tmp_path):
-    path = tmp_path / "cloud.toml"
-    path.write_text('port = 6000\nupload_budget = 0.2\n[tls]\ncert = "c.pem"\nkey = "k.pem"\n')
-    config = load_config(path, port=7000, host=None)
-    assert (config.port, config.upload_budget, config.host) == (7000, 0.2, "127.0.0.1")
-    assert config.tls is not None
-    assert config.tls.client_ca is None
-    with pytest.raises(ConfigError, match="TLS file"):
-        config.tls.read()
-    path.write_text("prot = 1\n")
-    with pytest.raises(ConfigError, match="unknown server settings"):
-        load_config(path)
-    with pytest.raises(ConfigError, match="upload_budget"):
-        load_config(None, upload_budget=2.0)
-    path.write_text("port = [")
-    with pytest.raises(ConfigError, match="not valid TOML"):
-        load_config(path)
 
 
 def test_ingest_ledger_counts_each_file_once_and_skips_a_torn_line(tmp_path):

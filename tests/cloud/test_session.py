@@ -84,47 +84,6 @@ def test_session_config_is_checked():
         SessionConfig(buffer_size=4, min_uploads=8)
 
 
-def recording_companion(session, seen):
-    def companion(pixels):
-        seen.append(pixels.clone())
-        return torch.full((len(pixels), len(session.vplu.class_vectors)), 0.25)
-
-    return companion
-
-
-def test_a_companion_sees_the_whole_current_environment_buffer(session):
-    seen = []
-    session = AdaptationSession(session.vplu, session.teacher, session.normalize,
-                                config=SessionConfig(12, 8), companion=recording_companion(session, seen))  # fmt: skip
-    for seed in range(5):
-        session.ingest(batch(session, 3, seed=seed))
-    # min_uploads 8 is reached at 9, and the buffer caps at 12
-    assert [len(p) for p in seen] == [9, 12, 12]
-    last = batch(session, 3, seed=4).pixels
-    torch.testing.assert_close(seen[-1][-3:], last)  # raw [0, 1] pixels, not the device input
-    session.ingest(batch(session, 3, shift=True, seed=5))
-    for seed in (6, 7):
-        session.ingest(batch(session, 3, seed=seed))
-    assert len(seen[-1]) == 9  # a shift starts a new environment: no old frames in its view
-
-
-def test_the_companion_sits_out_updates_it_cannot_normalise(session):
-    seen = []
-    session.ingest(batch(session, 3))  # buffered before the companion came: no pixels kept
-    session.companion = recording_companion(session, seen)
-    session.ingest(batch(session, 3, seed=1))
-    assert session.updates == 1
-    assert seen == []  # 6 samples, 3 of them without pixels
-    session.ingest(batch(session, 0, shift=True))
-    for seed in (3, 4):
-        session.ingest(batch(session, 3, seed=seed))
-    assert session.updates == 2
-    assert seen == []  # 6 < the 8 images batch statistics need
-    session.ingest(batch(session, 3, seed=5))
-    assert session.updates == 3
-    assert [len(p) for p in seen] == [8]
-
-
 def test_a_synthetic_renderer_adds_rendered_clean_images_to_every_fit(session, monkeypatch):
     import numpy as np
 

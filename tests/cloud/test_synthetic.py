@@ -96,15 +96,18 @@ def test_a_clean_set_that_does_not_fit_the_device_is_refused():
 
 def test_config_is_checked():
     with pytest.raises(ConfigError):
-        SyntheticConfig(count=0)
+        SyntheticConfig(count=-1)
     with pytest.raises(ConfigError):
         SyntheticConfig(smoothing=1.0)
 
 
 def test_fits_with_synthetic_samples_take_the_larger_step_and_change_nothing_else():
-    from cloud.adaptation.synthetic import SYNTHETIC_FIT_LR, synthetic_fit
-    from cloud.adaptation.vplu import VPLUConfig
+    from dataclasses import replace
 
-    base = VPLUConfig(steps=3, fit_norms="all")
-    assert VPLUConfig().lr < SYNTHETIC_FIT_LR
-    assert synthetic_fit(base) == VPLUConfig(steps=3, fit_norms="all", lr=SYNTHETIC_FIT_LR)
+    from protocol.config.adaptation import AdaptationConfig, VPLUConfig
+
+    base = AdaptationConfig(vplu=VPLUConfig(steps=3))
+    assert base.vplu.lr < base.synthetic.fit_lr
+    assert base.fit == VPLUConfig(steps=3, lr=base.synthetic.fit_lr)
+    without = replace(base, synthetic=SyntheticConfig(count=0))
+    assert without.fit == base.vplu  # no rendered samples: the plain step

@@ -109,17 +109,17 @@ def test_teacher_weights_round_trip_in_fp16(tmp_path):
         torch.testing.assert_close(again.model.state_dict()[key], value.half().float())
 
 
-def test_teacher_training_lowers_the_loss_and_resumes(tmp_path):
+def test_teacher_training_resumes_from_its_state(tmp_path):
     images, labels = make_images(96)
     data = LabelledImages(images, labels, CLASS_NAMES)
     teacher = create_teacher("builtin", device="cpu", load_weights=False)
-    config = TeacherTrainConfig(epochs=3, batch_size=32, lr=2e-3, augmix_prob=0.0, threads=2)
+    config = TeacherTrainConfig(epochs=3, batch_size=32, lr=3e-4, augmix_prob=0.0, threads=2)
     losses: list[float] = []
     train_teacher(
         teacher, data, config, tmp_path / "state.pt", lambda e, s, loss: losses.append(loss)
     )
     assert len(losses) == 9
-    assert np.mean(losses[-3:]) < losses[0] - 0.1
+    assert np.isfinite(losses).all()
     assert np.isfinite(float(teacher.logit_scale()))
     # The finished state makes a second call a no-op: nothing left to train.
     again: list[float] = []
@@ -127,7 +127,36 @@ def test_teacher_training_lowers_the_loss_and_resumes(tmp_path):
         teacher, data, config, tmp_path / "state.pt", lambda e, s, loss: again.append(loss)
     )
     assert again == []
-    assert evaluate_teacher(teacher, data, teacher.class_vectors(CLASS_NAMES)) >= 0.0
+
+
+@pytest.mark.slow  # about 40 s on 2 cores: enough steps to leave the plateau at chance
+def test_teacher_training_from_scratch_learns_tiny_data(tmp_path):
+    torch.manual_seed(0)
+    images, labels = make_images(96)
+    data = LabelledImages(images, labels, CLASS_NAMES)
+    teacher = create_teacher("builtin", device="cpu", load_weights=False)
+    config = TeacherTrainConfig(epochs=60, batch_size=32, lr=3e-4, augmix_prob=0.0,
+                                extra_corruption_prob=0.0, threads=2)  # fmt: skip
+    losses: list[float] = []
+    train_teacher(teacher, data, config, tmp_path / "s.pt", lambda e, s, loss: losses.append(loss))
+    assert np.mean(losses[-15:]) < 0.5 * np.log(3)  # well below a uniform guess
+    assert evaluate_teacher(teacher, data, teacher.class_vectors(CLASS_NAMES)) > 0.9
+
+
+def test_a_teacher_run_that_diverges_writes_nothing_and_says_what_to_try(tmp_path, monkeypatch):
+    from cloud.teacher import training
+    from cloud.watchdog import TrainingFailed
+
+    images, labels = make_images(32)
+    data = LabelledImages(images, labels, CLASS_NAMES)
+    teacher = create_teacher("builtin", device="cpu", load_weights=False)
+    monkeypatch.setattr(
+        training.F, "cross_entropy", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True)
+    )
+    config = TeacherTrainConfig(epochs=1, batch_size=16, augmix_prob=0.0, threads=1)
+    with pytest.raises(TrainingFailed, match="diverged.*lower --lr"):
+        train_teacher(teacher, data, config, tmp_path / "state.pt")
+    assert not (tmp_path / "state.pt").exists()
 
 
 @pytest.mark.usefixtures("fashion_mnist_installed")

@@ -44,17 +44,18 @@ def test_update_learns_a_prompt_that_moves_the_device_towards_the_teacher(distil
     assert result.prompt["prompt"].abs().sum() > 0
 
 
-def test_strict_safety_valve_keeps_the_old_prompt_when_nothing_improves(distilled):
+def test_the_safety_valve_ships_only_what_the_held_out_uploads_agree_with_no_less(distilled):
     student, vectors, _ = distilled
-    vplu = VPLU(DeviceModel(student), vectors, VPLUConfig(steps=5, ship_ties=False))
+    vplu = VPLU(DeviceModel(student), vectors, VPLUConfig(steps=5))
     x = torch.randn(32, 3, 32, 32)
     stats, device_logits = device_view(vplu, x)
     uploads = Uploads(x, stats, torch.zeros(32), device_logits.detach())  # teacher already agrees
     old = vplu.neutral_prompt()
     result = vplu.update(uploads, old)
     assert result.agreement_before == pytest.approx(1.0)
-    assert not result.shipped
-    assert all(torch.equal(result.prompt[k], old[k]) for k in old)
+    assert result.shipped == (result.agreement_after >= result.agreement_before)
+    if not result.shipped:
+        assert all(torch.equal(result.prompt[k], old[k]) for k in old)
 
 
 def test_uncertain_uploads_move_the_prompt_faster(distilled):
@@ -90,37 +91,9 @@ def test_config_rejects_unknown_parts_and_targets():
         VPLUConfig(target="oracle")
 
 
-@pytest.mark.parametrize(
-    ("shape", "ones"), [("full", 32 * 32), ("border:4", 32 * 32 - 24 * 24), ("patch:8", 64)]
-)
-def test_pixel_prompt_shapes(shape, ones):
-    from cloud.adaptation.pixel_prompts import prompt_mask
-
-    assert int(prompt_mask(shape, 32).sum()) == ones
-
-
-def test_learned_border_prompt_stays_on_the_border(distilled):
+def test_the_fit_moves_the_encoders_batchnorms_and_keeps_the_projectors_as_shipped(distilled):
     student, vectors, _ = distilled
-    config = VPLUConfig(
-        parts=("prompt",), steps=3, lr=5e-2, pixel_prompt="border:2", ema_base=0.0, ema_scale=0.0
-    )
-    vplu = VPLU(DeviceModel(student), vectors, config)
-    x = torch.randn(16, 3, 32, 32)
-    stats, logits = device_view(vplu, x)
-    result = vplu.update(Uploads(x, stats, torch.ones(16), -logits.detach()), vplu.neutral_prompt())
-    learned = vplu._fit(
-        x, (-logits).softmax(1).detach(), vplu.replay_stats(stats), vplu.neutral_prompt()
-    )[0]
-    assert learned["prompt"][..., 2:-2, 2:-2].abs().sum() == 0
-    assert learned["prompt"].abs().sum() > 0
-    assert result.prompt["prompt"][..., 2:-2, 2:-2].abs().sum() == 0
-
-
-@pytest.mark.parametrize("scope", ["encoder", "all"])
-def test_the_fit_moves_the_batchnorms_in_scope_and_keeps_the_rest_as_shipped(distilled, scope):
-    student, vectors, _ = distilled
-    config = VPLUConfig(steps=3, lr=5e-2, fit_norms=scope)
-    vplu = VPLU(DeviceModel(student), vectors, config)
+    vplu = VPLU(DeviceModel(student), vectors, VPLUConfig(steps=3, lr=5e-2))
     x = torch.randn(16, 3, 32, 32)
     stats, logits = device_view(vplu, x)
     start = vplu.neutral_prompt()
@@ -129,44 +102,7 @@ def test_the_fit_moves_the_batchnorms_in_scope_and_keeps_the_rest_as_shipped(dis
     moved = (learned["norm_affine"] != start["norm_affine"]).any(dim=0)
     for layer in vplu.model.norm_layers:
         span = moved[layer.offset : layer.offset + layer.channels]
-        in_scope = scope == "all" or layer.name.startswith("encoder.")
-        assert bool(span.any()) == in_scope, layer.name
-
-
-def test_the_projector_batchnorm_is_left_out_of_the_fit_by_default():
-    assert VPLUConfig().fit_norms == "encoder"  # measured better (docs/uvpa.md)
-
-
-def test_unknown_norm_scope_is_refused():
-    with pytest.raises(ConfigError, match="fit_norms"):
-        VPLUConfig(fit_norms="projector")
-
-
-@pytest.mark.parametrize("shape", ["ring:3", "border:0", "patch:99", "border:x"])
-def test_bad_pixel_prompt_shapes_are_refused(shape):
-    with pytest.raises(ConfigError, match="pixel prompt shape"):
-        VPLUConfig(pixel_prompt=shape)
-
-
-def test_a_companion_is_a_third_confidence_weighted_view_in_the_ensemble(distilled):
-    student, vectors, _ = distilled
-    vplu = VPLU(DeviceModel(student), vectors, VPLUConfig(target="ensemble"))
-    x = torch.randn(8, 3, 32, 32)
-    stats, _ = device_view(vplu, x)
-    teacher_logits = torch.zeros(8, len(vectors))  # an undecided teacher
-    companion = torch.full((8, len(vectors)), 0.01)
-    companion[:, 2] = 1 - 0.01 * (len(vectors) - 1)  # a confident companion: class 2
-    without = Uploads(x, stats, torch.zeros(8), teacher_logits)
-    with_companion = Uploads(x, stats, torch.zeros(8), teacher_logits, companion)
-    replayed, neutral = vplu.replay_stats(stats), vplu.neutral_prompt()
-    before = vplu.targets(without, replayed, neutral)
-    after = vplu.targets(with_companion, replayed, neutral)
-    torch.testing.assert_close(after.sum(1), torch.ones(8))
-    assert torch.all(after[:, 2] > before[:, 2])
-    teacher_only = VPLU(DeviceModel(student), vectors, VPLUConfig(target="teacher"))
-    torch.testing.assert_close(  # the teacher-only target ignores every other view
-        teacher_only.targets(with_companion, replayed, neutral), teacher_logits.softmax(1)
-    )
+        assert bool(span.any()) == layer.name.startswith("encoder."), layer.name
 
 
 def test_extra_samples_join_the_fit_but_never_the_safety_valve(distilled):

@@ -31,6 +31,7 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 DEVICE_SIDE = sorted(
     ["protocol", "device"]
     + [f"protocol.{p.stem}" for p in (ROOT / "protocol").glob("*.py") if p.stem != "__init__"]
+    + [f"protocol.config.{p.stem}" for p in (ROOT / "protocol" / "config").glob("*.py")]
     + [f"device.{p.stem}" for p in (ROOT / "device").glob("*.py") if p.stem != "__init__"]
 )  # every device and protocol module, found on disk: a new one is checked without a list edit
 

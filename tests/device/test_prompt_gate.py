@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 
 from device.agent import DeviceAgent
-from device.prompt_gate import check_gate, prefers_prompt
+from device.prompt_gate import prefers_prompt
 from device.runtime import DeviceRuntime
-from device.sampling import SamplingConfig
+from protocol.config.adaptation import DeviceSettings
 from protocol.errors import ConfigError
 
 SURE = np.array([[8.0, 0.0, 0.0], [0.0, 8.0, 0.0]], np.float32)
@@ -28,11 +28,11 @@ def test_mismatched_logits_and_unknown_gates_are_refused():
     with pytest.raises(ValueError, match="shape"):
         prefers_prompt(SURE, SURE[:1])
     with pytest.raises(ConfigError, match="entropy"):
-        check_gate("confidence")
+        DeviceSettings(gate="confidence")
 
 
 def _agent(exported, gate="entropy"):
-    return DeviceAgent(DeviceRuntime.load(exported.manifest), SamplingConfig(), gate=gate)
+    return DeviceAgent(DeviceRuntime.load(exported.manifest), DeviceSettings(gate=gate))
 
 
 @pytest.fixture
@@ -81,7 +81,7 @@ def test_a_device_run_reports_the_batches_it_answered_without_the_prompt(
     runtime = DeviceRuntime.load(exported.manifest)
     flat = runtime.defaults["class_vectors"] * np.float32(0.02)  # a prompt that only blurs
     PromptCache(tmp_path / "prompt.npz").save(7, {"class_vectors": flat})  # restored on start
-    client = DeviceClient(runtime, ClientConfig(tmp_path, gate=gate), link=None)
+    client = DeviceClient(runtime, ClientConfig(tmp_path, DeviceSettings(gate=gate)), link=None)
     images = np.random.default_rng(6).integers(0, 255, (3, 8, 32, 32, 3), dtype=np.uint8)
     out = io.StringIO()
     summary = client.run([Frames(batch, None) for batch in images], out).summary()

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from device.sampling import SamplingConfig, UncertaintySampler
+from device.sampling import UncertaintySampler
+from protocol.config.adaptation import DeviceSettings as SamplingConfig
 from protocol.errors import ConfigError
 
 
@@ -48,6 +49,18 @@ def test_a_jump_in_the_embeddings_is_reported_as_a_shift(rng):
 def test_unknown_score_is_refused():
     with pytest.raises(ConfigError, match="entropy"):
         SamplingConfig(score="vibes")
+
+
+def test_new_settings_mid_stream_keep_the_budget_count_and_the_shift_detector(rng):
+    sampler = UncertaintySampler(SamplingConfig(budget=0.1))
+    for logits, stats in stream(rng, 5):
+        sampler.decide(logits, stats)
+    detector, seen = sampler.detector, sampler.selector.seen
+    sampler.reconfigure(SamplingConfig(budget=0.5, score="random"))
+    assert (sampler.detector, sampler.selector.seen) == (detector, seen)
+    assert (sampler.selector.budget, sampler.selector.random_fraction) == (0.5, 1.0)
+    sampler.reconfigure(SamplingConfig(detect_shifts=False))
+    assert sampler.detector is None
 
 
 def test_disagreement_picks_frames_whose_answer_moves_under_perturbation(rng):

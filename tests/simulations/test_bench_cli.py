@@ -35,38 +35,31 @@ def test_bench_adapt_writes_json_markdown_and_plot(tiny_benchmark, tiny_student,
 def test_cloud_device_rows_report_uploads_and_bytes(
     tiny_benchmark, tiny_distilled, shipped_random_teacher, tmp_path, capsys
 ):
+    from protocol.config.project import load_project
+
     args = bench_args(tiny_benchmark, tiny_distilled, tmp_path / "run", "source,uvpa,cloud_teacher")
-    assert main([*args, "--budget", "0.25", "--delay", "2", "--fit-norms", "all"]) == 0
+    synthetic_off = ["--set", "adaptation.synthetic.count=0"]  # no training images of these classes
+    assert main([*args, "--budget", "0.25", "--delay", "2", *synthetic_off]) == 0
     results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert results["config"]["fit_norms"] == "all"
     rows = {r["method"]: r for r in results["results"]}
     assert 0 < rows["uvpa"]["costs"]["upload_fraction"] <= 0.25
     assert rows["cloud_teacher"]["costs"]["upload_fraction"] == 1.0
     assert rows["source"]["costs"]["bytes_up_per_1000"] == 0
     assert results["config"]["delay"] == 2
-    # the shipped companion knows Fashion-MNIST's classes, not this student's: a clear refusal
-    args = bench_args(tiny_benchmark, tiny_distilled, tmp_path / "run2", "uvpa_companion")
-    assert main(args) == 2
-    assert "cdca train companion" in capsys.readouterr().err
+    settings = load_project(tmp_path / "run" / "config.toml")  # what the rows ran with
+    assert settings.adaptation.device.budget == 0.25
+    assert (tmp_path / "run" / "model" / "student.onnx").is_file()  # the device it ran
     assert "| uvpa |" in (tmp_path / "run" / "results.md").read_text()
 
 
-def test_bench_takes_a_companion_for_the_students_classes(
+def test_synthetic_samples_need_training_images_of_the_students_classes(
     tiny_benchmark, tiny_distilled, shipped_random_teacher, tmp_path, capsys
 ):
-    from cloud.students.architectures import CompactCNN
-    from cloud.teacher.companion import Companion, save_companion
-    from tests.conftest import CLASS_NAMES
-
-    args = bench_args(tiny_benchmark, tiny_distilled, tmp_path / "run", "uvpa_companion")
-    assert main([*args, "--companion", str(tmp_path / "none.safetensors")]) == 2
-    assert "create it with `cdca train companion`" in capsys.readouterr().err
-    companion = tmp_path / "tiny-companion.safetensors"
-    save_companion(companion, Companion(CompactCNN(len(CLASS_NAMES), 8), CLASS_NAMES), {})
-    assert main([*args, "--budget", "1.0", "--companion", str(companion)]) == 0
-    results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert results["config"]["companion"] == "tiny-companion.safetensors"
-    assert results["results"][0]["method"] == "uvpa_companion"
+    args = bench_args(tiny_benchmark, tiny_distilled, tmp_path / "run", "uvpa")
+    assert main(args) == 2  # the default renders 64 per fit from data.train (Fashion-MNIST)
+    err = capsys.readouterr().err
+    assert "training images of the student's classes" in err
+    assert "adaptation.synthetic.count = 0" in err
 
 
 def test_cloud_device_rows_need_a_distilled_student(tiny_benchmark, tiny_student, tmp_path):
@@ -146,32 +139,3 @@ def test_data_prepare_missing_dataset_error(tmp_path, monkeypatch):
     assert result.returncode == 2
     assert "missing.npz does not exist" in result.stderr
     assert "Traceback" not in result.stderr
-
-
-def test_benchmarks_find_the_shipped_companion_only_for_a_student_over_its_classes(
-    tiny_distilled, tmp_path
-):
-    from cloud.distill.command import DEFAULT_DISTILLED
-    from cloud.teacher.companion import COMPANION_CHECKPOINT
-    from simulations.bench.models import load_bench_models
-
-    shipped = load_bench_models(DEFAULT_DISTILLED)
-    assert shipped.world.companion is not None
-    assert shipped.description["companion"] == COMPANION_CHECKPOINT.name
-    tiny = load_bench_models(tiny_distilled)  # 3 tiny classes: it would not fit
-    assert tiny.world.companion is None
-    missing = load_bench_models(DEFAULT_DISTILLED, companion=tmp_path / "missing.safetensors")
-    assert missing.world.companion is None
-
-
-def test_benchmarks_load_the_clean_training_set_only_when_asked_and_it_fits(
-    tiny_distilled, fashion_mnist_installed
-):
-    from cloud.distill.command import DEFAULT_DISTILLED
-    from simulations.bench.models import load_bench_models
-
-    assert load_bench_models(DEFAULT_DISTILLED).world.clean is None  # the other rows
-    clean = load_bench_models(DEFAULT_DISTILLED, clean_set=True).world.clean
-    assert clean is not None
-    assert clean.images.shape == (60000, 32, 32, 3)
-    assert load_bench_models(tiny_distilled, clean_set=True).world.clean is None  # other classes

@@ -5,8 +5,8 @@ import pytest
 
 from cloud.data import fashion_mnist
 from cloud.data.corruptions import TEST_CORRUPTIONS, corrupt_batch
+from cloud.shipped import SHIPPED_STUDENT as DEFAULT_STUDENT
 from cloud.students.checkpoint import load_student
-from cloud.students.cli import DEFAULT_STUDENT
 from cloud.students.preprocess import pixels_from_uint8
 from simulations.peers import PixelModel, create_method
 

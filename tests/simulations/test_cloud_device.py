@@ -1,26 +1,36 @@
-from dataclasses import replace
+"""The benchmark's U-VPA rows: the real ONNX device and the real cloud, batch by batch."""
 
 import numpy as np
 import pytest
 import torch
 
-from cloud.adaptation.session import SessionConfig
-from cloud.adaptation.synthetic import synthetic_fit
-from cloud.adaptation.vplu import VPLUConfig
+from cloud.adaptation.synthetic import EnvironmentRenderer
 from cloud.data.labelled import LabelledImages
 from cloud.export.device_model import DeviceModel
-from cloud.students.architectures import CompactCNN
-from cloud.teacher.companion import Companion
-from device.sampling import SamplingConfig
+from cloud.server.world import CloudWorld, served_model
+from device.runtime import DeviceRuntime
+from protocol.config.adaptation import (
+    AdaptationConfig,
+    DeviceSettings,
+    SessionConfig,
+    SyntheticConfig,
+    VPLUConfig,
+)
+from protocol.config.project import ProjectConfig
 from protocol.errors import ConfigError, DataError
-from simulations.cloud_device import CloudDeviceWorld, CloudTeacherMethod, UVPAConfig, UVPAMethod
-from simulations.label_target import LabelTargetMethod
+from simulations.bench.cloud_device import CloudTeacherMethod, FleetMethod
+from simulations.bench.models import ClassVectorHead
 from simulations.methods import MethodFactory, list_methods
 from simulations.peers import PixelModel
 
+ADAPTATION = AdaptationConfig(
+    device=DeviceSettings(budget=0.25), vplu=VPLUConfig(steps=2),
+    session=SessionConfig(buffer_size=32, min_uploads=4), synthetic=SyntheticConfig(count=8),
+)  # fmt: skip
+
 
 @pytest.fixture
-def world(distilled):
+def world(distilled, exported):
     student, vectors, info = distilled
     model = DeviceModel(student)
 
@@ -28,56 +38,70 @@ def world(distilled):
         inputs = model.neutral_inputs(vectors, batch=len(pixels))
         return 5 * model(**{**inputs, "x": pixels})[0]
 
-    companion = Companion(CompactCNN(len(vectors), 4), tuple(info.class_names))
     rng = np.random.default_rng(0)
     clean = LabelledImages(rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8),
                            rng.integers(0, len(vectors), 40), tuple(info.class_names), "clean")  # fmt: skip
-    return CloudDeviceWorld(
-        model, vectors, info.normalization, teacher, companion.probabilities, clean
-    )
+    renderer = EnvironmentRenderer(clean, len(vectors), ADAPTATION.synthetic)
+    served = served_model(exported.manifest.parent, model)
+    return CloudWorld(model, vectors, info.normalization, teacher, served, ADAPTATION, renderer)
 
 
 def batches(count, n=32, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [torch.rand(n, 3, 32, 32, generator=g) for _ in range(count)]
-
-
-def config(delay=1):
-    return UVPAConfig(
-        sampling=SamplingConfig(budget=0.25), vplu=VPLUConfig(steps=2),
-        session=SessionConfig(buffer_size=32, min_uploads=4), delay=delay,
-    )  # fmt: skip
+    return [(torch.rand(n, 3, 32, 32, generator=g) * 255).round() / 255 for _ in range(count)]
 
 
 @pytest.mark.parametrize("delay", [1, 3])
 def test_a_prompt_learned_from_batch_t_is_used_from_batch_t_plus_delay(world, delay):
-    method = UVPAMethod("uvpa", world, config(delay))
-    arrivals = []
-    for t, pixels in enumerate(batches(8)):
-        before = {k: v.clone() for k, v in method.inputs.items()}
+    method = FleetMethod("uvpa", world, ADAPTATION, delay)
+    learned, applied = [], []
+    ingest, apply = method.cloud.ingest, method.agent.apply
+
+    def record_learned(device_id, fields):
+        prompt = ingest(device_id, fields)
+        if prompt is not None:
+            learned.append(method.batch)
+        return prompt
+
+    method.cloud.ingest = record_learned
+    method.agent.apply = lambda parts: applied.append(method.batch) or apply(parts)
+    for pixels in batches(8):
         method.step(pixels)
-        due = [when for when, _ in method.in_flight]
-        arrivals += [(t, when) for when in due if when == t + delay]
-        changed = any(not torch.equal(before[k], method.inputs[k]) for k in before if k != "x")
-        assert not changed or t >= delay  # nothing can arrive before the first delay passed
-    assert method.session.updates > 0
-    assert all(when - learned == delay for learned, when in arrivals)
+    assert learned, "the cloud shipped no prompt"
+    assert applied == [t + delay for t in learned if t + delay < 8]
 
 
-@pytest.mark.parametrize("score", ["entropy", "disagreement"])
-def test_costs_count_uploads_within_budget_and_both_directions(world, score):
-    from dataclasses import replace
+def test_the_bench_device_is_the_onnx_device(world, exported):
+    """Before any prompt arrives, the row answers exactly as the exported model does."""
+    method = FleetMethod("uvpa", world, ADAPTATION)
+    runtime = DeviceRuntime.load(exported.manifest)
+    runtime.set_adaptation(stat_mix=np.ones(1, np.float32))
+    pixels = batches(1)[0]
+    frames = (pixels * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_array_equal(method.step(pixels).numpy(), runtime.predict(frames).logits)
 
-    base = config()
-    method = UVPAMethod("uvpa", world, replace(base, sampling=replace(base.sampling, score=score)))
+
+def test_costs_count_uploads_within_budget_and_wire_bytes_both_ways(world):
+    method = FleetMethod("uvpa", world, ADAPTATION)
     for pixels in batches(6):
-        logits = method.step(pixels)
-        assert logits.shape == (32, len(world.class_vectors))
+        assert method.step(pixels).shape == (32, len(world.class_vectors))
     costs = method.costs()
     assert 0 < costs["upload_fraction"] <= 0.25
     per_frame_up = 3 * 32 * 32  # uint8 frames dominate the uplink
     assert costs["bytes_up_per_1000"] >= costs["upload_fraction"] * 1000 * per_frame_up
-    assert costs["bytes_down_per_1000"] > 0 or method.session.shipped == 0
+    assert costs["bytes_down_per_1000"] > 0 or costs["prompts_shipped"] == 0
+
+
+def test_synthetic_samples_join_every_fit_and_the_ablation_turns_them_off(world, distilled):
+    method = FleetMethod("uvpa", world, ADAPTATION)
+    for pixels in batches(4):
+        method.step(pixels)
+    stats = method.cloud.cloud.stats()
+    assert stats["updates"] > 0
+    assert stats["synthetic_samples"] == 8 * stats["updates"]
+    factory = _factory(world, distilled)
+    without = factory.create("uvpa_no_synthetic")
+    assert without.cloud.cloud.synthetic is None
 
 
 def test_cloud_teacher_uploads_every_frame(world):
@@ -89,97 +113,48 @@ def test_cloud_teacher_uploads_every_frame(world):
     assert costs["bytes_up_per_1000"] > 1000 * 3 * 32 * 32
 
 
-def test_factory_builds_every_method_and_refuses_cloud_rows_without_a_teacher(world, distilled):
-    from simulations.bench.models import ClassVectorHead
-
+def _factory(world, distilled, **kwargs):
     student, vectors, info = distilled
     model = PixelModel(ClassVectorHead(student, vectors), info.normalization)
-    factory = MethodFactory(model, world)
+    project = ProjectConfig(adaptation=ADAPTATION)
+    return MethodFactory(model, project, world, **kwargs)
+
+
+def test_factory_builds_every_method_with_its_settings(world, distilled):
+    factory = _factory(world, distilled)
     for name in list_methods():
         method, pixels = factory.create(name), batches(1)[0]
-        if isinstance(method, LabelTargetMethod):
+        if getattr(method, "wants_labels", False):
             method.reveal_labels(pixels, np.zeros(len(pixels), dtype=np.int64))
-        assert method.step(pixels).shape == (32, len(vectors))
+        assert method.step(pixels).shape == (32, len(world.class_vectors))
+    assert factory.create("uvpa_no_gate").agent.settings.gate == "off"
+    assert factory.create("uvpa_random").agent.settings.score == "random"
+    assert factory.create("uvpa").agent.settings == ADAPTATION.device
     with pytest.raises(ConfigError, match="distilled student"):
-        MethodFactory(model, None).check("uvpa")
-    without_companion = replace(world, companion=None)
-    with pytest.raises(ConfigError, match="cdca train companion"):
-        MethodFactory(model, without_companion).check("uvpa_companion")
-    MethodFactory(model, without_companion).create("uvpa")  # the other rows do not need one
-    with pytest.raises(ConfigError, match="CDCA_DATA"):
-        MethodFactory(model, replace(world, clean=None)).check("uvpa_synthetic")
+        MethodFactory(factory.model, factory.project, None).check("uvpa")
     with pytest.raises(ConfigError, match="delay"):
-        MethodFactory(model, world, delay=0)
-    every_norm = MethodFactory(model, world, fit_norms="all").variants
-    assert {c.vplu.fit_norms for c in every_norm.values()} == {"all"}
-    # the synthetic row fits with the step its samples bear; every other row as `uvpa`
-    lrs = {name: c.vplu.lr for name, c in every_norm.items()}
-    assert lrs.pop("uvpa_synthetic") == synthetic_fit(every_norm["uvpa"].vplu).lr
-    assert set(lrs.values()) == {every_norm["uvpa"].vplu.lr}
+        _factory(world, distilled, delay=0)
+    with pytest.raises(ConfigError, match="unknown method"):
+        factory.check("uvpa_companion")
 
 
-def test_label_target_teaches_each_upload_its_revealed_label(world):
-    method = LabelTargetMethod("uvpa_label_target", world, config())
-    plain = UVPAMethod("uvpa", world, config())
+def test_label_target_teaches_each_upload_its_revealed_label(world, distilled):
+    method = _factory(world, distilled).create("uvpa_label_target")
     g = torch.Generator().manual_seed(1)
     revealed = {}
-    for t, pixels in enumerate(batches(4)):
+    for pixels in batches(4):
         labels = torch.randint(0, len(world.class_vectors), (len(pixels),), generator=g).numpy()
         method.reveal_labels(pixels, labels)
         frames = (pixels * 255).round().to(torch.uint8).numpy()
         revealed.update({f.tobytes(): int(y) for f, y in zip(frames, labels, strict=True)})
-        logits = method.step(pixels)
-        if t == 0:  # no prompt has arrived yet: the labels cannot touch this prediction
-            assert torch.equal(logits, plain.step(pixels))
-    assert method.session.uploads > 0
-    for sample in method.session.buffer:
+        method.step(pixels)
+    [session] = method.cloud.cloud.sessions.values()
+    assert session.uploads > 0
+    for sample in session.buffer:
         assert int(sample.teacher_logits.argmax()) == revealed[sample.frame.numpy().tobytes()]
 
 
-def test_label_target_refuses_uploads_whose_labels_were_not_revealed(world):
-    method = LabelTargetMethod("uvpa_label_target", world, config())
+def test_label_target_refuses_uploads_whose_labels_were_not_revealed(world, distilled):
+    method = _factory(world, distilled).create("uvpa_label_target")
     with pytest.raises(DataError, match="reveal_labels"):
         method.step(batches(1)[0])
-
-
-@pytest.mark.parametrize(("gate", "scale", "answers_with_prompt"),
-                         [("entropy", 0.02, False), ("entropy", 5.0, True), ("off", 0.02, True)])  # fmt: skip
-def test_the_bench_device_gates_prompts_like_the_device_agent(
-    world, gate, scale, answers_with_prompt
-):
-    method = UVPAMethod("uvpa", world, replace(config(), gate=gate))
-    pixels = batches(1)[0]
-    x = world.normalize(pixels)
-    with torch.no_grad():
-        bare = world.device_model(**{**method.inputs, "x": x})[0]
-        method.inputs["class_vectors"] = world.class_vectors * scale  # a prompt in force
-        prompted = world.device_model(**{**method.inputs, "x": x})[0]
-    answer = method.step(pixels)
-    torch.testing.assert_close(answer, prompted if answers_with_prompt else bare)
-
-
-def test_an_unknown_gate_is_refused():
-    with pytest.raises(ConfigError, match="prompt gate"):
-        UVPAConfig(gate="vote")
-
-
-def test_synthetic_samples_join_the_cloud_fit_of_the_synthetic_row(world):
-    method = UVPAMethod("uvpa_synthetic", world, replace(config(), synthetic=8))
-    assert method.session.synthetic is not None
-    assert method.session.synthetic.config.count == 8
-    rendered = []
-    render = method.session.synthetic.render
-    method.session.synthetic.render = lambda frames: rendered.append(len(frames)) or render(frames)
-    for pixels in batches(4):
-        method.step(pixels)
-    assert method.session.updates == len(rendered) > 0
-    assert UVPAMethod("uvpa", world, config()).session.synthetic is None
-    torch.manual_seed(5)  # as `cdca bench adapt --seed 5` does before building each method
-    assert (
-        UVPAMethod(
-            "uvpa_synthetic", world, replace(config(), synthetic=8)
-        ).session.synthetic.config.seed
-        == 5
-    )
-    with pytest.raises(ConfigError, match="synthetic"):
-        UVPAConfig(synthetic=-1)

@@ -45,9 +45,9 @@ def tiny_world(exported, distilled):
     """The tiny exported student as a CloudWorld with a fixed random-projection teacher."""
     import torch
 
-    from cloud.adaptation.session import SessionConfig
     from cloud.export.device_model import DeviceModel
     from cloud.server.world import CloudWorld, served_model
+    from protocol.config.adaptation import AdaptationConfig, SessionConfig, SyntheticConfig
 
     student, vectors, info = distilled
     device_model = DeviceModel(student)
@@ -56,16 +56,17 @@ def tiny_world(exported, distilled):
     def teacher(pixels: torch.Tensor) -> torch.Tensor:
         return pixels.flatten(1) @ projection / 30
 
+    adaptation = AdaptationConfig(session=SessionConfig(min_uploads=4),
+                                  synthetic=SyntheticConfig(count=0))  # fmt: skip
     return CloudWorld(device_model, vectors, info.normalization, teacher,
-                      served_model(exported.model.parent, device_model),
-                      session=SessionConfig(min_uploads=4))  # fmt: skip
+                      served_model(exported.model.parent, device_model), adaptation)  # fmt: skip
 
 
 def start_server(world, state_dir: Path, **overrides):
     """Run ``run_server`` in a thread; returns (address, stop function)."""
-    from cloud.server.config import ServerConfig
     from cloud.server.registry import DeviceRegistry
     from cloud.server.serve import registry_path, run_server
+    from protocol.config.server import ServerConfig
 
     registry = DeviceRegistry(registry_path(state_dir))
     for device_id, token in TOKENS.items():

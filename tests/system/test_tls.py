@@ -4,8 +4,8 @@ import subprocess
 import grpc
 import pytest
 
-from cloud.server.config import TLSConfig
 from device.link import LinkConfig, channel
+from protocol.config.server import TLSConfig
 from protocol.messages import call_metadata
 from protocol.v1 import cdca_pb2, cdca_pb2_grpc
 from tests.system.conftest import TOKENS, start_server, tiny_world

@@ -1,0 +1,150 @@
+"""U-VPA in the benchmark: the real ONNX device and the real cloud, stepped batch by batch.
+
+Gan et al., "Cloud-Device Collaborative Adaptation to Continual Changing Environments in
+the Real-world" (U-VPA), CVPR 2023 (https://arxiv.org/abs/2212.00972). ``FleetMethod`` is a
+fleet of one, run the way ``cdca simulate``'s in-process engine runs every device: the
+``DeviceAgent`` predicts each batch with the exported ONNX model under the prompt in force
+(its own batch statistics, forward only), picks its uploads and hands them to the cloud's
+``FleetCloud``; a prompt learned from batch t reaches the device at batch t + ``delay``.
+Bytes are the protobuf sizes of the upload chunks and prompts, as on the wire.
+
+Two references sit beside it: ``CloudTeacherMethod`` uploads every frame and answers with
+the teacher, and ``label_target`` is U-VPA whose cloud learns from the uploads' true labels
+(an upper reference, not a method: the benchmark reveals each batch's labels right before
+the step, and the device has predicted that batch before any prompt learned from it can
+arrive).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+import torch
+
+from cloud.server.world import CloudWorld
+from cloud.students.preprocess import pixels_to_uint8
+from device.agent import DeviceAgent
+from device.replay import prompt_bytes, step_and_upload
+from device.runtime import DeviceRuntime
+from protocol.config.adaptation import AdaptationConfig
+from protocol.errors import DataError
+from protocol.manifest import MANIFEST_FILE
+from protocol.messages import upload_chunks
+from simulations.fleet.cloud_side import FleetTeacher
+
+DEVICE_ID = "device-0"
+# softmax of a one-hot logit of 8 over 10 classes puts 99.7 % on the label: a hard target
+# that keeps the KL finite
+LABEL_LOGIT = 8.0
+
+
+class Traffic:
+    """Frames, uploads and wire bytes in both directions."""
+
+    def __init__(self) -> None:
+        self.frames = self.uploaded = self.bytes_up = self.bytes_down = 0
+
+    def costs(self, cloud_seconds: float) -> dict[str, float]:
+        """Per-1,000-frame traffic, upload share and cloud compute per uploaded frame."""
+        per_k = 1000 / max(1, self.frames)
+        return {
+            "upload_fraction": self.uploaded / max(1, self.frames),
+            "bytes_up_per_1000": self.bytes_up * per_k,
+            "bytes_down_per_1000": self.bytes_down * per_k,
+            "cloud_ms_per_upload": 1000 * cloud_seconds / max(1, self.uploaded),
+        }
+
+
+class FleetMethod:
+    """One ONNX device and its cloud, in this process (predict, upload, learn, deliver)."""
+
+    uses_backprop = False  # on the device: backprop happens only in the cloud
+
+    def __init__(
+        self, name: str, world: CloudWorld, adaptation: AdaptationConfig, delay: int = 1,
+        seed: int = 0, label_target: bool = False,
+    ) -> None:  # fmt: skip
+        self.name, self.delay = name, delay
+        self.wants_labels = label_target
+        runtime = DeviceRuntime.load(world.served.folder / MANIFEST_FILE, threads=1)
+        self.agent = DeviceAgent(runtime, adaptation.device, seed)
+        self._labels: dict[bytes, int] = {}
+        teacher = self._label_logits if label_target else None
+        self.cloud = FleetTeacher.build(world, adaptation, teacher)
+        self.num_classes = len(world.class_vectors)
+        self.in_flight: deque[tuple[int, dict[str, np.ndarray], int]] = deque()
+        self.batch = 0
+        self.traffic = Traffic()
+
+    def step(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Predict with the prompt in force, upload the chosen frames, let the cloud learn."""
+        while self.in_flight and self.in_flight[0][0] <= self.batch:
+            _, parts, version = self.in_flight.popleft()
+            self.agent.apply(parts)
+            self.traffic.bytes_down += prompt_bytes(parts, version)
+        frames = pixels_to_uint8(pixels).permute(0, 2, 3, 1).numpy()
+        step, fields, bytes_up = step_and_upload(
+            self.agent, DEVICE_ID, frames, self.batch, self.traffic.frames
+        )
+        self.traffic.frames += len(frames)
+        if fields is not None:
+            self.traffic.uploaded += len(step.decision.indices)
+            self.traffic.bytes_up += bytes_up
+            with torch.enable_grad():
+                learned = self.cloud.ingest(DEVICE_ID, fields)
+            if learned is not None:
+                self.in_flight.append((self.batch + self.delay, *learned))
+        self.batch += 1
+        return torch.from_numpy(step.logits)
+
+    def reveal_labels(self, pixels: torch.Tensor, labels: np.ndarray) -> None:
+        """The labels of the batch about to be stepped on (the label-target reference only)."""
+        frames = pixels_to_uint8(pixels).numpy()
+        self._labels = {f.tobytes(): int(y) for f, y in zip(frames, labels, strict=True)}
+
+    def costs(self) -> dict[str, float]:
+        """Traffic and cloud compute so far."""
+        stats = self.cloud.cloud.stats()
+        return {**self.traffic.costs(stats["cloud_seconds"]),
+                "shifts_reported": sum(s.shifts for s in self.cloud.cloud.sessions.values()),
+                "prompts_shipped": sum(s.shipped for s in self.cloud.cloud.sessions.values())}  # fmt: skip
+
+    def _label_logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(len(pixels), self.num_classes)
+        for i, frame in enumerate(pixels_to_uint8(pixels).numpy()):
+            label = self._labels.get(frame.tobytes())
+            if label is None:
+                raise DataError(f"{self.name} got an upload whose label was not revealed; "
+                                "call reveal_labels(pixels, labels) before step(pixels)")  # fmt: skip
+            logits[i, label] = LABEL_LOGIT
+        return logits
+
+
+class CloudTeacherMethod:
+    """The bandwidth-hungry reference: every frame goes up, the teacher's answer comes down."""
+
+    uses_backprop = False
+
+    def __init__(self, name: str, world: CloudWorld) -> None:
+        self.name, self.world = name, world
+        self.traffic = Traffic()
+
+    def step(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Send the batch, get the teacher's logits back (float32 per class per frame)."""
+        frames = pixels_to_uint8(pixels).permute(0, 2, 3, 1).numpy()
+        logits = self.world.teacher_logits(pixels)
+        count = len(frames)
+        chunks = upload_chunks(DEVICE_ID, self.traffic.frames // count, frames,
+                               np.zeros(count, np.float32), np.arange(count), np.zeros(count, np.int64),
+                               np.zeros((2, 0), np.float32), shift=False,
+                               frames_seen=self.traffic.frames + count)  # fmt: skip
+        self.traffic.frames += count
+        self.traffic.uploaded += count
+        self.traffic.bytes_up += sum(chunk.ByteSize() for chunk in chunks)
+        self.traffic.bytes_down += 4 * int(logits.numel()) + 16  # float32 logits and a header
+        return logits
+
+    def costs(self) -> dict[str, float]:
+        """Traffic so far; the cloud's compute is the teacher's forward pass per frame."""
+        return self.traffic.costs(0.0)
