@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from cloud.teacher.teacher import Teacher
     from protocol.config.project import ProjectConfig
 
-TEACHER_MIN_STEPS = 3000  # a ViT from scratch needs this many steps even on a small dataset
+TEACHER_MIN_STEPS = 1000  # a ViT from scratch needs this many steps even on a small dataset
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

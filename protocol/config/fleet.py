@@ -23,8 +23,8 @@ class FleetConfig:
             ``flower`` (Flower's Deployment Engine on loopback).
         devices: number of devices.
         corruptions: the domains every device walks through, from ``data.shifted``; empty:
-            the 15 test corruptions. Device 0 takes them in this order, the others in seeded
-            random orders.
+            every one of the 15 test corruptions it holds. Device 0 takes them in this
+            order, the others in seeded random orders.
         stream: ``continual`` (one severity) or ``gradual`` (severity 1 to 5 and back
             within each corruption).
         severity: of a continual stream, 1 to 5.

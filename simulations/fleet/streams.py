@@ -25,10 +25,22 @@ from simulations.streams import (
 )
 
 
-def stream_specs(project: ProjectConfig, pool_size: int) -> list[StreamSpec]:
-    """Device 0 walks the corruptions in the given order, the others in seeded orders."""
+def fleet_corruptions(project: ProjectConfig, present: list[str]) -> tuple[str, ...]:
+    """``fleet.corruptions``, or the test corruptions ``data.shifted`` holds, in CoTTA's order."""
+    if project.fleet.corruptions:
+        return project.fleet.corruptions
+    found = tuple(c for c in TEST_CORRUPTIONS if c in present)
+    if not found:
+        raise ConfigError(f"{project.data.shifted} holds none of the test corruptions; write "
+                          "them with `cdca data prepare` or set fleet.corruptions")  # fmt: skip
+    return found
+
+
+def stream_specs(
+    project: ProjectConfig, pool_size: int, corruptions: tuple[str, ...] = TEST_CORRUPTIONS
+) -> list[StreamSpec]:
+    """Device 0 walks ``corruptions`` in order, the others in seeded orders."""
     fleet = project.fleet
-    corruptions = fleet.corruptions or TEST_CORRUPTIONS
     if fleet.stream == "gradual":
         per_step = max(1, fleet.per_domain // len(GRADUAL_SEVERITIES))
         base = gradual(corruptions, per_step, fleet.batch_size)
@@ -45,14 +57,14 @@ def segment_names(spec: StreamSpec) -> list[str]:
 def write_streams(project: ProjectConfig, folder: Path) -> tuple[list[Path], list[StreamSpec]]:
     """Materialise every device's stream under ``folder`` (rewritten: the settings may differ)."""
     dataset = open_benchmark(project.data.shifted)
-    corruptions = project.fleet.corruptions or TEST_CORRUPTIONS
+    corruptions = fleet_corruptions(project, dataset.corruptions())
     pool = dataset.count(corruptions[0])
     if project.fleet.per_domain > pool:
         raise ConfigError(
             f"fleet.per_domain is {project.fleet.per_domain} but {project.data.shifted} has "
             f"{pool} images per corruption; set fleet.per_domain to {pool} or fewer"
         )
-    specs = stream_specs(project, pool)
+    specs = stream_specs(project, pool, corruptions)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, spec in enumerate(specs):
