@@ -63,7 +63,9 @@ class UncertaintySampler:
         if not config.detect_shifts:
             self.detector = None
         elif self.detector is None:
-            self.detector = ShiftDetector()
+            self.detector = ShiftDetector(sensitivity=config.shift_sensitivity)
+        else:
+            self.detector.sensitivity = config.shift_sensitivity
 
     @property
     def needs_views(self) -> bool:

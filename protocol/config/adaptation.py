@@ -33,6 +33,9 @@ class DeviceSettings:
             typical frames of the environment.
         class_balance: spread the uncertain picks over the device's predicted classes.
         detect_shifts: watch the batch statistics and report a new environment.
+        shift_sensitivity: a batch is a new environment when its first BatchNorm's
+            statistics lie this many times the usual within-environment distance from the
+            current one; lower reports more shifts (a camera whose world changes subtly).
         noise_std: noise of the noisy copy for ``disagreement``, as a share of 255.
         gate: ``entropy``: per batch, answer without the cloud's prompt when that run is
             surer (a second pass while a prompt is in force); ``off``: always use it.
@@ -45,6 +48,7 @@ class DeviceSettings:
     random_fraction: float = 0.5
     class_balance: bool = True
     detect_shifts: bool = True
+    shift_sensitivity: float = 1.8
     noise_std: float = 0.02
     gate: Gate = "entropy"
     stat_mix: float = 1.0
@@ -56,6 +60,8 @@ class DeviceSettings:
         for name in ("random_fraction", "stat_mix"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.shift_sensitivity <= 0:
+            raise ConfigError(f"shift_sensitivity must be > 0, got {self.shift_sensitivity}")
         if not 0 <= self.noise_std < 1:
             raise ConfigError(f"noise_std must be in [0, 1), got {self.noise_std}")
 
