@@ -14,6 +14,7 @@ from protocol.errors import ConfigError
 from simulations.methods import CLOUD_DEVICE_METHODS, MethodFactory, check_method
 
 DEFAULT_DATA = Path("data/fashion-mnist-c")
+DEFAULT_PER_DOMAIN = 1000
 DEFAULT_METHODS = "source,bn_adapt,tent,cotta,vdp,uvpa,cloud_teacher"
 
 
@@ -79,8 +80,9 @@ def _add_adapt(sub: argparse._SubParsersAction) -> None:
         "--severity", type=int, default=5, help="for continual/random streams (default: 5)"
     )
     adapt.add_argument(
-        "--num-per-domain", type=int, default=1000, help="images per domain (default: 1000)"
-    )
+        "--num-per-domain", type=int,
+        help=f"images per domain (default: {DEFAULT_PER_DOMAIN}, or all the benchmark has if fewer)",
+    )  # fmt: skip
     adapt.add_argument("--batch-size", type=int, default=64, help="device batch size (default: 64)")
     adapt.add_argument(
         "--seed", type=int, default=0, help="torch and device seed for every method (default: 0)"
@@ -117,9 +119,10 @@ def _run_adapt(args: argparse.Namespace) -> int:
         factory.check(name)
     dataset = open_benchmark(project.data.shifted)
     corruptions = parse_corruptions(args.corruptions)
-    streams = parse_stream(
-        args.stream, corruptions, args.severity, args.num_per_domain, args.batch_size
+    per_domain = args.num_per_domain or min(
+        [DEFAULT_PER_DOMAIN, *(dataset.count(c) for c in corruptions if c in dataset.corruptions())]
     )
+    streams = parse_stream(args.stream, corruptions, args.severity, per_domain, args.batch_size)
     check_available(dataset, (segment for stream in streams for segment in stream.segments))
     total = len(methods) * sum(s.num_images() for s in streams)
     with counted_progress("adapting", total, width=32) as advance:
@@ -128,7 +131,7 @@ def _run_adapt(args: argparse.Namespace) -> int:
         "data": project.data.shifted, "student": str(distilled_student(project)),
         "teacher": project.teacher.model, "delay": args.delay, "stream": args.stream,
         "corruptions": args.corruptions, "severity": args.severity,
-        "num_per_domain": args.num_per_domain, "batch_size": args.batch_size, "seed": args.seed,
+        "num_per_domain": per_domain, "batch_size": args.batch_size, "seed": args.seed,
         "threads": args.threads, "settings": str(out / "config.toml"),
     }  # fmt: skip
     paths = write_report(out, results, config)

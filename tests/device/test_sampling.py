@@ -60,7 +60,8 @@ def test_new_settings_mid_stream_keep_the_budget_count_and_the_shift_detector(rn
     assert (sampler.detector, sampler.selector.seen) == (detector, seen)
     assert (sampler.selector.budget, sampler.selector.random_fraction) == (0.5, 1.0)
     sampler.reconfigure(SamplingConfig(shift_sensitivity=3.0))
-    assert sampler.detector is detector and detector.sensitivity == 3.0
+    assert sampler.detector is detector
+    assert detector.sensitivity == 3.0
     sampler.reconfigure(SamplingConfig(detect_shifts=False))
     assert sampler.detector is None
 

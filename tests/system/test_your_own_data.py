@@ -57,10 +57,10 @@ def test_from_an_image_folder_to_a_served_fleet(tmp_path, monkeypatch):
     cdca(project_dir, "train", "student", "--epochs", "2")
     cdca(project_dir, "cloud", "distill", "--epochs", "2")
     cdca(project_dir, "cloud", "export", "--out", str(tmp_path / "export"))
-    project = load_project(project_dir / "cdca.toml")
     manifest = load_manifest(tmp_path / "export" / "student.manifest.json")
     assert manifest.class_names == tuple(sorted(CLASSES))  # the folder names, alphabetical
     assert manifest.preprocess.image_size == SIZE
+    assert load_project(project_dir / "cdca.toml").data.image_size == SIZE
     report = (project_dir / "models" / "student.report.md").read_text()
     assert "label-trained student" in report  # this project's, not the shipped one
 
