@@ -1,4 +1,4 @@
-"""The contract shared by cloud and device: errors today, wire messages later; imports no torch."""
+"""The contract cloud and device share: wire messages, manifest, errors, project configuration; no torch."""
 
 from protocol.errors import CdcaError, ConfigError, DataError, UnknownNameError
 

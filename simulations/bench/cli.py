@@ -133,6 +133,7 @@ def _run_adapt(args: argparse.Namespace) -> int:
         "corruptions": args.corruptions, "severity": args.severity,
         "num_per_domain": per_domain, "batch_size": args.batch_size, "seed": args.seed,
         "threads": args.threads, "settings": str(out / "config.toml"),
+        "classes": ", ".join(_class_names(distilled_student(project))),
     }  # fmt: skip
     paths = write_report(out, results, config)
     print(paths["markdown"].read_text())  # plain print: a markdown table must not be re-wrapped
@@ -154,6 +155,13 @@ def _factory(
     if set(methods) & set(CLOUD_DEVICE_METHODS) and is_distilled(student):
         world = load_world(project, out)
     return MethodFactory(model, project, world, delay, seed)
+
+
+def _class_names(student: Path) -> tuple[str, ...]:
+    from cloud.weights_io import read_metadata
+
+    meta = read_metadata(student, kind="student checkpoint", make_it="cdca cloud distill")
+    return tuple(meta.get("class_names", ()))
 
 
 def _text(path: Path | None) -> str | None:

@@ -143,6 +143,7 @@ def simulate(project: ProjectConfig, out: Path, threads: int = 2) -> dict[str, A
         task = bar.add_task("on-device peers", total=frames * len(project.fleet.peers))
         peers = run_peers(project, specs, lambda n: bar.update(task, advance=n))
     results = assemble(project, specs, raw, peers)
+    results["class_names"] = list(world.served.manifest.class_names)
     results["wall_seconds"] = time.perf_counter() - started
     results["peak_memory_mb"] = memory.megabytes  # this process and every process it started
     paths = write_run(out, results)

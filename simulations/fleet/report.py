@@ -47,7 +47,8 @@ def markdown(results: dict[str, Any], paths: dict[str, Path]) -> str:
              f"upload budget {adaptation['device']['budget']:.0%}; wall time "
              f"{results['wall_seconds']:.0f} s, peak memory {results.get('peak_memory_mb')} MiB "
              f"(all processes). Settings: `config.toml`.",
-             f"U-VPA's cloud target: {_target(adaptation)}.{_synthetic(adaptation)}", "",
+             f"U-VPA's cloud target: {_target(adaptation)}.{_synthetic(adaptation)}",
+             _classes(results.get("class_names", [])), "",
              "Online accuracy (%), mean over domains, then over devices (± spread over devices).",
              "\"After shift\": the first batches of every new domain.", "",
              "| method | mean accuracy | after shift | uploads | up KB / 1k frames | down KB / 1k frames |",
@@ -67,6 +68,11 @@ def markdown(results: dict[str, Any], paths: dict[str, Path]) -> str:
     lines += ["", "## Cloud", "", "```", json.dumps(results["cloud"], indent=2), "```", "",
               "## Plots", ""] + [f"![{k}]({p.name})" for k, p in paths.items() if p.suffix == ".png"]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _classes(names: list[str]) -> str:
+    shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+    return f"Classes ({len(names)}): {shown}." if names else ""
 
 
 def _target(adaptation: dict[str, Any]) -> str:

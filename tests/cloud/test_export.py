@@ -8,7 +8,7 @@ import torch
 from cloud.distill.checkpoint import DistilledInfo, save_distilled
 from cloud.distill.student import DistilledStudent
 from cloud.export.device_model import DeviceModel
-from cloud.export.onnx_export import PARITY_TOLERANCE
+from cloud.export.onnx_export import PARITY_TOLERANCE, export_device_model
 from cloud.students import create_student
 from protocol.manifest import load_manifest, sha256_of, verify_model_file
 
@@ -169,3 +169,19 @@ def test_the_cloud_refuses_a_model_folder_exported_from_another_student(exported
             parameter.add_(0.05 * torch.randn_like(parameter))
     with pytest.raises(DataError, match="exported from another student"):
         check_same_student(served, DeviceModel(other), vectors)
+
+
+@pytest.mark.parametrize(("arch", "size"), [("resnet18", 64), ("mobilenet_v3_small", 48)])
+def test_every_student_architecture_exports_at_the_projects_image_size(tmp_path, arch, size):
+    from cloud.students.preprocess import Normalization
+
+    torch.manual_seed(0)
+    student = DistilledStudent(create_student(arch, 5), 16, 20.0).eval()
+    vectors = torch.nn.functional.normalize(torch.randn(5, 16), dim=-1)
+    info = DistilledInfo(arch, tuple("abcde"), Normalization((0.5,) * 3, (0.25,) * 3), 16, 20.0,
+                         "tiny", image_size=size)  # fmt: skip
+    result = export_device_model(student, vectors, info, tmp_path)
+    manifest = load_manifest(result.manifest)
+    assert manifest.preprocess.image_size == size
+    assert manifest.input("x").shape[-2:] == (size, size)
+    assert result.parity_max_abs_diff <= PARITY_TOLERANCE
