@@ -30,8 +30,12 @@ def project_from_args(
     flags: Mapping[str, Any] | None = None,
     overlays: Sequence[Path] = (),
 ) -> ProjectConfig:
-    """The project file, ``overlays``, the command's own ``flags`` (dotted keys), then ``--set``."""
+    """The project file, ``overlays``, the command's own ``flags`` (dotted keys), then ``--set``.
+
+    A flag's ``Path`` value is taken as the path string it came from.
+    """
+    texts = {k: str(v) if isinstance(v, Path) else v for k, v in (flags or {}).items()}
     return load_project(
-        getattr(args, "project", None), overlays=overlays, flags=flags,
+        getattr(args, "project", None), overlays=overlays, flags=texts,
         assignments=getattr(args, "assignments", ()),
     )  # fmt: skip

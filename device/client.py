@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -32,6 +31,7 @@ from device.spool import PromptCache, UploadQueue
 from protocol.config.adaptation import DeviceSettings
 from protocol.config.wire import settings_from_wire
 from protocol.errors import CdcaError
+from protocol.files import atomic_write
 from protocol.messages import DecodedPrompt
 
 log = logging.getLogger("cdca.device")
@@ -162,9 +162,7 @@ class DeviceClient:
         if settings != self.agent.settings:
             log.info("the cloud's device settings: %s", settings)
             self.agent.configure(settings)
-        tmp = self.settings_file.with_name(self.settings_file.name + ".tmp")
-        tmp.write_text(json.dumps(dict(wire), indent=2) + "\n")
-        os.replace(tmp, self.settings_file)
+        atomic_write(self.settings_file, (json.dumps(dict(wire), indent=2) + "\n").encode())
 
     def _restore_settings(self) -> DeviceSettings:
         """The cloud's last settings when this device was given some, else its own."""

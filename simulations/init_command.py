@@ -14,12 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from protocol.config.data import DataConfig
 from protocol.config.loader import toml_value
 from protocol.config.project import PROJECT_FILE, load_project
 from protocol.errors import ConfigError, DataError
 
 FEW_IMAGES = 20  # a class with fewer is warned about: too few to train or test on
-TEST_SHARE = 0.2
+TEST_SHARE = DataConfig.test_share  # the share init writes: the schema's default
 
 
 @dataclass(frozen=True)
@@ -105,11 +106,10 @@ def _relative(path: Path, folder: Path) -> str:
 def _survey_npz(path: Path, spec: str) -> Survey:
     import numpy as np
 
-    from cloud.data.sources import load_npz
+    from cloud.data.sources import read_npz
 
-    data = load_npz(path, image_size=1, resize="stretch")  # checks keys, dtype and labels
-    with np.load(path, allow_pickle=False) as archive:
-        height, width = archive["images"].shape[1:3]
+    data = read_npz(path)  # checks keys, dtype and labels
+    height, width = data.images.shape[1:3]
     counts = np.bincount(data.labels, minlength=len(data.class_names))
     return Survey(spec, tuple(data.class_names), tuple(int(c) for c in counts),
                   Counter({(int(width), int(height)): len(data)}))  # fmt: skip
@@ -118,19 +118,12 @@ def _survey_npz(path: Path, spec: str) -> Survey:
 def _survey_folder(root: Path, spec: str) -> Survey:
     from PIL import Image
 
-    from cloud.data.images import list_images
+    from cloud.data.sources import class_folders
 
-    if not root.is_dir():
-        raise DataError(f"image folder {root} does not exist")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if not classes:
-        raise DataError(f"{root} has no class sub-folders (expected {root}/<class>/<image>)")
+    folders = class_folders(root)  # the loaders' own checks: folders, empty classes
     counts: list[int] = []
     sizes: Counter[tuple[int, int]] = Counter()
-    for name in classes:
-        files = list_images(root / name)
-        if not files:
-            raise DataError(f"class folder {root / name} holds no images; add some or remove it")
+    for _, files in folders:
         counts.append(len(files))
         for path in files:
             try:
@@ -138,7 +131,7 @@ def _survey_folder(root: Path, spec: str) -> Survey:
                     sizes[image.size] += 1
             except OSError as err:
                 raise DataError(f"cannot read image {path}: {err}") from err
-    return Survey(spec, tuple(classes), tuple(counts), sizes)
+    return Survey(spec, tuple(name for name, _ in folders), tuple(counts), sizes)
 
 
 def _geometry(survey: Survey, size: int | None, resize: str | None) -> tuple[int, str]:

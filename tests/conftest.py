@@ -68,7 +68,7 @@ def shipped_random_teacher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> P
     teacher = create_teacher("builtin", device="cpu", load_weights=False)
     path = tmp_path / "teacher.safetensors"
     save_teacher_weights(teacher.model, path, {})
-    monkeypatch.setattr("cloud.teacher.factory.BUILTIN_CHECKPOINT", path)
+    monkeypatch.setattr("cloud.shipped.SHIPPED_TEACHER", path)
     return path
 
 

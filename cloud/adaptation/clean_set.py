@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from cloud.adaptation.synthetic import EnvironmentRenderer
+from cloud.data.class_names import describe_classes
 from protocol.config.adaptation import SyntheticConfig
 from protocol.config.data import DataConfig
 from protocol.errors import ConfigError, DataError
@@ -39,15 +40,10 @@ def clean_renderer(
     if tuple(clean.class_names) != tuple(class_names):
         raise ConfigError(
             f"synthetic samples need training images of the student's classes; data.train has "
-            f"{_names(clean.class_names)}, the student {_names(class_names)}. Point data.train "
-            f"at the student's data {NO_SYNTHETIC}"
+            f"{describe_classes(clean.class_names)}, the student {describe_classes(class_names)}. "
+            f"Point data.train at the student's data {NO_SYNTHETIC}"
         )
     if clean.images.shape[1] != image_size:
         raise ConfigError(f"data.image_size is {clean.images.shape[1]} but the student takes "
                           f"{image_size}-px images; make them agree {NO_SYNTHETIC}")  # fmt: skip
     return EnvironmentRenderer(clean, len(class_names), config)
-
-
-def _names(names: Sequence[str]) -> str:
-    shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
-    return f"{len(names)} classes ({shown})"

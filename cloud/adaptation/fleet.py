@@ -72,7 +72,7 @@ class FleetCloud:
         self.vplu, self.teacher, self.normalize = vplu, teacher, normalize
         self.synthetic = synthetic
         self.adaptation = config or AdaptationConfig()
-        self.config = self.adaptation.sharing
+        self.sharing = self.adaptation.sharing
         self.channels = vplu.model.norm_layers[0].channels if vplu.model.norm_layers else 0
         self.environments = EnvironmentBank(self.adaptation.environment_bank)
         self.sessions: dict[str, AdaptationSession] = {}
@@ -135,9 +135,9 @@ class FleetCloud:
 
     def _leave(self, session: AdaptationSession, stay: _Stay) -> None:
         signature = stay.signature()
-        if self.config.environment_bank and signature is not None:
+        if self.sharing.environment_bank and signature is not None:
             evidence = session.uploads - stay.uploads_at_start
-            uploads = session.stay_uploads() if self.config.pool_uploads else None
+            uploads = session.stay_uploads() if self.sharing.pool_uploads else None
             self.environments.record(signature, session.bank.current(), evidence, uploads)
 
     def _starting_point(
@@ -145,13 +145,13 @@ class FleetCloud:
     ) -> tuple[Prompt | None, PooledUploads | None, str]:
         """Where a device's new environment starts: prompt, pooled uploads, and which source."""
         pooled = None
-        if self.config.environment_bank:
+        if self.sharing.environment_bank:
             known = self.environments.match(signature)
             if known is not None:
-                pooled = known.uploads if self.config.pool_uploads else None
+                pooled = known.uploads if self.sharing.pool_uploads else None
                 if known.prompt is not None:
                     return known.prompt, pooled, "bank"
         others = [s for d, s in self.sessions.items() if d != device_id]
-        if self.config.share_across_devices and any(s.bank.environments > 1 for s in others):
+        if self.sharing.share_across_devices and any(s.bank.environments > 1 for s in others):
             return self.shared_prompt(leaving=device_id), pooled, "fleet_shared"
         return None, pooled, "own_shared"

@@ -1,6 +1,14 @@
-"""Class names of the public benchmarks whose files carry only integer labels."""
+"""Class names of the public benchmarks whose files carry only integer labels, and how messages show a class list."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def describe_classes(names: Sequence[str], shown: int = 4) -> str:
+    """``"10 classes (T-shirt/top, trouser, pullover, dress, ...)"``: a class list for a message."""
+    head = ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
+    return f"{len(names)} classes ({head})"
 
 CIFAR10: tuple[str, ...] = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",

@@ -76,7 +76,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
 
     project = project_from_args(args, {
         "data.test": args.source, "data.data_dir": args.data_dir, "data.image_size": args.image_size,
-        "data.shifted": None if args.out is None else str(args.out),
+        "data.shifted": args.out,
     })  # fmt: skip
     out = Path(project.data.shifted)
     if ":" in project.data.shifted:

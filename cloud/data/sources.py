@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from cloud.data.class_names import describe_classes
 from cloud.data.fashion_mnist import CLASS_NAMES as FASHION_MNIST_CLASSES
 from cloud.data.fashion_mnist import load_fashion_mnist
 from cloud.data.images import IMAGE_SUFFIXES, fit_image, fit_images, list_images, open_rgb
 from cloud.data.labelled import LabelledImages
+from protocol.config.data import SOURCE_KINDS
 from protocol.errors import DataError, unknown_name
-
-SOURCE_KINDS = ("fashion-mnist", "npz", "image-folder")
 
 
 def load_source(
@@ -54,6 +54,13 @@ def load_npz(
     path: Path, image_size: int, resize: str = "pad", class_names: Sequence[str] = ()
 ) -> LabelledImages:
     """An ``.npz`` with ``images`` (N, H, W[, 1 or 3]) uint8, ``labels`` (N,) and optional ``class_names``."""
+    data = read_npz(path, class_names)
+    fitted = fit_images(data.images, image_size, resize, str(path))
+    return LabelledImages(fitted, data.labels, data.class_names, name=data.name)
+
+
+def read_npz(path: Path, class_names: Sequence[str] = ()) -> LabelledImages:
+    """An ``.npz`` source as it is stored (RGB, its own size), every key and label checked."""
     arrays = _read_npz(path)
     images = _rgb(arrays["images"], path)
     labels = arrays["labels"]
@@ -73,8 +80,7 @@ def load_npz(
     if count > len(names):
         raise DataError(f"{path}: labels go up to {count - 1} but data.class_names has "
                         f"{len(names)} names; give one name per class")  # fmt: skip
-    fitted = fit_images(images, image_size, resize, str(path))
-    return LabelledImages(fitted, labels, names, name=path.stem)
+    return LabelledImages(images, labels, names, name=path.stem)
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -110,20 +116,10 @@ def load_image_folder(
     root: Path, image_size: int, resize: str = "crop", class_names: Sequence[str] = ()
 ) -> LabelledImages:
     """``root/<class name>/<image files>``; classes in ``class_names`` order, else alphabetical."""
-    if not root.is_dir():
-        raise DataError(f"image folder {root} does not exist")
-    folders = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if not folders:
-        raise DataError(f"{root} has no class sub-folders (expected {root}/<class>/<image>)")
-    classes = _folder_order(root, folders, class_names)
+    folders = class_folders(root, class_names)
     images, labels = [], []
     sizes: dict[tuple[int, int], Path] = {}
-    for label, name in enumerate(classes):
-        files = list_images(root / name)
-        if not files:
-            kinds = ", ".join(sorted(s[1:] for s in IMAGE_SUFFIXES))
-            raise DataError(f"class folder {root / name} holds no images ({kinds}); add some "
-                            "or remove the folder")  # fmt: skip
+    for label, (_, files) in enumerate(folders):
         for path in files:
             image = open_rgb(path)
             sizes.setdefault(image.size, path)
@@ -131,7 +127,31 @@ def load_image_folder(
                 raise DataError(_mixed_sizes(sizes))
             images.append(fit_image(image, image_size, resize, str(path)))
             labels.append(label)
+    classes = tuple(name for name, _ in folders)
     return LabelledImages(np.stack(images), np.array(labels, dtype=np.int64), classes, root.name)
+
+
+def class_folders(root: Path, class_names: Sequence[str] = ()) -> list[tuple[str, list[Path]]]:
+    """The class folders of an image folder in label order, each with its image files.
+
+    Raises:
+        DataError: no such folder, no class sub-folders, a folder without images, or
+            ``class_names`` that do not name every folder once.
+    """
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist")
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not folders:
+        raise DataError(f"{root} has no class sub-folders (expected {root}/<class>/<image>)")
+    found = []
+    for name in _folder_order(root, folders, class_names):
+        files = list_images(root / name)
+        if not files:
+            kinds = ", ".join(sorted(s[1:] for s in IMAGE_SUFFIXES))
+            raise DataError(f"class folder {root / name} holds no images ({kinds}); add some "
+                            "or remove the folder")  # fmt: skip
+        found.append((name, files))
+    return found
 
 
 def _mixed_sizes(sizes: dict[tuple[int, int], Path]) -> str:
@@ -163,5 +183,5 @@ def _reconcile(
         return tuple(own)
     if fixed_count and len(wanted) != len(own):
         raise DataError(f"data.class_names has {len(wanted)} names but {source} has "
-                        f"{len(own)} classes ({', '.join(own[:5])}{'...' if len(own) > 5 else ''})")  # fmt: skip
+                        f"{describe_classes(own)}")  # fmt: skip
     return tuple(wanted)

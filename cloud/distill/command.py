@@ -13,7 +13,6 @@ import numpy as np
 
 from cloud.cli_args import add_training_arguments, training_epochs
 from cloud.project_cli import add_project_arguments, project_from_args
-from cloud.shipped import SHIPPED_DISTILLED as DEFAULT_DISTILLED
 from protocol.config.models import StudentArch
 
 if TYPE_CHECKING:
@@ -25,7 +24,6 @@ if TYPE_CHECKING:
     from cloud.teacher.teacher import Teacher
     from protocol.config.project import ProjectConfig
 
-__all__ = ["DEFAULT_DISTILLED", "add_parser", "run"]
 DISTILL_MIN_STEPS = 2000  # a small dataset still gets this many optimiser steps by default
 
 
@@ -80,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
     project = project_from_args(args, {
         "teacher.model": args.teacher, "teacher.pretrained": args.pretrained,
-        "teacher.checkpoint": _text(args.teacher_checkpoint), "teacher.prompts": _text(args.prompts),
+        "teacher.checkpoint": args.teacher_checkpoint, "teacher.prompts": args.prompts,
         "student.arch": args.arch,
     })  # fmt: skip
     out = output_path(args.out, project.student.checkpoint, "student.checkpoint",
@@ -115,10 +113,6 @@ def run(args: argparse.Namespace) -> int:
     state.unlink(missing_ok=True)
     _report(out, rows)
     return 0
-
-
-def _text(path: Path | None) -> str | None:
-    return None if path is None else str(path)
 
 
 def _teacher_and_vectors(

@@ -50,9 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from cloud.shipped import distilled_student
     from protocol.manifest import load_manifest
 
-    project = project_from_args(
-        args, {"student.checkpoint": None if args.student is None else str(args.student)}
-    )
+    project = project_from_args(args, {"student.checkpoint": args.student})
     args.out = args.out or project.root / DEFAULT_OUT
     student, vectors, info = load_distilled(distilled_student(project))
     result = export_device_model(student, vectors, info, args.out, args.model_version)

@@ -82,18 +82,14 @@ def _serve(args: argparse.Namespace) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ConfigError("--tls-cert and --tls-key go together")
     flags = {
-        "server.host": args.host, "server.port": args.port, "server.state_dir": _text(args.state_dir),
-        "server.model_dir": _text(args.model_dir), "student.checkpoint": _text(args.student),
+        "server.host": args.host, "server.port": args.port, "server.state_dir": args.state_dir,
+        "server.model_dir": args.model_dir, "student.checkpoint": args.student,
         "teacher.model": args.teacher, "adaptation.device.budget": args.upload_budget,
-        "adaptation.synthetic.count": args.synthetic, "server.tls.cert": _text(args.tls_cert),
-        "server.tls.key": _text(args.tls_key), "server.tls.client_ca": _text(args.tls_client_ca),
+        "adaptation.synthetic.count": args.synthetic, "server.tls.cert": args.tls_cert,
+        "server.tls.key": args.tls_key, "server.tls.client_ca": args.tls_client_ca,
     }  # fmt: skip
     asyncio.run(serve(project_from_args(args, flags), args.port_file))
     return 0
-
-
-def _text(path: Path | None) -> str | None:
-    return None if path is None else str(path)
 
 
 def _enrol(args: argparse.Namespace) -> int:

@@ -19,6 +19,8 @@ from types import ModuleType
 
 import torch
 
+from cloud import shipped
+from cloud.data.class_names import describe_classes
 from cloud.teacher.teacher import Teacher, TeacherPreprocess
 from cloud.weights_io import read_metadata, read_weights, save_weights
 from protocol.config.models import TeacherConfig
@@ -29,9 +31,6 @@ logger = logging.getLogger(__name__)
 BUILTIN = "builtin"
 BUILTIN_ARCH = "cdca-fmnist-vit"
 BUILTIN_CONFIG = Path(__file__).resolve().parent / "configs" / f"{BUILTIN_ARCH}.json"
-BUILTIN_CHECKPOINT = (
-    Path(__file__).resolve().parents[1] / "checkpoints" / "teacher_builtin.safetensors"
-)
 BUILTIN_GRID = 8  # the built-in ViT sees an 8 x 8 grid of patches whatever the image size
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -88,7 +87,7 @@ def _builtin(
     open_clip: ModuleType, checkpoint: str | Path | None, load_weights: bool,
     image_size: int | None,
 ) -> tuple[torch.nn.Module, TeacherPreprocess]:  # fmt: skip
-    path = Path(checkpoint) if checkpoint is not None else BUILTIN_CHECKPOINT
+    path = Path(checkpoint) if checkpoint is not None else shipped.SHIPPED_TEACHER
     if load_weights:  # the checkpoint's own size decides the architecture
         meta = read_metadata(
             path, kind="teacher checkpoint", make_it=f"cdca train teacher --out {path}"
@@ -123,22 +122,18 @@ def _builtin_config() -> dict[str, dict[str, object]]:
     return json.loads(BUILTIN_CONFIG.read_text())
 
 
-def teacher_for(
-    config: TeacherConfig, class_names: Sequence[str], image_size: int, *,
-    load_weights: bool = True, device: str | None = None,
-) -> Teacher:  # fmt: skip
+def teacher_for(config: TeacherConfig, class_names: Sequence[str], image_size: int) -> Teacher:
     """The project's teacher, checked against its classes.
 
     The built-in teacher's checkpoint stores the classes it was trained on; another set is
     an error that says how to train the right one. An open_clip teacher knows any class by
     its name.
     """
-    if config.is_builtin and load_weights:
-        check_teacher_classes(config.checkpoint or BUILTIN_CHECKPOINT, class_names)
+    if config.is_builtin:
+        check_teacher_classes(config.checkpoint or shipped.SHIPPED_TEACHER, class_names)
     return create_teacher(
-        config.model, config.pretrained or None, device=device or config.device,
-        precision=config.precision, load_weights=load_weights, checkpoint=config.checkpoint,
-        image_size=image_size,
+        config.model, config.pretrained or None, device=config.device,
+        precision=config.precision, checkpoint=config.checkpoint, image_size=image_size,
     )  # fmt: skip
 
 
@@ -149,11 +144,10 @@ def check_teacher_classes(path: Path, class_names: Sequence[str]) -> None:
     )
     trained = tuple(meta.get("class_names", ()))
     if trained and trained != tuple(class_names):
-        shipped = " (the teacher shipped with cdca)" if path == BUILTIN_CHECKPOINT else ""
+        note = " (the teacher shipped with cdca)" if path == shipped.SHIPPED_TEACHER else ""
         raise ConfigError(
-            f"teacher checkpoint {path}{shipped} was trained on {len(trained)} classes "
-            f"({', '.join(trained[:4])}{', ...' if len(trained) > 4 else ''}), the project has "
-            f"{len(class_names)} ({', '.join(class_names[:4])}{', ...' if len(class_names) > 4 else ''}). "
+            f"teacher checkpoint {path}{note} was trained on {describe_classes(trained)}, the "
+            f"project has {describe_classes(class_names)}. "
             "Train one on the project's data with `cdca train teacher` and set teacher.checkpoint "
             "to it, or use a pretrained open_clip teacher (teacher.model, teacher.pretrained)"
         )

@@ -36,7 +36,7 @@ class Origin:
     base: Path
 
 
-DEFAULTS = Origin("the built-in defaults", Path.cwd())
+DEFAULTS = Origin("the built-in defaults", Path())  # labels only: defaults are rebased later
 
 
 @dataclass
@@ -197,11 +197,13 @@ def _unwrap_optional(tp: Any) -> tuple[bool, Any]:
 def _choice(choices: tuple[str, ...], value: Any, key: str, origin: Origin) -> str:
     if value in choices:
         return str(value)
+    raise ConfigError(f"{origin.label}: {_not_a_choice(key, value, choices)}")
+
+
+def _not_a_choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
     close = difflib.get_close_matches(str(value), choices, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ConfigError(
-        f"{origin.label}: {key} must be one of {', '.join(choices)}, got {value!r}.{hint}"
-    )
+    return f"{key} must be one of {', '.join(choices)}, got {value!r}.{hint}"
 
 
 def _strings(value: Any, key: str, origin: Origin) -> tuple[str, ...]:
@@ -240,8 +242,7 @@ def check_choices(obj: Any) -> None:
     """Every ``Literal`` field of ``obj`` holds one of its choices (for instances built in code)."""
     for name, tp in typing.get_type_hints(type(obj)).items():
         if typing.get_origin(tp) is Literal and getattr(obj, name) not in typing.get_args(tp):
-            choices = ", ".join(typing.get_args(tp))
-            raise ConfigError(f"{name} must be one of {choices}, got {getattr(obj, name)!r}")
+            raise ConfigError(_not_a_choice(name, getattr(obj, name), typing.get_args(tp)))
 
 
 def _wrong(origin: Origin, key: str, value: Any, wanted: str) -> ConfigError:

@@ -33,6 +33,7 @@ from protocol.config.loader import (
 from protocol.config.models import StudentConfig, TeacherConfig
 from protocol.config.server import ServerConfig
 from protocol.errors import ConfigError
+from protocol.files import atomic_write
 
 PROJECT_FILE = "cdca.toml"  # found in the working folder when --project is not given
 PROJECT_ENV = "CDCA_PROJECT"
@@ -148,12 +149,9 @@ def rebase(obj: T, root: Path) -> T:
 
 def write_resolved(config: ProjectConfig, folder: Path, what: str) -> Path:
     """Record the settings a run used in ``folder/config.toml`` (usable as ``--project``)."""
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / RESOLVED_FILE
     source = str(config.file) if config.file else "none: the built-in world"
     header = (f"The settings {what} ran with (project file: {source}).\n"
               f"Run it again with --project {path}.")  # fmt: skip
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(to_toml(config, header), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, to_toml(config, header).encode("utf-8"))
     return path

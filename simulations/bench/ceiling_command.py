@@ -64,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
 
     from cloud.data.cli import parse_corruptions
     from cloud.data.formats import open_benchmark
-    from cloud.distill.command import DEFAULT_DISTILLED
     from cloud.progress import counted_progress
+    from cloud.shipped import SHIPPED_DISTILLED
     from simulations.bench.ceiling import (
         CeilingConfig,
         PromptCeiling,
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
                            args.num_per_domain, args.train, args.steps, args.lr, args.batch_size,
                            args.severity, args.seed, args.fit_norms)  # fmt: skip
     torch.set_num_threads(args.threads)
-    student = args.student or DEFAULT_DISTILLED
+    student = args.student or SHIPPED_DISTILLED
     ceiling = PromptCeiling(*_device_model(student), config)
     dataset = open_benchmark(args.data)
     corruptions = parse_corruptions(args.corruptions)

@@ -107,8 +107,8 @@ def _run_adapt(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     project = project_from_args(args, {
-        "data.shifted": args.data, "student.checkpoint": _text(args.student),
-        "teacher.model": args.teacher, "teacher.checkpoint": _text(args.teacher_checkpoint),
+        "data.shifted": args.data, "student.checkpoint": args.student,
+        "teacher.model": args.teacher, "teacher.checkpoint": args.teacher_checkpoint,
         "adaptation.device.budget": args.budget,
     })  # fmt: skip
     for name in methods:  # a typo fails before any model is loaded
@@ -162,10 +162,6 @@ def _class_names(student: Path) -> tuple[str, ...]:
 
     meta = read_metadata(student, kind="student checkpoint", make_it="cdca cloud distill")
     return tuple(meta.get("class_names", ()))
-
-
-def _text(path: Path | None) -> str | None:
-    return None if path is None else str(path)
 
 
 def _add_perf(sub: argparse._SubParsersAction) -> None:

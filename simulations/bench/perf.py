@@ -82,13 +82,13 @@ def export_models(out: Path) -> dict[str, Path]:
     """
     from cloud.data.fashion_mnist import load_fashion_mnist
     from cloud.distill.checkpoint import load_distilled
-    from cloud.distill.command import DEFAULT_DISTILLED
     from cloud.export.device_model import DeviceModel
     from cloud.export.onnx_export import export_device_model, quantize_int8
+    from cloud.shipped import SHIPPED_DISTILLED
     from protocol.manifest import load_manifest
     from simulations.bench.models import ClassVectorHead
 
-    student, vectors, info = load_distilled(DEFAULT_DISTILLED)
+    student, vectors, info = load_distilled(SHIPPED_DISTILLED)
     folder = out / "model"
     result = export_device_model(student, vectors, info, folder)
     train = load_fashion_mnist("train").take(256)
@@ -127,8 +127,8 @@ def device_latency(models: dict[str, Path], frames: np.ndarray, repeats: int) ->
     import onnxruntime as ort
 
     from cloud.distill.checkpoint import load_distilled
-    from cloud.distill.command import DEFAULT_DISTILLED
     from cloud.export.device_model import DeviceModel
+    from cloud.shipped import SHIPPED_DISTILLED
     from device.preprocess import preprocess
     from device.runtime import DeviceRuntime
 
@@ -140,7 +140,7 @@ def device_latency(models: dict[str, Path], frames: np.ndarray, repeats: int) ->
     options.intra_op_num_threads = 1
     sessions = {name: ort.InferenceSession(str(models[name]), options, providers=["CPUExecutionProvider"])
                 for name in ("fp32", "int8", "plain", "batch_stats")}  # fmt: skip
-    student, vectors, _ = load_distilled(DEFAULT_DISTILLED)
+    student, vectors, _ = load_distilled(SHIPPED_DISTILLED)
     eager = DeviceModel(student).eval()
     torch_inputs = {k: torch.from_numpy(v) for k, v in prompt.items()}
     out: dict[str, float] = {}
