@@ -39,6 +39,8 @@ STOP_WATCHING = {grpc.StatusCode.FAILED_PRECONDITION}
 # Refusals a retry will not fix by itself: say so loudly (but keep retrying: it may be re-keyed).
 NEEDS_OPERATOR = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
                   grpc.StatusCode.FAILED_PRECONDITION}  # fmt: skip
+# Trailing metadata of a RESOURCE_EXHAUSTED upload: how long the cloud asks the device to wait.
+RETRY_AFTER_METADATA = "retry-after-ms"
 # The first Register happens before the first frame, so the cloud's device settings apply
 # from the start; a cloud that is away delays the device by at most this much.
 FIRST_REGISTER_TIMEOUT_S = 5.0
@@ -60,6 +62,18 @@ class LinkConfig:
     backoff_initial: float = 0.2
     backoff_max: float = 10.0
     max_message_bytes: int = 4 * 1024 * 1024
+
+
+def _retry_after(err: grpc.RpcError) -> float:
+    """Seconds the cloud asked to wait (its ``retry-after-ms`` trailer), 0 without one."""
+    trailers = getattr(err, "trailing_metadata", lambda: None)() or ()
+    for key, value in trailers:
+        if key == RETRY_AFTER_METADATA:
+            try:
+                return min(300.0, max(0.0, int(value) / 1000))  # a cloud cannot park a device
+            except ValueError:
+                return 0.0
+    return 0.0
 
 
 class Backoff:
@@ -202,13 +216,17 @@ class CloudLink:
                 self._wake.wait(0.5)
                 self._wake.clear()
                 continue
-            if self._send(*item):
+            sent = self._send(*item)
+            if sent is True:
                 backoff.reset()
-            else:
-                self._stop.wait(backoff.next_wait())
+            else:  # the cloud's own retry hint, when it gave one, else backoff
+                self._stop.wait(max(sent or 0.0, backoff.next_wait()))
 
-    def _send(self, seq: int, payload: bytes) -> bool:
-        """Upload one queued batch; True when the queue moved on (acknowledged or dropped)."""
+    def _send(self, seq: int, payload: bytes) -> bool | float:
+        """Upload one queued batch; True when the queue moved on (acknowledged or dropped).
+
+        Otherwise False, or the seconds the cloud asked the device to wait before retrying.
+        """
         try:
             batch = _decode_batch(payload)
         except (OSError, ValueError, KeyError) as err:
@@ -235,7 +253,7 @@ class CloudLink:
         self.stats.samples_refused += summary.refused_over_budget
         return True
 
-    def _upload_failed(self, seq: int, err: grpc.RpcError) -> bool:
+    def _upload_failed(self, seq: int, err: grpc.RpcError) -> bool | float:
         self.stats.rpc_errors += 1
         code = err.code()
         if code in PERMANENT:
@@ -246,7 +264,7 @@ class CloudLink:
             self.stats.uploads_rejected += 1
             return True
         self._explain(err, f"upload {seq} failed; will retry")
-        return False
+        return _retry_after(err)
 
     def _watch_loop(self) -> None:
         backoff = Backoff(self.config.backoff_initial, self.config.backoff_max)

@@ -106,6 +106,7 @@ class DecodedUpload:
     batch_stats: np.ndarray | None  # (2, K) float32, on the batch's first chunk
     shift: bool
     frames_seen: int
+    last: bool = False  # the batch's final chunk
 
 
 def upload_chunks(
@@ -113,7 +114,11 @@ def upload_chunks(
     frame_ids: np.ndarray, predicted: np.ndarray, batch_stats: np.ndarray, *,
     shift: bool, frames_seen: int, max_chunk_bytes: int = 1024 * 1024,
 ) -> list[cdca_pb2.UploadChunk]:  # fmt: skip
-    """Split one batch's uploads into chunks under ``max_chunk_bytes`` (the first carries the stats)."""
+    """Split one batch's uploads into chunks under ``max_chunk_bytes``.
+
+    The first chunk carries the statistics, the last says it is the last: the cloud stores
+    nothing of a stream that ends without it.
+    """
     per_chunk = max(1, max_chunk_bytes // max(1, images[0].nbytes if len(images) else 1))
     chunks = []
     for first in range(0, max(1, len(images)), per_chunk):
@@ -127,6 +132,7 @@ def upload_chunks(
         if first == 0:
             chunk.batch_stats.CopyFrom(encode(np.asarray(batch_stats, np.float32)))
         chunks.append(chunk)
+    chunks[-1].last = True
     return chunks
 
 
@@ -154,5 +160,5 @@ def decode_upload(
         device_id=chunk.device_id, batch_id=chunk.batch_id, images=images, uncertainty=uncertainty,
         frame_ids=np.array([s.frame_id for s in chunk.samples], np.int64),
         predicted=np.array([s.predicted_class for s in chunk.samples], np.int64),
-        batch_stats=stats, shift=chunk.shift, frames_seen=chunk.frames_seen,
+        batch_stats=stats, shift=chunk.shift, frames_seen=chunk.frames_seen, last=chunk.last,
     )  # fmt: skip

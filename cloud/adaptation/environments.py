@@ -16,7 +16,7 @@ uploads plus these. The frames stay in the cloud; devices only ever receive prom
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -73,6 +73,8 @@ class Environment:
 
     ``prompt`` is None while only short stays (under ``min_evidence`` uploads each) have
     been here: their prompts are not worth keeping, but their uploads pool all the same.
+    ``contributors`` keeps each device's evidence and signature sum, so an operator can
+    take back everything one device put here (``EnvironmentBank.forget``).
     """
 
     signature: np.ndarray
@@ -80,6 +82,13 @@ class Environment:
     evidence: int
     visits: int = 1
     uploads: PooledUploads | None = None
+    prompt_from: str = ""
+    contributors: dict[str, tuple[int, np.ndarray]] = field(default_factory=dict)
+
+    def add_contribution(self, device_id: str, evidence: int, signature: np.ndarray) -> None:
+        """Count ``evidence`` uploads of ``device_id`` with this signature."""
+        count, total = self.contributors.get(device_id, (0, np.zeros_like(self.signature)))
+        self.contributors[device_id] = (count + evidence, total + evidence * signature)
 
 
 class EnvironmentBank:
@@ -103,9 +112,10 @@ class EnvironmentBank:
     def record(
         self,
         signature: np.ndarray,
-        prompt: Prompt,
+        prompt: Prompt | None,
         evidence: int,
         uploads: PooledUploads | None = None,
+        device_id: str = "",
     ) -> None:
         """Remember an environment a device is leaving; refresh its entry if it is known.
 
@@ -113,43 +123,59 @@ class EnvironmentBank:
         taught the cloud more), its signature becomes the evidence-weighted mean, and the
         stay's uploads join its pool (the most recent ``pooled_uploads`` kept). A stay too
         short for its prompt to count still leaves its uploads: many devices passing
-        through briefly add up to the evidence none of them has alone.
+        through briefly add up to the evidence none of them has alone. ``prompt`` None: the
+        stay's prompt failed the guard (``cloud.adaptation.guard``); only its uploads count.
         """
         keep = self.config.pooled_uploads
+        signature = np.asarray(signature, np.float64)
         worth_keeping: Prompt | None = None
-        if evidence >= self.config.min_evidence:
+        if prompt is not None and evidence >= self.config.min_evidence:
             worth_keeping = {k: v.detach().clone() for k, v in prompt.items()}
         elif uploads is None or len(uploads) == 0 or keep == 0 or evidence < 1:
             return
         self.changes += 1
         known = self._nearest(signature)
         if known is None:
-            pooled = join_pools(None, uploads, keep)
-            self.entries.append(
-                Environment(
-                    np.asarray(signature, np.float64), worth_keeping, evidence, uploads=pooled
-                )
-            )
-            if len(self.entries) > self.config.max_entries:
+            known = Environment(signature, worth_keeping, evidence, uploads=join_pools(None, uploads, keep),
+                                prompt_from=device_id if worth_keeping is not None else "")  # fmt: skip
+            known.add_contribution(device_id, evidence, signature)
+            self.entries.append(known)
+            if len(self.entries) > self.config.max_entries:  # the least visited, least evident
                 self.entries.remove(min(self.entries, key=lambda e: (e.visits, e.evidence)))
             return
         total = known.evidence + evidence
         known.signature = (known.signature * known.evidence + signature * evidence) / total
         if worth_keeping is not None and (known.prompt is None or evidence >= known.evidence):
-            known.prompt = worth_keeping
+            known.prompt, known.prompt_from = worth_keeping, device_id
         known.evidence, known.visits = total, known.visits + 1
         known.uploads = join_pools(known.uploads, uploads, keep)
+        known.add_contribution(device_id, evidence, signature)
+
+    def forget(self, device_id: str) -> int:
+        """Take back everything ``device_id`` contributed; returns the entries it touched.
+
+        An entry only it visited goes; in a shared one its evidence and signature come out,
+        the prompt goes if it was the device's, and the pooled uploads go (they are not
+        traced to devices one by one: dropping the pool is the safe side).
+        """
+        touched = [e for e in self.entries if device_id in e.contributors]
+        for entry in touched:
+            evidence, signature_sum = entry.contributors.pop(device_id)
+            if not entry.contributors:
+                self.entries.remove(entry)
+                continue
+            entry.evidence = max(1, entry.evidence - evidence)
+            sums = [total for _, total in entry.contributors.values()]
+            counts = sum(count for count, _ in entry.contributors.values())
+            entry.signature = np.sum(sums, axis=0) / max(1, counts)
+            if entry.prompt_from == device_id:
+                entry.prompt, entry.prompt_from = None, ""
+            entry.uploads = None
+        if touched:
+            self.changes += 1
+        return len(touched)
 
     def _nearest(self, signature: np.ndarray) -> Environment | None:
         scored = [(signature_distance(e.signature, signature), e) for e in self.entries]
         scored = [(d, e) for d, e in scored if d <= self.config.match_distance]
         return min(scored, key=lambda pair: pair[0])[1] if scored else None
-
-
-def mean_prompt(prompts: list[tuple[Prompt, float]]) -> Prompt | None:
-    """Evidence-weighted mean of prompts (None when there is no evidence)."""
-    total = sum(weight for _, weight in prompts)
-    if total <= 0:
-        return None
-    keys = prompts[0][0].keys()
-    return {k: sum(weight * p[k] for p, weight in prompts) / total for k in keys}  # type: ignore[misc]

@@ -4,7 +4,8 @@ Gan et al., U-VPA, CVPR 2023 (https://arxiv.org/abs/2212.00972) adapts one devic
 serving many devices can also pass knowledge between them:
 
 - the shared (domain-agnostic, VDP) prompt is aggregated over devices, weighted by the
-  environments each has learned, and a device entering an unknown environment starts
+  environments each has learned (capped, and robust to one device's outlier:
+  ``cloud.adaptation.aggregate``), and a device entering an unknown environment starts
   from it;
 - the environment bank (``cloud.adaptation.environments``) remembers every environment a
   device leaves; a device entering one that any device has seen starts from its prompt,
@@ -22,7 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cloud.adaptation.environments import EnvironmentBank, PooledUploads, mean_prompt
+from cloud.adaptation.aggregate import robust_mean_prompt
+from cloud.adaptation.environments import EnvironmentBank, PooledUploads
+from cloud.adaptation.guard import prompt_problem
 from cloud.adaptation.prompt_bank import Prompt, PromptBank
 from cloud.adaptation.session import AdaptationSession, UploadBatch
 from cloud.adaptation.synthetic import EnvironmentRenderer
@@ -100,7 +103,7 @@ class FleetCloud:
         signature = batch_signature(upload.batch_stats.detach().cpu().numpy(), self.channels)
         start = pooled = None
         if upload.shift and session.config.restart_on_shift:
-            self._leave(session, stay)
+            self._leave(device_id, session, stay)
             start, pooled, source = self._starting_point(device_id, signature)
             self.starts[source] += 1
             self.stays[device_id] = stay = _Stay(uploads_at_start=session.uploads)
@@ -122,7 +125,17 @@ class FleetCloud:
             else:
                 shared = {k: neutral[k] + bank.shared[k] for k in neutral}
                 weighted.append((shared, float(bank.environments - 1)))
-        return mean_prompt(weighted) or {k: v.clone() for k, v in neutral.items()}
+        return robust_mean_prompt(weighted, neutral, self.sharing.max_device_weight)
+
+    def forget(self, device_id: str) -> int:
+        """Drop a device's session and everything it put in the environment bank.
+
+        The shared prompt is computed from the sessions, so it no longer counts the device
+        either. Returns the environment entries it had touched.
+        """
+        self.sessions.pop(device_id, None)
+        self.stays.pop(device_id, None)
+        return self.environments.forget(device_id)
 
     def stats(self) -> dict[str, float]:
         """Counters for reports: environments, bank use, stay starts, updates, seconds."""
@@ -133,12 +146,15 @@ class FleetCloud:
                 "synthetic_samples": sum(s.synthetic_samples for s in self.sessions.values()),
                 "cloud_seconds": sum(s.seconds for s in self.sessions.values())}  # fmt: skip
 
-    def _leave(self, session: AdaptationSession, stay: _Stay) -> None:
+    def _leave(self, device_id: str, session: AdaptationSession, stay: _Stay) -> None:
         signature = stay.signature()
         if self.sharing.environment_bank and signature is not None:
             evidence = session.uploads - stay.uploads_at_start
             uploads = session.stay_uploads() if self.sharing.pool_uploads else None
-            self.environments.record(signature, session.bank.current(), evidence, uploads)
+            prompt: Prompt | None = session.bank.current()
+            if prompt_problem(prompt, self.vplu.neutral) is not None:  # type: ignore[arg-type]
+                prompt = None  # never banked: its uploads may still pool
+            self.environments.record(signature, prompt, evidence, uploads, device_id)
 
     def _starting_point(
         self, device_id: str, signature: np.ndarray

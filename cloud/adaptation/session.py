@@ -15,6 +15,7 @@ returned for delivery.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from cloud.adaptation.environments import PooledUploads
+from cloud.adaptation.guard import prompt_problem, stats_problem
 from cloud.adaptation.prompt_bank import Prompt, PromptBank
 from cloud.adaptation.synthetic import EnvironmentRenderer
 from cloud.adaptation.vplu import VPLU, Uploads
@@ -31,6 +33,7 @@ from protocol.config.adaptation import SessionConfig
 from protocol.errors import DataError
 
 __all__ = ["AdaptationSession", "SessionConfig", "UploadBatch"]
+log = logging.getLogger("cdca.cloud")
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ class AdaptationSession:
         self.config = config or SessionConfig()
         self.buffer: deque[_Sample] = deque(maxlen=self.config.buffer_size)
         self.uploads = self.updates = self.shipped = self.shifts = 0
+        self.rejected_fits = 0  # fits whose prompt failed the guard: the device keeps its last
         self.synthetic_samples = 0  # rendered clean images the fits trained on
         self.seconds = 0.0
 
@@ -128,7 +132,7 @@ class AdaptationSession:
     def _ingest(
         self, batch: UploadBatch, start: Prompt | None, pooled: PooledUploads | None, fit: bool
     ) -> Prompt | None:
-        _check(batch, self.vplu.running_stats.shape)
+        _check(batch, self.vplu.running_stats)
         if pooled is not None and pooled.batch_stats.shape[1:] != self.vplu.running_stats.shape:
             raise DataError("pooled uploads do not fit this device model's statistics")
         changed = False
@@ -186,6 +190,11 @@ class AdaptationSession:
         )
         result = self.vplu.update(uploads, self.bank.current(), self._synthetic_view(samples))
         self.updates += 1
+        problem = prompt_problem(result.prompt, self.vplu.neutral) if result.shipped else None
+        if problem is not None:
+            self.rejected_fits += 1
+            log.warning("a fit was rejected (%s); the device keeps its last prompt", problem)
+            return False
         if result.shipped:
             self.bank.accept(result.prompt)
             self.shipped += 1
@@ -201,17 +210,17 @@ class AdaptationSession:
         return self.normalize(rendered.pixels), rendered.targets
 
 
-def _check(batch: UploadBatch, stats_shape: torch.Size) -> None:
+def _check(batch: UploadBatch, running_stats: torch.Tensor) -> None:
     """Reject malformed uploads before they touch the buffer (a bad batch must cost nothing)."""
     n = len(batch.pixels)
     if batch.pixels.ndim != 4 or batch.pixels.shape[1] != 3:
         raise DataError(f"uploads must be (n, 3, H, W) pixels, got {tuple(batch.pixels.shape)}")
     if batch.uncertainty.shape != (n,):
         raise DataError(f"expected {n} uncertainty scores, got {tuple(batch.uncertainty.shape)}")
-    if batch.batch_stats.shape != stats_shape:
-        raise DataError(
-            f"batch_stats must be {tuple(stats_shape)}, got {tuple(batch.batch_stats.shape)}"
-        )
-    for name, tensor in (("pixels", batch.pixels), ("batch_stats", batch.batch_stats)):
-        if not torch.isfinite(tensor).all():
-            raise DataError(f"uploaded {name} contain NaN or Inf")
+    if not torch.isfinite(batch.pixels).all():
+        raise DataError("uploaded pixels contain NaN or Inf")
+    if not bool(((batch.uncertainty >= 0) & (batch.uncertainty <= 1)).all()):
+        raise DataError("uncertainty scores must be in [0, 1]")
+    problem = stats_problem(batch.batch_stats, running_stats)
+    if problem is not None:
+        raise DataError(problem)

@@ -33,6 +33,10 @@ class PromptBoard:
         """Put back a prompt found on disk at start-up (no one is waiting yet)."""
         self._latest[device_id] = prompt
 
+    def forget(self, device_id: str) -> None:
+        """Drop the device's prompt (it was revoked with everything it contributed)."""
+        self._latest.pop(device_id, None)
+
     async def publish(self, device_id: str, prompt: cdca_pb2.Prompt) -> None:
         """Make ``prompt`` the device's latest and wake its watchers."""
         self._latest[device_id] = prompt

@@ -1,4 +1,4 @@
-"""``cdca cloud serve``, ``cdca cloud enrol`` and ``cdca cloud devices``."""
+"""``cdca cloud serve``, ``cdca cloud enrol``, ``cdca cloud revoke`` and ``cdca cloud devices``."""
 
 from __future__ import annotations
 
@@ -49,12 +49,33 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     enrol = sub.add_parser(
         "enrol",
         help="add a device to a server's registry and print its token",
-        description="Prints a fresh random token (or stores --token). Only its SHA-256 is kept.",
+        description="Prints a fresh random token (or stores --token). Only its SHA-256 is kept. "
+        "Enrolling a device again gives it a new token (the old one stops working) and lifts "
+        "a revocation. Refused beyond the project's server.max_devices.",
     )
     enrol.add_argument("--device", required=True, help="device id (letters, digits, . _ -)")
     enrol.add_argument("--token", help="use this token instead of a random one")
+    enrol.add_argument("--ttl-days", type=float,
+                       help="the token expires after this many days; 0: never (default: the "
+                       "project's server.limits.token_ttl_days, 365)")  # fmt: skip
     _add_state_dir(enrol)
     enrol.set_defaults(handler=_enrol)
+
+    revoke = sub.add_parser(
+        "revoke",
+        help="refuse a device from now on (and, with --forget, drop all it contributed)",
+        description="Takes effect on the device's next call, also on a running server. With "
+        "--forget the running server (or the next one started on this state folder) also "
+        "drops the device's queued uploads, its prompts and its entries in the fleet's "
+        "environment bank, and the shared prompt stops counting it. `cdca cloud enrol` lets "
+        "it back in with a new token.",
+        epilog="example: cdca cloud revoke --device cam-7 --forget",
+    )
+    revoke.add_argument("--device", required=True, help="the device id")
+    revoke.add_argument("--forget", action="store_true",
+                        help="also drop everything the device contributed")  # fmt: skip
+    _add_state_dir(revoke)
+    revoke.set_defaults(handler=_revoke)
 
     devices = sub.add_parser("devices", help="list enrolled devices and their counters")
     _add_state_dir(devices)
@@ -95,10 +116,36 @@ def _serve(args: argparse.Namespace) -> int:
 def _enrol(args: argparse.Namespace) -> int:
     from cloud.server.serve import registry_path
 
-    registry = DeviceRegistry(registry_path(_state_dir(args)))
-    token = registry.enrol(args.device, args.token)
-    registry.close()
+    server = project_from_args(args).server
+    ttl = server.limits.token_ttl_days if args.ttl_days is None else args.ttl_days
+    if ttl < 0:
+        raise ConfigError("--ttl-days must be >= 0 (0: the token never expires)")
+    registry = DeviceRegistry(registry_path(Path(args.state_dir or server.state_dir)))
+    try:
+        token = registry.enrol(args.device, args.token, ttl_days=ttl,
+                               max_devices=server.max_devices)  # fmt: skip
+    finally:
+        registry.close()
     print(token)
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    from cloud.server.serve import registry_path
+
+    path = registry_path(_state_dir(args))
+    if not path.is_file():
+        raise ConfigError(f"no registry at {path}: is --state-dir the server's state folder?")
+    registry = DeviceRegistry(path)
+    try:
+        if not registry.revoke(args.device, forget=args.forget):
+            raise ConfigError(f"no device {args.device!r} in {path}: see `cdca cloud devices`")
+    finally:
+        registry.close()
+    what = "refused from now on" + (
+        "; the server drops everything it contributed" if args.forget else ""
+    )
+    print(f"device {args.device!r} {what}")
     return 0
 
 

@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from cloud.server.board import PromptBoard
+from cloud.server.handlers import add_service
 from cloud.server.registry import DeviceRegistry
 from cloud.server.service import CloudAdaptationService
 from cloud.server.storage import Inbox
@@ -26,7 +27,6 @@ from protocol.config.project import ProjectConfig, write_resolved
 from protocol.config.server import ServerConfig
 from protocol.errors import ConfigError
 from protocol.messages import SERVICE_NAME
-from protocol.v1 import cdca_pb2_grpc
 
 log = logging.getLogger("cdca.cloud")
 SHUTDOWN_GRACE_SECONDS = 5.0
@@ -56,7 +56,7 @@ async def run_server(
     registry = DeviceRegistry(registry_path(config.state_dir))
     board = PromptBoard()
     inbox = Inbox(config.state_dir / "inbox")
-    worker = AdaptationWorker(world, registry, inbox, board, config.state_dir)
+    worker = AdaptationWorker(world, registry, inbox, board, config.state_dir, config.limits)
     requeued = worker.restore()
     server, port, health_servicer = _build_server(config, registry, inbox, worker, board, world)
     await server.start()
@@ -71,7 +71,8 @@ async def run_server(
     try:
         await stop.wait()
     finally:
-        log.info("shutting down: %d uploads still queued stay on disk", worker.queue.qsize())
+        log.info("shutting down: %d uploads still queued stay on disk; %d fits rejected by the "
+                 "prompt guard", worker.queue.qsize(), worker.rejected_fits)  # fmt: skip
         await health_servicer.enter_graceful_shutdown()
         await board.close()
         await server.stop(SHUTDOWN_GRACE_SECONDS)
@@ -87,8 +88,8 @@ def _build_server(config, registry, inbox, worker, board, world):  # type: ignor
         ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
     ])  # fmt: skip
     service = CloudAdaptationService(config, world.adaptation.device, registry, inbox, worker,
-                                     board, world.served)  # fmt: skip
-    cdca_pb2_grpc.add_CloudAdaptationServicer_to_server(service, server)
+                                     board, world.served, world.running_stats)  # fmt: skip
+    add_service(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = _bind(server, config)

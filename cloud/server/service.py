@@ -1,31 +1,47 @@
 """The ``cdca.v1.CloudAdaptation`` servicer: authentication, validation, budgets, then hand-off.
 
-Every call is authenticated from its metadata (device id + bearer token) before anything
-else; every tensor is validated before it is decoded (protocol/messages.py). A bad request
-ends that call with a status that says what to fix and leaves the server serving the rest:
+Every call is authenticated from its metadata (device id + ``Bearer`` token) before
+anything else; every tensor is validated before it is decoded (protocol/messages.py). A
+device is not trusted: a bad request ends that call with a status that says what to fix,
+costs the other devices nothing and leaves the server serving the rest:
 
-=====================================  =====================
-missing/unknown device, bad token      UNAUTHENTICATED
-another device's id or prompt          PERMISSION_DENIED
-wrong dtype, shape, size, NaN, ids     INVALID_ARGUMENT
-wrong protocol version or model        FAILED_PRECONDITION
-upload before registering that model   FAILED_PRECONDITION
-too many samples in one upload         RESOURCE_EXHAUSTED
-message over the size cap              RESOURCE_EXHAUSTED (gRPC itself)
-=====================================  =====================
+==========================================  =====================
+missing metadata, unknown/revoked/expired
+device or wrong token (one answer for all)  UNAUTHENTICATED
+another device's id or prompt               PERMISSION_DENIED
+undecodable bytes, wrong dtype, shape,
+size, NaN, absurd statistics, ids           INVALID_ARGUMENT
+wrong protocol version or model             FAILED_PRECONDITION
+upload before registering that model        FAILED_PRECONDITION
+too many samples or chunks in one upload,
+inbox quota (with ``retry-after-ms``)       RESOURCE_EXHAUSTED
+message over the size cap                   RESOURCE_EXHAUSTED (gRPC itself)
+==========================================  =====================
+
+Budgets hold against what the server counts itself (``cloud.server.limits``): samples
+beyond a device's token bucket, or beyond its budget share of the frames it claims, are
+refused over budget; reported new environments beyond its shift bucket are taken as
+ordinary uploads. An upload is stored only once its stream completed, and a batch sent
+again with the same content is acknowledged with its first answer, not stored twice.
+Device ids from a caller are shown at most ``SHOWN_ID_CHARS`` long in logs and errors.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import AsyncIterator
 from typing import NoReturn
 
 import grpc
 import numpy as np
+import torch
 
+from cloud.adaptation.guard import stats_problem
 from cloud.server.board import PromptBoard
-from cloud.server.registry import DeviceRegistry
+from cloud.server.handlers import UNDECODABLE
+from cloud.server.limits import DeviceAllowances
+from cloud.server.registry import DEVICE_ID, DeviceRegistry, saturate
 from cloud.server.storage import Inbox, StoredBatch
 from cloud.server.worker import AdaptationWorker
 from cloud.server.world import ServedModel
@@ -45,9 +61,22 @@ from protocol.messages import (
 from protocol.v1 import cdca_pb2, cdca_pb2_grpc
 
 log = logging.getLogger("cdca.cloud")
-MAX_SAMPLES_PER_UPLOAD = 1024
 WATCH_WAIT_SECONDS = 30.0
 MODEL_CHUNK_BYTES = 512 * 1024
+SHOWN_ID_CHARS = 64
+RETRY_AFTER_METADATA = "retry-after-ms"  # trailing metadata of a RESOURCE_EXHAUSTED upload
+INBOX_RETRY_MS = 5000
+BEARER = "Bearer "
+NOT_ACCEPTED = ("device id or token not accepted (unknown, revoked or expired device, or a "
+                "wrong token): enrol the device with `cdca cloud enrol` and start it with the "
+                "token that prints")  # fmt: skip
+
+
+def shown(text: str) -> str:
+    """A caller's string as logs and errors show it: quoted, at most SHOWN_ID_CHARS long."""
+    if len(text) <= SHOWN_ID_CHARS:
+        return repr(text)
+    return f"{text[:SHOWN_ID_CHARS]!r}... ({len(text)} characters)"
 
 
 class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
@@ -62,16 +91,19 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
         worker: AdaptationWorker,
         board: PromptBoard,
         served: ServedModel,
+        running_stats: torch.Tensor,
     ) -> None:
         self.config, self.device, self.registry, self.inbox = config, device, registry, inbox
         self.device_settings = settings_to_wire(device)
         self.worker, self.board, self.served = worker, board, served
+        self.limits, self.running_stats = config.limits, running_stats
+        self.allowances = DeviceAllowances(config.limits)
 
     async def Register(  # noqa: N802 (gRPC method names)
         self, request: cdca_pb2.RegisterRequest, context: grpc.aio.ServicerContext
     ) -> cdca_pb2.RegisterResponse:
         """Check version and model, then hand the device its settings and current prompt."""
-        device_id = await self._authenticate(context, request.device_id)
+        device_id = await self._authenticate(context, _claimed(request))
         try:
             check_protocol_version(request.protocol_version)
         except CdcaError as err:
@@ -105,17 +137,27 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
             await _abort(context, grpc.StatusCode.FAILED_PRECONDITION,
                          "register with the served model before uploading")  # fmt: skip
         parts: list[DecodedUpload] = []
+        digest = hashlib.sha256()
         async for chunk in request_iterator:
+            if chunk is UNDECODABLE:
+                await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                             "an upload chunk is not a cdca.v1.UploadChunk")  # fmt: skip
+            if len(parts) >= self.limits.max_chunks_per_upload:
+                await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                             f"more than {self.limits.max_chunks_per_upload} chunks in one upload: "
+                             "send fewer, fuller chunks")  # fmt: skip
+            digest.update(chunk.SerializeToString(deterministic=True))
             parts.append(await self._decode_chunk(context, device_id, chunk, parts))
-        if not parts:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "an upload needs >= 1 chunk")
-        return self._accept(device_id, parts)
+        if not parts or not parts[-1].last:  # a cut-off stream also ends here: store nothing
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                         "an upload ends with a chunk marked last; nothing of this one was stored")  # fmt: skip
+        return await self._accept(context, device_id, parts, digest.hexdigest())
 
     async def GetPrompt(  # noqa: N802
         self, request: cdca_pb2.PromptRequest, context: grpc.aio.ServicerContext
     ) -> cdca_pb2.Prompt:
         """The newest prompt above ``known_version`` (the device's own or the shared one)."""
-        device_id = await self._authenticate(context)
+        device_id = await self._authenticate(context, undecodable=request is UNDECODABLE)
         if request.device_id == SHARED_PROMPT_ID:
             shared = self.worker.shared_prompt()
             return shared if shared.version > request.known_version else cdca_pb2.Prompt()
@@ -129,7 +171,7 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
         self, request: cdca_pb2.PromptRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[cdca_pb2.Prompt]:
         """Push each newer prompt of the caller's own until the call's deadline or shutdown."""
-        device_id = await self._authenticate(context)
+        device_id = await self._authenticate(context, undecodable=request is UNDECODABLE)
         await self._check_owner(context, device_id, request.device_id)
         known = request.known_version
         while not self.board.closed:
@@ -146,7 +188,7 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
         self, request: cdca_pb2.ModelRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[cdca_pb2.ModelChunk]:
         """The manifest, then the model file and its defaults, in chunks."""
-        await self._authenticate(context, request.device_id)
+        await self._authenticate(context, _claimed(request))
         manifest = self.served.manifest
         yield cdca_pb2.ModelChunk(manifest_json=self.served.manifest_path.read_text())
         names = [manifest.model_file, *([manifest.defaults_file] if manifest.defaults_file else [])]
@@ -159,33 +201,39 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
                     data=data[offset : offset + MODEL_CHUNK_BYTES],
                 )  # fmt: skip
 
-    async def _authenticate(self, context: grpc.aio.ServicerContext, claimed: str = "") -> str:
+    async def _authenticate(
+        self, context: grpc.aio.ServicerContext, claimed: str | None = "",
+        undecodable: bool = False,
+    ) -> str:  # fmt: skip
+        """The caller's device id; aborts the call unless its metadata prove it.
+
+        ``claimed``: the id the request names (must be the caller's; None: undecodable).
+        """
         metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
         device_id = metadata.get(DEVICE_METADATA, "")
-        token = metadata.get(TOKEN_METADATA, "").removeprefix("Bearer ").strip()
-        if not device_id or not token:
+        authorization = metadata.get(TOKEN_METADATA, "")
+        if not device_id or not authorization.startswith(BEARER):
             await _abort(context, grpc.StatusCode.UNAUTHENTICATED,
-                         f"missing {DEVICE_METADATA!r} or {TOKEN_METADATA!r} metadata: "
-                         "start the device with --device-id and --token")  # fmt: skip
-        if not self.registry.is_enrolled(device_id):
-            log.warning("refused unknown device %r", device_id)
-            await _abort(context, grpc.StatusCode.UNAUTHENTICATED,
-                         f"device {device_id!r} is not enrolled on this server: "
-                         f"run `cdca cloud enrol --device {device_id}` there")  # fmt: skip
-        if not self.registry.authenticate(device_id, token):
-            log.warning("refused a bad token for %r", device_id)
-            await _abort(context, grpc.StatusCode.UNAUTHENTICATED,
-                         f"the token does not match device {device_id!r}")  # fmt: skip
+                         f"missing {DEVICE_METADATA!r} or {TOKEN_METADATA!r} ('Bearer <token>') "
+                         "metadata: start the device with --device-id and --token")  # fmt: skip
+        token = authorization[len(BEARER) :]
+        if not DEVICE_ID.match(device_id) or not self.registry.authenticate(device_id, token):
+            log.warning("refused device %s: unknown, revoked, expired or a wrong token",
+                        shown(device_id))  # fmt: skip
+            await _abort(context, grpc.StatusCode.UNAUTHENTICATED, NOT_ACCEPTED)
+        if claimed is None or undecodable:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                         "the request is not a cdca.v1 message of this call")  # fmt: skip
         if claimed and claimed != device_id:
             await _abort(context, grpc.StatusCode.PERMISSION_DENIED,
-                         f"this call is authenticated as {device_id!r} but names {claimed!r}")  # fmt: skip
+                         f"this call is authenticated as {device_id!r} but names {shown(claimed)}")  # fmt: skip
         return device_id
 
     async def _check_owner(
         self, context: grpc.aio.ServicerContext, caller: str, wanted: str
     ) -> None:
         if wanted and wanted != caller:
-            log.warning("%s asked for the prompts of %r", caller, wanted)
+            log.warning("%s asked for the prompts of %s", caller, shown(wanted))
             await _abort(context, grpc.StatusCode.PERMISSION_DENIED,
                          f"a device reads only its own prompts and {SHARED_PROMPT_ID!r}")  # fmt: skip
 
@@ -198,49 +246,94 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
     ) -> DecodedUpload:
         if chunk.device_id != device_id:
             await _abort(context, grpc.StatusCode.PERMISSION_DENIED,
-                         f"upload chunk names device {chunk.device_id!r}, the call is {device_id!r}")  # fmt: skip
+                         f"upload chunk names device {shown(chunk.device_id)}, the call is "
+                         f"{device_id!r}")  # fmt: skip
+        if previous and previous[-1].last:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                         "a chunk after the one marked last")  # fmt: skip
         if previous and chunk.batch_id != previous[0].batch_id:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
                          "one upload stream carries one batch: batch_id changed mid-stream")  # fmt: skip
         if not previous and not chunk.HasField("batch_stats"):
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
                          "the first chunk of an upload must carry batch_stats")  # fmt: skip
-        if sum(len(p.images) for p in previous) + len(chunk.samples) > MAX_SAMPLES_PER_UPLOAD:
+        most = self.limits.max_samples_per_upload
+        if sum(len(p.images) for p in previous) + len(chunk.samples) > most:
             await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                         f"more than {MAX_SAMPLES_PER_UPLOAD} samples in one upload: split it")  # fmt: skip
+                         f"more than {most} samples in one upload: split it")  # fmt: skip
         try:
-            return decode_upload(chunk, self.served.image_shape, self.served.stats_shape,
-                                 self.config.max_message_bytes)  # fmt: skip
+            decoded = decode_upload(chunk, self.served.image_shape, self.served.stats_shape,
+                                    self.config.max_message_bytes)  # fmt: skip
         except CdcaError as err:
             log.warning("refused an upload from %s: %s", device_id, err)
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        if decoded.batch_stats is not None:
+            problem = stats_problem(torch.tensor(decoded.batch_stats), self.running_stats)
+            if problem is not None:
+                log.warning("refused an upload from %s: %s", device_id, problem)
+                await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
+        return decoded
 
-    def _accept(self, device_id: str, parts: list[DecodedUpload]) -> cdca_pb2.UploadSummary:
-        first = parts[0]
-        frames_seen = max(p.frames_seen for p in parts)
+    async def _accept(
+        self, context: grpc.aio.ServicerContext, device_id: str, parts: list[DecodedUpload],
+        digest: str,
+    ) -> cdca_pb2.UploadSummary:  # fmt: skip
+        earlier = self.registry.earlier_upload(device_id, digest)
+        if earlier is not None:
+            log.info("%s sent batch %d again: acknowledged as before, stored once",
+                     device_id, parts[0].batch_id)  # fmt: skip
+            return cdca_pb2.UploadSummary(accepted=earlier[0], refused_over_budget=earlier[1])
+        frames_seen = saturate(max(p.frames_seen for p in parts))
         images = np.concatenate([p.images for p in parts])
         uncertainty = np.concatenate([p.uncertainty for p in parts])
-        record = self.registry.record(device_id)
-        assert record is not None  # authenticated above
-        allowed = int(self.device.budget * record.frames_after(frames_seen))
-        room = max(0, allowed + self.config.upload_slack - record.accepted)
-        keep = min(len(images), room)
-        refused = len(images) - keep
+        wanted = min(len(images), self._claimed_room(device_id, frames_seen))
         shift = any(p.shift for p in parts)
+        if wanted or shift:
+            await self._check_inbox(context, device_id, images[:wanted].nbytes)
+        keep = self.allowances.samples(device_id, wanted)
+        if shift and not self.allowances.shift(device_id):
+            log.warning("%s reports new environments faster than server.limits allow: "
+                        "batch %d taken as an ordinary upload", device_id, parts[0].batch_id)  # fmt: skip
+            shift = False
+        refused = len(images) - keep
         if keep or shift:
-            assert first.batch_stats is not None  # checked on the first chunk
-            batch = StoredBatch(device_id, first.batch_id, images[:keep], uncertainty[:keep],
-                                first.batch_stats, shift, frames_seen)  # fmt: skip
+            batch_stats = parts[0].batch_stats
+            assert batch_stats is not None  # checked on the first chunk
+            batch = StoredBatch(device_id, parts[0].batch_id, images[:keep], uncertainty[:keep],
+                                batch_stats, shift, frames_seen)  # fmt: skip
             self.worker.submit(self.inbox.put(batch))
-        self.registry.count_upload(device_id, frames_seen, keep, refused)
+        self.registry.count_upload(device_id, frames_seen, keep, refused, digest)
         if refused:
             log.warning("%s is over its upload budget: refused %d of %d samples",
                         device_id, refused, len(images))  # fmt: skip
         return cdca_pb2.UploadSummary(accepted=keep, refused_over_budget=refused)
 
+    def _claimed_room(self, device_id: str, frames_seen: int) -> int:
+        """Samples the device's budget share of the frames it claims still allows (an upper bound)."""
+        record = self.registry.record(device_id)
+        assert record is not None  # authenticated above
+        allowed = int(self.device.budget * record.frames_after(frames_seen))
+        return max(0, allowed + self.config.upload_slack - record.accepted)
+
+    async def _check_inbox(
+        self, context: grpc.aio.ServicerContext, device_id: str, size: int
+    ) -> None:
+        refusal = self.worker.quota.refusal(device_id, size)
+        if refusal is not None:
+            log.warning("%s: upload refused, %s", device_id, refusal)
+            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         f"{refusal}: retry in {INBOX_RETRY_MS / 1000:g} s",
+                         ((RETRY_AFTER_METADATA, str(INBOX_RETRY_MS)),))  # fmt: skip
+
+
+def _claimed(request: object) -> str | None:
+    """The device id a request names (None for undecodable bytes)."""
+    return None if request is UNDECODABLE else str(getattr(request, "device_id", ""))
+
 
 async def _abort(
-    context: grpc.aio.ServicerContext, code: grpc.StatusCode, details: str
-) -> NoReturn:
-    await context.abort(code, details)
+    context: grpc.aio.ServicerContext, code: grpc.StatusCode, details: str,
+    trailing_metadata: tuple[tuple[str, str], ...] = (),
+) -> NoReturn:  # fmt: skip
+    await context.abort(code, details, trailing_metadata)
     raise AssertionError("unreachable: context.abort raises")  # for type checkers

@@ -183,7 +183,12 @@ def save_environments(path: Path, bank: EnvironmentBank) -> None:
         if entry.uploads is not None:
             pool = zip(PooledUploads.names(), entry.uploads.tensors(), strict=True)
             tensors.update({f"{i}.uploads.{k}": v.contiguous() for k, v in pool})
-        counts.append([entry.evidence, entry.visits])
+        for device_id, (_, signature_sum) in entry.contributors.items():
+            tensors[f"{i}.contributor.{device_id}"] = torch.from_numpy(
+                np.asarray(signature_sum, np.float64)
+            )
+        contributions = {d: count for d, (count, _) in entry.contributors.items()}
+        counts.append([entry.evidence, entry.visits, entry.prompt_from, contributions])
     metadata = {"entries": str(len(bank.entries)), "counts": json.dumps(counts)}
     atomic_write(path, save_safetensors(tensors, metadata=metadata))
 
@@ -198,18 +203,20 @@ def load_environments(path: Path, bank: EnvironmentBank, neutral: Prompt) -> int
         metadata = _read_metadata(data)
         counts = json.loads(metadata["counts"])
         entries = []
-        for i, (evidence, visits) in enumerate(counts):
+        for i, (evidence, visits, *origin) in enumerate(counts):
             prompt = _prompt(tensors, f"{i}.prompt.", neutral)
+            prompt_from, contributions = origin if origin else ("", {})
+            contributors = {
+                str(device): (int(count), tensors[f"{i}.contributor.{device}"].numpy())
+                for device, count in contributions.items()
+            }
             entries.append(
                 Environment(
-                    tensors[f"{i}.signature"].numpy(),
-                    prompt,
-                    int(evidence),
-                    int(visits),
-                    _pooled(tensors, f"{i}.uploads."),
+                    tensors[f"{i}.signature"].numpy(), prompt, int(evidence), int(visits),
+                    _pooled(tensors, f"{i}.uploads."), str(prompt_from), contributors,
                 )
-            )
-    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as err:
+            )  # fmt: skip
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise DataError(
             f"environment bank {path} is unreadable or does not fit the served model ({err}); "
             "move it away to start the fleet's bank from scratch"

@@ -13,11 +13,19 @@ fit runs once, on the newest (a prompt learned from a stale batch would be stale
 most ``MAX_BUFFERED_WITHOUT_FIT`` in a row, though: a server that cannot even buffer as fast
 as its devices upload always has a newer batch waiting, and would otherwise never fit
 (`cdca bench reliability`, 64 devices: 1 prompt in 60 s).
+
+Devices are served round robin (``cloud.server.fair_queue``), so one device's flood delays
+another's prompt by at most one batch; the bytes each device has waiting count against its
+inbox quota (``cloud.server.limits``). No prompt that fails the guard
+(``cloud.adaptation.guard``) is saved or published. Between batches the worker drops
+everything a device revoked with ``--forget`` contributed: its queued uploads, session,
+prompt bank and environment-bank entries.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -27,8 +35,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cloud.adaptation.guard import prompt_problem
 from cloud.adaptation.session import AdaptationSession, UploadBatch
 from cloud.server.board import PromptBoard
+from cloud.server.fair_queue import FairQueue
+from cloud.server.limits import InboxQuota
 from cloud.server.registry import DeviceRegistry
 from cloud.server.storage import (
     Inbox,
@@ -40,7 +51,9 @@ from cloud.server.storage import (
     save_environments,
 )
 from cloud.server.world import CloudWorld
+from protocol.config.server import LimitsConfig
 from protocol.errors import CdcaError
+from protocol.files import atomic_write
 from protocol.messages import prompt_message
 from protocol.v1 import cdca_pb2
 
@@ -48,6 +61,7 @@ log = logging.getLogger("cdca.cloud")
 # Batches of one device buffered without a fit before the next fits even if newer ones wait:
 # bounds how stale a prompt gets when the server is behind for good, not just for a while.
 MAX_BUFFERED_WITHOUT_FIT = 8
+FORGET_CHECK_SECONDS = 2.0  # how soon an idle worker notices `cdca cloud revoke --forget`
 
 
 class AdaptationWorker:
@@ -60,20 +74,26 @@ class AdaptationWorker:
         inbox: Inbox,
         board: PromptBoard,
         state_dir: Path,
+        limits: LimitsConfig | None = None,
     ) -> None:
         self.world, self.registry, self.inbox, self.board = world, registry, inbox, board
         self.banks = state_dir / "prompts"
+        self.shared_offset_file = state_dir / "shared-version-offset"
         self.rejected = state_dir / "rejected"
         self.ledger = IngestLedger(state_dir / "ingested.log")
         self.environments_file = state_dir / "environments.safetensors"
         self.fleet = world.new_fleet()
         self.sessions: dict[str, AdaptationSession] = self.fleet.sessions
-        self.queue: asyncio.Queue[Path] = asyncio.Queue()
-        self.waiting: Counter[str] = Counter()  # queued batches per device
+        self.queue = FairQueue()
+        self.quota = InboxQuota(limits or LimitsConfig())
+        self.sizes: dict[Path, int] = {}  # bytes of each queued inbox file
         self.deferred: Counter[str] = Counter()  # batches buffered without a fit, per device
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="vplu")
-        self.processed = 0
+        self.processed = self.unsaved_prompts = 0
         self.saved_changes = 0
+        # added to the shared prompt's version so that it still rises after a device is forgotten
+        self.shared_offset = int(self.shared_offset_file.read_text()) if (
+            self.shared_offset_file.is_file()) else 0  # fmt: skip
 
     def restore(self) -> int:
         """Reload every saved prompt bank and the fleet's environments; re-queue unfinished uploads."""
@@ -93,42 +113,81 @@ class AdaptationWorker:
         pending = self.inbox.pending()
         for path in pending:
             self.submit(path)
+        self.apply_forgets()
         return len(pending)
 
     def submit(self, path: Path) -> None:
         """Queue a persisted inbox file."""
-        self.waiting[self.inbox.device_of(path)] += 1
-        self.queue.put_nowait(path)
+        device_id = self.inbox.device_of(path)
+        self.sizes[path] = size = path.stat().st_size
+        self.quota.add(device_id, size)
+        self.queue.put(device_id, path)
 
     async def run(self) -> None:
         """Ingest queued batches until cancelled."""
         loop = asyncio.get_running_loop()
         while True:
-            path = await self.queue.get()
+            self.apply_forgets()
             try:
-                await self._process(loop, path)
+                device_id, path = await asyncio.wait_for(self.queue.get(), FORGET_CHECK_SECONDS)
+            except TimeoutError:
+                continue
+            try:
+                await self._process(loop, device_id, path)
             except CdcaError as err:
                 log.warning("rejected %s: %s", path.name, err)
                 self.rejected.mkdir(parents=True, exist_ok=True)
-                path.replace(self.rejected / path.name)
+                with contextlib.suppress(FileNotFoundError):
+                    path.replace(self.rejected / path.name)
+            finally:
+                self.quota.remove(device_id, self.sizes.pop(path, 0))
+
+    def apply_forgets(self) -> None:
+        """Drop what each device revoked with ``--forget`` contributed (between batches only)."""
+        for device_id in self.registry.pending_forgets():
+            evidence_before = self._shared_evidence()
+            for path in self.queue.drop(device_id):
+                self.quota.remove(device_id, self.sizes.pop(path, 0))
+                self.inbox.done(path)
+            for path in self.inbox.pending():  # uploaded while the revocation was being applied
+                if self.inbox.device_of(path) == device_id:
+                    self.inbox.done(path)
+            entries = self.fleet.forget(device_id)
+            (self.banks / f"{device_id}.safetensors").unlink(missing_ok=True)
+            self.board.forget(device_id)
+            save_environments(self.environments_file, self.fleet.environments)
+            self.saved_changes = self.fleet.environments.changes
+            self.shared_offset += max(0, evidence_before - self._shared_evidence()) + 1
+            atomic_write(self.shared_offset_file, str(self.shared_offset).encode())
+            self.registry.forgotten(device_id)
+            log.warning("forgot device %s: its uploads, prompt bank and %d environment entries",
+                        device_id, entries)  # fmt: skip
 
     def shared_prompt(self) -> cdca_pb2.Prompt:
         """Every device's domain-agnostic prompt, weighted by environments learned (= version)."""
         shared = self.fleet.shared_prompt()
-        evidence = sum(s.bank.environments - 1 for s in self.sessions.values())
+        if prompt_problem(shared, self.world.neutral) is not None:  # never, by construction
+            shared = self.world.neutral
         parts = {k: shared[k] for k in self.world.adaptation.vplu.parts}
-        return prompt_message(_numpy(parts), version=evidence, scope="shared",
+        version = self._shared_evidence() + self.shared_offset
+        return prompt_message(_numpy(parts), version=version, scope="shared",
                               created_unix_ms=int(time.time() * 1000))  # fmt: skip
+
+    def _shared_evidence(self) -> int:
+        return sum(s.bank.environments - 1 for s in self.sessions.values())
+
+    @property
+    def rejected_fits(self) -> int:
+        """Fits whose prompt failed the guard, so far (the devices kept their last prompts)."""
+        return self.unsaved_prompts + sum(s.rejected_fits for s in self.sessions.values())
 
     def close(self) -> None:
         """Let the running update finish, then stop the thread."""
         self.executor.shutdown(wait=True, cancel_futures=True)
 
-    async def _process(self, loop: asyncio.AbstractEventLoop, path: Path) -> None:
-        device_id = self.inbox.device_of(path)
-        self.waiting[device_id] -= 1
+    async def _process(self, loop: asyncio.AbstractEventLoop, device_id: str, path: Path) -> None:
         # no fit while a newer batch of this device is queued, unless it has waited too long
-        fit = (self.waiting[device_id] == 0
+        fit = (self.queue.waiting(device_id) == 0
                or self.deferred[device_id] >= MAX_BUFFERED_WITHOUT_FIT)  # fmt: skip
         batch = self.inbox.load(path)
         if not self.registry.is_enrolled(batch.device_id):
@@ -151,7 +210,7 @@ class AdaptationWorker:
         elif self.deferred[device_id]:
             log.info("%s: catching up, %d waiting batches buffered and fitted once on batch %d "
                      "(%d newer still queued)", device_id, self.deferred.pop(device_id),
-                     batch_id, self.waiting[device_id])  # fmt: skip
+                     batch_id, self.queue.waiting(device_id))  # fmt: skip
 
     def _ingest(
         self, session: AdaptationSession, batch: StoredBatch, fit: bool
@@ -167,6 +226,11 @@ class AdaptationWorker:
             save_environments(self.environments_file, self.fleet.environments)
             self.saved_changes = self.fleet.environments.changes
         if prompt is None:
+            return None
+        problem = prompt_problem(prompt, self.world.neutral)
+        if problem is not None:  # the session guards its fits; this guards what is saved
+            log.warning("%s: a prompt was not saved or published: %s", batch.device_id, problem)
+            self.unsaved_prompts += 1
             return None
         version = self.registry.next_prompt_version(batch.device_id)
         save_bank(self.banks / f"{batch.device_id}.safetensors", session.bank, version)

@@ -76,6 +76,11 @@ class CloudWorld:
     synthetic: EnvironmentRenderer | None = None  # cloud.adaptation.synthetic; None: uploads only
 
     @cached_property
+    def running_stats(self) -> torch.Tensor:
+        """(2, K) the student's running means and variances: what uploaded statistics are checked against."""
+        return VPLU(self.device_model, self.class_vectors, self.adaptation.fit).running_stats
+
+    @cached_property
     def neutral(self) -> dict[str, torch.Tensor]:
         """The unadapted student's prompt parts (built once; read-only: banks copy them)."""
         return VPLU(self.device_model, self.class_vectors, self.adaptation.fit).neutral_prompt()

@@ -166,11 +166,18 @@ class SharingConfig:
             from its prompt.
         share_across_devices: an unknown environment starts from the fleet's shared prompt.
         pool_uploads: a known environment's past uploads join the next device's fit there.
+        max_device_weight: environments one device counts for, at most, in the shared
+            prompt (a device that reports shift after shift gains no more say).
     """
 
     environment_bank: bool = True
     share_across_devices: bool = True
     pool_uploads: bool = False
+    max_device_weight: float = 8.0
+
+    def __post_init__(self) -> None:
+        if not self.max_device_weight > 0:
+            raise ConfigError(f"max_device_weight must be > 0, got {self.max_device_weight}")
 
 
 @dataclass(frozen=True)

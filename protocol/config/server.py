@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from protocol.errors import ConfigError
@@ -32,6 +32,46 @@ class TLSConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    """[server.limits]: what one device may cost the server, whatever it claims.
+
+    A device is not trusted: these hold against what the server can count itself (samples
+    it received, bytes on its disk, time), not what the device reports.
+
+    Attributes:
+        samples_per_second: uploaded samples one device may add per second, sustained (far
+            above a camera's: 30 frames/s at a 10 % budget is 3).
+        sample_burst: samples one device may upload at once after a quiet spell.
+        shifts_per_minute: new environments one device may report per minute, sustained;
+            more are taken as ordinary uploads.
+        shift_burst: new environments one device may report in quick succession.
+        max_samples_per_upload: samples in one upload stream.
+        max_chunks_per_upload: chunks in one upload stream.
+        inbox_bytes_per_device: uploads of one device waiting for the adaptation worker;
+            beyond, uploads get RESOURCE_EXHAUSTED with a retry hint.
+        inbox_bytes_total: uploads of all devices waiting for the worker.
+        token_ttl_days: days a token from ``cdca cloud enrol`` stays valid (0: forever).
+    """
+
+    samples_per_second: float = 200.0
+    sample_burst: int = 1024
+    shifts_per_minute: float = 60.0
+    shift_burst: int = 8
+    max_samples_per_upload: int = 1024
+    max_chunks_per_upload: int = 256
+    inbox_bytes_per_device: int = 64 * 1024 * 1024
+    inbox_bytes_total: int = 1024 * 1024 * 1024
+    token_ttl_days: float = 365.0
+
+    def __post_init__(self) -> None:
+        rates = (self.samples_per_second, self.shifts_per_minute)
+        sizes = (self.sample_burst, self.shift_burst, self.max_samples_per_upload,
+                 self.max_chunks_per_upload, self.inbox_bytes_per_device, self.inbox_bytes_total)  # fmt: skip
+        if min(rates) <= 0 or min(sizes) < 1 or self.token_ttl_days < 0:
+            raise ConfigError("[server.limits]: rates and sizes must be > 0, token_ttl_days >= 0")
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """[server]: the cloud server devices connect to.
 
@@ -45,6 +85,7 @@ class ServerConfig:
         max_message_bytes: gRPC message cap in both directions.
         max_devices: enrolment stops here.
         tls: the server's certificate (a ``[server.tls]`` table); none: plain text.
+        limits: what one device may cost the server (``[server.limits]``).
     """
 
     host: str = "127.0.0.1"
@@ -55,6 +96,7 @@ class ServerConfig:
     max_message_bytes: int = 4 * 1024 * 1024
     max_devices: int = 1024
     tls: TLSConfig | None = None
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:

@@ -69,20 +69,22 @@ class Sample(_message.Message):
     def __init__(self, image: _Optional[_Union[Tensor, _Mapping]] = ..., uncertainty: _Optional[float] = ..., frame_id: _Optional[int] = ..., predicted_class: _Optional[int] = ...) -> None: ...
 
 class UploadChunk(_message.Message):
-    __slots__ = ("device_id", "batch_id", "samples", "batch_stats", "shift", "frames_seen")
+    __slots__ = ("device_id", "batch_id", "samples", "batch_stats", "shift", "frames_seen", "last")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     BATCH_STATS_FIELD_NUMBER: _ClassVar[int]
     SHIFT_FIELD_NUMBER: _ClassVar[int]
     FRAMES_SEEN_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     batch_id: int
     samples: _containers.RepeatedCompositeFieldContainer[Sample]
     batch_stats: Tensor
     shift: bool
     frames_seen: int
-    def __init__(self, device_id: _Optional[str] = ..., batch_id: _Optional[int] = ..., samples: _Optional[_Iterable[_Union[Sample, _Mapping]]] = ..., batch_stats: _Optional[_Union[Tensor, _Mapping]] = ..., shift: _Optional[bool] = ..., frames_seen: _Optional[int] = ...) -> None: ...
+    last: bool
+    def __init__(self, device_id: _Optional[str] = ..., batch_id: _Optional[int] = ..., samples: _Optional[_Iterable[_Union[Sample, _Mapping]]] = ..., batch_stats: _Optional[_Union[Tensor, _Mapping]] = ..., shift: _Optional[bool] = ..., frames_seen: _Optional[int] = ..., last: _Optional[bool] = ...) -> None: ...
 
 class UploadSummary(_message.Message):
     __slots__ = ("accepted", "refused_over_budget")

@@ -1,14 +1,18 @@
 """Property-based fuzzing of every RPC and of the model manifest (hypothesis, 1,000 cases each).
 
 Every case must end in OK or a deliberate status (never UNKNOWN or INTERNAL, which mean an
-unhandled exception), the server must keep serving after each, and no caller may read
-another device's prompt. Manifest text, whatever it is, loads or raises ``CdcaError``.
+unhandled exception) with details of bounded length, the server must keep serving after
+each, and no caller may read another device's prompt. The cases reach the server's limits:
+ids of 10,000 characters, frame counts up to 2^64-1, huge but finite statistics, streams
+with and without their last chunk, and bytes that are no message at all. Manifest text,
+whatever it is, loads or raises ``CdcaError``.
 """
 
 import contextlib
 import json
 
 import grpc
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -25,7 +29,9 @@ DELIBERATE = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusC
               grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.NOT_FOUND,
               grpc.StatusCode.DEADLINE_EXCEEDED, "client refused"}  # fmt: skip
 
-device_ids = st.sampled_from(["cam-a", "cam-b", "cam-z", "", "shared", "../etc", "cam-a\x00"])
+device_ids = st.sampled_from(
+    ["cam-a", "cam-b", "cam-z", "", "shared", "../etc", "cam-a\x00", "x" * 10_000]
+)
 identities = st.one_of(
     st.tuples(st.sampled_from(list(TOKENS)), st.just(None)),  # a real device, its own token
     st.tuples(device_ids, st.text(max_size=12)),  # anyone with any token
@@ -37,6 +43,11 @@ tensors = st.builds(
     dtypes, st.lists(st.integers(-2, 600), max_size=4), st.binary(max_size=4096),
 )  # fmt: skip
 good_image = cdca_pb2.Tensor(dtype="uint8", shape=[32, 32, 3], data=bytes(32 * 32 * 3))
+K = 352  # normalisation channels of the tiny student
+statistics = st.builds(  # the right shape and dtype, any finite or non-finite values
+    lambda value: cdca_pb2.Tensor(dtype="float32", shape=[2, K], data=np.full((2, K), value, np.float32).tobytes()),
+    st.floats(width=32, allow_nan=True, allow_infinity=True),
+)  # fmt: skip
 samples = st.builds(
     lambda image, score, frame, cls: cdca_pb2.Sample(image=image, uncertainty=score, frame_id=frame,
                                                      predicted_class=cls),
@@ -44,11 +55,11 @@ samples = st.builds(
     st.integers(0, 2**64 - 1), st.integers(-(2**31), 2**31 - 1),
 )  # fmt: skip
 chunks = st.builds(
-    lambda device, batch, sample_list, stats, shift, seen: cdca_pb2.UploadChunk(
+    lambda device, batch, sample_list, stats, shift, seen, last: cdca_pb2.UploadChunk(
         device_id=device, batch_id=batch, samples=sample_list, shift=shift, frames_seen=seen,
-        **({"batch_stats": stats} if stats is not None else {})),
-    device_ids, st.integers(0, 2**64 - 1), st.lists(samples, max_size=3), st.one_of(st.none(), tensors),
-    st.booleans(), st.integers(0, 2**64 - 1),
+        last=last, **({"batch_stats": stats} if stats is not None else {})),
+    device_ids, st.integers(0, 2**64 - 1), st.lists(samples, max_size=3),
+    st.one_of(st.none(), tensors, statistics), st.booleans(), st.integers(0, 2**64 - 1), st.booleans(),
 )  # fmt: skip
 
 
@@ -66,11 +77,14 @@ def outcome(call):
     try:
         return grpc.StatusCode.OK, call()
     except grpc.RpcError as err:
-        if err.code() == grpc.StatusCode.INTERNAL and "metadata" in (err.details() or "").lower():
-            return CLIENT_REFUSED, None
-        return err.code(), None
+        failure = err
     except ValueError:
         return CLIENT_REFUSED, None
+    details = failure.details() or ""
+    if failure.code() == grpc.StatusCode.INTERNAL and "metadata" in details.lower():
+        return CLIENT_REFUSED, None
+    assert len(details) < 1000, "an error echoes a client's value unbounded"
+    return failure.code(), None
 
 
 def assert_still_serving(server):
@@ -153,6 +167,23 @@ def test_fuzz_download_model(live_server, identity, device):
         assert identity is not None
         assert device in ("", identity[0])
         assert "/" not in chunk.file_name
+
+
+@CASES
+@given(identity=identities, method=st.sampled_from(["Register", "GetPrompt", "Upload"]),
+       data=st.binary(max_size=64))  # fmt: skip
+def test_fuzz_raw_bytes_get_a_deliberate_status(live_server, identity, method, data):
+    channel = grpc.insecure_channel(live_server.address)
+    path = f"/cdca.v1.CloudAdaptation/{method}"
+    if method == "Upload":
+        call = channel.stream_unary(path)
+        code, _ = outcome(lambda: call(iter([data]), metadata=metadata(identity), timeout=10))
+    else:
+        code, _ = outcome(
+            lambda: channel.unary_unary(path)(data, metadata=metadata(identity), timeout=10)
+        )
+    channel.close()
+    assert code in DELIBERATE
 
 
 def test_the_server_still_serves_after_every_fuzz_case(live_server):

@@ -55,8 +55,8 @@ def test_identity_is_checked_on_every_call(live_server):
     request = cdca_pb2.RegisterRequest(device_id="cam-a", protocol_version=1,
                                        model_sha256=live_server.manifest_sha256)  # fmt: skip
     cases = {
-        "unknown device": (call_metadata("cam-z", "x"), grpc.StatusCode.UNAUTHENTICATED, "not enrolled"),
-        "bad token": (call_metadata("cam-a", "wrong"), grpc.StatusCode.UNAUTHENTICATED, "token"),
+        "unknown device": (call_metadata("cam-z", "x"), grpc.StatusCode.UNAUTHENTICATED, "not accepted"),
+        "bad token": (call_metadata("cam-a", "wrong"), grpc.StatusCode.UNAUTHENTICATED, "not accepted"),
         "no metadata": ((), grpc.StatusCode.UNAUTHENTICATED, "metadata"),
         "someone else": (live_server.metadata("cam-b"), grpc.StatusCode.PERMISSION_DENIED, "cam-a"),
     }  # fmt: skip
@@ -114,10 +114,14 @@ def test_uploads_need_a_registration_with_the_served_model(live_server):
 def test_uploads_cannot_name_another_device_or_mix_batches(live_server):
     code, _ = status_of(lambda: upload(live_server, good_chunks("cam-b")))
     assert code == grpc.StatusCode.PERMISSION_DENIED
-    mixed = good_chunks(batch_id=1) + good_chunks(batch_id=2)
-    code, details = status_of(lambda: upload(live_server, mixed))
+    first, second = good_chunks(batch_id=1)[0], good_chunks(batch_id=2)[0]
+    first.last = False
+    code, details = status_of(lambda: upload(live_server, [first, second]))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert "batch_id" in details
+    code, details = status_of(lambda: upload(live_server, good_chunks(batch_id=3) * 2))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "after the one marked last" in details
 
 
 def test_a_device_reads_only_its_own_and_the_shared_prompts(live_server):

@@ -1,0 +1,135 @@
+"""What one device may cost the server: buckets, quotas, the fair queue and the registry's guards."""
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from cloud.server.fair_queue import FairQueue
+from cloud.server.limits import DeviceAllowances, InboxQuota, TokenBucket
+from cloud.server.registry import MAX_COUNT, DeviceRegistry
+from protocol.config.server import LimitsConfig
+from protocol.errors import ConfigError
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_token_bucket_grants_its_burst_then_its_rate():
+    clock = Clock()
+    bucket = TokenBucket(rate=10, capacity=50, clock=clock)
+    assert bucket.take(2**63) == 50  # a huge claim gets the burst, nothing more
+    assert bucket.take(5) == 0
+    assert bucket.seconds_until(5) == pytest.approx(0.5)
+    clock.now = 1.0
+    assert bucket.take(100) == 10
+    clock.now = 1000.0
+    assert bucket.take(100) == 50  # refills to its capacity, never beyond
+
+
+def test_devices_have_their_own_sample_and_shift_allowances():
+    clock = Clock()
+    allowances = DeviceAllowances(LimitsConfig(sample_burst=8, shift_burst=2), clock)
+    assert allowances.samples("a", 20) == 8
+    assert allowances.samples("b", 20) == 8  # a's spending does not touch b's
+    assert [allowances.shift("a") for _ in range(4)] == [True, True, False, False]
+    clock.now = 1.0  # one shift per second at the default 60 per minute
+    assert allowances.shift("a")
+
+
+def test_the_inbox_quota_counts_bytes_per_device_and_in_total():
+    quota = InboxQuota(LimitsConfig(inbox_bytes_per_device=100, inbox_bytes_total=150))
+    quota.add("a", 90)
+    assert "over its quota" in quota.refusal("a", 20)
+    assert quota.refusal("b", 50) is None
+    quota.add("b", 50)
+    assert "full" in quota.refusal("c", 20)
+    quota.remove("a", 90)
+    assert quota.refusal("c", 20) is None
+    assert quota.total == 50
+
+
+def test_the_fair_queue_takes_devices_in_turn_and_each_in_order():
+    async def drain():
+        queue = FairQueue()
+        for i in range(5):
+            queue.put("flood", Path(f"f{i}"))
+        queue.put("quiet", Path("q0"))
+        order = [await queue.get() for _ in range(3)]
+        return order, queue.waiting("flood"), queue.drop("flood"), queue.qsize()
+
+    order, waiting, dropped, left = asyncio.run(drain())
+    assert order == [("flood", Path("f0")), ("quiet", Path("q0")), ("flood", Path("f1"))]
+    assert waiting == 3
+    assert dropped == [Path("f2"), Path("f3"), Path("f4")]
+    assert left == 0
+
+
+def test_counters_saturate_whatever_a_device_reports(tmp_path):
+    registry = DeviceRegistry(tmp_path / "r.sqlite")
+    registry.enrol("cam", "t")
+    registry.count_upload("cam", 2**64 - 1, 5, 0)
+    registry.count_upload("cam", 2**63 - 1, 5, 0)  # "a restart" with an absurd count
+    record = registry.record("cam")
+    assert record.frames_seen == MAX_COUNT
+    assert record.frames_after(2**70) == MAX_COUNT
+
+
+def test_tokens_expire_and_revoked_devices_are_refused(tmp_path):
+    registry = DeviceRegistry(tmp_path / "r.sqlite")
+    registry.enrol("old", "t", ttl_days=1e-9)  # expired almost at once
+    registry.enrol("cam", "t", ttl_days=365)
+    assert not registry.authenticate("old", "t")
+    assert registry.authenticate("cam", "t")
+    assert registry.revoke("cam", forget=True)
+    assert not registry.revoke("nobody")
+    assert not registry.authenticate("cam", "t")
+    assert not registry.is_enrolled("cam")
+    assert registry.pending_forgets() == ["cam"]
+    registry.forgotten("cam")
+    assert registry.pending_forgets() == []
+    registry.enrol("cam", "new")  # enrolling again lets it back in
+    assert registry.authenticate("cam", "new")
+    assert not registry.authenticate("cam", "t")
+
+
+def test_enrolment_stops_at_max_devices(tmp_path):
+    registry = DeviceRegistry(tmp_path / "r.sqlite")
+    registry.enrol("a", max_devices=2)
+    registry.enrol("b", max_devices=2)
+    registry.enrol("a", max_devices=2)  # re-keying a known device is not a new one
+    with pytest.raises(ConfigError, match="max_devices"):
+        registry.enrol("c", max_devices=2)
+
+
+def test_a_resent_upload_is_recognised_by_its_digest(tmp_path):
+    registry = DeviceRegistry(tmp_path / "r.sqlite")
+    registry.enrol("cam", "t")
+    registry.count_upload("cam", 64, 6, 1, digest="abc")
+    assert registry.earlier_upload("cam", "abc") == (6, 1)
+    assert registry.earlier_upload("other", "abc") is None
+    for i in range(100):  # only the latest uploads are remembered
+        registry.count_upload("cam", 64 + i, 1, 0, digest=f"d{i}")
+    assert registry.earlier_upload("cam", "abc") is None
+
+
+def test_an_older_registry_gains_the_new_columns(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "r.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE devices (device_id TEXT PRIMARY KEY, token_sha256 TEXT NOT NULL, "
+               "enrolled_at REAL NOT NULL, last_seen REAL, model_sha256 TEXT, frames_seen INTEGER "
+               "NOT NULL DEFAULT 0, frames_reported INTEGER NOT NULL DEFAULT 0, accepted INTEGER "
+               "NOT NULL DEFAULT 0, refused INTEGER NOT NULL DEFAULT 0, prompt_version INTEGER "
+               "NOT NULL DEFAULT 0)")  # fmt: skip
+    db.commit()
+    db.close()
+    registry = DeviceRegistry(path)
+    registry.enrol("cam", "t")
+    assert registry.authenticate("cam", "t")
