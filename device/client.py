@@ -255,7 +255,9 @@ class RunReport:
                         "bytes_up": s.bytes_up, "bytes_down": s.bytes_down,
                         "upload_ms_p50": _pct(s.upload_ms, 50), "upload_ms_p99": _pct(s.upload_ms, 99),
                         "prompt_delivery_ms_p50": _pct(s.delivery_ms, 50),
-                        "prompt_delivery_ms_p99": _pct(s.delivery_ms, 99)})  # fmt: skip
+                        "prompt_delivery_ms_p99": _pct(s.delivery_ms, 99),
+                        "prompt_turnaround_ms_p50": _pct(s.turnaround_ms, 50),
+                        "prompt_turnaround_ms_p99": _pct(s.turnaround_ms, 99)})  # fmt: skip
         return out
 
 

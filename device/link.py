@@ -41,6 +41,7 @@ NEEDS_OPERATOR = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DE
                   grpc.StatusCode.FAILED_PRECONDITION}  # fmt: skip
 # Trailing metadata of a RESOURCE_EXHAUSTED upload: how long the cloud asks the device to wait.
 RETRY_AFTER_METADATA = "retry-after-ms"
+ACK_TIMES_KEPT = 256  # acknowledgement times of the latest batches, for the prompt turnaround
 # The first Register happens before the first frame, so the cloud's device settings apply
 # from the start; a cloud that is away delays the device by at most this much.
 FIRST_REGISTER_TIMEOUT_S = 5.0
@@ -107,6 +108,8 @@ class LinkStats:
     bytes_down: int = 0  # protobuf bytes of prompts applied
     upload_ms: list[float] = field(default_factory=list)
     delivery_ms: list[float] = field(default_factory=list)
+    # from the cloud's acknowledgement of a batch to the prompt it learned from that batch
+    turnaround_ms: list[float] = field(default_factory=list)
 
 
 def channel(config: LinkConfig) -> grpc.Channel:
@@ -172,6 +175,7 @@ class CloudLink:
         self._watch_call: grpc.Future | None = None
         self._last_refusal = ""
         self._registered = False
+        self._acked_at: dict[int, float] = {}  # batch id -> when the cloud acknowledged it
         self._threads = [threading.Thread(target=self._upload_loop, name="uploader", daemon=True),
                          threading.Thread(target=self._watch_loop, name="watcher", daemon=True)]  # fmt: skip
 
@@ -246,6 +250,9 @@ class CloudLink:
         except grpc.RpcError as err:
             return self._upload_failed(seq, err)
         self.stats.upload_ms.append((time.perf_counter() - start) * 1e3)
+        self._acked_at[int(batch["batch_id"])] = time.monotonic()
+        while len(self._acked_at) > ACK_TIMES_KEPT:
+            self._acked_at.pop(next(iter(self._acked_at)))
         self.queue.ack(seq)
         self.stats.uploads_acked += 1
         self.stats.bytes_up += sum(chunk.ByteSize() for chunk in chunks)
@@ -346,4 +353,7 @@ class CloudLink:
         self.stats.bytes_down += message.ByteSize()
         if pushed and prompt.created_unix_ms:  # a prompt handed over at registration is old news
             self.stats.delivery_ms.append(time.time() * 1e3 - prompt.created_unix_ms)
+        acked = self._acked_at.get(prompt.learned_from_batch) if pushed else None
+        if acked is not None:
+            self.stats.turnaround_ms.append((time.monotonic() - acked) * 1e3)
         self.on_prompt(prompt)

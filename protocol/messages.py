@@ -107,6 +107,7 @@ class DecodedUpload:
     shift: bool
     frames_seen: int
     last: bool = False  # the batch's final chunk
+    offered: int = 0  # samples the chunk carried (more than ``images`` when decoding stopped early)
 
 
 def upload_chunks(
@@ -141,12 +142,18 @@ def decode_upload(
     image_shape: tuple[int, int, int],
     stats_shape: tuple[int, int],
     max_bytes: int = DEFAULT_MAX_BYTES,
+    max_samples: int | None = None,
 ) -> DecodedUpload:
-    """Check every sample against the device model's image size, and the statistics if present."""
-    n = len(chunk.samples)
+    """Check every sample against the device model's image size, and the statistics if present.
+
+    ``max_samples``: decode only the first so many samples (the receiver would refuse the
+    rest anyway, so a flood costs it no decoding); ``offered`` still counts them all.
+    """
+    samples = chunk.samples[: max_samples if max_samples is not None else len(chunk.samples)]
+    n = len(samples)
     images = np.zeros((n, *image_shape), np.uint8)
     uncertainty = np.zeros(n, np.float32)
-    for i, sample in enumerate(chunk.samples):
+    for i, sample in enumerate(samples):
         images[i] = decode(sample.image, name=f"sample {i} image", dtype="uint8",
                            shape=image_shape, max_bytes=max_bytes)  # fmt: skip
         uncertainty[i] = sample.uncertainty
@@ -158,7 +165,8 @@ def decode_upload(
                        shape=stats_shape, max_bytes=max_bytes, finite=True)  # fmt: skip
     return DecodedUpload(
         device_id=chunk.device_id, batch_id=chunk.batch_id, images=images, uncertainty=uncertainty,
-        frame_ids=np.array([s.frame_id for s in chunk.samples], np.int64),
-        predicted=np.array([s.predicted_class for s in chunk.samples], np.int64),
+        frame_ids=np.array([s.frame_id for s in samples], np.int64),
+        predicted=np.array([s.predicted_class for s in samples], np.int64),
         batch_stats=stats, shift=chunk.shift, frames_seen=chunk.frames_seen, last=chunk.last,
+        offered=len(chunk.samples),
     )  # fmt: skip

@@ -1,42 +1,59 @@
-"""``FairQueue``: inbox files waiting for the adaptation worker, served round robin over devices.
+"""``FairQueue``: inbox files waiting for the adaptation worker, served fairly over devices.
 
 One queue in arrival order let a device that floods the server delay every other device's
-prompt by its whole backlog. Here each device has its own queue and the worker takes one
-batch from each device in turn, so a device waits behind at most one batch of every other
-device. Within a device the order stays the arrival order (a session's buffer depends on
-it); the worker's catch-up still fits only on a device's newest waiting batch.
+prompt by its whole backlog. Here each device has its own queue, and the worker serves
+the waiting device that has used the least worker time: start-time fair queueing (Goyal
+et al., "Start-time Fair Queueing", SIGCOMM 1996, https://doi.org/10.1145/248156.248171)
+with seconds of adaptation as the cost. A device that floods gets its share of the
+worker, not more, however many batches it queues; a device that was idle rejoins at the
+busiest devices' level, so it cannot bank credit either. Within a device the order stays
+the arrival order (a session's buffer depends on it); the worker's catch-up still fits
+only on a device's newest waiting batch.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict, deque
+from collections import deque
 from pathlib import Path
 
 
 class FairQueue:
-    """Per-device FIFO queues, taken round robin; lives on the server's event loop."""
+    """Per-device FIFO queues; ``get`` serves the device with the least worker time used."""
 
     def __init__(self) -> None:
-        self._queues: OrderedDict[str, deque[Path]] = OrderedDict()
+        self._queues: dict[str, deque[Path]] = {}
+        self._used: dict[str, float] = {}  # worker seconds per device (virtual time)
         self._ready = asyncio.Event()
 
     def put(self, device_id: str, path: Path) -> None:
         """Queue ``path`` behind the device's other waiting batches."""
-        self._queues.setdefault(device_id, deque()).append(path)
+        if device_id not in self._queues:  # (re)joining: no credit for the time it was idle
+            floor = min((self._used[d] for d in self._queues), default=0.0)
+            self._used[device_id] = max(self._used.get(device_id, 0.0), floor)
+            self._queues[device_id] = deque()
+        self._queues[device_id].append(path)
         self._ready.set()
 
     async def get(self) -> tuple[str, Path]:
-        """The next device in turn and its oldest waiting batch."""
+        """The waiting device with the least worker time so far, and its oldest batch."""
         while not self._queues:
             self._ready.clear()
             await self._ready.wait()
-        device_id, queue = next(iter(self._queues.items()))
+        device_id = min(self._queues, key=lambda d: self._used[d])
+        queue = self._queues[device_id]
         path = queue.popleft()
-        del self._queues[device_id]  # to the back of the rotation (if it has more waiting)
-        if queue:
-            self._queues[device_id] = queue
+        if not queue:
+            del self._queues[device_id]
         return device_id, path
+
+    def charge(self, device_id: str, seconds: float) -> None:
+        """The worker spent ``seconds`` on the device's batch."""
+        self._used[device_id] = self._used.get(device_id, 0.0) + seconds
+
+    def busiest(self, count: int = 5) -> list[tuple[str, float]]:
+        """The devices that used the most worker seconds (roughly: idle spells are not credited)."""
+        return sorted(self._used.items(), key=lambda item: -item[1])[:count]
 
     def waiting(self, device_id: str) -> int:
         """Batches of ``device_id`` still queued."""
@@ -44,7 +61,8 @@ class FairQueue:
         return len(queue) if queue else 0
 
     def drop(self, device_id: str) -> list[Path]:
-        """Remove and return everything ``device_id`` has queued."""
+        """Remove and return everything ``device_id`` has queued, and its account."""
+        self._used.pop(device_id, None)
         return list(self._queues.pop(device_id, ()))
 
     def qsize(self) -> int:

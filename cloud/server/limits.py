@@ -55,12 +55,27 @@ class DeviceAllowances:
 
     def samples(self, device_id: str, wanted: int) -> int:
         """Samples of ``wanted`` the device may upload now."""
+        return self._sample_bucket(device_id).take(wanted)
+
+    def seconds_until_sample(self, device_id: str) -> float:
+        """0 while the device may upload a sample; else how long until it may."""
+        bucket = self._sample_bucket(device_id)
+        bucket.take(0)  # refill to now
+        return bucket.seconds_until(1)
+
+    def available_samples(self, device_id: str) -> int:
+        """Samples the device may upload now (none taken): the most worth decoding."""
+        bucket = self._sample_bucket(device_id)
+        bucket.take(0)  # refill to now
+        return int(bucket.tokens)
+
+    def _sample_bucket(self, device_id: str) -> TokenBucket:
         bucket = self._samples.get(device_id)
         if bucket is None:
             bucket = self._samples[device_id] = TokenBucket(
                 self.limits.samples_per_second, self.limits.sample_burst, self.clock
             )
-        return bucket.take(wanted)
+        return bucket
 
     def shift(self, device_id: str) -> bool:
         """Whether the device may report a new environment now."""

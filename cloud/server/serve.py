@@ -71,8 +71,10 @@ async def run_server(
     try:
         await stop.wait()
     finally:
+        busiest = ", ".join(f"{d} {t:.1f} s" for d, t in worker.queue.busiest())
         log.info("shutting down: %d uploads still queued stay on disk; %d fits rejected by the "
-                 "prompt guard", worker.queue.qsize(), worker.rejected_fits)  # fmt: skip
+                 "prompt guard; worker time: %s", worker.queue.qsize(), worker.rejected_fits,
+                 busiest or "none")  # fmt: skip
         await health_servicer.enter_graceful_shutdown()
         await board.close()
         await server.stop(SHUTDOWN_GRACE_SECONDS)

@@ -43,6 +43,7 @@ from cloud.server.handlers import UNDECODABLE
 from cloud.server.limits import DeviceAllowances
 from cloud.server.registry import DEVICE_ID, DeviceRegistry, saturate
 from cloud.server.storage import Inbox, StoredBatch
+from cloud.server.warnings import ThrottledWarnings
 from cloud.server.worker import AdaptationWorker
 from cloud.server.world import ServedModel
 from protocol.config.adaptation import DeviceSettings
@@ -98,6 +99,7 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
         self.worker, self.board, self.served = worker, board, served
         self.limits, self.running_stats = config.limits, running_stats
         self.allowances = DeviceAllowances(config.limits)
+        self.warnings = ThrottledWarnings(log)
 
     async def Register(  # noqa: N802 (gRPC method names)
         self, request: cdca_pb2.RegisterRequest, context: grpc.aio.ServicerContext
@@ -136,6 +138,11 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
         if record is None or record.model_sha256 not in self.served.accepted_sha256:
             await _abort(context, grpc.StatusCode.FAILED_PRECONDITION,
                          "register with the served model before uploading")  # fmt: skip
+        wait = self.allowances.seconds_until_sample(device_id)
+        if wait > 0:  # a flooding device: refused before its chunks are even decoded
+            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         f"this device uploads faster than server.limits allow: retry in {wait:.1f} s",
+                         ((RETRY_AFTER_METADATA, str(max(1, round(wait * 1000)))),))  # fmt: skip
         parts: list[DecodedUpload] = []
         digest = hashlib.sha256()
         async for chunk in request_iterator:
@@ -218,7 +225,8 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
                          "metadata: start the device with --device-id and --token")  # fmt: skip
         token = authorization[len(BEARER) :]
         if not DEVICE_ID.match(device_id) or not self.registry.authenticate(device_id, token):
-            log.warning("refused device %s: unknown, revoked, expired or a wrong token",
+            self.warnings.warn(device_id[:SHOWN_ID_CHARS], "auth",
+                               "refused device %s: unknown, revoked, expired or a wrong token",
                         shown(device_id))  # fmt: skip
             await _abort(context, grpc.StatusCode.UNAUTHENTICATED, NOT_ACCEPTED)
         if claimed is None or undecodable:
@@ -233,7 +241,9 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
         self, context: grpc.aio.ServicerContext, caller: str, wanted: str
     ) -> None:
         if wanted and wanted != caller:
-            log.warning("%s asked for the prompts of %s", caller, shown(wanted))
+            self.warnings.warn(
+                caller, "owner", "%s asked for the prompts of %s", caller, shown(wanted)
+            )
             await _abort(context, grpc.StatusCode.PERMISSION_DENIED,
                          f"a device reads only its own prompts and {SHARED_PROMPT_ID!r}")  # fmt: skip
 
@@ -258,19 +268,25 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
                          "the first chunk of an upload must carry batch_stats")  # fmt: skip
         most = self.limits.max_samples_per_upload
-        if sum(len(p.images) for p in previous) + len(chunk.samples) > most:
+        if sum(p.offered for p in previous) + len(chunk.samples) > most:
             await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                          f"more than {most} samples in one upload: split it")  # fmt: skip
+        worth_decoding = max(0, self.allowances.available_samples(device_id)
+                             - sum(len(p.images) for p in previous))  # fmt: skip
         try:
             decoded = decode_upload(chunk, self.served.image_shape, self.served.stats_shape,
-                                    self.config.max_message_bytes)  # fmt: skip
+                                    self.config.max_message_bytes, worth_decoding)  # fmt: skip
         except CdcaError as err:
-            log.warning("refused an upload from %s: %s", device_id, err)
+            self.warnings.warn(
+                device_id, "invalid", "refused an upload from %s: %s", device_id, err
+            )
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(err))
         if decoded.batch_stats is not None:
             problem = stats_problem(torch.tensor(decoded.batch_stats), self.running_stats)
             if problem is not None:
-                log.warning("refused an upload from %s: %s", device_id, problem)
+                self.warnings.warn(
+                    device_id, "stats", "refused an upload from %s: %s", device_id, problem
+                )
                 await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
         return decoded
 
@@ -292,10 +308,11 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
             await self._check_inbox(context, device_id, images[:wanted].nbytes)
         keep = self.allowances.samples(device_id, wanted)
         if shift and not self.allowances.shift(device_id):
-            log.warning("%s reports new environments faster than server.limits allow: "
-                        "batch %d taken as an ordinary upload", device_id, parts[0].batch_id)  # fmt: skip
+            self.warnings.warn(device_id, "shift", "%s reports new environments faster than "
+                               "server.limits allow: batch %d taken as an ordinary upload",
+                               device_id, parts[0].batch_id)  # fmt: skip
             shift = False
-        refused = len(images) - keep
+        refused = sum(p.offered for p in parts) - keep
         if keep or shift:
             batch_stats = parts[0].batch_stats
             assert batch_stats is not None  # checked on the first chunk
@@ -304,8 +321,8 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
             self.worker.submit(self.inbox.put(batch))
         self.registry.count_upload(device_id, frames_seen, keep, refused, digest)
         if refused:
-            log.warning("%s is over its upload budget: refused %d of %d samples",
-                        device_id, refused, len(images))  # fmt: skip
+            self.warnings.warn(device_id, "budget", "%s is over its upload budget: refused %d of "
+                               "%d samples", device_id, refused, refused + keep)  # fmt: skip
         return cdca_pb2.UploadSummary(accepted=keep, refused_over_budget=refused)
 
     def _claimed_room(self, device_id: str, frames_seen: int) -> int:
@@ -320,7 +337,7 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
     ) -> None:
         refusal = self.worker.quota.refusal(device_id, size)
         if refusal is not None:
-            log.warning("%s: upload refused, %s", device_id, refusal)
+            self.warnings.warn(device_id, "inbox", "%s: upload refused, %s", device_id, refusal)
             await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                          f"{refusal}: retry in {INBOX_RETRY_MS / 1000:g} s",
                          ((RETRY_AFTER_METADATA, str(INBOX_RETRY_MS)),))  # fmt: skip

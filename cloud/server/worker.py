@@ -14,8 +14,8 @@ most ``MAX_BUFFERED_WITHOUT_FIT`` in a row, though: a server that cannot even bu
 as its devices upload always has a newer batch waiting, and would otherwise never fit
 (`cdca bench reliability`, 64 devices: 1 prompt in 60 s).
 
-Devices are served round robin (``cloud.server.fair_queue``), so one device's flood delays
-another's prompt by at most one batch; the bytes each device has waiting count against its
+Devices share the worker's time fairly (``cloud.server.fair_queue``), so one device's flood
+gets its share of the worker and no more; the bytes each device has waiting count against its
 inbox quota (``cloud.server.limits``). No prompt that fails the guard
 (``cloud.adaptation.guard``) is saved or published. Between batches the worker drops
 everything a device revoked with ``--forget`` contributed: its queued uploads, session,
@@ -132,6 +132,7 @@ class AdaptationWorker:
                 device_id, path = await asyncio.wait_for(self.queue.get(), FORGET_CHECK_SECONDS)
             except TimeoutError:
                 continue
+            began = time.perf_counter()
             try:
                 await self._process(loop, device_id, path)
             except CdcaError as err:
@@ -141,6 +142,7 @@ class AdaptationWorker:
                     path.replace(self.rejected / path.name)
             finally:
                 self.quota.remove(device_id, self.sizes.pop(path, 0))
+                self.queue.charge(device_id, time.perf_counter() - began)
 
     def apply_forgets(self) -> None:
         """Drop what each device revoked with ``--forget`` contributed (between batches only)."""

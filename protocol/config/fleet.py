@@ -36,6 +36,9 @@ class FleetConfig:
         seed: orders the streams and the devices' random picks.
         round_timeout_s: Flower engines: a round waits this long for replies.
         min_devices: Flower engines: fewest replies that still make a round.
+        max_missed_rounds: Flower engines: rounds a device may miss in a row (no reply in
+            time, or an error) before the run goes on without it; a run left with fewer
+            than min_devices devices fails, saying why.
         slow_device: Flower engines: this device answers late (a straggler); -1: none.
         slow_rounds: the straggler's slow rounds, from the first.
         slow_delay_s: how late it answers.
@@ -56,6 +59,7 @@ class FleetConfig:
     seed: int = 0
     round_timeout_s: float = 120.0
     min_devices: int = 1
+    max_missed_rounds: int = 5
     slow_device: int = -1
     slow_rounds: int = 0
     slow_delay_s: float = 0.0
@@ -69,6 +73,8 @@ class FleetConfig:
             raise ConfigError("batches_per_round must be >= 1")
         if not 1 <= self.severity <= 5:
             raise ConfigError(f"severity must be 1..5, got {self.severity}")
+        if self.max_missed_rounds < 1:
+            raise ConfigError(f"max_missed_rounds must be >= 1, got {self.max_missed_rounds}")
         if not 1 <= self.min_devices <= self.devices:
             raise ConfigError(f"min_devices must be between 1 and devices ({self.devices})")
         unknown = sorted(set(self.peers) - set(PEERS))

@@ -39,9 +39,12 @@ class LimitsConfig:
     it received, bytes on its disk, time), not what the device reports.
 
     Attributes:
-        samples_per_second: uploaded samples one device may add per second, sustained (far
-            above a camera's: 30 frames/s at a 10 % budget is 3).
-        sample_burst: samples one device may upload at once after a quiet spell.
+        samples_per_second: uploaded samples one device may add per second, sustained (six
+            times a camera's: 30 frames/s at a 10 % budget is 3); beyond, samples are
+            refused over budget. Each accepted sample costs the cloud a teacher call, so
+            this also bounds what one device can make the cloud do.
+        sample_burst: samples one device may upload at once after a quiet spell (a device's
+            upload queue catching up after the cloud was away).
         shifts_per_minute: new environments one device may report per minute, sustained;
             more are taken as ordinary uploads.
         shift_burst: new environments one device may report in quick succession.
@@ -53,10 +56,10 @@ class LimitsConfig:
         token_ttl_days: days a token from ``cdca cloud enrol`` stays valid (0: forever).
     """
 
-    samples_per_second: float = 200.0
-    sample_burst: int = 1024
-    shifts_per_minute: float = 60.0
-    shift_burst: int = 8
+    samples_per_second: float = 20.0
+    sample_burst: int = 256
+    shifts_per_minute: float = 12.0
+    shift_burst: int = 6
     max_samples_per_upload: int = 1024
     max_chunks_per_upload: int = 256
     inbox_bytes_per_device: int = 64 * 1024 * 1024

@@ -204,8 +204,9 @@ def _add_reliability(sub: argparse._SubParsersAction) -> None:
         "them from threads (register, upload every --period s within budget, watch prompts) "
         "for --seconds; then runs the fault scenarios (server SIGKILL and restart, device SIGKILL "
         "and restart, a stalled server, an overflowing upload queue, a straggler in a Flower "
-        "round) with real processes. Writes reliability.json and reliability.md; exits 1 when "
-        "an RPC failed or a fault scenario did not hold.",
+        "round, one hostile device among honest ones) with real processes. Writes "
+        "reliability.json and reliability.md; exits 1 when an RPC failed or a fault scenario "
+        "did not hold.",
     )  # fmt: skip
     load.add_argument("--clients", type=int, default=64, help="concurrent devices (default: 64)")
     load.add_argument("--seconds", type=float, default=60.0, help="how long (default: 60)")

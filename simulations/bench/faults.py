@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from simulations.bench.hostile import hostile_device
 from simulations.bench.rig import (
     DOMAINS,
     Rig,
@@ -158,6 +159,7 @@ SCENARIOS: dict[str, Callable[[Path], Facts]] = {
     "server_killed": server_killed, "device_killed": device_killed,
     "server_stalled": server_stalled, "full_queue": full_queue,
     "flower_straggler": flower_straggler,
+    "hostile_device": hostile_device,
 }  # fmt: skip
 
 

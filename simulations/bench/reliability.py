@@ -7,7 +7,8 @@ RPCs that failed (none is deliberate here, so every failure counts), upload late
 prompt delivery latency (publication to receipt) p50/p99, prompts received, the server's
 peak resident memory, and the upload backlog left in its inbox. Then the fault scenarios
 of ``simulations/bench/faults.py`` (killed and stalled processes, an overflowing queue, a
-Flower straggler), each in a fresh folder. Hostile input is fuzzed by the test suite
+Flower straggler, one hostile device among honest ones: ``simulations/bench/hostile.py``),
+each in a fresh folder. Hostile input is also fuzzed by the test suite
 (tests/system/test_fuzz.py).
 """
 
@@ -22,6 +23,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -226,7 +228,34 @@ def markdown(results: dict[str, object]) -> str:
                   "| scenario | held | crashes | acknowledged samples lost | samples acknowledged "
                   "| frames predicted | details | seconds |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         lines += [_fault_row(name, facts) for name, facts in fault_results.items()]
+    hostile = fault_results.get("hostile_device")
+    if isinstance(hostile, dict) and "with" in hostile:
+        lines += hostile_table(hostile)
     return "\n".join(lines) + "\n"
+
+
+def hostile_table(facts: dict[str, Any]) -> list[str]:
+    """The hostile-device scenario: honest devices without and with the attacker."""
+    from simulations.bench.hostile import ACCURACY_POINTS, ATTACKS, LATENCY_FACTOR
+
+    calm, attacked = facts["without"], facts["with"]
+    rows = [("honest devices' accuracy", "honest_accuracy"),
+            ("prompt turnaround p99 (ms): batch acknowledged to its prompt received", "turnaround_ms_p99"),
+            ("prompt delivery p99 (ms): published to received", "delivery_ms_p99"),
+            ("prompts the honest devices received", "prompts_received"),
+            ("server peak memory (MB)", "server_peak_rss_mb"),
+            ("server state folder, peak (MB)", "state_peak_mb"),
+            ("non-finite values saved or published", "non_finite_values")]  # fmt: skip
+    lines = ["", "## One hostile device among honest ones", "",
+             f"Held: {'yes' if facts['passed'] else '**no** (' + ', '.join(facts['failed_checks']) + ')'}. "
+             f"Bounds: accuracy within {ACCURACY_POINTS} points, prompt turnaround p99 within "
+             f"{LATENCY_FACTOR:g}x, nothing non-finite. The attacker cycled through "
+             f"{', '.join(ATTACKS)}.", "",
+             "| measure | without the attacker | with it |", "|---|---|---|"]  # fmt: skip
+    lines += [f"| {label} | {calm[key]} | {attacked[key]} |" for label, key in rows]
+    answers = ", ".join(f"{code} {n}" for code, n in sorted(attacked["attack_calls"].items()))
+    lines += ["", f"The server's answers to the attacker's calls: {answers}."]
+    return lines
 
 
 def _fault_row(name: str, facts: dict[str, object]) -> str:

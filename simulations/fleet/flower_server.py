@@ -6,7 +6,11 @@ replies go through ``FleetTeacher`` (the U-VPA core), whose prompts go out next 
 device whose reply does not come back within ``round_timeout_s`` simply does not advance:
 the round goes on with the others (partial results are accepted as long as
 ``min_devices`` replied; otherwise the round is retried), so one slow device never
-stalls the fleet. The ClientApp is ``device.flower_client``.
+stalls the fleet. A device that fails says why in the run's log (its error reply), and
+one that misses ``max_missed_rounds`` rounds in a row (dead, or failing every time) is
+left out, so the cloud goes on adapting those that answer; a run left with fewer than
+``min_devices`` devices raises, which Flower shows in ``flwr log`` and as a failed run.
+The ClientApp is ``device.flower_client``.
 
 ``app`` is what ``flwr run`` starts. Its run config (``[tool.flwr.app.config]``, or
 ``--run-config``) names a cdca project file (``project``), a scenario over it
@@ -55,6 +59,9 @@ class FleetRounds:
         self.records: dict[int, list[dict[str, object]]] = {}
         self.bytes_down: dict[int, int] = {}
         self.rounds = self.partial_rounds = self.refused_prompts = 0
+        self.missed: dict[int, int] = {}  # rounds missed in a row, per node
+        self.reasons: dict[int, str] = {}  # the last error a node replied with
+        self.dropped: dict[int, str] = {}  # nodes left out of the run, and why
 
     def run(self, grid: Grid) -> dict[str, object]:
         """Until every device has finished its stream; returns records keyed by device index."""
@@ -63,9 +70,13 @@ class FleetRounds:
         total: dict[int, int | None] = dict.fromkeys(nodes, None)
         index: dict[int, int] = {}
         pending: dict[int, tuple[dict[str, np.ndarray], int]] = {}
-        while any(total[n] is None or next_batch[n] < total[n] for n in nodes):  # type: ignore[operator]
+        while any(n not in self.dropped and (total[n] is None or next_batch[n] < total[n])  # type: ignore[operator]
+                  for n in nodes):  # fmt: skip
             self._deliver(grid, pending, index)
-            active = [n for n in nodes if total[n] is None or next_batch[n] < total[n]]  # type: ignore[operator]
+            active = [n for n in nodes if n not in self.dropped
+                      and (total[n] is None or next_batch[n] < total[n])]  # type: ignore[operator]  # fmt: skip
+            if not active:
+                break
             replies = self._query(grid, active, next_batch)
             for node, reply in replies.items():
                 device = reply.content.config_records["device"]
@@ -82,7 +93,8 @@ class FleetRounds:
                 "bytes_down": [self.bytes_down.get(index[n], 0) for n in order],
                 "cloud": {**self.teacher.cloud.stats(), "rounds": self.rounds,
                           "partial_rounds": self.partial_rounds,
-                          "refused_prompts": self.refused_prompts}}  # fmt: skip
+                          "refused_prompts": self.refused_prompts,
+                          "dropped_devices": {str(n): why for n, why in self.dropped.items()}}}  # fmt: skip
 
     def _wait_for_nodes(self, grid: Grid, timeout: float = 300.0) -> list[int]:
         deadline = time.monotonic() + timeout
@@ -127,9 +139,17 @@ class FleetRounds:
                                                                "first-batch": next_batch[n]}),
                                         SETTINGS_KEY: self.settings}),
                             dst_node_id=n, message_type="query.step") for n in nodes]  # fmt: skip
-        replies = {r.metadata.src_node_id: r
-                   for r in grid.send_and_receive(messages, timeout=self.fleet.round_timeout_s)
-                   if r.has_content()}  # fmt: skip
+        replies = {}
+        for reply in grid.send_and_receive(messages, timeout=self.fleet.round_timeout_s):
+            node = reply.metadata.src_node_id
+            if reply.has_content():
+                replies[node] = reply
+            elif reply.has_error():  # the device failed: say why, once per new reason
+                reason = str(reply.error.reason)[:500]
+                if self.reasons.get(node) != reason:
+                    log.error("round %d: node %d failed: %s", self.rounds, node, reason)
+                self.reasons[node] = reason
+        self._count_missed(nodes, replies)
         if len(replies) < len(nodes):
             self.partial_rounds += 1
             log.warning(
@@ -140,6 +160,23 @@ class FleetRounds:
                         self.fleet.min_devices)  # fmt: skip
             return {}
         return replies
+
+    def _count_missed(self, nodes: list[int], replies: dict[int, Message]) -> None:
+        """Leave out nodes that missed too many rounds in a row; fail when too few are left."""
+        for node in nodes:
+            self.missed[node] = 0 if node in replies else self.missed.get(node, 0) + 1
+            if self.missed[node] >= self.fleet.max_missed_rounds:
+                why = self.reasons.get(node, "no reply in time")
+                self.dropped[node] = why
+                log.error("node %d missed %d rounds in a row (%s): the run goes on without it",
+                          node, self.missed[node], why)  # fmt: skip
+        live = len(self.missed) - len(self.dropped)
+        if self.dropped and live < self.fleet.min_devices:
+            reasons = "; ".join(f"node {n}: {why}" for n, why in self.dropped.items())
+            raise CdcaError(
+                f"only {live} device(s) still answer, fewer than fleet.min_devices="
+                f"{self.fleet.min_devices}; the run stops ({reasons})"
+            )
 
     def _ingest(self, node: int, i: int, reply: Message, first: int,
                 pending: dict[int, tuple[dict[str, np.ndarray], int]]) -> int:  # fmt: skip

@@ -26,6 +26,7 @@ import numpy as np
 from cloud.server.world import CloudWorld
 from device.sources import batch_starts
 from protocol.config.project import ProjectConfig, write_resolved
+from protocol.config.server import LimitsConfig
 from simulations.bench.system import CDCA, enrol, launch_server
 
 
@@ -40,7 +41,7 @@ def run_grpc(
     state.mkdir(parents=True)
     # the server serves the model this run exported, from its own state folder, on loopback
     loopback = replace(project.server, host="127.0.0.1", port=0, state_dir=state,
-                       model_dir=world.served.folder, tls=None)  # fmt: skip
+                       model_dir=world.served.folder, tls=None, limits=_replay_limits(project))  # fmt: skip
     config = write_resolved(replace(project, server=loopback), work, "this run's server")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     ids = [f"device-{i}" for i in range(len(streams))]
@@ -126,3 +127,16 @@ def _records(
                         "bytes_up": bytes_up * uploaded // uploaded_total,
                         "prompt_version": int(chunk[0]["prompt_version"]) if chunk else 0})  # fmt: skip
     return records
+
+
+def _replay_limits(project: ProjectConfig) -> LimitsConfig:
+    """The project's [server.limits], with the per-second rates lifted when devices run flat out.
+
+    The rates are meant for cameras in real time; a stream replayed as fast as the device
+    model runs is many times faster, and refusing its samples would measure the replay.
+    """
+    limits = project.server.limits
+    if project.fleet.fps:
+        return limits
+    return replace(limits, samples_per_second=1e9, sample_burst=10**9, shifts_per_minute=1e9,
+                   shift_burst=10**9)  # fmt: skip

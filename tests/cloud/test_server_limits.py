@@ -38,7 +38,7 @@ def test_devices_have_their_own_sample_and_shift_allowances():
     assert allowances.samples("a", 20) == 8
     assert allowances.samples("b", 20) == 8  # a's spending does not touch b's
     assert [allowances.shift("a") for _ in range(4)] == [True, True, False, False]
-    clock.now = 1.0  # one shift per second at the default 60 per minute
+    clock.now = 5.0  # one shift per 5 s at the default 12 per minute
     assert allowances.shift("a")
 
 
@@ -54,19 +54,27 @@ def test_the_inbox_quota_counts_bytes_per_device_and_in_total():
     assert quota.total == 50
 
 
-def test_the_fair_queue_takes_devices_in_turn_and_each_in_order():
+def test_the_fair_queue_shares_worker_time_and_keeps_each_devices_order():
     async def drain():
         queue = FairQueue()
         for i in range(5):
             queue.put("flood", Path(f"f{i}"))
-        queue.put("quiet", Path("q0"))
-        order = [await queue.get() for _ in range(3)]
+        order = []
+        for _ in range(2):  # the flood is alone: served, and charged for it
+            order.append(await queue.get())
+            queue.charge("flood", 1.0)
+        queue.put("quiet", Path("q0"))  # joins at the flood's level: no credit, no debt
+        queue.put("quiet", Path("q1"))
+        for _ in range(4):
+            device, path = await queue.get()
+            order.append((device, path))
+            queue.charge(device, 1.0 if device == "flood" else 0.1)
         return order, queue.waiting("flood"), queue.drop("flood"), queue.qsize()
 
     order, waiting, dropped, left = asyncio.run(drain())
-    assert order == [("flood", Path("f0")), ("quiet", Path("q0")), ("flood", Path("f1"))]
-    assert waiting == 3
-    assert dropped == [Path("f2"), Path("f3"), Path("f4")]
+    assert [p.name for _, p in order] == ["f0", "f1", "f2", "q0", "q1", "f3"]
+    assert waiting == 1
+    assert dropped == [Path("f4")]
     assert left == 0
 
 

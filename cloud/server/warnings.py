@@ -1,0 +1,38 @@
+"""``ThrottledWarnings``: one log line per device and kind of refusal every few seconds.
+
+A device that sends thousands of bad calls a second must not turn the server's log into
+its disk-filling flood (nor spend the server's time formatting lines): the first refusal of
+a kind is logged, then at most one line per ``interval`` seconds that says how many were
+left out. The standard library's ``logging`` has no rate limit of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+
+class ThrottledWarnings:
+    """``warn(key, message, *args)``: logged unless the same key was logged within ``interval``."""
+
+    def __init__(
+        self, log: logging.Logger, interval: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:  # fmt: skip
+        self.log, self.interval, self.clock = log, interval, clock
+        self._last: dict[tuple[str, str], float] = {}
+        self._skipped: dict[tuple[str, str], int] = {}
+
+    def warn(self, device: str, kind: str, message: str, *args: object) -> None:
+        """Log ``message % args`` for ``device``'s refusal of ``kind`` unless one was just logged."""
+        key = (device, kind)
+        now = self.clock()
+        if now - self._last.get(key, -self.interval) < self.interval:
+            self._skipped[key] = self._skipped.get(key, 0) + 1
+            return
+        skipped = self._skipped.pop(key, 0)
+        self._last[key] = now
+        if skipped:
+            message += f" ({skipped} more like it in the last {self.interval:g} s not logged)"
+        self.log.warning(message, *args)

@@ -1,0 +1,76 @@
+"""The Flower round loop when devices fail or die: it says why, goes on without them, or stops."""
+
+import logging
+from dataclasses import dataclass, field
+
+import pytest
+from flwr.app import ConfigRecord
+
+from protocol.config.project import ProjectConfig
+from protocol.errors import CdcaError
+from simulations.fleet import flower_server
+from simulations.fleet.flower_server import FleetRounds
+
+
+@pytest.fixture(autouse=True)
+def no_flower_run(monkeypatch):
+    """Messages need a Flower run's identity; the fake grid only counts them."""
+    monkeypatch.setattr(flower_server, "Message", lambda *args, **kwargs: None)
+
+
+@dataclass
+class Reply:
+    """What ``Grid.send_and_receive`` yields, reduced to what the loop reads."""
+
+    node: int
+    reason: str = ""  # an error reply when set
+    metadata: object = field(init=False)
+    error: object = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metadata = type("Metadata", (), {"src_node_id": self.node})()
+        self.error = type("Error", (), {"reason": self.reason})()
+
+    def has_content(self) -> bool:
+        return not self.reason
+
+    def has_error(self) -> bool:
+        return bool(self.reason)
+
+
+class Grid:
+    """Node 1 answers every round; node 2 fails every time (a SuperNode without its stream)."""
+
+    def send_and_receive(self, messages, timeout):
+        return [Reply(1), Reply(2, "FileNotFoundError: streams/device-1.npz")]
+
+
+def rounds(min_devices: int) -> FleetRounds:
+    project = ProjectConfig()
+    fleet = project.fleet.__class__(devices=2, min_devices=min_devices, max_missed_rounds=3)
+    loop = FleetRounds.__new__(FleetRounds)  # the loop's bookkeeping only: no teacher needed
+    loop.fleet, loop.base, loop.settings = fleet, {}, ConfigRecord({})
+    loop.rounds = loop.partial_rounds = 0
+    loop.missed, loop.reasons, loop.dropped = {}, {}, {}
+    return loop
+
+
+def test_a_failing_device_says_why_and_is_left_out_after_its_missed_rounds(caplog):
+    loop = rounds(min_devices=1)
+    with caplog.at_level(logging.ERROR, logger="cdca.flower"):
+        for _ in range(3):
+            replies = loop._query(Grid(), [1, 2], {1: 0, 2: 0})
+            assert list(replies) == [1]  # the cloud goes on with the device that answers
+            loop.rounds += 1
+    assert loop.dropped == {2: "FileNotFoundError: streams/device-1.npz"}
+    failures = [r.getMessage() for r in caplog.records if "node 2 failed" in r.getMessage()]
+    assert len(failures) == 1  # said once, not every round
+    assert any("the run goes on without it" in r.getMessage() for r in caplog.records)
+
+
+def test_a_run_left_with_too_few_devices_stops_with_the_reason():
+    loop = rounds(min_devices=2)
+    for _ in range(2):  # missed rounds under the limit: the round is retried
+        assert loop._query(Grid(), [1, 2], {1: 0, 2: 0}) == {}
+    with pytest.raises(CdcaError, match="FileNotFoundError"):  # the ServerApp raising fails the run
+        loop._query(Grid(), [1, 2], {1: 0, 2: 0})
