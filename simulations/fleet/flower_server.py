@@ -58,7 +58,7 @@ class FleetRounds:
         self.settings = ConfigRecord(settings_to_wire(adaptation.device))  # type: ignore[arg-type]
         self.records: dict[int, list[dict[str, object]]] = {}
         self.bytes_down: dict[int, int] = {}
-        self.rounds = self.partial_rounds = self.refused_prompts = 0
+        self.rounds = self.partial_rounds = self.refused_prompts = self.refused_uploads = 0
         self.missed: dict[int, int] = {}  # rounds missed in a row, per node
         self.reasons: dict[int, str] = {}  # the last error a node replied with
         self.dropped: dict[int, str] = {}  # nodes left out of the run, and why
@@ -94,6 +94,7 @@ class FleetRounds:
                 "cloud": {**self.teacher.cloud.stats(), "rounds": self.rounds,
                           "partial_rounds": self.partial_rounds,
                           "refused_prompts": self.refused_prompts,
+                          "refused_uploads": self.refused_uploads,
                           "dropped_devices": {str(n): why for n, why in self.dropped.items()}}}  # fmt: skip
 
     def _wait_for_nodes(self, grid: Grid, timeout: float = 300.0) -> list[int]:
@@ -188,9 +189,15 @@ class FleetRounds:
             if self.progress:
                 self.progress(number(record, "frames"))
             if f"upload-{batch}" in content.array_records:
-                prompt = self.teacher.ingest(
-                    f"device-{i}", upload_fields(content.array_records[f"upload-{batch}"])
-                )
+                try:
+                    prompt = self.teacher.ingest(
+                        f"device-{i}", upload_fields(content.array_records[f"upload-{batch}"])
+                    )
+                except (CdcaError, KeyError, ValueError, TypeError, RuntimeError) as err:  # fmt: skip
+                    # one device's bad upload costs that upload, not the run
+                    self.refused_uploads += 1
+                    log.warning("node %d: upload of batch %d refused: %s", node, batch, err)
+                    prompt = None
                 if prompt is not None:
                     pending[node] = prompt
             batch += 1

@@ -74,3 +74,22 @@ def test_a_run_left_with_too_few_devices_stops_with_the_reason():
         assert loop._query(Grid(), [1, 2], {1: 0, 2: 0}) == {}
     with pytest.raises(CdcaError, match="FileNotFoundError"):  # the ServerApp raising fails the run
         loop._query(Grid(), [1, 2], {1: 0, 2: 0})
+
+
+def test_a_devices_bad_upload_is_refused_without_stopping_the_run(monkeypatch, caplog):
+    from protocol.errors import DataError
+
+    class Teacher:
+        def ingest(self, device_id, fields):
+            raise DataError("batch means lie over 1000 standard deviations from the model's")
+
+    loop = rounds(min_devices=1)
+    loop.teacher, loop.progress, loop.records, loop.refused_uploads = Teacher(), None, {}, 0
+    monkeypatch.setattr(flower_server, "upload_fields", lambda record: record)
+    content = type("Content", (), {"config_records": {"batch-0": {"frames": 64}},
+                                   "array_records": {"upload-0": {}}})()  # fmt: skip
+    reply = type("Reply", (), {"content": content})()
+    with caplog.at_level(logging.WARNING, logger="cdca.flower"):
+        assert loop._ingest(1, 0, reply, 0, {}) == 1  # the batch counts; its upload does not
+    assert loop.refused_uploads == 1
+    assert "standard deviations" in caplog.text

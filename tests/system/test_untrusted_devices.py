@@ -17,7 +17,7 @@ import pytest
 from cloud.server.registry import DeviceRegistry
 from cloud.server.serve import registry_path
 from protocol.config.server import LimitsConfig
-from protocol.messages import DEVICE_METADATA, TOKEN_METADATA, upload_chunks
+from protocol.messages import DEVICE_METADATA, TOKEN_METADATA, call_metadata, upload_chunks
 from protocol.v1 import cdca_pb2
 from tests.system.conftest import TOKENS, LiveServer, start_server, tiny_world
 from tests.system.test_wire_errors import K, good_chunks, status_of, upload
@@ -237,3 +237,18 @@ def test_a_revoked_device_is_refused_and_forgotten_with_all_it_contributed(live_
     assert code == grpc.StatusCode.UNAUTHENTICATED
     assert wait_until(lambda: not bank.exists() and not registry.pending_forgets())
     assert upload(live_server, good_chunks("cam-b"), live_server.metadata("cam-b")).accepted == 4
+
+
+def test_an_expired_token_gets_the_same_answer_as_a_wrong_one(live_server):
+    registry = DeviceRegistry(registry_path(live_server.state_dir))
+    registry.enrol("cam-old", "token-old", ttl_days=1e-9)  # expired at once
+    request = cdca_pb2.PromptRequest(device_id="cam-old")
+    stub = live_server.stub()
+    expired = status_of(
+        lambda: stub.GetPrompt(request, metadata=call_metadata("cam-old", "token-old"), timeout=5)
+    )
+    wrong = status_of(
+        lambda: stub.GetPrompt(request, metadata=call_metadata("cam-a", "nope"), timeout=5)
+    )
+    assert expired == wrong
+    assert expired[0] == grpc.StatusCode.UNAUTHENTICATED
