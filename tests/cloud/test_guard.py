@@ -7,9 +7,8 @@ import torch
 from cloud.adaptation.aggregate import robust_mean_prompt
 from cloud.adaptation.environments import EnvironmentBank, PooledUploads
 from cloud.adaptation.guard import PROMPT_LIMIT, prompt_problem, stats_problem
-from cloud.adaptation.session import AdaptationSession, SessionConfig, UploadBatch
-from cloud.adaptation.vplu import VPLU, UpdateResult, VPLUConfig
-from cloud.export.device_model import DeviceModel
+from cloud.adaptation.session import UploadBatch
+from cloud.adaptation.vplu import UpdateResult
 from protocol.config.adaptation import EnvironmentBankConfig
 from protocol.errors import DataError
 
@@ -64,18 +63,6 @@ def test_one_device_cannot_pull_the_shared_prompt_far():
     # capped weight (8 of 20) and clipped to twice the median norm: at most ~0.1 of movement
     assert (poisoned["p"] - alone["p"]).abs().max() < 0.15
     assert robust_mean_prompt([], neutral, 8)["p"].eq(0).all()
-
-
-@pytest.fixture
-def session(distilled):
-    student, vectors, _ = distilled
-    model = DeviceModel(student)
-    vplu = VPLU(model, vectors, VPLUConfig(steps=2))
-
-    def teacher(pixels):
-        return 3 * model(**{**model.neutral_inputs(vectors, len(pixels)), "x": pixels})[0]
-
-    return AdaptationSession(vplu, teacher, lambda p: p * 2 - 1, config=SessionConfig(8, 4))
 
 
 def upload(session, n, seed=0):

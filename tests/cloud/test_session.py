@@ -1,23 +1,8 @@
 import pytest
 import torch
 
-from cloud.adaptation.session import AdaptationSession, SessionConfig, UploadBatch
-from cloud.adaptation.vplu import VPLU, VPLUConfig
-from cloud.export.device_model import DeviceModel
+from cloud.adaptation.session import SessionConfig, UploadBatch
 from protocol.errors import ConfigError, DataError
-
-
-@pytest.fixture
-def session(distilled):
-    student, vectors, _ = distilled
-    model = DeviceModel(student)
-    vplu = VPLU(model, vectors, VPLUConfig(steps=2))
-
-    def teacher(pixels):  # a confident teacher: the student itself on un-shifted inputs
-        inputs = model.neutral_inputs(vectors, batch=len(pixels))
-        return 3 * model(**{**inputs, "x": pixels * 2 - 1})[0]
-
-    return AdaptationSession(vplu, teacher, lambda p: p * 2 - 1, config=SessionConfig(8, 4))
 
 
 def batch(session, n, shift=False, seed=0):

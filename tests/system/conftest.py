@@ -101,17 +101,26 @@ def start_server(world, state_dir: Path, **overrides):
     return f"127.0.0.1:{port_file.read_text()}", shutdown
 
 
-@pytest.fixture
-def live_server(exported, distilled, tmp_path):
-    """A fresh server per test (its own state folder), stopped afterwards."""
+def registered_server(exported, distilled, state_dir: Path, **overrides) -> LiveServer:
+    """A running server over the tiny world, both test devices registered with its model.
+
+    ``overrides``: ServerConfig fields. Uploads need the registration first.
+    """
     world = tiny_world(exported, distilled)
-    address, shutdown = start_server(world, tmp_path / "state")
-    server = LiveServer(address, tmp_path / "state", world.served.manifest.sha256, world, shutdown)
-    for device_id in TOKENS:  # uploads need a registration with the served model first
+    address, shutdown = start_server(world, state_dir, **overrides)
+    server = LiveServer(address, state_dir, world.served.manifest.sha256, world, shutdown)
+    for device_id in TOKENS:
         server.stub().Register(
             cdca_pb2.RegisterRequest(device_id=device_id, protocol_version=1,
                                      model_sha256=server.manifest_sha256),
             metadata=server.metadata(device_id), timeout=5,
         )  # fmt: skip
+    return server
+
+
+@pytest.fixture
+def live_server(exported, distilled, tmp_path):
+    """A fresh server per test (its own state folder), stopped afterwards."""
+    server = registered_server(exported, distilled, tmp_path / "state")
     yield server
     server.stop()

@@ -19,21 +19,12 @@ from cloud.server.serve import registry_path
 from protocol.config.server import LimitsConfig
 from protocol.messages import DEVICE_METADATA, TOKEN_METADATA, call_metadata, upload_chunks
 from protocol.v1 import cdca_pb2
-from tests.system.conftest import TOKENS, LiveServer, start_server, tiny_world
+from tests.system.conftest import TOKENS, registered_server
 from tests.system.test_wire_errors import K, good_chunks, status_of, upload
 
 
 def server_with(exported, distilled, tmp_path, **limits):
-    world = tiny_world(exported, distilled)
-    address, shutdown = start_server(world, tmp_path / "state", limits=LimitsConfig(**limits))
-    server = LiveServer(address, tmp_path / "state", world.served.manifest.sha256, world, shutdown)
-    for device_id in TOKENS:
-        server.stub().Register(
-            cdca_pb2.RegisterRequest(device_id=device_id, protocol_version=1,
-                                     model_sha256=server.manifest_sha256),
-            metadata=server.metadata(device_id), timeout=5,
-        )  # fmt: skip
-    return server
+    return registered_server(exported, distilled, tmp_path / "state", limits=LimitsConfig(**limits))
 
 
 def stored_batches(server, device_id):
