@@ -117,7 +117,8 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
                 f"{self.served.manifest.sha256[:12]}...: download it (cdca device run --bootstrap)",
             )  # fmt: skip
         self.registry.seen(device_id, request.model_sha256)
-        log.info("registered %s (model %s)", device_id, request.model_sha256[:12])
+        self.warnings.warn(device_id, "register", "registered %s (model %s)", device_id,
+                           request.model_sha256[:12], level=logging.INFO)  # fmt: skip
         response = cdca_pb2.RegisterResponse(
             protocol_version=PROTOCOL_VERSION, upload_budget=self.device.budget,
             device_settings=self.device_settings,

@@ -1,4 +1,4 @@
-"""``ThrottledWarnings``: one log line per device and kind of refusal every few seconds.
+"""``ThrottledWarnings``: one log line per device and kind of event every few seconds.
 
 A device that sends thousands of bad calls a second must not turn the server's log into
 its disk-filling flood (nor spend the server's time formatting lines): the first refusal of
@@ -24,8 +24,9 @@ class ThrottledWarnings:
         self._last: dict[tuple[str, str], float] = {}
         self._skipped: dict[tuple[str, str], int] = {}
 
-    def warn(self, device: str, kind: str, message: str, *args: object) -> None:
-        """Log ``message % args`` for ``device``'s refusal of ``kind`` unless one was just logged."""
+    def warn(self, device: str, kind: str, message: str, *args: object,
+             level: int = logging.WARNING) -> None:  # fmt: skip
+        """Log ``message % args`` for ``device``'s event of ``kind`` unless one was just logged."""
         key = (device, kind)
         now = self.clock()
         if now - self._last.get(key, -self.interval) < self.interval:
@@ -35,4 +36,4 @@ class ThrottledWarnings:
         self._last[key] = now
         if skipped:
             message += f" ({skipped} more like it in the last {self.interval:g} s not logged)"
-        self.log.warning(message, *args)
+        self.log.log(level, message, *args)

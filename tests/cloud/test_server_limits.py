@@ -141,3 +141,21 @@ def test_an_older_registry_gains_the_new_columns(tmp_path):
     registry = DeviceRegistry(path)
     registry.enrol("cam", "t")
     assert registry.authenticate("cam", "t")
+
+
+def test_refusals_are_logged_once_per_device_and_kind_per_interval(caplog):
+    import logging
+
+    from cloud.server.warnings import ThrottledWarnings
+
+    clock = Clock()
+    warnings = ThrottledWarnings(logging.getLogger("cdca.test"), interval=10, clock=clock)
+    with caplog.at_level(logging.INFO, logger="cdca.test"):
+        for _ in range(1000):
+            warnings.warn("mallory", "budget", "%s over budget", "mallory")
+        warnings.warn("cam-a", "budget", "%s over budget", "cam-a")  # another device: its own line
+        clock.now = 10.0
+        warnings.warn("mallory", "budget", "%s over budget", "mallory")
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["mallory over budget", "cam-a over budget",
+                     "mallory over budget (999 more like it in the last 10 s not logged)"]  # fmt: skip
