@@ -250,6 +250,7 @@ class RunReport:
         if self.link is not None:
             s = self.link
             out.update({"uploads_acked": s.uploads_acked, "samples_acked": s.samples_acked,
+                        "samples_stored_before": s.samples_stored_before,
                         "samples_refused": s.samples_refused, "uploads_rejected": s.uploads_rejected,
                         "rpc_errors": s.rpc_errors, "prompts_received": s.prompts_received,
                         "bytes_up": s.bytes_up, "bytes_down": s.bytes_down,

@@ -100,6 +100,7 @@ class LinkStats:
 
     uploads_acked: int = 0
     samples_acked: int = 0
+    samples_stored_before: int = 0  # of those, in batches the cloud already had (resends)
     samples_refused: int = 0
     uploads_rejected: int = 0
     rpc_errors: int = 0
@@ -257,6 +258,8 @@ class CloudLink:
         self.stats.uploads_acked += 1
         self.stats.bytes_up += sum(chunk.ByteSize() for chunk in chunks)
         self.stats.samples_acked += summary.accepted
+        if summary.stored_before:
+            self.stats.samples_stored_before += summary.accepted
         self.stats.samples_refused += summary.refused_over_budget
         return True
 

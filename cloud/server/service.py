@@ -299,7 +299,8 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
         if earlier is not None:
             log.info("%s sent batch %d again: acknowledged as before, stored once",
                      device_id, parts[0].batch_id)  # fmt: skip
-            return cdca_pb2.UploadSummary(accepted=earlier[0], refused_over_budget=earlier[1])
+            return cdca_pb2.UploadSummary(accepted=earlier[0], refused_over_budget=earlier[1],
+                                          stored_before=True)  # fmt: skip
         frames_seen = saturate(max(p.frames_seen for p in parts))
         images = np.concatenate([p.images for p in parts])
         uncertainty = np.concatenate([p.uncertainty for p in parts])

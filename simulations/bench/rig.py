@@ -200,12 +200,15 @@ class Rig:
         """Frames, crashes and acknowledged samples the cloud cannot account for, after the run."""
         summary = self.summary(device_id)
         held = {k: v for k, v in self.holdings(device_id).items() if k not in (held_before or {})}
-        acked = int(summary["samples_acked"])
+        # a batch the cloud already had (a resend, or a restarted device's identical batch)
+        # is acknowledged again but held in a file from before: it counts there, once
+        again = min(int(summary.get("samples_stored_before", 0)), sum((held_before or {}).values()))
+        acked = int(summary["samples_acked"]) - again
         logs = [self.log, *(self.device_log(d) for d in exits)]
         crashes = sum(code != 0 for code in [*exits.values(), *self.server_exits])
         crashes += sum("Traceback" in p.read_text() for p in logs if p.is_file())
         return {"frames": summary["frames"], "expected_frames": expected_frames,
-                "lines_written": line_count(out), "samples_acked": acked,
+                "lines_written": line_count(out), "samples_acked": acked, "acked_again": again,
                 "samples_held_by_cloud": sum(held.values()),
                 "lost_acknowledged": max(0, acked - sum(held.values())), "crashes": crashes,
                 "queue_left": summary["queue_left"], "rpc_errors": summary.get("rpc_errors", 0)}  # fmt: skip

@@ -79,6 +79,7 @@ def test_a_resent_batch_is_acknowledged_once_and_stored_once(live_server):
     chunks = good_chunks(n=5, frames_seen=1000)
     first, again = upload(live_server, chunks), upload(live_server, chunks)
     assert (first.accepted, again.accepted) == (5, 5)
+    assert (first.stored_before, again.stored_before) == (False, True)
     assert len(stored_batches(live_server, "cam-a")) == 1
     record = DeviceRegistry(registry_path(live_server.state_dir)).record("cam-a")
     assert record.accepted == 5
