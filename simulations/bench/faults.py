@@ -128,16 +128,16 @@ def flower_straggler(workdir: Path, data: str = "data/fashion-mnist-c") -> Facts
     """``cdca simulate`` on the Flower Simulation Engine with one device 6 s late in round 1."""
     from simulations.bench.system import CDCA
 
-    scenario = workdir / "straggler.toml"
-    scenario.write_text(
-        '[scenario]\ndevices = 2\nper_domain = 128\ncorruptions = ["gaussian_noise", "fog"]\n'
-        f'data = "{data}"\npeers = []\ncompare_bank = false\nround_timeout_s = 3.0\n'
+    project = workdir / "straggler.toml"
+    project.write_text(
+        '[fleet]\ndevices = 2\nper_domain = 128\ncorruptions = ["gaussian_noise", "fog"]\n'
+        "peers = []\ncompare_bank = false\nround_timeout_s = 3.0\n"
         "slow_device = 1\nslow_rounds = 1\nslow_delay_s = 6.0\n"
     )
     run = workdir / "run"
     with open(workdir / "simulate.log", "w") as log:
-        code = subprocess.run([*CDCA, "simulate", "--scenario", str(scenario), "--engine", "flower-sim",
-                               "--out", str(run), "--threads", "1"], stdout=log,
+        code = subprocess.run([*CDCA, "simulate", "--project", str(project), "--data", data,
+                               "--engine", "flower-sim", "--out", str(run), "--threads", "1"], stdout=log,
                               stderr=subprocess.STDOUT, env=Rig.ENV, timeout=900).returncode  # fmt: skip
     if code != 0:
         return _verdict({"crashes": 1, "lost_acknowledged": 0, "simulate_exit": code},
