@@ -158,10 +158,11 @@ def _devices(args: argparse.Namespace) -> int:
         raise ConfigError(f"no registry in {state_dir}; enrol a device with `cdca cloud enrol`")
     registry = DeviceRegistry(path)
     print(f"{'device':<24} {'frames':>9} {'accepted':>9} {'refused':>8} {'prompt v':>8}")
-    for device_id in registry.device_ids():
+    revoked = set(registry.revoked_ids())
+    for device_id in sorted([*registry.device_ids(), *revoked]):
         r = registry.record(device_id)
         assert r is not None
         print(f"{r.device_id:<24} {r.frames_seen:>9} {r.accepted:>9} {r.refused:>8} "
-              f"{r.prompt_version:>8}")  # fmt: skip
+              f"{r.prompt_version:>8}{'  (revoked)' if device_id in revoked else ''}")  # fmt: skip
     registry.close()
     return 0

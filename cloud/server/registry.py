@@ -169,6 +169,14 @@ class DeviceRegistry:
             )
         return cursor.rowcount > 0
 
+    def revoked_ids(self) -> list[str]:
+        """Every revoked id, sorted."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT device_id FROM devices WHERE revoked = 1 ORDER BY device_id"
+            ).fetchall()
+        return [r[0] for r in rows]
+
     def pending_forgets(self) -> list[str]:
         """Revoked devices whose contributions the server has yet to drop."""
         with self._lock:

@@ -99,6 +99,8 @@ def test_tokens_expire_and_revoked_devices_are_refused(tmp_path):
     assert not registry.authenticate("cam", "t")
     assert not registry.is_enrolled("cam")
     assert registry.pending_forgets() == ["cam"]
+    assert registry.revoked_ids() == ["cam"]
+    assert "cam" not in registry.device_ids()
     registry.forgotten("cam")
     assert registry.pending_forgets() == []
     registry.enrol("cam", "new")  # enrolling again lets it back in
