@@ -43,8 +43,9 @@ def project_root() -> Path:
 class LoopbackFederation:
     """A SuperLink and N SuperNodes on 127.0.0.1, stopped as process groups on exit."""
 
-    def __init__(self, folder: Path, nodes: int) -> None:
-        self.folder, self.nodes = folder, nodes
+    def __init__(self, folder: Path, nodes: int, node_config: dict[int, str] | None = None) -> None:
+        """``node_config``: more ``--node-config`` pairs for some nodes (``stream="..."``)."""
+        self.folder, self.nodes, self.extra = folder, nodes, node_config or {}
         self.port = free_port()
         self.processes: list[subprocess.Popen[bytes]] = []
         bin_dir = str(Path(sys.executable).parent)  # flower-superexec must be on PATH
@@ -62,7 +63,7 @@ class LoopbackFederation:
                                   "--disable-runtime-dependency-installation"])  # fmt: skip
         self._wait_for_port(self.port)
         for i in range(self.nodes):
-            node_config = f"partition-id={i} num-partitions={self.nodes}"
+            node_config = f"partition-id={i} num-partitions={self.nodes} {self.extra.get(i, '')}"
             self._start(f"supernode-{i}", ["flower-supernode", "--insecure", "--superlink",
                                            f"127.0.0.1:{self.port}", "--port", str(free_port()),
                                            "--node-config", node_config])  # fmt: skip

@@ -2,6 +2,7 @@
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from flwr.app import ConfigRecord
@@ -93,3 +94,40 @@ def test_a_devices_bad_upload_is_refused_without_stopping_the_run(monkeypatch, c
         assert loop._ingest(1, 0, reply, 0, {}) == 1  # the batch counts; its upload does not
     assert loop.refused_uploads == 1
     assert "standard deviations" in caplog.text
+
+
+@pytest.mark.slow  # about a minute: a real SuperLink and two SuperNodes on loopback
+def test_a_real_run_with_a_failing_supernode_fails_and_says_why(
+    tmp_path, tiny_benchmark, tiny_distilled, shipped_random_teacher
+):
+    import subprocess
+    import sys
+
+    from protocol.config.project import load_project
+    from simulations.fleet.deployment import (
+        CONNECTION,
+        LoopbackFederation,
+        _wait,
+        project_root,
+        run_config,
+    )
+    from tests.simulations.test_simulate import project_file
+
+    path = project_file(tmp_path, tiny_benchmark, tiny_distilled, shipped_random_teacher,
+                        fleet={"per_domain": 8, "min_devices": 2, "max_missed_rounds": 2})  # fmt: skip
+    project = load_project(str(path))
+    run_dir, folder = tmp_path / "run", tmp_path / "run" / "flower"
+    folder.mkdir(parents=True)
+    (folder / "run-config.toml").write_text(run_config(project, run_dir, folder))
+    missing = tmp_path / "no-such-stream.npz"
+    with LoopbackFederation(folder, 2, {1: f'stream="{missing}"'}) as federation:
+        started = federation.flwr("run", str(project_root()), CONNECTION, "--run-config",
+                                  str(folder / "run-config.toml"))  # fmt: skip
+        run_id = str(started["run-id"])
+        status = _wait(federation, run_id, run_dir, None, timeout=600)
+        log = subprocess.run([str(Path(sys.executable).parent / "flwr"), "log", run_id, CONNECTION, "--show"],
+                             capture_output=True, text=True, env=federation.env, cwd=project_root(),
+                             timeout=60)  # fmt: skip
+    assert status["status"] == "finished:failed", status
+    assert "no-such-stream.npz" in log.stdout + log.stderr  # why the device failed
+    assert "fewer than fleet.min_devices=2" in log.stdout + log.stderr
