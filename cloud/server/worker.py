@@ -90,6 +90,7 @@ class AdaptationWorker:
         self.deferred: Counter[str] = Counter()  # batches buffered without a fit, per device
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="vplu")
         self.processed = self.unsaved_prompts = 0
+        self._shared_cache: tuple[tuple[int, int, int], cdca_pb2.Prompt] | None = None
         self.saved_changes = 0
         # added to the shared prompt's version so that it still rises after a device is forgotten
         self.shared_offset = int(self.shared_offset_file.read_text()) if (
@@ -166,7 +167,17 @@ class AdaptationWorker:
                         device_id, entries)  # fmt: skip
 
     def shared_prompt(self) -> cdca_pb2.Prompt:
-        """Every device's domain-agnostic prompt, weighted by environments learned (= version)."""
+        """Every device's domain-agnostic prompt, weighted by environments learned (= version).
+
+        Computed again only after a batch was processed or a device forgotten: a device
+        asking for it in a loop costs a lookup.
+        """
+        key = (self.processed, self.shared_offset, len(self.sessions))
+        if self._shared_cache is None or self._shared_cache[0] != key:
+            self._shared_cache = (key, self._compute_shared_prompt())
+        return self._shared_cache[1]
+
+    def _compute_shared_prompt(self) -> cdca_pb2.Prompt:
         shared = self.fleet.shared_prompt()
         if prompt_problem(shared, self.world.neutral) is not None:  # never, by construction
             shared = self.world.neutral
