@@ -171,17 +171,11 @@ class DeviceRegistry:
 
     def revoked_ids(self) -> list[str]:
         """Every revoked id, sorted."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT device_id FROM devices WHERE revoked = 1 ORDER BY device_id"
-            ).fetchall()
-        return [r[0] for r in rows]
+        return self._ids("revoked = 1")
 
     def pending_forgets(self) -> list[str]:
         """Revoked devices whose contributions the server has yet to drop."""
-        with self._lock:
-            rows = self._db.execute("SELECT device_id FROM devices WHERE forget = 1").fetchall()
-        return [r[0] for r in rows]
+        return self._ids("forget = 1")
 
     def forgotten(self, device_id: str) -> None:
         """The server dropped what ``device_id`` contributed."""
@@ -213,11 +207,7 @@ class DeviceRegistry:
 
     def device_ids(self) -> list[str]:
         """Every enrolled id that is not revoked, sorted."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT device_id FROM devices WHERE revoked = 0 ORDER BY device_id"
-            ).fetchall()
-        return [r[0] for r in rows]
+        return self._ids("revoked = 0")
 
     def seen(self, device_id: str, model_sha256: str | None = None) -> None:
         """Stamp the last contact (and the model the device says it runs)."""
@@ -274,6 +264,14 @@ class DeviceRegistry:
         """Close the database."""
         with self._lock:
             self._db.close()
+
+    def _ids(self, condition: str) -> list[str]:
+        """Device ids whose row meets ``condition`` (a constant of this module, never input)."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT device_id FROM devices WHERE {condition} ORDER BY device_id"  # noqa: S608
+            ).fetchall()
+        return [r[0] for r in rows]
 
     def _one(self, sql: str, *params: object) -> tuple[Any, ...] | None:
         with self._lock:
