@@ -151,9 +151,9 @@ class FleetCloud:
         if self.sharing.environment_bank and signature is not None:
             evidence = session.uploads - stay.uploads_at_start
             uploads = session.stay_uploads() if self.sharing.pool_uploads else None
-            prompt: Prompt | None = session.bank.current()
-            if prompt_problem(prompt, self.vplu.neutral) is not None:  # type: ignore[arg-type]
-                prompt = None  # never banked: its uploads may still pool
+            current = session.bank.current()
+            # a prompt that fails the guard is never banked; the stay's uploads may still pool
+            prompt = current if prompt_problem(current, self.vplu.neutral) is None else None
             self.environments.record(signature, prompt, evidence, uploads, device_id)
 
     def _starting_point(

@@ -30,19 +30,28 @@ class TokenBucket:
     def __post_init__(self) -> None:
         self.tokens, self.updated = self.capacity, self.clock()
 
+    def available(self) -> int:
+        """Whole tokens there now."""
+        self._refill()
+        return int(self.tokens)
+
     def take(self, wanted: int) -> int:
         """Grant up to ``wanted`` whole tokens; returns how many."""
-        now = self.clock()
-        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        granted = max(0, min(int(wanted), int(self.tokens)))
+        granted = max(0, min(int(wanted), self.available()))
         self.tokens -= granted
         return granted
 
     def seconds_until(self, wanted: int) -> float:
         """How long until ``wanted`` tokens are there (0 when they are)."""
+        self._refill()
         missing = min(wanted, self.capacity) - self.tokens
         return max(0.0, missing / self.rate)
+
+    def _refill(self) -> None:
+        """Add the tokens earned since the last look, up to ``capacity``."""
+        now = self.clock()
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
 
 
 class DeviceAllowances:
@@ -59,37 +68,31 @@ class DeviceAllowances:
 
     def seconds_until_sample(self, device_id: str) -> float:
         """0 while the device may upload a sample; else how long until it may."""
-        bucket = self._sample_bucket(device_id)
-        bucket.take(0)  # refill to now
-        return bucket.seconds_until(1)
+        return self._sample_bucket(device_id).seconds_until(1)
 
     def available_samples(self, device_id: str) -> int:
         """Samples the device may upload now (none taken): the most worth decoding."""
-        bucket = self._sample_bucket(device_id)
-        bucket.take(0)  # refill to now
-        return int(bucket.tokens)
-
-    def _sample_bucket(self, device_id: str) -> TokenBucket:
-        bucket = self._samples.get(device_id)
-        if bucket is None:
-            bucket = self._samples[device_id] = TokenBucket(
-                self.limits.samples_per_second, self.limits.sample_burst, self.clock
-            )
-        return bucket
+        return self._sample_bucket(device_id).available()
 
     def shift(self, device_id: str) -> bool:
         """Whether the device may report a new environment now."""
-        bucket = self._shifts.get(device_id)
-        if bucket is None:
-            bucket = self._shifts[device_id] = TokenBucket(
-                self.limits.shifts_per_minute / 60, self.limits.shift_burst, self.clock
-            )
+        limits = self.limits
+        bucket = self._bucket(self._shifts, device_id, limits.shifts_per_minute / 60,
+                              limits.shift_burst)  # fmt: skip
         return bucket.take(1) == 1
 
-    def forget(self, device_id: str) -> None:
-        """Drop a device's buckets (it was revoked)."""
-        self._samples.pop(device_id, None)
-        self._shifts.pop(device_id, None)
+    def _sample_bucket(self, device_id: str) -> TokenBucket:
+        limits = self.limits
+        return self._bucket(self._samples, device_id, limits.samples_per_second,
+                            limits.sample_burst)  # fmt: skip
+
+    def _bucket(
+        self, buckets: dict[str, TokenBucket], device_id: str, rate: float, capacity: int
+    ) -> TokenBucket:
+        """The device's bucket in ``buckets``, full when it is first used."""
+        if device_id not in buckets:
+            buckets[device_id] = TokenBucket(rate, capacity, self.clock)
+        return buckets[device_id]
 
 
 class InboxQuota:

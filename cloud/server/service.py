@@ -105,7 +105,7 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
         self, request: cdca_pb2.RegisterRequest, context: grpc.aio.ServicerContext
     ) -> cdca_pb2.RegisterResponse:
         """Check version and model, then hand the device its settings and current prompt."""
-        device_id = await self._authenticate(context, _claimed(request))
+        device_id = await self._authenticate(context, request)
         try:
             check_protocol_version(request.protocol_version)
         except CdcaError as err:
@@ -165,7 +165,7 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
         self, request: cdca_pb2.PromptRequest, context: grpc.aio.ServicerContext
     ) -> cdca_pb2.Prompt:
         """The newest prompt above ``known_version`` (the device's own or the shared one)."""
-        device_id = await self._authenticate(context, undecodable=request is UNDECODABLE)
+        device_id = await self._authenticate(context, request, names_caller=False)
         if request.device_id == SHARED_PROMPT_ID:
             shared = self.worker.shared_prompt()
             return shared if shared.version > request.known_version else cdca_pb2.Prompt()
@@ -179,7 +179,7 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
         self, request: cdca_pb2.PromptRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[cdca_pb2.Prompt]:
         """Push each newer prompt of the caller's own until the call's deadline or shutdown."""
-        device_id = await self._authenticate(context, undecodable=request is UNDECODABLE)
+        device_id = await self._authenticate(context, request, names_caller=False)
         await self._check_owner(context, device_id, request.device_id)
         known = request.known_version
         while not self.board.closed:
@@ -196,7 +196,7 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
         self, request: cdca_pb2.ModelRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[cdca_pb2.ModelChunk]:
         """The manifest, then the model file and its defaults, in chunks."""
-        await self._authenticate(context, _claimed(request))
+        await self._authenticate(context, request)
         manifest = self.served.manifest
         yield cdca_pb2.ModelChunk(manifest_json=self.served.manifest_path.read_text())
         names = [manifest.model_file, *([manifest.defaults_file] if manifest.defaults_file else [])]
@@ -210,12 +210,14 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
                 )  # fmt: skip
 
     async def _authenticate(
-        self, context: grpc.aio.ServicerContext, claimed: str | None = "",
-        undecodable: bool = False,
+        self, context: grpc.aio.ServicerContext, request: object = None,
+        names_caller: bool = True,
     ) -> str:  # fmt: skip
         """The caller's device id; aborts the call unless its metadata prove it.
 
-        ``claimed``: the id the request names (must be the caller's; None: undecodable).
+        ``request``: the call's request, which must have parsed; with ``names_caller`` its
+        ``device_id``, when set, must be the caller's (prompt requests name whose prompt
+        they want, which ``_check_owner`` judges).
         """
         metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
         device_id = metadata.get(DEVICE_METADATA, "")
@@ -228,11 +230,12 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
         if not DEVICE_ID.match(device_id) or not self.registry.authenticate(device_id, token):
             self.warnings.warn(device_id[:SHOWN_ID_CHARS], "auth",
                                "refused device %s: unknown, revoked, expired or a wrong token",
-                        shown(device_id))  # fmt: skip
+                               shown(device_id))  # fmt: skip
             await _abort(context, grpc.StatusCode.UNAUTHENTICATED, NOT_ACCEPTED)
-        if claimed is None or undecodable:
+        if request is UNDECODABLE:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
                          "the request is not a cdca.v1 message of this call")  # fmt: skip
+        claimed = str(getattr(request, "device_id", "")) if names_caller else ""
         if claimed and claimed != device_id:
             await _abort(context, grpc.StatusCode.PERMISSION_DENIED,
                          f"this call is authenticated as {device_id!r} but names {shown(claimed)}")  # fmt: skip
@@ -343,11 +346,6 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
             await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                          f"{refusal}: retry in {INBOX_RETRY_MS / 1000:g} s",
                          ((RETRY_AFTER_METADATA, str(INBOX_RETRY_MS)),))  # fmt: skip
-
-
-def _claimed(request: object) -> str | None:
-    """The device id a request names (None for undecodable bytes)."""
-    return None if request is UNDECODABLE else str(getattr(request, "device_id", ""))
 
 
 async def _abort(

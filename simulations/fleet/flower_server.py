@@ -70,14 +70,14 @@ class FleetRounds:
         total: dict[int, int | None] = dict.fromkeys(nodes, None)
         index: dict[int, int] = {}
         pending: dict[int, tuple[dict[str, np.ndarray], int]] = {}
-        while any(n not in self.dropped and (total[n] is None or next_batch[n] < total[n])  # type: ignore[operator]
-                  for n in nodes):  # fmt: skip
+
+        def active() -> list[int]:  # still in their streams, not left out
+            return [n for n in nodes if n not in self.dropped
+                    and (total[n] is None or next_batch[n] < total[n])]  # type: ignore[operator]  # fmt: skip
+
+        while running := active():
             self._deliver(grid, pending, index)
-            active = [n for n in nodes if n not in self.dropped
-                      and (total[n] is None or next_batch[n] < total[n])]  # type: ignore[operator]  # fmt: skip
-            if not active:
-                break
-            replies = self._query(grid, active, next_batch)
+            replies = self._query(grid, running, next_batch)
             for node, reply in replies.items():
                 device = reply.content.config_records["device"]
                 index.setdefault(node, int(text(device, "device-id").split("-")[-1]))
