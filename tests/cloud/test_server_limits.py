@@ -161,3 +161,19 @@ def test_refusals_are_logged_once_per_device_and_kind_per_interval(caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert lines == ["mallory over budget", "cam-a over budget",
                      "mallory over budget (999 more like it in the last 10 s not logged)"]  # fmt: skip
+
+
+def test_the_log_throttle_stays_bounded_whatever_ids_arrive():
+    import logging
+
+    from cloud.server.warnings import MAX_KEYS, ThrottledWarnings
+
+    clock = Clock()
+    warnings = ThrottledWarnings(logging.getLogger("cdca.test"), interval=10, clock=clock)
+    for i in range(3 * MAX_KEYS):
+        clock.now = i * 0.01  # a new made-up id every 10 ms
+        warnings.warn(f"id-{i}", "auth", "refused %s", i)
+    assert len(warnings._last) <= MAX_KEYS
+    for i in range(2 * MAX_KEYS):  # all within one window
+        warnings.warn(f"burst-{i}", "auth", "refused %s", i)
+    assert len(warnings._last) <= MAX_KEYS
