@@ -18,9 +18,10 @@ from cloud.server import command as server_command
 def main(argv: Sequence[str], prog: str = "cdca cloud") -> int:
     """Parse ``argv`` and run one cloud command; returns the exit code."""
     parser = argparse.ArgumentParser(
-        prog=prog, description="Cloud-side jobs: the teacher's prompts, distillation, export and "
+        prog=prog,
+        description="Cloud-side jobs: the teacher's prompts, distillation, export and "
         "the server. Each reads the project file (--project, docs/configuration.md).",
-    )  # fmt: skip
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     learn = sub.add_parser(
         "learn-prompts",
@@ -91,8 +92,9 @@ def _learn_prompts(args: argparse.Namespace) -> int:
     shots = [int(s) for s in args.shots.split(",") if s.strip()]
     if not shots or min(shots) < 1:
         raise ConfigError(f"--shots needs positive integers, got {args.shots!r}")
-    project = project_from_args(args, {"teacher.model": args.teacher,
-                                       "teacher.pretrained": args.pretrained})  # fmt: skip
+    project = project_from_args(
+        args, {"teacher.model": args.teacher, "teacher.pretrained": args.pretrained}
+    )
     train = load_split(project.data, "train")
     test = load_split(project.data, "test").take(args.num_test)
     teacher = teacher_for(project.teacher, train.class_names, project.data.image_size)
@@ -111,9 +113,14 @@ def _learn_prompts(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for k in shots:
         learner = CoOpPromptLearner(
-            encoder, train.class_names, args.num_ctx, args.ctx_init or None,
-            args.class_specific, args.position, seed=args.seed,
-        )  # fmt: skip
+            encoder,
+            train.class_names,
+            args.num_ctx,
+            args.ctx_init or None,
+            args.class_specific,
+            args.position,
+            seed=args.seed,
+        )
         idx = few_shot_indices(train.labels, k, args.seed)
         subset = LabelledImages(
             train.images[idx], train.labels[idx], train.class_names, f"{k}-shot"
@@ -132,9 +139,14 @@ def _write_prompt_report(
 ) -> None:
     from cloud.prompts.fewshot import mean_of
 
-    lines = ["# CoOp prompt learning on the teacher", "",
-             "Command arguments: " + ", ".join(f"{k}={v}" for k, v in args.items() if k != "handler"), "",
-             "| prompts | clean (%) | shifted mean (%) |", "|---|---|---|"]  # fmt: skip
+    lines = [
+        "# CoOp prompt learning on the teacher",
+        "",
+        "Command arguments: " + ", ".join(f"{k}={v}" for k, v in args.items() if k != "handler"),
+        "",
+        "| prompts | clean (%) | shifted mean (%) |",
+        "|---|---|---|",
+    ]
     summary = {}
     for name, accs in rows.items():
         shifted = [v for k, v in accs.items() if k != "clean"]

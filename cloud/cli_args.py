@@ -8,19 +8,26 @@ from pathlib import Path
 
 
 def add_training_arguments(
-    parser: argparse.ArgumentParser, *, epochs: int, min_steps: int, lr: float, out_key: str,
+    parser: argparse.ArgumentParser,
+    *,
+    epochs: int,
+    min_steps: int,
+    lr: float,
+    out_key: str,
     batch_size: int = 128,
-) -> None:  # fmt: skip
+) -> None:
     """--epochs, --batch-size, --lr, --seed, --out, --limit and --replace-shipped.
 
     ``epochs`` and ``min_steps`` define the default length: ``epochs`` passes, or more when
     the data is small, so that training takes at least ``min_steps`` optimiser steps.
     """
     parser.add_argument(
-        "--epochs", type=int, default=None,
+        "--epochs",
+        type=int,
+        default=None,
         help=f"passes over the training images (default: {epochs}, or as many as make "
         f"{min_steps} steps when the data is small)",
-    )  # fmt: skip
+    )
     parser.set_defaults(default_epochs=epochs, min_steps=min_steps)
     parser.add_argument("--batch-size", type=int, default=batch_size, help="default: %(default)s")
     parser.add_argument(
@@ -37,9 +44,10 @@ def add_training_arguments(
         "--limit", type=int, default=None, help="use only the first N training images"
     )
     parser.add_argument(
-        "--replace-shipped", action="store_true",
+        "--replace-shipped",
+        action="store_true",
         help="allow --out to overwrite a checkpoint shipped with cdca",
-    )  # fmt: skip
+    )
 
 
 def training_epochs(args: argparse.Namespace, images: int) -> int:

@@ -27,8 +27,12 @@ from rich.progress import (
 
 def bar_columns(width: int = 28) -> tuple[ProgressColumn, ...]:
     """Description padded to ``width`` (0: not padded), bar, done/total and time left."""
-    return (TextColumn(f"{{task.description:<{width}}}"), BarColumn(), MofNCompleteColumn(),
-            TimeRemainingColumn())  # fmt: skip
+    return (
+        TextColumn(f"{{task.description:<{width}}}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
 
 
 @contextmanager
@@ -111,6 +115,10 @@ class PlainProgress:
         step = int(self.STEPS * state.done / state.total) if state.total else self.STEPS
         if step > state.shown:
             state.shown = step
-            print(f"{state.description}: {state.done:.0f}/{state.total:.0f} "
-                  f"({100 * state.done / max(state.total, 1):.0f} %), "
-                  f"{time.monotonic() - state.started:.0f} s", file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"{state.description}: {state.done:.0f}/{state.total:.0f} "
+                f"({100 * state.done / max(state.total, 1):.0f} %), "
+                f"{time.monotonic() - state.started:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )

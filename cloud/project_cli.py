@@ -20,9 +20,13 @@ def add_project_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("project settings (docs/configuration.md)")
     group.add_argument("--project", type=Path, help=PROJECT_HELP)
     group.add_argument(
-        "--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override one setting, e.g. --set adaptation.device.budget=0.05 (repeatable)",
-    )  # fmt: skip
+    )
 
 
 def project_from_args(
@@ -36,6 +40,8 @@ def project_from_args(
     """
     texts = {k: str(v) if isinstance(v, Path) else v for k, v in (flags or {}).items()}
     return load_project(
-        getattr(args, "project", None), overlays=overlays, flags=texts,
+        getattr(args, "project", None),
+        overlays=overlays,
+        flags=texts,
         assignments=getattr(args, "assignments", ()),
-    )  # fmt: skip
+    )

@@ -13,10 +13,11 @@ from cloud.teacher import cli as teacher_cli
 def main(argv: Sequence[str], prog: str = "cdca train") -> int:
     """Parse ``argv`` and run one training command; returns the exit code."""
     parser = argparse.ArgumentParser(
-        prog=prog, description="Train the project's models on its clean labelled images "
+        prog=prog,
+        description="Train the project's models on its clean labelled images "
         "(data.train). The device student is distilled from the teacher with `cdca cloud "
         "distill`.",
-    )  # fmt: skip
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     student_cli.add_parser(sub)
     teacher_cli.add_parser(sub)

@@ -103,21 +103,28 @@ class DeviceAgent:
         self.runtime.set_adaptation(**parts)
 
     def upload(
-        self, images: np.ndarray, step: AgentStep, batch_id: int, first_frame_id: int,
+        self,
+        images: np.ndarray,
+        step: AgentStep,
+        batch_id: int,
+        first_frame_id: int,
         frames_seen: int,
-    ) -> dict[str, object]:  # fmt: skip
+    ) -> dict[str, object]:
         """The fields of one upload message (``protocol.messages``), frames at the model's size."""
         chosen = step.decision.indices
         size = self.runtime.manifest.preprocess.image_size
         frames = as_rgb(images[chosen])
         small = np.clip(np.rint(resize_bilinear(frames, size)), 0, 255).astype(np.uint8)
         return {
-            "batch_id": batch_id, "images": small, "uncertainty": step.decision.scores,
+            "batch_id": batch_id,
+            "images": small,
+            "uncertainty": step.decision.scores,
             "frame_ids": first_frame_id + chosen,
             "predicted": step.prediction.logits[chosen].argmax(1),
-            "batch_stats": step.prediction.batch_stats, "shift": step.decision.shift,
+            "batch_stats": step.prediction.batch_stats,
+            "shift": step.decision.shift,
             "frames_seen": frames_seen,
-        }  # fmt: skip
+        }
 
     def _view_logits(self, images: np.ndarray) -> list[np.ndarray]:
         """Logits of the mirrored and noisy copies (disagreement scoring: 2 extra passes)."""

@@ -19,9 +19,10 @@ def download_model(
     """Write the manifest and the files it names into ``folder``; returns the manifest path."""
     stub = cdca_pb2_grpc.CloudAdaptationStub(channel)  # type: ignore[no-untyped-call]
     chunks = stub.DownloadModel(
-        cdca_pb2.ModelRequest(device_id=device_id), metadata=call_metadata(device_id, token),
+        cdca_pb2.ModelRequest(device_id=device_id),
+        metadata=call_metadata(device_id, token),
         timeout=timeout,
-    )  # fmt: skip
+    )
     manifest_text = ""
     files: dict[str, bytearray] = {}
     for chunk in chunks:

@@ -67,8 +67,9 @@ class DeviceClient:
         self.link = None
         if link is not None:
             shapes = {k: tuple(v.shape) for k, v in runtime.defaults.items()}
-            self.link = CloudLink(link, self.queue, shapes, self._receive, self.prompt_version,
-                                  self._receive_settings)  # fmt: skip
+            self.link = CloudLink(
+                link, self.queue, shapes, self._receive, self.prompt_version, self._receive_settings
+            )
         self.report = RunReport()
 
     def run(self, batches: Iterable[Frames], out: TextIO | None) -> RunReport:
@@ -101,20 +102,38 @@ class DeviceClient:
                 self.link.notify()
         if out is not None:
             uploaded = set(step.decision.indices.tolist())
-            self._write_lines(out, logits, frames.labels, first_id, step.ms / len(frames.images),
-                              uploaded, step.used_prompt)  # fmt: skip
+            self._write_lines(
+                out,
+                logits,
+                frames.labels,
+                first_id,
+                step.ms / len(frames.images),
+                uploaded,
+                step.used_prompt,
+            )
 
     def _write_lines(
-        self, out: TextIO, logits: np.ndarray, labels: np.ndarray | None, first_id: int,
-        ms_per_frame: float, uploaded: set[int], used_prompt: bool,
-    ) -> None:  # fmt: skip
+        self,
+        out: TextIO,
+        logits: np.ndarray,
+        labels: np.ndarray | None,
+        first_id: int,
+        ms_per_frame: float,
+        uploaded: set[int],
+        used_prompt: bool,
+    ) -> None:
         names = self.runtime.manifest.class_names
         exp = np.exp(logits - logits.max(1, keepdims=True))
         confidence = (exp / exp.sum(1, keepdims=True)).max(1)
         for i, k in enumerate(logits.argmax(1)):
-            line = {"frame": first_id + i, "class": names[k], "index": int(k),
-                    "confidence": round(float(confidence[i]), 4), "latency_ms": round(ms_per_frame, 4),
-                    "prompt_version": self.prompt_version}  # fmt: skip
+            line = {
+                "frame": first_id + i,
+                "class": names[k],
+                "index": int(k),
+                "confidence": round(float(confidence[i]), 4),
+                "latency_ms": round(ms_per_frame, 4),
+                "prompt_version": self.prompt_version,
+            }
             if labels is not None:
                 line["label"] = int(labels[i])
             if i in uploaded:
@@ -234,13 +253,17 @@ class RunReport:
     def summary(self) -> dict[str, object]:
         """JSON-ready numbers."""
         out: dict[str, object] = {
-            "frames": self.frames, "batches": self.batches, "uploads_queued": self.queued,
-            "prompts_applied": self.prompts_applied, "batches_prompt_gated": self.gated,
+            "frames": self.frames,
+            "batches": self.batches,
+            "uploads_queued": self.queued,
+            "prompts_applied": self.prompts_applied,
+            "batches_prompt_gated": self.gated,
             "queue_left": self.queue_left,
             "queue_dropped": self.dropped,
-            "ms_per_frame_p50": _pct(self.frame_ms, 50), "ms_per_batch_p50": _pct(self.batch_ms, 50),
+            "ms_per_frame_p50": _pct(self.frame_ms, 50),
+            "ms_per_batch_p50": _pct(self.batch_ms, 50),
             "ms_per_batch_p99": _pct(self.batch_ms, 99),
-        }  # fmt: skip
+        }
         if self.labelled:
             out["accuracy"] = round(self.correct / self.labelled, 4)
         if self.labelled_with_prompt:
@@ -249,16 +272,25 @@ class RunReport:
             )
         if self.link is not None:
             s = self.link
-            out.update({"uploads_acked": s.uploads_acked, "samples_acked": s.samples_acked,
-                        "samples_stored_before": s.samples_stored_before,
-                        "samples_refused": s.samples_refused, "uploads_rejected": s.uploads_rejected,
-                        "rpc_errors": s.rpc_errors, "prompts_received": s.prompts_received,
-                        "bytes_up": s.bytes_up, "bytes_down": s.bytes_down,
-                        "upload_ms_p50": _pct(s.upload_ms, 50), "upload_ms_p99": _pct(s.upload_ms, 99),
-                        "prompt_delivery_ms_p50": _pct(s.delivery_ms, 50),
-                        "prompt_delivery_ms_p99": _pct(s.delivery_ms, 99),
-                        "prompt_turnaround_ms_p50": _pct(s.turnaround_ms, 50),
-                        "prompt_turnaround_ms_p99": _pct(s.turnaround_ms, 99)})  # fmt: skip
+            out.update(
+                {
+                    "uploads_acked": s.uploads_acked,
+                    "samples_acked": s.samples_acked,
+                    "samples_stored_before": s.samples_stored_before,
+                    "samples_refused": s.samples_refused,
+                    "uploads_rejected": s.uploads_rejected,
+                    "rpc_errors": s.rpc_errors,
+                    "prompts_received": s.prompts_received,
+                    "bytes_up": s.bytes_up,
+                    "bytes_down": s.bytes_down,
+                    "upload_ms_p50": _pct(s.upload_ms, 50),
+                    "upload_ms_p99": _pct(s.upload_ms, 99),
+                    "prompt_delivery_ms_p50": _pct(s.delivery_ms, 50),
+                    "prompt_delivery_ms_p99": _pct(s.delivery_ms, 99),
+                    "prompt_turnaround_ms_p50": _pct(s.turnaround_ms, 50),
+                    "prompt_turnaround_ms_p99": _pct(s.turnaround_ms, 99),
+                }
+            )
         return out
 
 

@@ -77,8 +77,10 @@ def prompt(message: Message, context: Context) -> Message:
             RecordDict({"refused": ConfigRecord({"reason": str(err)})}), reply_to=message
         )
     _save(device, context)
-    return Message(RecordDict({"applied": ConfigRecord({"version": version, "bytes": wire_bytes})}),
-                   reply_to=message)  # fmt: skip
+    return Message(
+        RecordDict({"applied": ConfigRecord({"version": version, "bytes": wire_bytes})}),
+        reply_to=message,
+    )
 
 
 def number(record: Mapping[str, object], key: str, default: int | None = None) -> int:
@@ -118,8 +120,7 @@ def _device(message: Message, context: Context) -> ReplayDevice:
     wire = message.content.config_records.get(SETTINGS_KEY, ConfigRecord())
     settings, _ = settings_from_wire({k: str(v) for k, v in wire.items()})
     agent = DeviceAgent(runtime, settings, seed=number(config, "seed") + index)
-    device = ReplayDevice(agent, stream, number(config, "batch-size"),
-                          f"device-{index}")  # fmt: skip
+    device = ReplayDevice(agent, stream, number(config, "batch-size"), f"device-{index}")
     if STATE_KEY in context.state.config_records:
         state = context.state.config_records[STATE_KEY]["state"]
         if isinstance(state, bytes):

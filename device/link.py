@@ -37,8 +37,11 @@ log = logging.getLogger("cdca.device")
 PERMANENT = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED}
 STOP_WATCHING = {grpc.StatusCode.FAILED_PRECONDITION}
 # Refusals a retry will not fix by itself: say so loudly (but keep retrying: it may be re-keyed).
-NEEDS_OPERATOR = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
-                  grpc.StatusCode.FAILED_PRECONDITION}  # fmt: skip
+NEEDS_OPERATOR = {
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+}
 # Trailing metadata of a RESOURCE_EXHAUSTED upload: how long the cloud asks the device to wait.
 RETRY_AFTER_METADATA = "retry-after-ms"
 ACK_TIMES_KEPT = 256  # acknowledgement times of the latest batches, for the prompt turnaround
@@ -115,8 +118,10 @@ class LinkStats:
 
 def channel(config: LinkConfig) -> grpc.Channel:
     """A channel with the message caps and, when certificates are given, TLS."""
-    options = [("grpc.max_receive_message_length", config.max_message_bytes),
-               ("grpc.max_send_message_length", config.max_message_bytes)]  # fmt: skip
+    options = [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+    ]
     if config.ca_cert is None:
         return grpc.insecure_channel(config.target, options=options)
     credentials = grpc.ssl_channel_credentials(
@@ -177,8 +182,10 @@ class CloudLink:
         self._last_refusal = ""
         self._registered = False
         self._acked_at: dict[int, float] = {}  # batch id -> when the cloud acknowledged it
-        self._threads = [threading.Thread(target=self._upload_loop, name="uploader", daemon=True),
-                         threading.Thread(target=self._watch_loop, name="watcher", daemon=True)]  # fmt: skip
+        self._threads = [
+            threading.Thread(target=self._upload_loop, name="uploader", daemon=True),
+            threading.Thread(target=self._watch_loop, name="watcher", daemon=True),
+        ]
 
     def start(self) -> None:
         """Register once (the cloud's settings and prompt), then start both threads."""
@@ -239,10 +246,16 @@ class CloudLink:
             self.queue.ack(seq)
             return True
         chunks = upload_chunks(
-            self.config.device_id, int(batch["batch_id"]), batch["images"], batch["uncertainty"],
-            batch["frame_ids"], batch["predicted"], batch["batch_stats"],
-            shift=bool(batch["shift"]), frames_seen=int(batch["frames_seen"]),
-        )  # fmt: skip
+            self.config.device_id,
+            int(batch["batch_id"]),
+            batch["images"],
+            batch["uncertainty"],
+            batch["frame_ids"],
+            batch["predicted"],
+            batch["batch_stats"],
+            shift=bool(batch["shift"]),
+            frames_seen=int(batch["frames_seen"]),
+        )
         start = time.perf_counter()
         try:
             summary = self._stub.Upload(
@@ -309,9 +322,10 @@ class CloudLink:
 
     def _register(self, timeout: float | None = None) -> None:
         request = cdca_pb2.RegisterRequest(
-            device_id=self.config.device_id, protocol_version=PROTOCOL_VERSION,
+            device_id=self.config.device_id,
+            protocol_version=PROTOCOL_VERSION,
             model_sha256=self.config.model_sha256,
-        )  # fmt: skip
+        )
         response = self._stub.Register(
             request, metadata=self.metadata, timeout=timeout or self.config.rpc_timeout
         )

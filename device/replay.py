@@ -100,15 +100,28 @@ class ReplayDevice:
         images, labels = self.images[start:stop], self.labels[start:stop]
         step, fields, bytes_up = step_and_upload(self.agent, self.device_id, images, batch, start)
         correct = int((step.logits.argmax(1) == labels).sum())
-        record = BatchRecord(batch, int(self.domain[start]), len(images), correct,
-                             len(step.decision.indices), step.decision.shift, bytes_up,
-                             self.prompt_version)  # fmt: skip
+        record = BatchRecord(
+            batch,
+            int(self.domain[start]),
+            len(images),
+            correct,
+            len(step.decision.indices),
+            step.decision.shift,
+            bytes_up,
+            self.prompt_version,
+        )
         return record, fields
 
     def state(self) -> bytes:
         """What must survive between two calls in a fresh process (a Flower node's ClientApp)."""
-        return pickle.dumps((self.agent.sampler, self.agent.view_rng,
-                             self.agent.runtime.adaptation, self.prompt_version))  # fmt: skip
+        return pickle.dumps(
+            (
+                self.agent.sampler,
+                self.agent.view_rng,
+                self.agent.runtime.adaptation,
+                self.prompt_version,
+            )
+        )
 
     def restore(self, state: bytes) -> None:
         """Take back ``state()`` written by this same node (never data from elsewhere)."""

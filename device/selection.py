@@ -23,8 +23,12 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
 
 def class_balanced(scores: np.ndarray, predictions: np.ndarray, k: int) -> np.ndarray:
     """Up to ``k`` indices, taking the most uncertain of each predicted class in turn."""
-    per_class = {c: list(np.flatnonzero(predictions == c)[np.argsort(-scores[predictions == c], kind="stable")])
-                 for c in np.unique(predictions)}  # fmt: skip
+    per_class = {
+        c: list(
+            np.flatnonzero(predictions == c)[np.argsort(-scores[predictions == c], kind="stable")]
+        )
+        for c in np.unique(predictions)
+    }
     chosen: list[int] = []
     while len(chosen) < k and any(per_class.values()):
         for queue in per_class.values():
@@ -49,9 +53,13 @@ class BudgetSelector:
     """
 
     def __init__(
-        self, budget: float = 0.1, window: int = 512, random_fraction: float = 0.0,
-        class_balance: bool = False, seed: int = 0,
-    ) -> None:  # fmt: skip
+        self,
+        budget: float = 0.1,
+        window: int = 512,
+        random_fraction: float = 0.0,
+        class_balance: bool = False,
+        seed: int = 0,
+    ) -> None:
         if not 0 < budget <= 1:
             raise ConfigError(f"upload budget must be in (0, 1], got {budget}")
         if not 0 <= random_fraction <= 1:

@@ -79,9 +79,12 @@ def batch_starts(domain: np.ndarray, batch_size: int) -> list[int]:
 
 
 def _batches(
-    images: np.ndarray, labels: np.ndarray | None, batch_size: int, limit: int | None,
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    batch_size: int,
+    limit: int | None,
     domain: np.ndarray | None = None,
-) -> Iterator[Frames]:  # fmt: skip
+) -> Iterator[Frames]:
     count = len(images) if limit is None else min(limit, len(images))
     if domain is None:
         domain = np.zeros(count, np.int8)

@@ -99,12 +99,17 @@ def manifest_from_json(text: str, source: str = "manifest") -> ModelManifest:
                 **raw,
                 "inputs": tuple(_spec(s) for s in raw["inputs"]),
                 "outputs": tuple(_spec(s) for s in raw["outputs"]),
-                "preprocess": Preprocess(**{**raw["preprocess"], "mean": tuple(raw["preprocess"]["mean"]),
-                                            "std": tuple(raw["preprocess"]["std"])}),
+                "preprocess": Preprocess(
+                    **{
+                        **raw["preprocess"],
+                        "mean": tuple(raw["preprocess"]["mean"]),
+                        "std": tuple(raw["preprocess"]["std"]),
+                    }
+                ),
                 "class_names": tuple(raw["class_names"]),
                 "norm_layers": tuple(raw.get("norm_layers", ())),
             }
-        )  # fmt: skip
+        )
     except (KeyError, TypeError, ValueError) as err:
         raise DataError(f"{source} is missing or has a malformed field: {err}") from err
     _check(manifest, source)

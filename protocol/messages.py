@@ -43,15 +43,23 @@ def check_protocol_version(version: int) -> None:
 
 
 def prompt_message(
-    parts: Mapping[str, np.ndarray], *, version: int, scope: str = "device",
-    environment_id: str = "", learned_from_batch: int = 0, created_unix_ms: int = 0,
-) -> cdca_pb2.Prompt:  # fmt: skip
+    parts: Mapping[str, np.ndarray],
+    *,
+    version: int,
+    scope: str = "device",
+    environment_id: str = "",
+    learned_from_batch: int = 0,
+    created_unix_ms: int = 0,
+) -> cdca_pb2.Prompt:
     """Prompt parts (float32 arrays by ONNX input name) -> a Prompt message."""
     return cdca_pb2.Prompt(
-        version=version, scope=scope, environment_id=environment_id,
-        learned_from_batch=learned_from_batch, created_unix_ms=created_unix_ms,
+        version=version,
+        scope=scope,
+        environment_id=environment_id,
+        learned_from_batch=learned_from_batch,
+        created_unix_ms=created_unix_ms,
         parts={name: encode(np.asarray(value, np.float32)) for name, value in parts.items()},
-    )  # fmt: skip
+    )
 
 
 @dataclass(frozen=True)
@@ -84,13 +92,21 @@ def decode_prompt(
                 f"prompt part {name!r} is not a model input; known: {', '.join(sorted(expected_shapes))}"
             )
         parts[name] = decode(
-            tensor, name=f"prompt part {name!r}", dtype="float32",
-            shape=expected_shapes[name], max_bytes=max_bytes, finite=True,
-        )  # fmt: skip
+            tensor,
+            name=f"prompt part {name!r}",
+            dtype="float32",
+            shape=expected_shapes[name],
+            max_bytes=max_bytes,
+            finite=True,
+        )
     return DecodedPrompt(
-        message.version, message.scope, message.environment_id, parts,
-        message.learned_from_batch, message.created_unix_ms,
-    )  # fmt: skip
+        message.version,
+        message.scope,
+        message.environment_id,
+        parts,
+        message.learned_from_batch,
+        message.created_unix_ms,
+    )
 
 
 @dataclass(frozen=True)
@@ -111,10 +127,18 @@ class DecodedUpload:
 
 
 def upload_chunks(
-    device_id: str, batch_id: int, images: np.ndarray, uncertainty: np.ndarray,
-    frame_ids: np.ndarray, predicted: np.ndarray, batch_stats: np.ndarray, *,
-    shift: bool, frames_seen: int, max_chunk_bytes: int = 1024 * 1024,
-) -> list[cdca_pb2.UploadChunk]:  # fmt: skip
+    device_id: str,
+    batch_id: int,
+    images: np.ndarray,
+    uncertainty: np.ndarray,
+    frame_ids: np.ndarray,
+    predicted: np.ndarray,
+    batch_stats: np.ndarray,
+    *,
+    shift: bool,
+    frames_seen: int,
+    max_chunk_bytes: int = 1024 * 1024,
+) -> list[cdca_pb2.UploadChunk]:
     """Split one batch's uploads into chunks under ``max_chunk_bytes``.
 
     The first chunk carries the statistics, the last says it is the last: the cloud stores
@@ -124,12 +148,21 @@ def upload_chunks(
     chunks = []
     for first in range(0, max(1, len(images)), per_chunk):
         samples = [
-            cdca_pb2.Sample(image=encode(images[i]), uncertainty=float(uncertainty[i]),
-                            frame_id=int(frame_ids[i]), predicted_class=int(predicted[i]))
+            cdca_pb2.Sample(
+                image=encode(images[i]),
+                uncertainty=float(uncertainty[i]),
+                frame_id=int(frame_ids[i]),
+                predicted_class=int(predicted[i]),
+            )
             for i in range(first, min(first + per_chunk, len(images)))
-        ]  # fmt: skip
-        chunk = cdca_pb2.UploadChunk(device_id=device_id, batch_id=batch_id, samples=samples,
-                                     shift=shift, frames_seen=frames_seen)  # fmt: skip
+        ]
+        chunk = cdca_pb2.UploadChunk(
+            device_id=device_id,
+            batch_id=batch_id,
+            samples=samples,
+            shift=shift,
+            frames_seen=frames_seen,
+        )
         if first == 0:
             chunk.batch_stats.CopyFrom(encode(np.asarray(batch_stats, np.float32)))
         chunks.append(chunk)
@@ -154,19 +187,36 @@ def decode_upload(
     images = np.zeros((n, *image_shape), np.uint8)
     uncertainty = np.zeros(n, np.float32)
     for i, sample in enumerate(samples):
-        images[i] = decode(sample.image, name=f"sample {i} image", dtype="uint8",
-                           shape=image_shape, max_bytes=max_bytes)  # fmt: skip
+        images[i] = decode(
+            sample.image,
+            name=f"sample {i} image",
+            dtype="uint8",
+            shape=image_shape,
+            max_bytes=max_bytes,
+        )
         uncertainty[i] = sample.uncertainty
     if not np.all(np.isfinite(uncertainty) & (uncertainty >= 0) & (uncertainty <= 1)):
         raise ProtocolError("uncertainty scores must be finite and in [0, 1]")
     stats = None
     if chunk.HasField("batch_stats"):
-        stats = decode(chunk.batch_stats, name="batch_stats", dtype="float32",
-                       shape=stats_shape, max_bytes=max_bytes, finite=True)  # fmt: skip
+        stats = decode(
+            chunk.batch_stats,
+            name="batch_stats",
+            dtype="float32",
+            shape=stats_shape,
+            max_bytes=max_bytes,
+            finite=True,
+        )
     return DecodedUpload(
-        device_id=chunk.device_id, batch_id=chunk.batch_id, images=images, uncertainty=uncertainty,
+        device_id=chunk.device_id,
+        batch_id=chunk.batch_id,
+        images=images,
+        uncertainty=uncertainty,
         frame_ids=np.array([s.frame_id for s in samples], np.int64),
         predicted=np.array([s.predicted_class for s in samples], np.int64),
-        batch_stats=stats, shift=chunk.shift, frames_seen=chunk.frames_seen, last=chunk.last,
+        batch_stats=stats,
+        shift=chunk.shift,
+        frames_seen=chunk.frames_seen,
+        last=chunk.last,
         offered=len(chunk.samples),
-    )  # fmt: skip
+    )

@@ -16,22 +16,68 @@ from protocol.errors import CdcaError
 
 # group -> (module with `main(argv, prog) -> int`, one-line help, extra that provides it)
 GROUPS: dict[str, tuple[str, str, str]] = {
-    "init": ("simulations.init_command", "start a project from a labelled image set: writes cdca.toml", "cloud"),
-    "config": ("simulations.config_command", "show, check and document the project's settings", "cloud"),
-    "data": ("cloud.data.cli", "prepare the project's shifted benchmark and inspect benchmarks", "cloud"),
-    "train": ("cloud.train_cli", "train the built-in CLIP teacher or a label-trained student", "cloud"),
-    "cloud": ("cloud.cli", "cloud jobs: teacher prompts, distillation, export, the server", "cloud"),
-    "simulate": ("simulations.fleet.command", "the main job: many devices, one cloud, a report with plots", "cloud"),
-    "bench": ("simulations.bench.cli", "run adaptation methods over a shifting stream and report", "cloud"),
+    "init": (
+        "simulations.init_command",
+        "start a project from a labelled image set: writes cdca.toml",
+        "cloud",
+    ),
+    "config": (
+        "simulations.config_command",
+        "show, check and document the project's settings",
+        "cloud",
+    ),
+    "data": (
+        "cloud.data.cli",
+        "prepare the project's shifted benchmark and inspect benchmarks",
+        "cloud",
+    ),
+    "train": (
+        "cloud.train_cli",
+        "train the built-in CLIP teacher or a label-trained student",
+        "cloud",
+    ),
+    "cloud": (
+        "cloud.cli",
+        "cloud jobs: teacher prompts, distillation, export, the server",
+        "cloud",
+    ),
+    "simulate": (
+        "simulations.fleet.command",
+        "the main job: many devices, one cloud, a report with plots",
+        "cloud",
+    ),
+    "bench": (
+        "simulations.bench.cli",
+        "run adaptation methods over a shifting stream and report",
+        "cloud",
+    ),
     "device": ("device.cli", "device-side tools; needs only the device extra (no torch)", "device"),
-}  # fmt: skip
+}
 
 # Third-party packages that come with an extra; a missing one is a set-up problem, not a bug.
-OPTIONAL_DEPENDENCIES = frozenset({
-    "torch", "torchvision", "open_clip", "onnx", "onnxscript", "onnxruntime", "grpc",
-    "google", "flwr", "ray", "rich", "matplotlib", "imagecorruptions", "skimage", "scipy",
-    "cv2", "safetensors", "PIL", "numba",
-})  # fmt: skip
+OPTIONAL_DEPENDENCIES = frozenset(
+    {
+        "torch",
+        "torchvision",
+        "open_clip",
+        "onnx",
+        "onnxscript",
+        "onnxruntime",
+        "grpc",
+        "google",
+        "flwr",
+        "ray",
+        "rich",
+        "matplotlib",
+        "imagecorruptions",
+        "skimage",
+        "scipy",
+        "cv2",
+        "safetensors",
+        "PIL",
+        "numba",
+    }
+)
 
 EXIT_OK = 0
 EXIT_USER_ERROR = 2

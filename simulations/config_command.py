@@ -14,14 +14,16 @@ from protocol.config.reference import reference_markdown
 def main(argv: Sequence[str], prog: str = "cdca config") -> int:
     """Parse ``argv`` and run one config sub-command; returns the exit code."""
     parser = argparse.ArgumentParser(
-        prog=prog, description="The project file every cdca command reads (docs/configuration.md).",
-    )  # fmt: skip
+        prog=prog,
+        description="The project file every cdca command reads (docs/configuration.md).",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     show = sub.add_parser(
-        "show", help="print every setting as the commands would use them (resolved TOML)",
+        "show",
+        help="print every setting as the commands would use them (resolved TOML)",
         description="Prints the project's settings after every layer (defaults, project file, "
         "scenario, --set) with absolute paths: what a run folder's config.toml records.",
-    )  # fmt: skip
+    )
     _add_layers(show)
     show.set_defaults(handler=_show)
     check = sub.add_parser("check", help="check a project file; one line per problem")

@@ -53,11 +53,17 @@ def main(argv: Sequence[str], prog: str = "cdca init") -> int:
     parser.add_argument(
         "--image-size", type=int, help="side the models take (default: from the data)"
     )
-    parser.add_argument("--resize", choices=("pad", "crop", "stretch", "none"),
-                        help="how other sizes are fitted (default: none when every image has the "
-                        "same size, else crop)")  # fmt: skip
-    parser.add_argument("--teacher", default="builtin",
-                        help="builtin (trained on your data) or an open_clip name, e.g. ViT-B-32")  # fmt: skip
+    parser.add_argument(
+        "--resize",
+        choices=("pad", "crop", "stretch", "none"),
+        help="how other sizes are fitted (default: none when every image has the "
+        "same size, else crop)",
+    )
+    parser.add_argument(
+        "--teacher",
+        default="builtin",
+        help="builtin (trained on your data) or an open_clip name, e.g. ViT-B-32",
+    )
     parser.add_argument("--pretrained", default="", help="open_clip pretrained tag, e.g. openai")
     parser.add_argument("--force", action="store_true", help="overwrite an existing cdca.toml")
     args = parser.parse_args(argv)
@@ -111,8 +117,12 @@ def _survey_npz(path: Path, spec: str) -> Survey:
     data = read_npz(path)  # checks keys, dtype and labels
     height, width = data.images.shape[1:3]
     counts = np.bincount(data.labels, minlength=len(data.class_names))
-    return Survey(spec, tuple(data.class_names), tuple(int(c) for c in counts),
-                  Counter({(int(width), int(height)): len(data)}))  # fmt: skip
+    return Survey(
+        spec,
+        tuple(data.class_names),
+        tuple(int(c) for c in counts),
+        Counter({(int(width), int(height)): len(data)}),
+    )
 
 
 def _survey_folder(root: Path, spec: str) -> Survey:
@@ -151,51 +161,57 @@ def project_text(survey: Survey, size: int, resize: str, teacher: str, pretraine
     names = "[" + ", ".join(toml_value(n) for n in survey.class_names) + "]"
     builtin = teacher == "builtin"
     teacher_lines = (
-        ['model = "builtin"  # cdca\'s small CLIP, trained on these images by `cdca train teacher`',
-         'checkpoint = "models/teacher.safetensors"']
-        if builtin else
-        [f"model = {toml_value(teacher)}  # an open_clip model: zero-shot on class_names",
-         f"pretrained = {toml_value(pretrained)}  # downloaded once when online, or a weights file",
-         "# prompts = \"runs/coop/coop_16shot.pt\"  # CoOp prompts from `cdca cloud learn-prompts`"]
-    )  # fmt: skip
+        [
+            'model = "builtin"  # cdca\'s small CLIP, trained on these images by `cdca train teacher`',
+            'checkpoint = "models/teacher.safetensors"',
+        ]
+        if builtin
+        else [
+            f"model = {toml_value(teacher)}  # an open_clip model: zero-shot on class_names",
+            f"pretrained = {toml_value(pretrained)}  # downloaded once when online, or a weights file",
+            '# prompts = "runs/coop/coop_16shot.pt"  # CoOp prompts from `cdca cloud learn-prompts`',
+        ]
+    )
     arch = "resnet18" if size >= 96 else "compact_cnn"
     # each device walks through every corruption of the held-out test images
     per_domain = min(500, sum(max(1, round(TEST_SHARE * c)) for c in survey.counts))
-    return "\n".join([
-        "# A cdca project (written by `cdca init`). Every cdca command reads this file when it",
-        "# runs in this folder (or with --project). Relative paths are relative to this folder.",
-        "# Every key and its default: docs/configuration.md, or `cdca config show`.",
-        "",
-        "[data]",
-        f"train = {toml_value(survey.spec)}",
-        'test = ""  # empty: hold test_share of each class out of train (never trained on)',
-        f"test_share = {TEST_SHARE}",
-        'shifted = "data/shifted"  # `cdca data prepare` corrupts the test images into this folder',
-        f"image_size = {size}",
-        f'resize = "{resize}"  # pad | crop | stretch | none (refuse other sizes)',
-        "# One name per label, in label order: the teacher's captions and the device's outputs.",
-        "# For an image folder this list also decides which folder gets which label.",
-        f"class_names = {names}",
-        "",
-        "[teacher]",
-        *teacher_lines,
-        "",
-        "[student]",
-        f'arch = "{arch}"  # compact_cnn | mobilenet_v3_small | resnet18',
-        'checkpoint = "models/student.safetensors"  # the distilled student the devices run',
-        'label_trained = "models/student_label_trained.safetensors"  # an on-device reference',
-        "",
-        "[adaptation.device]",
-        "budget = 0.1  # the largest share of frames a device uploads",
-        "",
-        "[adaptation.synthetic]",
-        "count = 64  # training images rendered like each environment per cloud fit; 0: none",
-        "",
-        "[fleet]",
-        "devices = 4",
-        f"per_domain = {per_domain}  # frames per corruption per device (at most the test images)",
-        "",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            "# A cdca project (written by `cdca init`). Every cdca command reads this file when it",
+            "# runs in this folder (or with --project). Relative paths are relative to this folder.",
+            "# Every key and its default: docs/configuration.md, or `cdca config show`.",
+            "",
+            "[data]",
+            f"train = {toml_value(survey.spec)}",
+            'test = ""  # empty: hold test_share of each class out of train (never trained on)',
+            f"test_share = {TEST_SHARE}",
+            'shifted = "data/shifted"  # `cdca data prepare` corrupts the test images into this folder',
+            f"image_size = {size}",
+            f'resize = "{resize}"  # pad | crop | stretch | none (refuse other sizes)',
+            "# One name per label, in label order: the teacher's captions and the device's outputs.",
+            "# For an image folder this list also decides which folder gets which label.",
+            f"class_names = {names}",
+            "",
+            "[teacher]",
+            *teacher_lines,
+            "",
+            "[student]",
+            f'arch = "{arch}"  # compact_cnn | mobilenet_v3_small | resnet18',
+            'checkpoint = "models/student.safetensors"  # the distilled student the devices run',
+            'label_trained = "models/student_label_trained.safetensors"  # an on-device reference',
+            "",
+            "[adaptation.device]",
+            "budget = 0.1  # the largest share of frames a device uploads",
+            "",
+            "[adaptation.synthetic]",
+            "count = 64  # training images rendered like each environment per cloud fit; 0: none",
+            "",
+            "[fleet]",
+            "devices = 4",
+            f"per_domain = {per_domain}  # frames per corruption per device (at most the test images)",
+            "",
+        ]
+    )
 
 
 def _report(survey: Survey, size: int, resize: str, target: Path) -> None:
@@ -207,8 +223,14 @@ def _report(survey: Survey, size: int, resize: str, target: Path) -> None:
         if count < FEW_IMAGES:
             print(f"  warning: class {name!r} has only {count} images")
     print(f"wrote {target}. Next, in {target.parent}:")
-    steps = ["cdca data prepare", "cdca train teacher", "cdca train student", "cdca cloud distill",
-             "cdca bench adapt --methods source,bn_adapt,tent,uvpa", "cdca simulate",
-             "cdca cloud serve"]  # fmt: skip
+    steps = [
+        "cdca data prepare",
+        "cdca train teacher",
+        "cdca train student",
+        "cdca cloud distill",
+        "cdca bench adapt --methods source,bn_adapt,tent,uvpa",
+        "cdca simulate",
+        "cdca cloud serve",
+    ]
     for step in steps:
         print(f"  {step}")

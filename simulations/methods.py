@@ -36,11 +36,11 @@ ABLATIONS: dict[str, dict[str, object]] = {
     "uvpa_homeostasis": {
         "adaptation.prompt_bank.shared_rate": 0.5,
         "adaptation.prompt_bank.sensitive_quantile": 0.8,
-    },  # fmt: skip
+    },
     "uvpa_no_restart": {
         "adaptation.session.restart_on_shift": False,
         "adaptation.device.detect_shifts": False,
-    },  # fmt: skip
+    },
     "uvpa_all_parts": {"adaptation.vplu.parts": ",".join(PARTS)},
     # an upper reference, not a method: the true label as the cloud's target
     "uvpa_label_target": {"adaptation.vplu.target": "teacher"},
@@ -87,9 +87,13 @@ class MethodFactory:
     """
 
     def __init__(
-        self, model: PixelModel, project: ProjectConfig, world: CloudWorld | None,
-        delay: int = 1, seed: int = 0,
-    ) -> None:  # fmt: skip
+        self,
+        model: PixelModel,
+        project: ProjectConfig,
+        world: CloudWorld | None,
+        delay: int = 1,
+        seed: int = 0,
+    ) -> None:
         if delay < 1:
             raise ConfigError(
                 f"--delay must be >= 1 batch (the earliest a prompt can arrive), got {delay}"
@@ -120,8 +124,14 @@ class MethodFactory:
         if name == "cloud_teacher":
             return CloudTeacherMethod(name, self.world)
         project = with_settings(self.project, ABLATIONS.get(name, {}), f"the {name} row")
-        return FleetMethod(name, self.world, project.adaptation, self.delay, self.seed,
-                           label_target=name == "uvpa_label_target")  # fmt: skip
+        return FleetMethod(
+            name,
+            self.world,
+            project.adaptation,
+            self.delay,
+            self.seed,
+            label_target=name == "uvpa_label_target",
+        )
 
 
 MethodMaker = Callable[[str], OnlineMethod]

@@ -65,18 +65,25 @@ class Batch:
 
 
 def continual(
-    corruptions: Sequence[str] = TEST_CORRUPTIONS, severity: int = 5, num_per_domain: int = 1000,
-    batch_size: int = 64, offset: int = 0,
-) -> StreamSpec:  # fmt: skip
+    corruptions: Sequence[str] = TEST_CORRUPTIONS,
+    severity: int = 5,
+    num_per_domain: int = 1000,
+    batch_size: int = 64,
+    offset: int = 0,
+) -> StreamSpec:
     """CoTTA's continual protocol: every corruption once, in order, at one severity."""
     segments = tuple(Segment(c, severity, num_per_domain, offset) for c in corruptions)
     return StreamSpec(f"continual-s{severity}", segments, batch_size)
 
 
 def random_order(
-    seed: int, corruptions: Sequence[str] = TEST_CORRUPTIONS, severity: int = 5,
-    num_per_domain: int = 1000, batch_size: int = 64, offset: int = 0,
-) -> StreamSpec:  # fmt: skip
+    seed: int,
+    corruptions: Sequence[str] = TEST_CORRUPTIONS,
+    severity: int = 5,
+    num_per_domain: int = 1000,
+    batch_size: int = 64,
+    offset: int = 0,
+) -> StreamSpec:
     """The continual protocol with the corruption order shuffled by ``seed``."""
     order = [corruptions[i] for i in np.random.default_rng(seed).permutation(len(corruptions))]
     spec = continual(order, severity, num_per_domain, batch_size, offset)
@@ -84,9 +91,11 @@ def random_order(
 
 
 def gradual(
-    corruptions: Sequence[str] = TEST_CORRUPTIONS, num_per_step: int = 200,
-    batch_size: int = 64, offset: int = 0,
-) -> StreamSpec:  # fmt: skip
+    corruptions: Sequence[str] = TEST_CORRUPTIONS,
+    num_per_step: int = 200,
+    batch_size: int = 64,
+    offset: int = 0,
+) -> StreamSpec:
     """Each corruption walks severity 1->5->1 (CoTTA's gradual setting), in ``num_per_step`` chunks."""
     segments = []
     for corruption in corruptions:
@@ -98,9 +107,12 @@ def gradual(
 
 
 def parse_stream(
-    spec: str, corruptions: Sequence[str] = TEST_CORRUPTIONS, severity: int = 5,
-    num_per_domain: int = 1000, batch_size: int = 64,
-) -> list[StreamSpec]:  # fmt: skip
+    spec: str,
+    corruptions: Sequence[str] = TEST_CORRUPTIONS,
+    severity: int = 5,
+    num_per_domain: int = 1000,
+    batch_size: int = 64,
+) -> list[StreamSpec]:
     """``continual``, ``gradual``, ``random`` (seed 0), ``random:K`` (K orders, seeds 0..K-1).
 
     For ``gradual``, ``num_per_domain`` is spread over the nine severity steps.

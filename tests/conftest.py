@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -72,13 +73,26 @@ def shipped_random_teacher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> P
     return path
 
 
-@pytest.fixture
-def fashion_mnist_installed() -> None:
-    """Skip unless the Debian Fashion-MNIST package is there (make test installs it)."""
+def require_fashion_mnist() -> None:
+    """Skip unless the Debian Fashion-MNIST package is there (make test installs it).
+
+    CI sets ``CDCA_REQUIRE_DATA=1``: there a missing package fails the test instead, so a
+    broken install cannot pass as a run of skipped tests.
+    """
     from cloud.data import fashion_mnist
 
-    if not fashion_mnist.DEBIAN_DIR.is_dir():
-        pytest.skip("needs the Debian dataset-fashion-mnist package")
+    if fashion_mnist.DEBIAN_DIR.is_dir():
+        return
+    message = "needs the Debian dataset-fashion-mnist package (make fashion-mnist installs it)"
+    if os.environ.get("CDCA_REQUIRE_DATA") == "1":
+        pytest.fail(message + "; CDCA_REQUIRE_DATA=1 makes missing data an error")
+    pytest.skip(message)
+
+
+@pytest.fixture
+def fashion_mnist_installed() -> None:
+    """The test needs the Debian Fashion-MNIST package (see ``require_fashion_mnist``)."""
+    require_fashion_mnist()
 
 
 EXPORT_CLASSES = tuple(f"c{i}" for i in range(4))
@@ -144,7 +158,15 @@ def prepare_fashion_mnist_c(
     """A small real Fashion-MNIST-C written by `cdca data prepare` (needs the Debian package)."""
     from simulations.cli import main
 
-    args = ["data", "prepare", "--out", str(folder), "--corruptions", corruptions,
-            "--num-images", str(num_images)]  # fmt: skip
+    args = [
+        "data",
+        "prepare",
+        "--out",
+        str(folder),
+        "--corruptions",
+        corruptions,
+        "--num-images",
+        str(num_images),
+    ]
     assert main(args) == 0
     return folder

@@ -26,8 +26,11 @@ def robust_mean_prompt(
 
     Returns ``neutral`` (a copy) when no contribution has weight.
     """
-    kept = [(p, min(w, max_weight)) for p, w in contributions
-            if w > 0 and prompt_problem(p, neutral) is None]  # fmt: skip
+    kept = [
+        (p, min(w, max_weight))
+        for p, w in contributions
+        if w > 0 and prompt_problem(p, neutral) is None
+    ]
     total = sum(weight for _, weight in kept)
     if total <= 0:
         return {k: v.clone() for k, v in neutral.items()}

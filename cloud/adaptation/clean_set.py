@@ -35,8 +35,10 @@ def clean_renderer(
     try:
         clean = load_split(data, "train")
     except DataError as err:
-        raise ConfigError(f"synthetic samples render the project's training images, and "
-                          f"they cannot be loaded: {err}; fix data.train {NO_SYNTHETIC}") from err  # fmt: skip
+        raise ConfigError(
+            f"synthetic samples render the project's training images, and "
+            f"they cannot be loaded: {err}; fix data.train {NO_SYNTHETIC}"
+        ) from err
     if tuple(clean.class_names) != tuple(class_names):
         raise ConfigError(
             f"synthetic samples need training images of the student's classes; data.train has "
@@ -44,6 +46,8 @@ def clean_renderer(
             f"Point data.train at the student's data {NO_SYNTHETIC}"
         )
     if clean.images.shape[1] != image_size:
-        raise ConfigError(f"data.image_size is {clean.images.shape[1]} but the student takes "
-                          f"{image_size}-px images; make them agree {NO_SYNTHETIC}")  # fmt: skip
+        raise ConfigError(
+            f"data.image_size is {clean.images.shape[1]} but the student takes "
+            f"{image_size}-px images; make them agree {NO_SYNTHETIC}"
+        )
     return EnvironmentRenderer(clean, len(class_names), config)

@@ -136,8 +136,13 @@ class EnvironmentBank:
         self.changes += 1
         known = self._nearest(signature)
         if known is None:
-            known = Environment(signature, worth_keeping, evidence, uploads=join_pools(None, uploads, keep),
-                                prompt_from=device_id if worth_keeping is not None else "")  # fmt: skip
+            known = Environment(
+                signature,
+                worth_keeping,
+                evidence,
+                uploads=join_pools(None, uploads, keep),
+                prompt_from=device_id if worth_keeping is not None else "",
+            )
             known.add_contribution(device_id, evidence, signature)
             self.entries.append(known)
             if len(self.entries) > self.config.max_entries:  # the least visited, least evident

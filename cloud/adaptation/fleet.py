@@ -87,9 +87,13 @@ class FleetCloud:
         if device_id not in self.sessions:
             bank = bank or PromptBank(self.vplu.neutral, self.adaptation.prompt_bank)
             self.sessions[device_id] = AdaptationSession(
-                self.vplu, self.teacher, self.normalize, bank, self.adaptation.session,
+                self.vplu,
+                self.teacher,
+                self.normalize,
+                bank,
+                self.adaptation.session,
                 self.synthetic,
-            )  # fmt: skip
+            )
             self.stays[device_id] = _Stay()
         return self.sessions[device_id]
 
@@ -139,12 +143,15 @@ class FleetCloud:
 
     def stats(self) -> dict[str, float]:
         """Counters for reports: environments, bank use, stay starts, updates, seconds."""
-        return {"environments_remembered": len(self.environments.entries),
-                "bank_lookups": self.environments.lookups, "bank_hits": self.environments.hits,
-                **{f"started_from_{k}": v for k, v in self.starts.items()},
-                "updates": sum(s.updates for s in self.sessions.values()),
-                "synthetic_samples": sum(s.synthetic_samples for s in self.sessions.values()),
-                "cloud_seconds": sum(s.seconds for s in self.sessions.values())}  # fmt: skip
+        return {
+            "environments_remembered": len(self.environments.entries),
+            "bank_lookups": self.environments.lookups,
+            "bank_hits": self.environments.hits,
+            **{f"started_from_{k}": v for k, v in self.starts.items()},
+            "updates": sum(s.updates for s in self.sessions.values()),
+            "synthetic_samples": sum(s.synthetic_samples for s in self.sessions.values()),
+            "cloud_seconds": sum(s.seconds for s in self.sessions.values()),
+        }
 
     def _leave(self, device_id: str, session: AdaptationSession, stay: _Stay) -> None:
         signature = stay.signature()

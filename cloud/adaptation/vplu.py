@@ -134,8 +134,10 @@ class VPLU:
             )
         learned, losses = self._fit(x_train, target_train, stats, shipped)
         momentum = self.momentum(uploads.uncertainty)
-        candidate = {k: momentum * shipped[k] + (1 - momentum) * learned[k] if k in learned else shipped[k]
-                     for k in shipped}  # fmt: skip
+        candidate = {
+            k: momentum * shipped[k] + (1 - momentum) * learned[k] if k in learned else shipped[k]
+            for k in shipped
+        }
         before = self._agreement(uploads.x[held], target[held], stats, shipped)
         after = self._agreement(uploads.x[held], target[held], stats, candidate)
         ship = after >= before  # ties ship: the targets agree no less with the new prompt

@@ -91,7 +91,7 @@ def _plot_examples(dataset: NpyCorruptedDataset, names: list[str], path: Path) -
     fig, axes = plt.subplots(
         len(names), len(SEVERITIES), figsize=(len(SEVERITIES) * 1.1, len(names) * 1.1),
         squeeze=False,
-    )  # fmt: skip
+    )
     for row, name in enumerate(names):
         for col, severity in enumerate(SEVERITIES):
             ax = axes[row][col]

@@ -12,7 +12,7 @@ def describe_classes(names: Sequence[str], shown: int = 4) -> str:
 
 CIFAR10: tuple[str, ...] = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
-)  # fmt: skip
+)
 
 CIFAR100: tuple[str, ...] = (
     "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle",
@@ -27,4 +27,4 @@ CIFAR100: tuple[str, ...] = (
     "spider", "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank",
     "telephone", "television", "tiger", "tractor", "train", "trout", "tulip", "turtle",
     "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
-)  # fmt: skip
+)

@@ -42,9 +42,9 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     prepare.add_argument(
         "--corruptions", default="all",
         help="all | test | extra | comma-separated names (default: all 19)",
-    )  # fmt: skip
+    )
     prepare.add_argument("--num-images", type=int,
-                         help="the first N test images only (default: all)")  # fmt: skip
+                         help="the first N test images only (default: all)")
     prepare.add_argument("--image-size", type=int, help="data.image_size: side in pixels")
     prepare.add_argument("--seed", type=int, default=0, help="corruption seed (default: 0)")
     prepare.add_argument("--workers", type=int, default=2, help="worker processes (default: 2)")
@@ -77,17 +77,17 @@ def _run_prepare(args: argparse.Namespace) -> int:
     project = project_from_args(args, {
         "data.test": args.source, "data.data_dir": args.data_dir, "data.image_size": args.image_size,
         "data.shifted": args.out,
-    })  # fmt: skip
+    })
     out = Path(project.data.shifted)
     if ":" in project.data.shifted:
         raise ConfigError(f"data.shifted = {project.data.shifted!r} names a published benchmark; "
-                          "prepare writes a folder: give --out DIR")  # fmt: skip
+                          "prepare writes a folder: give --out DIR")
     corruptions = parse_corruptions(args.corruptions)
     source = load_split(project.data, "test", args.num_images)
     request = PrepareRequest(
         source=source, out_dir=out, corruptions=corruptions, num_images=len(source),
         seed=args.seed, workers=args.workers, force=args.force,
-    )  # fmt: skip
+    )
     with counted_progress("corrupting", len(corruptions) * 5) as advance:
         written = prepare_corrupted(request, progress=advance)
     card = write_dataset_card(out, args.command_line, source.images)

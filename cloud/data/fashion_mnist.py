@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 CLASS_NAMES: tuple[str, ...] = (
     "T-shirt/top", "trouser", "pullover", "dress", "coat",
     "sandal", "shirt", "sneaker", "bag", "ankle boot",
-)  # fmt: skip
+)
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 DOWNLOAD_DIR = Path.home() / ".cache" / "cdca" / "torchvision"
 _PREFIX = {"train": "train", "test": "t10k"}
@@ -32,7 +32,7 @@ _PAD = 2  # 28 + 2 * 2 = 32
 def load_fashion_mnist(
     split: str, data_dir: str | Path | None = None, *, allow_download: bool = True,
     padded: bool = True,
-) -> LabelledImages:  # fmt: skip
+) -> LabelledImages:
     """Load one Fashion-MNIST split as 32x32 RGB (28x28 with ``padded=False``).
 
     Looks in ``data_dir`` (or ``$CDCA_DATA``), then in the Debian package's folder, then

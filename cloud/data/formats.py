@@ -120,7 +120,7 @@ class NpyCorruptedDataset:
         return LabelledImages(
             np.ascontiguousarray(images[start:stop]), labels, self.class_names,
             name=f"{corruption}-{severity}",
-        )  # fmt: skip
+        )
 
     def _check_layout(self, path: Path, images: np.ndarray) -> int:
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
@@ -172,7 +172,7 @@ class ImageNetCDataset:
             p.name for p in self.root.iterdir() if p.is_dir() and any(
                 (p / str(s)).is_dir() for s in range(1, NUM_SEVERITIES + 1)
             )
-        )  # fmt: skip
+        )
 
     def load(
         self, corruption: str, severity: int, count: int | None = None, offset: int = 0

@@ -26,7 +26,7 @@ from protocol.errors import DataError, unknown_name
 def load_source(
     spec: str, *, split: str = "test", data_dir: str | Path | None = None,
     image_size: int = 32, resize: str = "pad", class_names: Sequence[str] = (),
-) -> LabelledImages:  # fmt: skip
+) -> LabelledImages:
     """The images of a source spec at ``image_size`` (see the module docstring).
 
     Args:
@@ -66,7 +66,7 @@ def read_npz(path: Path, class_names: Sequence[str] = ()) -> LabelledImages:
     labels = arrays["labels"]
     if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{path}: labels must be ({len(images)},) integers, got "
-                        f"{labels.dtype} {labels.shape}")  # fmt: skip
+                        f"{labels.dtype} {labels.shape}")
     labels = labels.astype(np.int64)
     if len(labels) and labels.min() < 0:
         raise DataError(f"{path}: labels must start at 0, found {labels.min()}")
@@ -74,12 +74,12 @@ def read_npz(path: Path, class_names: Sequence[str] = ()) -> LabelledImages:
     count = int(labels.max()) + 1 if len(labels) else 0
     if own is not None and count > len(own):
         raise DataError(f"{path}: labels go up to {count - 1} but class_names has {len(own)} "
-                        "names; a label must index a name")  # fmt: skip
+                        "names; a label must index a name")
     default = own or tuple(f"class_{i}" for i in range(count))
     names = _reconcile(default, class_names, str(path), fixed_count=own is not None)
     if count > len(names):
         raise DataError(f"{path}: labels go up to {count - 1} but data.class_names has "
-                        f"{len(names)} names; give one name per class")  # fmt: skip
+                        f"{len(names)} names; give one name per class")
     return LabelledImages(images, labels, names, name=path.stem)
 
 
@@ -94,21 +94,21 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     missing = {"images", "labels"} - set(arrays)
     if missing:
         raise DataError(f"{path} lacks the array(s) {sorted(missing)}; it has {sorted(arrays)}. "
-                        "An npz source holds images (N, H, W[, 3]) uint8 and labels (N,)")  # fmt: skip
+                        "An npz source holds images (N, H, W[, 3]) uint8 and labels (N,)")
     return arrays
 
 
 def _rgb(images: np.ndarray, path: Path) -> np.ndarray:
     if images.dtype != np.uint8:
         raise DataError(f"{path}: images must be uint8 (0-255), got {images.dtype}; convert "
-                        "them, e.g. (x * 255).round().astype(np.uint8) for floats in [0, 1]")  # fmt: skip
+                        "them, e.g. (x * 255).round().astype(np.uint8) for floats in [0, 1]")
     if images.ndim == 4 and images.shape[-1] == 1:
         images = images[..., 0]
     if images.ndim == 3:  # greyscale
         return np.repeat(images[..., np.newaxis], 3, axis=-1)
     if images.ndim != 4 or images.shape[-1] != 3:
         raise DataError(f"{path}: images must be (N, H, W), (N, H, W, 1) or (N, H, W, 3), "
-                        f"got {images.shape}")  # fmt: skip
+                        f"got {images.shape}")
     return images
 
 
@@ -149,7 +149,7 @@ def class_folders(root: Path, class_names: Sequence[str] = ()) -> list[tuple[str
         if not files:
             kinds = ", ".join(sorted(s[1:] for s in IMAGE_SUFFIXES))
             raise DataError(f"class folder {root / name} holds no images ({kinds}); add some "
-                            "or remove the folder")  # fmt: skip
+                            "or remove the folder")
         found.append((name, files))
     return found
 
@@ -157,7 +157,7 @@ def class_folders(root: Path, class_names: Sequence[str] = ()) -> list[tuple[str
 def _mixed_sizes(sizes: dict[tuple[int, int], Path]) -> str:
     seen = "; ".join(f"{w}x{h} px ({path})" for (w, h), path in sizes.items())
     return (f"the images differ in size ({seen}) and data.resize is none; set data.resize to "
-            "pad, crop or stretch to bring them to data.image_size")  # fmt: skip
+            "pad, crop or stretch to bring them to data.image_size")
 
 
 def _folder_order(root: Path, folders: list[str], class_names: Sequence[str]) -> tuple[str, ...]:
@@ -183,5 +183,5 @@ def _reconcile(
         return tuple(own)
     if fixed_count and len(wanted) != len(own):
         raise DataError(f"data.class_names has {len(wanted)} names but {source} has "
-                        f"{describe_classes(own)}")  # fmt: skip
+                        f"{describe_classes(own)}")
     return tuple(wanted)

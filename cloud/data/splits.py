@@ -48,14 +48,14 @@ def load_split(data: DataConfig, split: str, limit: int | None = None) -> Labell
 def _load(data: DataConfig, spec: str, split: str) -> LabelledImages:
     loaded = load_source(spec, split=split, data_dir=data.data_dir or None,
                          image_size=data.image_size, resize=data.resize,
-                         class_names=data.class_names)  # fmt: skip
+                         class_names=data.class_names)
     if not len(loaded):
         raise DataError(f"{spec} holds no images")
     if spec == "fashion-mnist":
         return loaded
     order = np.random.default_rng([data.seed, SPLITS.index(split)]).permutation(len(loaded))
     return LabelledImages(loaded.images[order], loaded.labels[order], loaded.class_names,
-                          loaded.name)  # fmt: skip
+                          loaded.name)
 
 
 def _held_out(data: DataConfig, source: LabelledImages, split: str) -> LabelledImages:
@@ -71,4 +71,4 @@ def _held_out(data: DataConfig, source: LabelledImages, split: str) -> LabelledI
     chosen = np.flatnonzero(held if split == "test" else ~held)  # in the source's shuffled order
     log.info("%s: %d of %d images held out as the test split", source.name, held.sum(), len(source))
     return LabelledImages(source.images[chosen], source.labels[chosen], source.class_names,
-                          f"{source.name}-{split}")  # fmt: skip
+                          f"{source.name}-{split}")

@@ -76,39 +76,62 @@ def run(args: argparse.Namespace) -> int:
     from cloud.students.init_weights import load_init_weights
     from cloud.students.preprocess import Normalization
 
-    project = project_from_args(args, {
-        "teacher.model": args.teacher, "teacher.pretrained": args.pretrained,
-        "teacher.checkpoint": args.teacher_checkpoint, "teacher.prompts": args.prompts,
-        "student.arch": args.arch,
-    })  # fmt: skip
-    out = output_path(args.out, project.student.checkpoint, "student.checkpoint",
-                      args.replace_shipped)  # fmt: skip
+    project = project_from_args(
+        args,
+        {
+            "teacher.model": args.teacher,
+            "teacher.pretrained": args.pretrained,
+            "teacher.checkpoint": args.teacher_checkpoint,
+            "teacher.prompts": args.prompts,
+            "student.arch": args.arch,
+        },
+    )
+    out = output_path(
+        args.out, project.student.checkpoint, "student.checkpoint", args.replace_shipped
+    )
     train = load_split(project.data, "train", args.limit)
     teacher, vectors = _teacher_and_vectors(project, tuple(train.class_names))
-    targets = torch.cat([teacher_logits(teacher, train.images, vectors),
-                         teacher_logits(teacher, train.images[:, :, ::-1], vectors)])  # fmt: skip
+    targets = torch.cat(
+        [
+            teacher_logits(teacher, train.images, vectors),
+            teacher_logits(teacher, train.images[:, :, ::-1], vectors),
+        ]
+    )
     torch.manual_seed(args.seed)
     encoder = create_student(project.student.arch, len(train.class_names))
     if project.student.init is not None:
         load_init_weights(encoder, project.student.init)
     student = DistilledStudent(encoder, teacher.embed_dim, float(teacher.logit_scale()))
     norm = Normalization.fit(train.images)
-    config = DistillConfig(epochs=training_epochs(args, len(train)), batch_size=args.batch_size,
-                           lr=args.lr, seed=args.seed)  # fmt: skip
+    config = DistillConfig(
+        epochs=training_epochs(args, len(train)),
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+    )
     state = out.with_name(out.name + ".state.pt")
     with epoch_progress(config.epochs, -(-len(train) // config.batch_size)) as advance:
         history = distill(student, train.images, targets, vectors, norm, config, state, advance)
     rows = _compare(args, project, teacher, student, vectors, norm)
     info = DistilledInfo(
-        arch=project.student.arch, class_names=tuple(train.class_names), normalization=norm,
-        embed_dim=teacher.embed_dim, logit_scale=float(teacher.logit_scale()), teacher=teacher.name,
+        arch=project.student.arch,
+        class_names=tuple(train.class_names),
+        normalization=norm,
+        embed_dim=teacher.embed_dim,
+        logit_scale=float(teacher.logit_scale()),
+        teacher=teacher.name,
         image_size=project.data.image_size,
-        trained={"command": args.command_line, "seed": args.seed, "epochs": config.epochs,
-                 "train_images": len(train), "data": project.data.train,
-                 "prompts": str(project.teacher.prompts or "zero-shot template"),
-                 "final_kl": history[-1] if history else None,
-                 "clean_test_accuracy": rows["distilled student"]["clean"]},
-    )  # fmt: skip
+        trained={
+            "command": args.command_line,
+            "seed": args.seed,
+            "epochs": config.epochs,
+            "train_images": len(train),
+            "data": project.data.train,
+            "prompts": str(project.teacher.prompts or "zero-shot template"),
+            "final_kl": history[-1] if history else None,
+            "clean_test_accuracy": rows["distilled student"]["clean"],
+        },
+    )
     save_distilled(out, student, vectors, info)
     state.unlink(missing_ok=True)
     _report(out, rows)
@@ -135,8 +158,10 @@ def _check_prompt_classes(path: Path, learned: tuple[str, ...], wanted: tuple[st
     from protocol.errors import ConfigError
 
     if tuple(learned) != tuple(wanted):
-        raise ConfigError(f"teacher.prompts {path} was learned for the classes {list(learned)}, "
-                          f"the project has {list(wanted)}; run `cdca cloud learn-prompts` again")  # fmt: skip
+        raise ConfigError(
+            f"teacher.prompts {path} was learned for the classes {list(learned)}, "
+            f"the project has {list(wanted)}; run `cdca cloud learn-prompts` again"
+        )
 
 
 Predict = Callable[[np.ndarray], np.ndarray]

@@ -23,9 +23,11 @@ class Projector(nn.Module):
         super().__init__()
         hidden = hidden or 2 * out_dim
         self.net = nn.Sequential(
-            nn.Linear(in_dim, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+            nn.Linear(in_dim, hidden, bias=False),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(inplace=True),
             nn.Linear(hidden, out_dim),
-        )  # fmt: skip
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, in_dim) -> (batch, out_dim)."""

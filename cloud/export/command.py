@@ -33,10 +33,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     export.add_argument("--model-version", default="1")
     export.add_argument("--int8", action="store_true", help="also write a static int8 (QDQ) model")
-    export.add_argument("--calibration-images", type=int, default=512,
-                        help="training images int8 is calibrated on (default: %(default)s)")  # fmt: skip
-    export.add_argument("--num-test", type=int, default=2000,
-                        help="test images of the int8 check (default: %(default)s)")  # fmt: skip
+    export.add_argument(
+        "--calibration-images",
+        type=int,
+        default=512,
+        help="training images int8 is calibrated on (default: %(default)s)",
+    )
+    export.add_argument(
+        "--num-test",
+        type=int,
+        default=2000,
+        help="test images of the int8 check (default: %(default)s)",
+    )
     add_project_arguments(export)
     export.set_defaults(handler=run)
 
@@ -55,9 +63,13 @@ def run(args: argparse.Namespace) -> int:
     student, vectors, info = load_distilled(distilled_student(project))
     result = export_device_model(student, vectors, info, args.out, args.model_version)
     report: dict[str, object] = {
-        "fp32": {"file": str(result.model), "bytes": result.model.stat().st_size,
-                 "parity_max_abs_diff": result.parity_max_abs_diff, "export_seconds": round(result.seconds, 1)},
-    }  # fmt: skip
+        "fp32": {
+            "file": str(result.model),
+            "bytes": result.model.stat().st_size,
+            "parity_max_abs_diff": result.parity_max_abs_diff,
+            "export_seconds": round(result.seconds, 1),
+        },
+    }
     if args.int8:
         test = load_split(project.data, "test").take(args.num_test)
         train = load_split(project.data, "train", args.calibration_images)
@@ -125,9 +137,12 @@ def _measure(path: Path, example, eval_sets) -> dict[str, object]:  # type: igno
     neutral = {k: v.numpy() for k, v in example.items() if k != "x"}
     out: dict[str, object] = {}
     for name, (x, labels) in eval_sets.items():
-        preds = np.concatenate([
-            session.run(["logits"], {**neutral, "x": x[i : i + 256]})[0].argmax(1) for i in range(0, len(x), 256)
-        ])  # fmt: skip
+        preds = np.concatenate(
+            [
+                session.run(["logits"], {**neutral, "x": x[i : i + 256]})[0].argmax(1)
+                for i in range(0, len(x), 256)
+            ]
+        )
         out[f"accuracy_{name}"] = round(float((preds == labels).mean()), 4)
     x1 = eval_sets["clean"][0][:64]
     for batch in (1, 64):

@@ -97,10 +97,14 @@ def _export(model: DeviceModel, example: dict[str, torch.Tensor], path: Path) ->
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # exporter chatter about opset and deprecated paths
         program = torch.onnx.export(
-            model, tuple(example[k] for k in DeviceModel.INPUTS), dynamo=True,
-            input_names=list(DeviceModel.INPUTS), output_names=list(DeviceModel.OUTPUTS),
-            dynamic_shapes=shapes, verbose=False,
-        )  # fmt: skip
+            model,
+            tuple(example[k] for k in DeviceModel.INPUTS),
+            dynamo=True,
+            input_names=list(DeviceModel.INPUTS),
+            output_names=list(DeviceModel.OUTPUTS),
+            dynamic_shapes=shapes,
+            verbose=False,
+        )
     if program is None:
         raise DataError("torch.onnx.export returned no program")
     program.save(str(path))
@@ -151,11 +155,20 @@ def build_manifest(
     import onnxruntime
 
     inputs = tuple(
-        TensorSpec(name, ("batch", *example[name].shape[1:]) if name == "x" else
-                   (("num_classes", example[name].shape[1]) if name == "class_vectors" else tuple(example[name].shape)),
-                   "float32", DESCRIPTIONS[name])
+        TensorSpec(
+            name,
+            ("batch", *example[name].shape[1:])
+            if name == "x"
+            else (
+                ("num_classes", example[name].shape[1])
+                if name == "class_vectors"
+                else tuple(example[name].shape)
+            ),
+            "float32",
+            DESCRIPTIONS[name],
+        )
         for name in DeviceModel.INPUTS
-    )  # fmt: skip
+    )
     outputs = (
         TensorSpec("logits", ("batch", "num_classes"), "float32", DESCRIPTIONS["logits"]),
         TensorSpec("embedding", ("batch", info.embed_dim), "float32", DESCRIPTIONS["embedding"]),
@@ -164,14 +177,26 @@ def build_manifest(
         ),
     )
     return ModelManifest(
-        model_file=model_path.name, sha256=sha256_of(model_path), inputs=inputs, outputs=outputs,
+        model_file=model_path.name,
+        sha256=sha256_of(model_path),
+        inputs=inputs,
+        outputs=outputs,
         preprocess=Preprocess(info.image_size, info.normalization.mean, info.normalization.std),
-        class_names=info.class_names, model_version=model_version, defaults_file=defaults_path.name,
-        norm_layers=tuple({"name": n.name, "offset": n.offset, "channels": n.channels} for n in model.norm_layers),
-        versions={"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-                  "student": info.arch, "teacher": info.teacher},
+        class_names=info.class_names,
+        model_version=model_version,
+        defaults_file=defaults_path.name,
+        norm_layers=tuple(
+            {"name": n.name, "offset": n.offset, "channels": n.channels} for n in model.norm_layers
+        ),
+        versions={
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "student": info.arch,
+            "teacher": info.teacher,
+        },
         parity={"max_abs_diff_vs_torch": parity},
-    )  # fmt: skip
+    )
 
 
 def quantize_int8(
@@ -228,9 +253,14 @@ def quantize_int8(
     root.setLevel(logging.ERROR)
     try:
         quantize_static(
-            str(prepared), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-        )  # fmt: skip
+            str(prepared),
+            str(int8_path),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+        )
     finally:
         root.setLevel(level)
     prepared.unlink(missing_ok=True)

@@ -129,7 +129,7 @@ class CoOpPromptLearner(PromptLearner):
                         suffix[:, length:],
                     ],
                     dim=1,
-                )  # fmt: skip
+                )
             )
         return torch.cat(prompts, dim=0)
 

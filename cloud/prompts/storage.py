@@ -35,9 +35,12 @@ def load_prompt_vectors(teacher: Teacher, path: Path) -> tuple[torch.Tensor, lis
         ctx = saved["ctx"]
         names = list(saved["class_names"])
         learner = CoOpPromptLearner(
-            TextEncoder(teacher), names, num_ctx_tokens=int(ctx.shape[-2]),
-            class_specific=ctx.dim() == 3, class_token_position=saved["class_token_position"],
-        )  # fmt: skip
+            TextEncoder(teacher),
+            names,
+            num_ctx_tokens=int(ctx.shape[-2]),
+            class_specific=ctx.dim() == 3,
+            class_token_position=saved["class_token_position"],
+        )
         learner.ctx.copy_(ctx)
     except (KeyError, RuntimeError, OSError) as err:
         raise DataError(f"{path} is not a usable CoOp prompt file ({err})") from err

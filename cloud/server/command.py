@@ -35,13 +35,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--student", type=Path, help="student.checkpoint: the distilled student")
     serve.add_argument("--teacher", help="teacher.model: builtin | open_clip name | local-dir:DIR")
     serve.add_argument("--upload-budget", type=float, help="adaptation.device.budget")
-    serve.add_argument("--synthetic", type=int, metavar="N",
-                       help="adaptation.synthetic.count: rendered training images per fit "
-                       "(0: none)")  # fmt: skip
+    serve.add_argument(
+        "--synthetic",
+        type=int,
+        metavar="N",
+        help="adaptation.synthetic.count: rendered training images per fit (0: none)",
+    )
     serve.add_argument("--tls-cert", type=Path, help="server.tls.cert (PEM)")
     serve.add_argument("--tls-key", type=Path, help="server.tls.key (PEM)")
-    serve.add_argument("--tls-client-ca", type=Path,
-                       help="server.tls.client_ca: require client certs signed by this CA")  # fmt: skip
+    serve.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        help="server.tls.client_ca: require client certs signed by this CA",
+    )
     serve.add_argument("--port-file", type=Path, help="write the bound port here once listening")
     serve.add_argument("--verbose", action="store_true", help="debug logging")
     serve.set_defaults(handler=_serve)
@@ -55,9 +61,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     enrol.add_argument("--device", required=True, help="device id (letters, digits, . _ -)")
     enrol.add_argument("--token", help="use this token instead of a random one")
-    enrol.add_argument("--ttl-days", type=float,
-                       help="the token expires after this many days; 0: never (default: the "
-                       "project's server.limits.token_ttl_days, 365)")  # fmt: skip
+    enrol.add_argument(
+        "--ttl-days",
+        type=float,
+        help="the token expires after this many days; 0: never (default: the "
+        "project's server.limits.token_ttl_days, 365)",
+    )
     _add_state_dir(enrol)
     enrol.set_defaults(handler=_enrol)
 
@@ -72,8 +81,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         epilog="example: cdca cloud revoke --device cam-7 --forget",
     )
     revoke.add_argument("--device", required=True, help="the device id")
-    revoke.add_argument("--forget", action="store_true",
-                        help="also drop everything the device contributed")  # fmt: skip
+    revoke.add_argument(
+        "--forget", action="store_true", help="also drop everything the device contributed"
+    )
     _add_state_dir(revoke)
     revoke.set_defaults(handler=_revoke)
 
@@ -83,8 +93,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_state_dir(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--state-dir", type=Path,
-                        help="the server's state folder (default: the project's server.state_dir)")  # fmt: skip
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        help="the server's state folder (default: the project's server.state_dir)",
+    )
     add_project_arguments(parser)
 
 
@@ -103,12 +116,18 @@ def _serve(args: argparse.Namespace) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ConfigError("--tls-cert and --tls-key go together")
     flags = {
-        "server.host": args.host, "server.port": args.port, "server.state_dir": args.state_dir,
-        "server.model_dir": args.model_dir, "student.checkpoint": args.student,
-        "teacher.model": args.teacher, "adaptation.device.budget": args.upload_budget,
-        "adaptation.synthetic.count": args.synthetic, "server.tls.cert": args.tls_cert,
-        "server.tls.key": args.tls_key, "server.tls.client_ca": args.tls_client_ca,
-    }  # fmt: skip
+        "server.host": args.host,
+        "server.port": args.port,
+        "server.state_dir": args.state_dir,
+        "server.model_dir": args.model_dir,
+        "student.checkpoint": args.student,
+        "teacher.model": args.teacher,
+        "adaptation.device.budget": args.upload_budget,
+        "adaptation.synthetic.count": args.synthetic,
+        "server.tls.cert": args.tls_cert,
+        "server.tls.key": args.tls_key,
+        "server.tls.client_ca": args.tls_client_ca,
+    }
     asyncio.run(serve(project_from_args(args, flags), args.port_file))
     return 0
 
@@ -122,8 +141,9 @@ def _enrol(args: argparse.Namespace) -> int:
         raise ConfigError("--ttl-days must be >= 0 (0: the token never expires)")
     registry = DeviceRegistry(registry_path(Path(args.state_dir or server.state_dir)))
     try:
-        token = registry.enrol(args.device, args.token, ttl_days=ttl,
-                               max_devices=server.max_devices)  # fmt: skip
+        token = registry.enrol(
+            args.device, args.token, ttl_days=ttl, max_devices=server.max_devices
+        )
     finally:
         registry.close()
     print(token)
@@ -162,7 +182,9 @@ def _devices(args: argparse.Namespace) -> int:
     for device_id in sorted([*registry.device_ids(), *revoked]):
         r = registry.record(device_id)
         assert r is not None
-        print(f"{r.device_id:<24} {r.frames_seen:>9} {r.accepted:>9} {r.refused:>8} "
-              f"{r.prompt_version:>8}{'  (revoked)' if device_id in revoked else ''}")  # fmt: skip
+        print(
+            f"{r.device_id:<24} {r.frames_seen:>9} {r.accepted:>9} {r.refused:>8} "
+            f"{r.prompt_version:>8}{'  (revoked)' if device_id in revoked else ''}"
+        )
     registry.close()
     return 0

@@ -40,9 +40,12 @@ def add_service(servicer: Any, server: grpc.aio.Server) -> None:
         "DownloadModel": (grpc.unary_stream_rpc_method_handler, cdca_pb2.ModelRequest),
     }
     handlers = {
-        name: kind(getattr(servicer, name), request_deserializer=_parse(request),
-                   response_serializer=lambda message: message.SerializeToString())
+        name: kind(
+            getattr(servicer, name),
+            request_deserializer=_parse(request),
+            response_serializer=lambda message: message.SerializeToString(),
+        )
         for name, (kind, request) in kinds.items()
-    }  # fmt: skip
+    }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)

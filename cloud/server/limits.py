@@ -77,14 +77,16 @@ class DeviceAllowances:
     def shift(self, device_id: str) -> bool:
         """Whether the device may report a new environment now."""
         limits = self.limits
-        bucket = self._bucket(self._shifts, device_id, limits.shifts_per_minute / 60,
-                              limits.shift_burst)  # fmt: skip
+        bucket = self._bucket(
+            self._shifts, device_id, limits.shifts_per_minute / 60, limits.shift_burst
+        )
         return bucket.take(1) == 1
 
     def _sample_bucket(self, device_id: str) -> TokenBucket:
         limits = self.limits
-        return self._bucket(self._samples, device_id, limits.samples_per_second,
-                            limits.sample_burst)  # fmt: skip
+        return self._bucket(
+            self._samples, device_id, limits.samples_per_second, limits.sample_burst
+        )
 
     def _bucket(
         self, buckets: dict[str, TokenBucket], device_id: str, rate: float, capacity: int

@@ -53,8 +53,11 @@ CREATE TABLE IF NOT EXISTS uploads (
 );
 """
 # Columns added after the first release: added to an older registry when it is opened.
-_ADDED_COLUMNS = {"expires_at": "REAL", "revoked": "INTEGER NOT NULL DEFAULT 0",
-                  "forget": "INTEGER NOT NULL DEFAULT 0"}  # fmt: skip
+_ADDED_COLUMNS = {
+    "expires_at": "REAL",
+    "revoked": "INTEGER NOT NULL DEFAULT 0",
+    "forget": "INTEGER NOT NULL DEFAULT 0",
+}
 
 
 def check_device_id(device_id: str) -> str:
@@ -112,17 +115,24 @@ class DeviceRegistry:
                     self._db.execute(f"ALTER TABLE devices ADD COLUMN {column} {kind}")
 
     def enrol(
-        self, device_id: str, token: str | None = None, *, ttl_days: float = 0.0,
+        self,
+        device_id: str,
+        token: str | None = None,
+        *,
+        ttl_days: float = 0.0,
         max_devices: int | None = None,
-    ) -> str:  # fmt: skip
+    ) -> str:
         """Add (or re-key, which also lifts a revocation) a device; returns its token.
 
         ``token``: this one instead of a fresh random one; ``ttl_days``: it expires after so
         many days (0: never); ``max_devices``: refuse a new device beyond this many.
         """
         check_device_id(device_id)
-        if (max_devices is not None and not self.is_enrolled(device_id)
-                and self.count() >= max_devices):  # fmt: skip
+        if (
+            max_devices is not None
+            and not self.is_enrolled(device_id)
+            and self.count() >= max_devices
+        ):
             raise ConfigError(
                 f"this server already has {self.count()} devices, its server.max_devices: "
                 "raise it in the project file or revoke a device (`cdca cloud revoke`)"
@@ -186,8 +196,9 @@ class DeviceRegistry:
         """(accepted, refused) of an upload with this content digest, if the device sent it lately."""
         row = self._one(
             "SELECT accepted, refused FROM uploads WHERE device_id = ? AND digest = ?",
-            device_id, digest,
-        )  # fmt: skip
+            device_id,
+            digest,
+        )
         return (int(row[0]), int(row[1])) if row else None
 
     def count(self) -> int:
@@ -233,10 +244,15 @@ class DeviceRegistry:
             self._db.execute(
                 "UPDATE devices SET frames_seen = ?, frames_reported = ?, accepted = ?, "
                 "refused = ?, last_seen = ? WHERE device_id = ?",
-                (record.frames_after(reported), saturate(reported),
-                 saturate(record.accepted + accepted), saturate(record.refused + refused),
-                 now, device_id),
-            )  # fmt: skip
+                (
+                    record.frames_after(reported),
+                    saturate(reported),
+                    saturate(record.accepted + accepted),
+                    saturate(record.refused + refused),
+                    now,
+                    device_id,
+                ),
+            )
             if digest:
                 self._db.execute(
                     "INSERT OR REPLACE INTO uploads VALUES (?, ?, ?, ?, ?)",

@@ -63,18 +63,28 @@ async def run_server(
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     worker_task = asyncio.create_task(worker.run())
-    log.info("cdca cloud listening on %s:%d (%s, %d devices enrolled, %d uploads re-queued, "
-             "state %s)", config.host, port, "TLS" if config.tls else "insecure",
-             registry.count(), requeued, config.state_dir)  # fmt: skip
+    log.info(
+        "cdca cloud listening on %s:%d (%s, %d devices enrolled, %d uploads re-queued, state %s)",
+        config.host,
+        port,
+        "TLS" if config.tls else "insecure",
+        registry.count(),
+        requeued,
+        config.state_dir,
+    )
     if port_file is not None:  # tests and scripts start on port 0 and read the real one here
         port_file.write_text(str(port))
     try:
         await stop.wait()
     finally:
         busiest = ", ".join(f"{d} {t:.1f} s" for d, t in worker.queue.busiest())
-        log.info("shutting down: %d uploads still queued stay on disk; %d fits rejected by the "
-                 "prompt guard; worker time: %s", worker.queue.qsize(), worker.rejected_fits,
-                 busiest or "none")  # fmt: skip
+        log.info(
+            "shutting down: %d uploads still queued stay on disk; %d fits rejected by the "
+            "prompt guard; worker time: %s",
+            worker.queue.qsize(),
+            worker.rejected_fits,
+            busiest or "none",
+        )
         await health_servicer.enter_graceful_shutdown()
         await board.close()
         await server.stop(SHUTDOWN_GRACE_SECONDS)
@@ -86,11 +96,22 @@ async def run_server(
 
 def _build_server(config, registry, inbox, worker, board, world):  # type: ignore[no-untyped-def]
     limit = config.max_message_bytes
-    server = grpc.aio.server(options=[
-        ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
-    ])  # fmt: skip
-    service = CloudAdaptationService(config, world.adaptation.device, registry, inbox, worker,
-                                     board, world.served, world.running_stats)  # fmt: skip
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+        ]
+    )
+    service = CloudAdaptationService(
+        config,
+        world.adaptation.device,
+        registry,
+        inbox,
+        worker,
+        board,
+        world.served,
+        world.running_stats,
+    )
     add_service(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

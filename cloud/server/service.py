@@ -68,9 +68,11 @@ SHOWN_ID_CHARS = 64
 RETRY_AFTER_METADATA = "retry-after-ms"  # trailing metadata of a RESOURCE_EXHAUSTED upload
 INBOX_RETRY_MS = 5000
 BEARER = "Bearer "
-NOT_ACCEPTED = ("device id or token not accepted (unknown, revoked or expired device, or a "
-                "wrong token): enrol the device with `cdca cloud enrol` and start it with the "
-                "token that prints")  # fmt: skip
+NOT_ACCEPTED = (
+    "device id or token not accepted (unknown, revoked or expired device, or a "
+    "wrong token): enrol the device with `cdca cloud enrol` and start it with the "
+    "token that prints"
+)
 
 
 def shown(text: str) -> str:
@@ -112,17 +114,25 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
             await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(err))
         if request.model_sha256 not in self.served.accepted_sha256:
             await _abort(
-                context, grpc.StatusCode.FAILED_PRECONDITION,
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
                 f"device runs model {request.model_sha256[:12] or '(none)'}..., this server adapts "
                 f"{self.served.manifest.sha256[:12]}...: download it (cdca device run --bootstrap)",
-            )  # fmt: skip
+            )
         self.registry.seen(device_id, request.model_sha256)
-        self.warnings.warn(device_id, "register", "registered %s (model %s)", device_id,
-                           request.model_sha256[:12], level=logging.INFO)  # fmt: skip
+        self.warnings.warn(
+            device_id,
+            "register",
+            "registered %s (model %s)",
+            device_id,
+            request.model_sha256[:12],
+            level=logging.INFO,
+        )
         response = cdca_pb2.RegisterResponse(
-            protocol_version=PROTOCOL_VERSION, upload_budget=self.device.budget,
+            protocol_version=PROTOCOL_VERSION,
+            upload_budget=self.device.budget,
             device_settings=self.device_settings,
-        )  # fmt: skip
+        )
         prompt = self.board.latest(device_id)
         if prompt is not None:
             response.prompt.CopyFrom(prompt)
@@ -137,28 +147,43 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
         device_id = await self._authenticate(context)
         record = self.registry.record(device_id)
         if record is None or record.model_sha256 not in self.served.accepted_sha256:
-            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION,
-                         "register with the served model before uploading")  # fmt: skip
+            await _abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "register with the served model before uploading",
+            )
         wait = self.allowances.seconds_until_sample(device_id)
         if wait > 0:  # a flooding device: refused before its chunks are even decoded
-            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                         f"this device uploads faster than server.limits allow: retry in {wait:.1f} s",
-                         ((RETRY_AFTER_METADATA, str(max(1, round(wait * 1000)))),))  # fmt: skip
+            await _abort(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"this device uploads faster than server.limits allow: retry in {wait:.1f} s",
+                ((RETRY_AFTER_METADATA, str(max(1, round(wait * 1000)))),),
+            )
         parts: list[DecodedUpload] = []
         digest = hashlib.sha256()
         async for chunk in request_iterator:
             if chunk is UNDECODABLE:
-                await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
-                             "an upload chunk is not a cdca.v1.UploadChunk")  # fmt: skip
+                await _abort(
+                    context,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "an upload chunk is not a cdca.v1.UploadChunk",
+                )
             if len(parts) >= self.limits.max_chunks_per_upload:
-                await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                             f"more than {self.limits.max_chunks_per_upload} chunks in one upload: "
-                             "send fewer, fuller chunks")  # fmt: skip
+                await _abort(
+                    context,
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"more than {self.limits.max_chunks_per_upload} chunks in one upload: "
+                    "send fewer, fuller chunks",
+                )
             digest.update(chunk.SerializeToString(deterministic=True))
             parts.append(await self._decode_chunk(context, device_id, chunk, parts))
         if not parts or not parts[-1].last:  # a cut-off stream also ends here: store nothing
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
-                         "an upload ends with a chunk marked last; nothing of this one was stored")  # fmt: skip
+            await _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "an upload ends with a chunk marked last; nothing of this one was stored",
+            )
         return await self._accept(context, device_id, parts, digest.hexdigest())
 
     async def GetPrompt(  # noqa: N802
@@ -201,18 +226,25 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
         yield cdca_pb2.ModelChunk(manifest_json=self.served.manifest_path.read_text())
         names = [manifest.model_file, *([manifest.defaults_file] if manifest.defaults_file else [])]
         for name in names:
-            data = self.served.model_bytes() if name == manifest.model_file else (
-                (self.served.folder / name).read_bytes())  # fmt: skip
+            data = (
+                self.served.model_bytes()
+                if name == manifest.model_file
+                else ((self.served.folder / name).read_bytes())
+            )
             for offset in range(0, len(data), MODEL_CHUNK_BYTES):
                 yield cdca_pb2.ModelChunk(
-                    file_name=name, offset=offset, total_size=len(data),
+                    file_name=name,
+                    offset=offset,
+                    total_size=len(data),
                     data=data[offset : offset + MODEL_CHUNK_BYTES],
-                )  # fmt: skip
+                )
 
     async def _authenticate(
-        self, context: grpc.aio.ServicerContext, request: object = None,
+        self,
+        context: grpc.aio.ServicerContext,
+        request: object = None,
         names_caller: bool = True,
-    ) -> str:  # fmt: skip
+    ) -> str:
         """The caller's device id; aborts the call unless its metadata prove it.
 
         ``request``: the call's request, which must have parsed; with ``names_caller`` its
@@ -223,22 +255,34 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
         device_id = metadata.get(DEVICE_METADATA, "")
         authorization = metadata.get(TOKEN_METADATA, "")
         if not device_id or not authorization.startswith(BEARER):
-            await _abort(context, grpc.StatusCode.UNAUTHENTICATED,
-                         f"missing {DEVICE_METADATA!r} or {TOKEN_METADATA!r} ('Bearer <token>') "
-                         "metadata: start the device with --device-id and --token")  # fmt: skip
+            await _abort(
+                context,
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"missing {DEVICE_METADATA!r} or {TOKEN_METADATA!r} ('Bearer <token>') "
+                "metadata: start the device with --device-id and --token",
+            )
         token = authorization[len(BEARER) :]
         if not DEVICE_ID.match(device_id) or not self.registry.authenticate(device_id, token):
-            self.warnings.warn(device_id[:SHOWN_ID_CHARS], "auth",
-                               "refused device %s: unknown, revoked, expired or a wrong token",
-                               shown(device_id))  # fmt: skip
+            self.warnings.warn(
+                device_id[:SHOWN_ID_CHARS],
+                "auth",
+                "refused device %s: unknown, revoked, expired or a wrong token",
+                shown(device_id),
+            )
             await _abort(context, grpc.StatusCode.UNAUTHENTICATED, NOT_ACCEPTED)
         if request is UNDECODABLE:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
-                         "the request is not a cdca.v1 message of this call")  # fmt: skip
+            await _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "the request is not a cdca.v1 message of this call",
+            )
         claimed = str(getattr(request, "device_id", "")) if names_caller else ""
         if claimed and claimed != device_id:
-            await _abort(context, grpc.StatusCode.PERMISSION_DENIED,
-                         f"this call is authenticated as {device_id!r} but names {shown(claimed)}")  # fmt: skip
+            await _abort(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"this call is authenticated as {device_id!r} but names {shown(claimed)}",
+            )
         return device_id
 
     async def _check_owner(
@@ -248,8 +292,11 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
             self.warnings.warn(
                 caller, "owner", "%s asked for the prompts of %s", caller, shown(wanted)
             )
-            await _abort(context, grpc.StatusCode.PERMISSION_DENIED,
-                         f"a device reads only its own prompts and {SHARED_PROMPT_ID!r}")  # fmt: skip
+            await _abort(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"a device reads only its own prompts and {SHARED_PROMPT_ID!r}",
+            )
 
     async def _decode_chunk(
         self,
@@ -259,27 +306,45 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
         previous: list[DecodedUpload],
     ) -> DecodedUpload:
         if chunk.device_id != device_id:
-            await _abort(context, grpc.StatusCode.PERMISSION_DENIED,
-                         f"upload chunk names device {shown(chunk.device_id)}, the call is "
-                         f"{device_id!r}")  # fmt: skip
+            await _abort(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"upload chunk names device {shown(chunk.device_id)}, the call is {device_id!r}",
+            )
         if previous and previous[-1].last:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
-                         "a chunk after the one marked last")  # fmt: skip
+            await _abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, "a chunk after the one marked last"
+            )
         if previous and chunk.batch_id != previous[0].batch_id:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
-                         "one upload stream carries one batch: batch_id changed mid-stream")  # fmt: skip
+            await _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "one upload stream carries one batch: batch_id changed mid-stream",
+            )
         if not previous and not chunk.HasField("batch_stats"):
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
-                         "the first chunk of an upload must carry batch_stats")  # fmt: skip
+            await _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "the first chunk of an upload must carry batch_stats",
+            )
         most = self.limits.max_samples_per_upload
         if sum(p.offered for p in previous) + len(chunk.samples) > most:
-            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                         f"more than {most} samples in one upload: split it")  # fmt: skip
-        worth_decoding = max(0, self.allowances.available_samples(device_id)
-                             - sum(len(p.images) for p in previous))  # fmt: skip
+            await _abort(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"more than {most} samples in one upload: split it",
+            )
+        worth_decoding = max(
+            0, self.allowances.available_samples(device_id) - sum(len(p.images) for p in previous)
+        )
         try:
-            decoded = decode_upload(chunk, self.served.image_shape, self.served.stats_shape,
-                                    self.config.max_message_bytes, worth_decoding)  # fmt: skip
+            decoded = decode_upload(
+                chunk,
+                self.served.image_shape,
+                self.served.stats_shape,
+                self.config.max_message_bytes,
+                worth_decoding,
+            )
         except CdcaError as err:
             self.warnings.warn(
                 device_id, "invalid", "refused an upload from %s: %s", device_id, err
@@ -295,15 +360,22 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
         return decoded
 
     async def _accept(
-        self, context: grpc.aio.ServicerContext, device_id: str, parts: list[DecodedUpload],
+        self,
+        context: grpc.aio.ServicerContext,
+        device_id: str,
+        parts: list[DecodedUpload],
         digest: str,
-    ) -> cdca_pb2.UploadSummary:  # fmt: skip
+    ) -> cdca_pb2.UploadSummary:
         earlier = self.registry.earlier_upload(device_id, digest)
         if earlier is not None:
-            log.info("%s sent batch %d again: acknowledged as before, stored once",
-                     device_id, parts[0].batch_id)  # fmt: skip
-            return cdca_pb2.UploadSummary(accepted=earlier[0], refused_over_budget=earlier[1],
-                                          stored_before=True)  # fmt: skip
+            log.info(
+                "%s sent batch %d again: acknowledged as before, stored once",
+                device_id,
+                parts[0].batch_id,
+            )
+            return cdca_pb2.UploadSummary(
+                accepted=earlier[0], refused_over_budget=earlier[1], stored_before=True
+            )
         frames_seen = saturate(max(p.frames_seen for p in parts))
         images = np.concatenate([p.images for p in parts])
         uncertainty = np.concatenate([p.uncertainty for p in parts])
@@ -313,21 +385,39 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
             await self._check_inbox(context, device_id, images[:wanted].nbytes)
         keep = self.allowances.samples(device_id, wanted)
         if shift and not self.allowances.shift(device_id):
-            self.warnings.warn(device_id, "shift", "%s reports new environments faster than "
-                               "server.limits allow: batch %d taken as an ordinary upload",
-                               device_id, parts[0].batch_id)  # fmt: skip
+            self.warnings.warn(
+                device_id,
+                "shift",
+                "%s reports new environments faster than "
+                "server.limits allow: batch %d taken as an ordinary upload",
+                device_id,
+                parts[0].batch_id,
+            )
             shift = False
         refused = sum(p.offered for p in parts) - keep
         if keep or shift:
             batch_stats = parts[0].batch_stats
             assert batch_stats is not None  # checked on the first chunk
-            batch = StoredBatch(device_id, parts[0].batch_id, images[:keep], uncertainty[:keep],
-                                batch_stats, shift, frames_seen)  # fmt: skip
+            batch = StoredBatch(
+                device_id,
+                parts[0].batch_id,
+                images[:keep],
+                uncertainty[:keep],
+                batch_stats,
+                shift,
+                frames_seen,
+            )
             self.worker.submit(self.inbox.put(batch))
         self.registry.count_upload(device_id, frames_seen, keep, refused, digest)
         if refused:
-            self.warnings.warn(device_id, "budget", "%s is over its upload budget: refused %d of "
-                               "%d samples", device_id, refused, refused + keep)  # fmt: skip
+            self.warnings.warn(
+                device_id,
+                "budget",
+                "%s is over its upload budget: refused %d of %d samples",
+                device_id,
+                refused,
+                refused + keep,
+            )
         return cdca_pb2.UploadSummary(accepted=keep, refused_over_budget=refused)
 
     def _claimed_room(self, device_id: str, frames_seen: int) -> int:
@@ -343,14 +433,19 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
         refusal = self.worker.quota.refusal(device_id, size)
         if refusal is not None:
             self.warnings.warn(device_id, "inbox", "%s: upload refused, %s", device_id, refusal)
-            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                         f"{refusal}: retry in {INBOX_RETRY_MS / 1000:g} s",
-                         ((RETRY_AFTER_METADATA, str(INBOX_RETRY_MS)),))  # fmt: skip
+            await _abort(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{refusal}: retry in {INBOX_RETRY_MS / 1000:g} s",
+                ((RETRY_AFTER_METADATA, str(INBOX_RETRY_MS)),),
+            )
 
 
 async def _abort(
-    context: grpc.aio.ServicerContext, code: grpc.StatusCode, details: str,
+    context: grpc.aio.ServicerContext,
+    code: grpc.StatusCode,
+    details: str,
     trailing_metadata: tuple[tuple[str, str], ...] = (),
-) -> NoReturn:  # fmt: skip
+) -> NoReturn:
     await context.abort(code, details, trailing_metadata)
     raise AssertionError("unreachable: context.abort raises")  # for type checkers

@@ -58,10 +58,19 @@ class Inbox:
     def put(self, batch: StoredBatch) -> Path:
         """Persist one batch; returns its file."""
         buffer = io.BytesIO()
-        meta = {"device_id": batch.device_id, "batch_id": batch.batch_id,
-                "shift": batch.shift, "frames_seen": batch.frames_seen}  # fmt: skip
-        np.savez(buffer, images=batch.images, uncertainty=batch.uncertainty,
-                 batch_stats=batch.batch_stats, meta=np.array(json.dumps(meta)))  # fmt: skip
+        meta = {
+            "device_id": batch.device_id,
+            "batch_id": batch.batch_id,
+            "shift": batch.shift,
+            "frames_seen": batch.frames_seen,
+        }
+        np.savez(
+            buffer,
+            images=batch.images,
+            uncertainty=batch.uncertainty,
+            batch_stats=batch.batch_stats,
+            meta=np.array(json.dumps(meta)),
+        )
         path = self.folder / f"{self._next:020d}-{batch.device_id}.npz"
         self._next += 1
         atomic_write(path, buffer.getvalue())
@@ -78,10 +87,14 @@ class Inbox:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(str(data["meta"]))
                 return StoredBatch(
-                    meta["device_id"], int(meta["batch_id"]), data["images"],
-                    data["uncertainty"], data["batch_stats"], bool(meta["shift"]),
+                    meta["device_id"],
+                    int(meta["batch_id"]),
+                    data["images"],
+                    data["uncertainty"],
+                    data["batch_stats"],
+                    bool(meta["shift"]),
                     int(meta["frames_seen"]),
-                )  # fmt: skip
+                )
         except (OSError, ValueError, KeyError, EOFError) as err:
             raise DataError(f"inbox file {path} is unreadable: {err}") from err
 
@@ -178,8 +191,12 @@ def save_environments(path: Path, bank: EnvironmentBank) -> None:
     for i, entry in enumerate(bank.entries):
         tensors[f"{i}.signature"] = torch.from_numpy(np.asarray(entry.signature, np.float64))
         if entry.prompt is not None:  # None: only short stays so far (their uploads pool)
-            tensors.update({f"{i}.prompt.{k}": v.detach().float().contiguous()
-                            for k, v in entry.prompt.items()})  # fmt: skip
+            tensors.update(
+                {
+                    f"{i}.prompt.{k}": v.detach().float().contiguous()
+                    for k, v in entry.prompt.items()
+                }
+            )
         if entry.uploads is not None:
             pool = zip(PooledUploads.names(), entry.uploads.tensors(), strict=True)
             tensors.update({f"{i}.uploads.{k}": v.contiguous() for k, v in pool})
@@ -212,10 +229,15 @@ def load_environments(path: Path, bank: EnvironmentBank, neutral: Prompt) -> int
             }
             entries.append(
                 Environment(
-                    tensors[f"{i}.signature"].numpy(), prompt, int(evidence), int(visits),
-                    _pooled(tensors, f"{i}.uploads."), str(prompt_from), contributors,
+                    tensors[f"{i}.signature"].numpy(),
+                    prompt,
+                    int(evidence),
+                    int(visits),
+                    _pooled(tensors, f"{i}.uploads."),
+                    str(prompt_from),
+                    contributors,
                 )
-            )  # fmt: skip
+            )
     except (SafetensorError, OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise DataError(
             f"environment bank {path} is unreadable or does not fit the served model ({err}); "

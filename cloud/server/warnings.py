@@ -22,15 +22,18 @@ class ThrottledWarnings:
     """``warn(key, message, *args)``: logged unless the same key was logged within ``interval``."""
 
     def __init__(
-        self, log: logging.Logger, interval: float = 10.0,
+        self,
+        log: logging.Logger,
+        interval: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.log, self.interval, self.clock = log, interval, clock
         self._last: dict[tuple[str, str], float] = {}
         self._skipped: dict[tuple[str, str], int] = {}
 
-    def warn(self, device: str, kind: str, message: str, *args: object,
-             level: int = logging.WARNING) -> None:  # fmt: skip
+    def warn(
+        self, device: str, kind: str, message: str, *args: object, level: int = logging.WARNING
+    ) -> None:
         """Log ``message % args`` for ``device``'s event of ``kind`` unless one was just logged."""
         key = (device, kind)
         now = self.clock()

@@ -93,8 +93,9 @@ class AdaptationWorker:
         self._shared_cache: tuple[tuple[int, int, int], cdca_pb2.Prompt] | None = None
         self.saved_changes = 0
         # added to the shared prompt's version so that it still rises after a device is forgotten
-        self.shared_offset = int(self.shared_offset_file.read_text()) if (
-            self.shared_offset_file.is_file()) else 0  # fmt: skip
+        self.shared_offset = (
+            int(self.shared_offset_file.read_text()) if (self.shared_offset_file.is_file()) else 0
+        )
 
     def restore(self) -> int:
         """Reload every saved prompt bank and the fleet's environments; re-queue unfinished uploads."""
@@ -109,8 +110,12 @@ class AdaptationWorker:
             session, version = self._load_session(device_id)
             if version:
                 self.board.restore(device_id, self._message(session, version, batch_id=0))
-                log.info("restored %s's prompt bank (prompt v%d, %d environments)",
-                         device_id, version, session.bank.environments)  # fmt: skip
+                log.info(
+                    "restored %s's prompt bank (prompt v%d, %d environments)",
+                    device_id,
+                    version,
+                    session.bank.environments,
+                )
         pending = self.inbox.pending()
         for path in pending:
             self.submit(path)
@@ -163,8 +168,11 @@ class AdaptationWorker:
             self.shared_offset += max(0, evidence_before - self._shared_evidence()) + 1
             atomic_write(self.shared_offset_file, str(self.shared_offset).encode())
             self.registry.forgotten(device_id)
-            log.warning("forgot device %s: its uploads, prompt bank and %d environment entries",
-                        device_id, entries)  # fmt: skip
+            log.warning(
+                "forgot device %s: its uploads, prompt bank and %d environment entries",
+                device_id,
+                entries,
+            )
 
     def shared_prompt(self) -> cdca_pb2.Prompt:
         """Every device's domain-agnostic prompt, weighted by environments learned (= version).
@@ -183,8 +191,9 @@ class AdaptationWorker:
             shared = self.world.neutral
         parts = {k: shared[k] for k in self.world.adaptation.vplu.parts}
         version = self._shared_evidence() + self.shared_offset
-        return prompt_message(_numpy(parts), version=version, scope="shared",
-                              created_unix_ms=int(time.time() * 1000))  # fmt: skip
+        return prompt_message(
+            _numpy(parts), version=version, scope="shared", created_unix_ms=int(time.time() * 1000)
+        )
 
     def _shared_evidence(self) -> int:
         return sum(s.bank.environments - 1 for s in self.sessions.values())
@@ -200,8 +209,10 @@ class AdaptationWorker:
 
     async def _process(self, loop: asyncio.AbstractEventLoop, device_id: str, path: Path) -> None:
         # no fit while a newer batch of this device is queued, unless it has waited too long
-        fit = (self.queue.waiting(device_id) == 0
-               or self.deferred[device_id] >= MAX_BUFFERED_WITHOUT_FIT)  # fmt: skip
+        fit = (
+            self.queue.waiting(device_id) == 0
+            or self.deferred[device_id] >= MAX_BUFFERED_WITHOUT_FIT
+        )
         batch = self.inbox.load(path)
         if not self.registry.is_enrolled(batch.device_id):
             raise CdcaError(f"device {batch.device_id!r} is no longer enrolled")
@@ -210,9 +221,14 @@ class AdaptationWorker:
         self._count_deferred(batch.device_id, fit, batch.batch_id)
         if message is not None:
             await self.board.publish(batch.device_id, message)
-            log.info("prompt v%d for %s (environment %s, from batch %d, %d uploads buffered)",
-                     message.version, batch.device_id, message.environment_id,
-                     batch.batch_id, len(session.buffer))  # fmt: skip
+            log.info(
+                "prompt v%d for %s (environment %s, from batch %d, %d uploads buffered)",
+                message.version,
+                batch.device_id,
+                message.environment_id,
+                batch.batch_id,
+                len(session.buffer),
+            )
         self.ledger.record(path, batch.device_id, len(batch.images))
         self.inbox.done(path)  # last: a crash before this re-ingests the batch, loses nothing
         self.processed += 1
@@ -221,17 +237,26 @@ class AdaptationWorker:
         if not fitted:
             self.deferred[device_id] += 1
         elif self.deferred[device_id]:
-            log.info("%s: catching up, %d waiting batches buffered and fitted once on batch %d "
-                     "(%d newer still queued)", device_id, self.deferred.pop(device_id),
-                     batch_id, self.queue.waiting(device_id))  # fmt: skip
+            log.info(
+                "%s: catching up, %d waiting batches buffered and fitted once on batch %d "
+                "(%d newer still queued)",
+                device_id,
+                self.deferred.pop(device_id),
+                batch_id,
+                self.queue.waiting(device_id),
+            )
 
     def _ingest(
         self, session: AdaptationSession, batch: StoredBatch, fit: bool
     ) -> cdca_pb2.Prompt | None:
         """In the worker thread: learn, and if a prompt ships, persist the bank before publishing."""
         pixels = torch.from_numpy(batch.images).permute(0, 3, 1, 2).float() / 255
-        upload = UploadBatch(pixels, torch.from_numpy(batch.uncertainty),
-                             torch.from_numpy(batch.batch_stats), batch.shift)  # fmt: skip
+        upload = UploadBatch(
+            pixels,
+            torch.from_numpy(batch.uncertainty),
+            torch.from_numpy(batch.batch_stats),
+            batch.shift,
+        )
         if batch.shift:
             log.info("%s reports a new environment at batch %d", batch.device_id, batch.batch_id)
         prompt = self.fleet.ingest(batch.device_id, upload, fit)
@@ -261,10 +286,13 @@ class AdaptationWorker:
         current = session.bank.current()
         parts = {k: current[k] for k in self.world.adaptation.vplu.parts}
         return prompt_message(
-            _numpy(parts), version=version, scope="device",
-            environment_id=f"env-{session.bank.environments}", learned_from_batch=batch_id,
+            _numpy(parts),
+            version=version,
+            scope="device",
+            environment_id=f"env-{session.bank.environments}",
+            learned_from_batch=batch_id,
             created_unix_ms=int(time.time() * 1000),
-        )  # fmt: skip
+        )
 
 
 def _numpy(parts: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:

@@ -86,9 +86,10 @@ class CloudWorld:
         return VPLU(self.device_model, self.class_vectors, self.adaptation.fit).neutral_prompt()
 
     def new_fleet(
-        self, adaptation: AdaptationConfig | None = None,
+        self,
+        adaptation: AdaptationConfig | None = None,
         teacher: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    ) -> FleetCloud:  # fmt: skip
+    ) -> FleetCloud:
         """The cloud side of every device this world serves (sessions, environment bank).
 
         ``adaptation``: settings other than the project's (e.g. a run without the
@@ -102,8 +103,9 @@ class CloudWorld:
             if self.synthetic is None:
                 raise ConfigError("this cloud was loaded without synthetic samples")
             renderer = self.synthetic.with_config(adaptation.synthetic)
-        return FleetCloud(vplu, teacher or self.teacher_logits, self.normalization.apply,
-                          adaptation, renderer)  # fmt: skip
+        return FleetCloud(
+            vplu, teacher or self.teacher_logits, self.normalization.apply, adaptation, renderer
+        )
 
     @torch.no_grad()
     def teacher_logits(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -138,10 +140,14 @@ def load_world(
         check_same_student(served, device_model, vectors)
     cloud_teacher = teacher_for(project.teacher, info.class_names, project.data.image_size)
     return CloudWorld(
-        device_model, vectors, info.normalization,
-        lambda pixels: cloud_teacher.logits(pixels, vectors), served, project.adaptation,
+        device_model,
+        vectors,
+        info.normalization,
+        lambda pixels: cloud_teacher.logits(pixels, vectors),
+        served,
+        project.adaptation,
         renderer,
-    )  # fmt: skip
+    )
 
 
 def _renderer(
@@ -154,8 +160,12 @@ def _renderer(
     from cloud.adaptation.clean_set import clean_renderer
 
     renderer = clean_renderer(project.data, class_names, image_size, synthetic)
-    log.info("synthetic samples: %d training images rendered like each environment per update, "
-             "fitted with Adam lr %g", synthetic.count, synthetic.fit_lr)  # fmt: skip
+    log.info(
+        "synthetic samples: %d training images rendered like each environment per update, "
+        "fitted with Adam lr %g",
+        synthetic.count,
+        synthetic.fit_lr,
+    )
     return renderer
 
 

@@ -44,8 +44,9 @@ def run(args: argparse.Namespace) -> int:
     from cloud.students.training import TrainConfig, evaluate, train_supervised
 
     project = project_from_args(args, {"student.arch": args.arch})
-    out = output_path(args.out, project.student.label_trained, "student.label_trained",
-                      args.replace_shipped)  # fmt: skip
+    out = output_path(
+        args.out, project.student.label_trained, "student.label_trained", args.replace_shipped
+    )
     train = load_split(project.data, "train", args.limit)
     test = load_split(project.data, "test")
     norm = Normalization.fit(train.images)
@@ -67,10 +68,17 @@ def run(args: argparse.Namespace) -> int:
         "init": str(project.student.init or ""),
         "clean_test_accuracy": round(accuracy, 4),
     }
-    info = StudentInfo(project.student.arch, tuple(train.class_names), norm,
-                       image_size=project.data.image_size, trained=trained)  # fmt: skip
+    info = StudentInfo(
+        project.student.arch,
+        tuple(train.class_names),
+        norm,
+        image_size=project.data.image_size,
+        trained=trained,
+    )
     save_student(out, model, info)
     state.unlink(missing_ok=True)
-    print(f"{out}: {project.student.arch}, clean test accuracy {accuracy:.2%} "
-          f"({len(test)} test images)")  # fmt: skip
+    print(
+        f"{out}: {project.student.arch}, clean test accuracy {accuracy:.2%} "
+        f"({len(test)} test images)"
+    )
     return 0

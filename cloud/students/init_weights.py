@@ -42,11 +42,18 @@ def load_init_weights(model: nn.Module, path: Path) -> int:
                 matched[candidate] = tensor
                 break
     if not matched:
-        raise DataError(f"{path}: none of its {len(tensors)} tensors fits the student's "
-                        "architecture by name and shape; is it for student.arch?")  # fmt: skip
+        raise DataError(
+            f"{path}: none of its {len(tensors)} tensors fits the student's "
+            "architecture by name and shape; is it for student.arch?"
+        )
     model.load_state_dict(matched, strict=False)
-    log.info("student.init: %d of the student's %d tensors from %s (%d of the file's unused)",
-             len(matched), len(own), path, len(tensors) - len(matched))  # fmt: skip
+    log.info(
+        "student.init: %d of the student's %d tensors from %s (%d of the file's unused)",
+        len(matched),
+        len(own),
+        path,
+        len(tensors) - len(matched),
+    )
     return len(matched)
 
 

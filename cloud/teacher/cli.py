@@ -63,19 +63,27 @@ def run(args: argparse.Namespace) -> int:
 
     project = project_from_args(args)
     _check_builtin(project)
-    out = output_path(args.out, project.teacher.checkpoint, "teacher.checkpoint",
-                      args.replace_shipped)  # fmt: skip
+    out = output_path(
+        args.out, project.teacher.checkpoint, "teacher.checkpoint", args.replace_shipped
+    )
     train = load_split(project.data, "train", args.limit)
     test = load_split(project.data, "test")
     config = TeacherTrainConfig(
-        epochs=training_epochs(args, len(train)), batch_size=args.batch_size, lr=args.lr,
-        seed=args.seed, augmix_prob=args.augmix_prob, extra_corruption_prob=args.extra_prob,
+        epochs=training_epochs(args, len(train)),
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        augmix_prob=args.augmix_prob,
+        extra_corruption_prob=args.extra_prob,
         template=project.teacher.template,
-    )  # fmt: skip
+    )
     teacher = create_teacher(
-        BUILTIN, device="cpu", load_weights=args.init is not None, checkpoint=args.init,
+        BUILTIN,
+        device="cpu",
+        load_weights=args.init is not None,
+        checkpoint=args.init,
         image_size=project.data.image_size,
-    )  # fmt: skip
+    )
     _check_init_size(args.init, teacher, project.data.image_size)
     state = out.with_name(out.name + ".state.pt")
     with epoch_progress(config.epochs, -(-len(train) // config.batch_size)) as advance:

@@ -84,9 +84,11 @@ def create_teacher(
 
 
 def _builtin(
-    open_clip: ModuleType, checkpoint: str | Path | None, load_weights: bool,
+    open_clip: ModuleType,
+    checkpoint: str | Path | None,
+    load_weights: bool,
     image_size: int | None,
-) -> tuple[torch.nn.Module, TeacherPreprocess]:  # fmt: skip
+) -> tuple[torch.nn.Module, TeacherPreprocess]:
     path = Path(checkpoint) if checkpoint is not None else shipped.SHIPPED_TEACHER
     if load_weights:  # the checkpoint's own size decides the architecture
         meta = read_metadata(
@@ -132,9 +134,13 @@ def teacher_for(config: TeacherConfig, class_names: Sequence[str], image_size: i
     if config.is_builtin:
         check_teacher_classes(config.checkpoint or shipped.SHIPPED_TEACHER, class_names)
     return create_teacher(
-        config.model, config.pretrained or None, device=config.device,
-        precision=config.precision, checkpoint=config.checkpoint, image_size=image_size,
-    )  # fmt: skip
+        config.model,
+        config.pretrained or None,
+        device=config.device,
+        precision=config.precision,
+        checkpoint=config.checkpoint,
+        image_size=image_size,
+    )
 
 
 def check_teacher_classes(path: Path, class_names: Sequence[str]) -> None:

@@ -71,9 +71,14 @@ def train_teacher(
             teacher.model.logit_scale.clamp_(0, np.log(100))
 
     train_augmented(
-        model, lambda pixels: teacher.logits(pixels, teacher.encode_texts(captions)),
-        data, config, state_path, progress, clamp_temperature,
-    )  # fmt: skip
+        model,
+        lambda pixels: teacher.logits(pixels, teacher.encode_texts(captions)),
+        data,
+        config,
+        state_path,
+        progress,
+        clamp_temperature,
+    )
     model.eval().requires_grad_(False)
     return teacher
 
@@ -105,8 +110,9 @@ def train_augmented(
     )
     settings = dict(vars(config))  # what the resumable state must match
     start = resume_training_state(state_path, settings, model, optimizer, scheduler)
-    watch = TrainingWatch("the teacher", len(data.class_names),
-                          int(WARMUP_SHARE * config.epochs * steps), CHANCE_HINT)  # fmt: skip
+    watch = TrainingWatch(
+        "the teacher", len(data.class_names), int(WARMUP_SHARE * config.epochs * steps), CHANCE_HINT
+    )
     for epoch in range(start, config.epochs):
         rng = np.random.default_rng([config.seed, epoch])
         generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)

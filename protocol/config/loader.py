@@ -73,9 +73,12 @@ class Layers:
 
 
 def _merge(
-    into: dict[str, Any], table: Mapping[str, Any], origin: Origin,
-    origins: dict[str, Origin], prefix: str,
-) -> None:  # fmt: skip
+    into: dict[str, Any],
+    table: Mapping[str, Any],
+    origin: Origin,
+    origins: dict[str, Origin],
+    prefix: str,
+) -> None:
     for key, value in table.items():
         dotted = f"{prefix}.{key}" if prefix else str(key)
         if isinstance(value, Mapping):

@@ -151,7 +151,9 @@ def write_resolved(config: ProjectConfig, folder: Path, what: str) -> Path:
     """Record the settings a run used in ``folder/config.toml`` (usable as ``--project``)."""
     path = folder / RESOLVED_FILE
     source = str(config.file) if config.file else "none: the built-in world"
-    header = (f"The settings {what} ran with (project file: {source}).\n"
-              f"Run it again with --project {path}.")  # fmt: skip
+    header = (
+        f"The settings {what} ran with (project file: {source}).\n"
+        f"Run it again with --project {path}."
+    )
     atomic_write(path, to_toml(config, header).encode("utf-8"))
     return path

@@ -68,8 +68,14 @@ class LimitsConfig:
 
     def __post_init__(self) -> None:
         rates = (self.samples_per_second, self.shifts_per_minute)
-        sizes = (self.sample_burst, self.shift_burst, self.max_samples_per_upload,
-                 self.max_chunks_per_upload, self.inbox_bytes_per_device, self.inbox_bytes_total)  # fmt: skip
+        sizes = (
+            self.sample_burst,
+            self.shift_burst,
+            self.max_samples_per_upload,
+            self.max_chunks_per_upload,
+            self.inbox_bytes_per_device,
+            self.inbox_bytes_total,
+        )
         if min(rates) <= 0 or min(sizes) < 1 or self.token_ttl_days < 0:
             raise ConfigError("[server.limits]: rates and sizes must be > 0, token_ttl_days >= 0")
 

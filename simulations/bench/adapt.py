@@ -71,11 +71,18 @@ def run_method(
             progress(f"{method_name} · {batch.segment.domain}", len(batch.labels))
     accuracy = {d: correct[d] / seen[d] for d in stream.domains() if seen[d]}
     return MethodResult(
-        method=method_name, stream=stream.name, domains=list(accuracy), accuracy=accuracy,
-        mean=float(np.mean(list(accuracy.values()))), num_images=sum(seen.values()),
-        seconds=time.perf_counter() - start, batch_accuracy=batch_accuracy, batch_domain=batch_domain,
-        costs=method.costs(), uses_backprop=method.uses_backprop,
-    )  # fmt: skip
+        method=method_name,
+        stream=stream.name,
+        domains=list(accuracy),
+        accuracy=accuracy,
+        mean=float(np.mean(list(accuracy.values()))),
+        num_images=sum(seen.values()),
+        seconds=time.perf_counter() - start,
+        batch_accuracy=batch_accuracy,
+        batch_domain=batch_domain,
+        costs=method.costs(),
+        uses_backprop=method.uses_backprop,
+    )
 
 
 def run_benchmark(

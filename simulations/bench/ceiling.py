@@ -76,18 +76,22 @@ class PromptCeiling:
     """Fits prompt parts of one device model on labelled frames; scores prompts on others."""
 
     def __init__(
-        self, model: DeviceModel, class_vectors: torch.Tensor, normalization: Normalization,
+        self,
+        model: DeviceModel,
+        class_vectors: torch.Tensor,
+        normalization: Normalization,
         config: CeilingConfig,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.model = model.eval().requires_grad_(False)
         self.normalization = normalization
         self.config = config
         self.neutral = model.neutral_inputs(class_vectors.detach().float())
         self.neutral["stat_mix"] = torch.ones(1)  # the device's own batch statistics
         self.norm_mask = (
-            encoder_norm_mask(model) if config.fit_norms == "encoder"
+            encoder_norm_mask(model)
+            if config.fit_norms == "encoder"
             else torch.ones(2, model.num_norm_channels)
-        )  # fmt: skip
+        )
 
     def measure(self, images: np.ndarray, labels: np.ndarray, domain: str) -> DomainCeiling:
         """Fit on the first ``train_count`` frames, score both prompts on the rest."""
@@ -95,8 +99,9 @@ class PromptCeiling:
         y = torch.tensor(labels, dtype=torch.long)  # a copy: the loaded array is read-only
         cut = self.config.train_count
         fitted = self.fit(x[:cut], y[:cut])
-        return DomainCeiling(domain, self.accuracy(x[cut:], y[cut:], {}),
-                             self.accuracy(x[cut:], y[cut:], fitted))  # fmt: skip
+        return DomainCeiling(
+            domain, self.accuracy(x[cut:], y[cut:], {}), self.accuracy(x[cut:], y[cut:], fitted)
+        )
 
     def fit(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """Adam on cross-entropy to the true labels, over random device-sized batches.
@@ -131,9 +136,11 @@ class PromptCeiling:
 
 
 def measure_ceiling(
-    ceiling: PromptCeiling, dataset: CorruptedDataset, corruptions: Sequence[str],
+    ceiling: PromptCeiling,
+    dataset: CorruptedDataset,
+    corruptions: Sequence[str],
     progress: Progress | None = None,
-) -> list[DomainCeiling]:  # fmt: skip
+) -> list[DomainCeiling]:
     """Every corruption at the configured severity, each fitted from the neutral prompt."""
     cfg = ceiling.config
     rows = []
@@ -147,8 +154,11 @@ def measure_ceiling(
 
 def to_json(rows: list[DomainCeiling], config: dict[str, object]) -> dict[str, object]:
     """``ceiling.json``: the configuration, every domain and the means."""
-    return {"config": config, "domains": [{**asdict(r), "best": r.best} for r in rows],
-            "mean": means(rows)}  # fmt: skip
+    return {
+        "config": config,
+        "domains": [{**asdict(r), "best": r.best} for r in rows],
+        "mean": means(rows),
+    }
 
 
 def means(rows: list[DomainCeiling]) -> dict[str, float]:
@@ -164,17 +174,26 @@ def markdown(rows: list[DomainCeiling], config: dict[str, object]) -> str:
     """``ceiling.md``: one line per domain and the means, in percent."""
     settings = ", ".join(f"{k}={v}" for k, v in config.items())
     lines = [
-        "# Prompt ceiling", "", f"Configuration: {settings}", "",
+        "# Prompt ceiling",
+        "",
+        f"Configuration: {settings}",
+        "",
         "Accuracy (%) on each domain's frames after the first `train_count`: BN-adapt (neutral "
         "prompt) and the prompt parts fitted on the true labels of the first `train_count` "
         "frames. An upper reference for what a cloud could teach through these parts, not a "
-        "method.", "",
-        "| domain | BN-adapt | label fit | best of both | headroom |", "|---|---|---|---|---|",
-    ]  # fmt: skip
+        "method.",
+        "",
+        "| domain | BN-adapt | label fit | best of both | headroom |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r.domain} | {100 * r.bn_adapt:.1f} | {100 * r.label_fit:.1f} | "
-                     f"{100 * r.best:.1f} | {100 * (r.best - r.bn_adapt):+.1f} |")  # fmt: skip
+        lines.append(
+            f"| {r.domain} | {100 * r.bn_adapt:.1f} | {100 * r.label_fit:.1f} | "
+            f"{100 * r.best:.1f} | {100 * (r.best - r.bn_adapt):+.1f} |"
+        )
     m = means(rows)
-    lines.append(f"| **mean** | {100 * m['bn_adapt']:.1f} | {100 * m['label_fit']:.1f} | "
-                 f"{100 * m['best']:.1f} | {100 * (m['best'] - m['bn_adapt']):+.1f} |")  # fmt: skip
+    lines.append(
+        f"| **mean** | {100 * m['bn_adapt']:.1f} | {100 * m['label_fit']:.1f} | "
+        f"{100 * m['best']:.1f} | {100 * (m['best'] - m['bn_adapt']):+.1f} |"
+    )
     return "\n".join(lines) + "\n"

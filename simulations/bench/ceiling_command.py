@@ -22,29 +22,49 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from simulations.bench.ceiling import NORM_SCOPES
 
     ceiling = sub.add_parser(
-        "ceiling", help="how far prompt parts could move the device if fitted on true labels",
+        "ceiling",
+        help="how far prompt parts could move the device if fitted on true labels",
         description="For each corruption, fits the chosen prompt parts of the device model on "
         "the true labels of the first --train frames (the device's batch statistics live) and "
         "scores them on the rest, next to BN-adapt on the same frames. An upper reference for "
         "U-VPA with those parts: no cloud target does better than the labels. Writes "
         "ceiling.json and ceiling.md.",
-    )  # fmt: skip
+    )
     ceiling.add_argument("--data", default="data/fashion-mnist-c", help="prepared benchmark")
-    ceiling.add_argument("--student", type=Path, default=None,
-                         help="distilled student (default: the shipped one)")  # fmt: skip
-    ceiling.add_argument("--parts", default="norm_affine",
-                         help="comma-separated prompt parts: prompt, input_affine, norm_affine, "
-                         "class_vectors (default: %(default)s, U-VPA's default)")  # fmt: skip
-    ceiling.add_argument("--fit-norms", choices=NORM_SCOPES, default="encoder",
-                         help="which BatchNorms' scale/shift norm_affine may change: the "
-                         "encoder's (U-VPA's default) or every one (default: %(default)s)")  # fmt: skip
-    ceiling.add_argument("--corruptions", default="test",
-                         help="test | comma-separated names (default: the 15 test corruptions)")  # fmt: skip
+    ceiling.add_argument(
+        "--student", type=Path, default=None, help="distilled student (default: the shipped one)"
+    )
+    ceiling.add_argument(
+        "--parts",
+        default="norm_affine",
+        help="comma-separated prompt parts: prompt, input_affine, norm_affine, "
+        "class_vectors (default: %(default)s, U-VPA's default)",
+    )
+    ceiling.add_argument(
+        "--fit-norms",
+        choices=NORM_SCOPES,
+        default="encoder",
+        help="which BatchNorms' scale/shift norm_affine may change: the "
+        "encoder's (U-VPA's default) or every one (default: %(default)s)",
+    )
+    ceiling.add_argument(
+        "--corruptions",
+        default="test",
+        help="test | comma-separated names (default: the 15 test corruptions)",
+    )
     ceiling.add_argument("--severity", type=int, default=5)
-    ceiling.add_argument("--num-per-domain", type=int, default=1000,
-                         help="frames per domain, fitted and scored (default: %(default)s)")  # fmt: skip
-    ceiling.add_argument("--train", type=int, default=512,
-                         help="labelled frames per domain to fit on (default: %(default)s)")  # fmt: skip
+    ceiling.add_argument(
+        "--num-per-domain",
+        type=int,
+        default=1000,
+        help="frames per domain, fitted and scored (default: %(default)s)",
+    )
+    ceiling.add_argument(
+        "--train",
+        type=int,
+        default=512,
+        help="labelled frames per domain to fit on (default: %(default)s)",
+    )
     ceiling.add_argument("--steps", type=int, default=150, help="Adam steps (default: %(default)s)")
     ceiling.add_argument(
         "--lr", type=float, default=1e-2, help="Adam step size (default: %(default)s)"
@@ -75,9 +95,17 @@ def run(args: argparse.Namespace) -> int:
     )
     from simulations.streams import Segment, check_available
 
-    config = CeilingConfig(tuple(p.strip() for p in args.parts.split(",") if p.strip()),
-                           args.num_per_domain, args.train, args.steps, args.lr, args.batch_size,
-                           args.severity, args.seed, args.fit_norms)  # fmt: skip
+    config = CeilingConfig(
+        tuple(p.strip() for p in args.parts.split(",") if p.strip()),
+        args.num_per_domain,
+        args.train,
+        args.steps,
+        args.lr,
+        args.batch_size,
+        args.severity,
+        args.seed,
+        args.fit_norms,
+    )
     torch.set_num_threads(args.threads)
     student = args.student or SHIPPED_DISTILLED
     ceiling = PromptCeiling(*_device_model(student), config)
@@ -106,7 +134,9 @@ def _device_model(path: Path) -> tuple[DeviceModel, torch.Tensor, Normalization]
 
     meta = read_metadata(path, kind="student checkpoint", make_it="cdca cloud distill")
     if "embed_dim" not in meta:
-        raise ConfigError(f"{path} is a label-trained student; the prompt ceiling needs the "
-                          "device model of a distilled one (`cdca cloud distill`)")  # fmt: skip
+        raise ConfigError(
+            f"{path} is a label-trained student; the prompt ceiling needs the "
+            "device model of a distilled one (`cdca cloud distill`)"
+        )
     distilled, vectors, info = load_distilled(path)
     return DeviceModel(distilled, image_size=info.image_size), vectors, info.normalization

@@ -41,48 +41,56 @@ def _add_adapt(sub: argparse._SubParsersAction) -> None:
     from simulations.methods import list_methods
 
     adapt = sub.add_parser(
-        "adapt", help="online accuracy of adaptation methods on a shifting stream",
+        "adapt",
+        help="online accuracy of adaptation methods on a shifting stream",
         description="Each method starts from the project's student and sees the stream once, "
         "predicting every batch before adapting on it (continual: no reset between domains). "
         "The U-VPA rows run the exported ONNX device and the cloud of `cdca cloud serve` in "
         "this process, with the project's [adaptation] settings; the stream comes from "
         "data.shifted.",
         epilog="example: cdca bench adapt --methods source,bn_adapt,tent,uvpa --stream random:5",
-    )  # fmt: skip
+    )
     adapt.add_argument("--data", help="data.shifted: [kind:]PATH of a corrupted benchmark")
     adapt.add_argument(
-        "--student", type=Path,
+        "--student",
+        type=Path,
         help="student.checkpoint: a distilled student (every method) or a label-trained one "
         "(on-device peers only)",
-    )  # fmt: skip
+    )
     adapt.add_argument("--teacher", help="teacher.model: builtin | open_clip name | local-dir:DIR")
-    adapt.add_argument("--teacher-checkpoint", type=Path,
-                       help="teacher.checkpoint: the built-in teacher's weights")  # fmt: skip
     adapt.add_argument(
-        "--delay", type=int, default=1,
+        "--teacher-checkpoint", type=Path, help="teacher.checkpoint: the built-in teacher's weights"
+    )
+    adapt.add_argument(
+        "--delay",
+        type=int,
+        default=1,
         help="batches before a prompt learned from batch t reaches the device (default: 1)",
-    )  # fmt: skip
+    )
     adapt.add_argument("--budget", type=float, help="adaptation.device.budget")
     adapt.add_argument(
-        "--methods", default=DEFAULT_METHODS,
+        "--methods",
+        default=DEFAULT_METHODS,
         help="comma-separated, from: " + ", ".join(list_methods()) + " (default: %(default)s)",
-    )  # fmt: skip
+    )
     adapt.add_argument(
         "--stream",
         default="continual",
         help="continual | random:K | gradual (default: %(default)s)",
     )
     adapt.add_argument(
-        "--corruptions", default="test",
+        "--corruptions",
+        default="test",
         help="test | comma-separated names, in stream order (default: the 15 test corruptions)",
-    )  # fmt: skip
+    )
     adapt.add_argument(
         "--severity", type=int, default=5, help="for continual/random streams (default: 5)"
     )
     adapt.add_argument(
-        "--num-per-domain", type=int,
+        "--num-per-domain",
+        type=int,
         help=f"images per domain (default: {DEFAULT_PER_DOMAIN}, or all the benchmark has if fewer)",
-    )  # fmt: skip
+    )
     adapt.add_argument("--batch-size", type=int, default=64, help="device batch size (default: 64)")
     adapt.add_argument(
         "--seed", type=int, default=0, help="torch and device seed for every method (default: 0)"
@@ -106,11 +114,16 @@ def _run_adapt(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    project = project_from_args(args, {
-        "data.shifted": args.data, "student.checkpoint": args.student,
-        "teacher.model": args.teacher, "teacher.checkpoint": args.teacher_checkpoint,
-        "adaptation.device.budget": args.budget,
-    })  # fmt: skip
+    project = project_from_args(
+        args,
+        {
+            "data.shifted": args.data,
+            "student.checkpoint": args.student,
+            "teacher.model": args.teacher,
+            "teacher.checkpoint": args.teacher_checkpoint,
+            "adaptation.device.budget": args.budget,
+        },
+    )
     for name in methods:  # a typo fails before any model is loaded
         check_method(name)
     out = args.out or Path("runs") / time.strftime("bench-adapt-%Y%m%d-%H%M%S")
@@ -128,13 +141,20 @@ def _run_adapt(args: argparse.Namespace) -> int:
     with counted_progress("adapting", total, width=32) as advance:
         results = run_benchmark(methods, factory.create, dataset, streams, args.seed, advance)
     config = {
-        "data": project.data.shifted, "student": str(distilled_student(project)),
-        "teacher": project.teacher.model, "delay": args.delay, "stream": args.stream,
-        "corruptions": args.corruptions, "severity": args.severity,
-        "num_per_domain": per_domain, "batch_size": args.batch_size, "seed": args.seed,
-        "threads": args.threads, "settings": str(out / "config.toml"),
+        "data": project.data.shifted,
+        "student": str(distilled_student(project)),
+        "teacher": project.teacher.model,
+        "delay": args.delay,
+        "stream": args.stream,
+        "corruptions": args.corruptions,
+        "severity": args.severity,
+        "num_per_domain": per_domain,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "threads": args.threads,
+        "settings": str(out / "config.toml"),
         "classes": ", ".join(_class_names(distilled_student(project))),
-    }  # fmt: skip
+    }
     paths = write_report(out, results, config)
     print(paths["markdown"].read_text())  # plain print: a markdown table must not be re-wrapped
     print(f"wrote {paths['json']}, {paths['markdown']}, {paths['plot']}")
@@ -166,12 +186,13 @@ def _class_names(student: Path) -> tuple[str, ...]:
 
 def _add_perf(sub: argparse._SubParsersAction) -> None:
     perf = sub.add_parser(
-        "perf", help="device, cloud and communication costs, as ratios measured in one run",
+        "perf",
+        help="device, cloud and communication costs, as ratios measured in one run",
         description="Exports the shipped student (fp32, int8 and a plain graph), then measures "
         "device latency (prompt overhead, int8, onnxruntime vs PyTorch eager, peak memory), "
         "cloud VPLU updates vs buffer size, fleet rounds vs devices, and uplink bytes of "
         "U-VPA vs cloud inference. Writes perf.json, perf.md and perf.png.",
-    )  # fmt: skip
+    )
     perf.add_argument("--data", default=str(DEFAULT_DATA), help="benchmark (default: %(default)s)")
     perf.add_argument("--devices", default="1,4,16,64", help="fleet sizes for the cloud curve")
     perf.add_argument("--buffers", default="48,96,192,384", help="buffer sizes for the VPLU curve")
@@ -199,7 +220,8 @@ def _run_perf(args: argparse.Namespace) -> int:
 
 def _add_reliability(sub: argparse._SubParsersAction) -> None:
     load = sub.add_parser(
-        "reliability", help="many device clients against one real server: failures, latency, memory",
+        "reliability",
+        help="many device clients against one real server: failures, latency, memory",
         description="Starts `cdca cloud serve` on loopback, enrols --clients devices and drives "
         "them from threads (register, upload every --period s within budget, watch prompts) "
         "for --seconds; then runs the fault scenarios (server SIGKILL and restart, device SIGKILL "
@@ -207,7 +229,7 @@ def _add_reliability(sub: argparse._SubParsersAction) -> None:
         "round, one hostile device among honest ones) with real processes. Writes "
         "reliability.json and reliability.md; exits 1 when an RPC failed or a fault scenario "
         "did not hold.",
-    )  # fmt: skip
+    )
     load.add_argument("--clients", type=int, default=64, help="concurrent devices (default: 64)")
     load.add_argument("--seconds", type=float, default=60.0, help="how long (default: 60)")
     load.add_argument(
@@ -216,10 +238,16 @@ def _add_reliability(sub: argparse._SubParsersAction) -> None:
     load.add_argument(
         "--out", type=Path, default=Path("runs/bench-reliability"), help="output folder"
     )
-    load.add_argument("--faults", default="all",
-                      help="comma-separated fault scenarios, 'all' or 'none' (default: all)")  # fmt: skip
-    load.add_argument("--data", default="data/fashion-mnist-c",
-                      help="prepared benchmark for the Flower straggler scenario")  # fmt: skip
+    load.add_argument(
+        "--faults",
+        default="all",
+        help="comma-separated fault scenarios, 'all' or 'none' (default: all)",
+    )
+    load.add_argument(
+        "--data",
+        default="data/fashion-mnist-c",
+        help="prepared benchmark for the Flower straggler scenario",
+    )
     load.set_defaults(handler=_run_reliability)
 
 

@@ -62,9 +62,14 @@ class FleetMethod:
     uses_backprop = False  # on the device: backprop happens only in the cloud
 
     def __init__(
-        self, name: str, world: CloudWorld, adaptation: AdaptationConfig, delay: int = 1,
-        seed: int = 0, label_target: bool = False,
-    ) -> None:  # fmt: skip
+        self,
+        name: str,
+        world: CloudWorld,
+        adaptation: AdaptationConfig,
+        delay: int = 1,
+        seed: int = 0,
+        label_target: bool = False,
+    ) -> None:
         self.name, self.delay = name, delay
         self.wants_labels = label_target
         runtime = DeviceRuntime.load(world.served.folder / MANIFEST_FILE, threads=1)
@@ -106,17 +111,21 @@ class FleetMethod:
     def costs(self) -> dict[str, float]:
         """Traffic and cloud compute so far."""
         stats = self.cloud.cloud.stats()
-        return {**self.traffic.costs(stats["cloud_seconds"]),
-                "shifts_reported": sum(s.shifts for s in self.cloud.cloud.sessions.values()),
-                "prompts_shipped": sum(s.shipped for s in self.cloud.cloud.sessions.values())}  # fmt: skip
+        return {
+            **self.traffic.costs(stats["cloud_seconds"]),
+            "shifts_reported": sum(s.shifts for s in self.cloud.cloud.sessions.values()),
+            "prompts_shipped": sum(s.shipped for s in self.cloud.cloud.sessions.values()),
+        }
 
     def _label_logits(self, pixels: torch.Tensor) -> torch.Tensor:
         logits = torch.zeros(len(pixels), self.num_classes)
         for i, frame in enumerate(pixels_to_uint8(pixels).numpy()):
             label = self._labels.get(frame.tobytes())
             if label is None:
-                raise DataError(f"{self.name} got an upload whose label was not revealed; "
-                                "call reveal_labels(pixels, labels) before step(pixels)")  # fmt: skip
+                raise DataError(
+                    f"{self.name} got an upload whose label was not revealed; "
+                    "call reveal_labels(pixels, labels) before step(pixels)"
+                )
             logits[i, label] = LABEL_LOGIT
         return logits
 
@@ -135,10 +144,17 @@ class CloudTeacherMethod:
         frames = pixels_to_uint8(pixels).permute(0, 2, 3, 1).numpy()
         logits = self.world.teacher_logits(pixels)
         count = len(frames)
-        chunks = upload_chunks(DEVICE_ID, self.traffic.frames // count, frames,
-                               np.zeros(count, np.float32), np.arange(count), np.zeros(count, np.int64),
-                               np.zeros((2, 0), np.float32), shift=False,
-                               frames_seen=self.traffic.frames + count)  # fmt: skip
+        chunks = upload_chunks(
+            DEVICE_ID,
+            self.traffic.frames // count,
+            frames,
+            np.zeros(count, np.float32),
+            np.arange(count),
+            np.zeros(count, np.int64),
+            np.zeros((2, 0), np.float32),
+            shift=False,
+            frames_seen=self.traffic.frames + count,
+        )
         self.traffic.frames += count
         self.traffic.uploaded += count
         self.traffic.bytes_up += sum(chunk.ByteSize() for chunk in chunks)

@@ -72,10 +72,13 @@ def device_killed(workdir: Path) -> Facts:
         device = rig.start_device(stream, "cam-0", token, out, fps=FPS)
         restored = wait_for(rig.device_log("cam-0"), "restored prompt v", 30)
         device_exit = device.wait(timeout=180)
-    facts = rig.accounting("cam-0", len(DOMAINS) * PER_DOMAIN, out, {"cam-0": device_exit},
-                           held_before)  # fmt: skip
-    checks = {"a prompt applied before the kill": applied,
-              "the restarted device restored its cached prompt": restored}  # fmt: skip
+    facts = rig.accounting(
+        "cam-0", len(DOMAINS) * PER_DOMAIN, out, {"cam-0": device_exit}, held_before
+    )
+    checks = {
+        "a prompt applied before the kill": applied,
+        "the restarted device restored its cached prompt": restored,
+    }
     return _verdict(facts, checks)
 
 
@@ -93,9 +96,11 @@ def server_stalled(workdir: Path) -> Facts:
         rig.server_signal(signal.SIGCONT)
         device_exit = device.wait(timeout=180)
     facts = rig.accounting("cam-0", len(DOMAINS) * PER_DOMAIN, out, {"cam-0": device_exit})
-    checks = {"the device was running before the stall": started,
-              # 4 s at 80 fps is 320 frames; a device waiting on the cloud would predict none
-              "the device kept predicting through the stall": predicted_while_stalled > 100}  # fmt: skip
+    checks = {
+        "the device was running before the stall": started,
+        # 4 s at 80 fps is 320 frames; a device waiting on the cloud would predict none
+        "the device kept predicting through the stall": predicted_while_stalled > 100,
+    }
     return _verdict(facts, checks, frames_while_stalled=predicted_while_stalled)
 
 
@@ -110,17 +115,20 @@ def full_queue(workdir: Path) -> Facts:
     # The 600-frame stream ends within seconds of the overflow, and a server start can take
     # over 30 s on a slow, loaded 2-core machine: the device must still be draining its queue
     # when the cloud comes back, or nothing arrives and the check fails for timing alone.
-    device = rig.start_device(stream, "cam-0", token, out, fps=FPS, queue_items=4,
-                              drain_seconds=FULL_QUEUE_DRAIN_S)  # fmt: skip
+    device = rig.start_device(
+        stream, "cam-0", token, out, fps=FPS, queue_items=4, drain_seconds=FULL_QUEUE_DRAIN_S
+    )
     with rig.cleanup(device):
         overflowed = wait_until(lambda: _dropped(workdir / "cam-0" / "queue" / "dropped") > 0)
         rig.restart_server()
         device_exit = device.wait(timeout=FULL_QUEUE_DRAIN_S + 60)
     facts = rig.accounting("cam-0", len(domains) * PER_DOMAIN, out, {"cam-0": device_exit})
     summary = rig.summary("cam-0")
-    checks = {"the queue overflowed while the cloud was away": overflowed,
-              "dropped batches were counted": int(summary["queue_dropped"]) >= 1,
-              "what was kept arrived after the cloud came up": int(summary["samples_acked"]) > 0}  # fmt: skip
+    checks = {
+        "the queue overflowed while the cloud was away": overflowed,
+        "dropped batches were counted": int(summary["queue_dropped"]) >= 1,
+        "what was kept arrived after the cloud came up": int(summary["samples_acked"]) > 0,
+    }
     return _verdict(facts, checks, queue_dropped_batches=summary["queue_dropped"])
 
 
@@ -136,31 +144,59 @@ def flower_straggler(workdir: Path, data: str = "data/fashion-mnist-c") -> Facts
     )
     run = workdir / "run"
     with open(workdir / "simulate.log", "w") as log:
-        code = subprocess.run([*CDCA, "simulate", "--project", str(project), "--data", data,
-                               "--engine", "flower-sim", "--out", str(run), "--threads", "1"], stdout=log,
-                              stderr=subprocess.STDOUT, env=Rig.ENV, timeout=900).returncode  # fmt: skip
+        code = subprocess.run(
+            [
+                *CDCA,
+                "simulate",
+                "--project",
+                str(project),
+                "--data",
+                data,
+                "--engine",
+                "flower-sim",
+                "--out",
+                str(run),
+                "--threads",
+                "1",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=Rig.ENV,
+            timeout=900,
+        ).returncode
     if code != 0:
-        return _verdict({"crashes": 1, "lost_acknowledged": 0, "simulate_exit": code},
-                        {"cdca simulate succeeded": False})  # fmt: skip
+        return _verdict(
+            {"crashes": 1, "lost_acknowledged": 0, "simulate_exit": code},
+            {"cdca simulate succeeded": False},
+        )
     import json
 
     results = json.loads((run / "results.json").read_text())
     cloud, devices = results["cloud"]["uvpa"], results["devices"]["uvpa"]
     frames = [d["frames"] for d in devices]
-    checks = {"a round went on without the straggler": cloud["partial_rounds"] >= 1,
-              "no batch was lost": frames == [2 * 128] * 2}  # fmt: skip
+    checks = {
+        "a round went on without the straggler": cloud["partial_rounds"] >= 1,
+        "no batch was lost": frames == [2 * 128] * 2,
+    }
     # a straggler's batches must be counted once it catches up: none may go missing
-    facts = {"crashes": 0, "lost_acknowledged": sum(2 * 128 - f for f in frames), "rounds": cloud["rounds"],
-             "partial_rounds": cloud["partial_rounds"], "frames": frames}  # fmt: skip
+    facts = {
+        "crashes": 0,
+        "lost_acknowledged": sum(2 * 128 - f for f in frames),
+        "rounds": cloud["rounds"],
+        "partial_rounds": cloud["partial_rounds"],
+        "frames": frames,
+    }
     return _verdict(facts, checks)
 
 
 SCENARIOS: dict[str, Callable[[Path], Facts]] = {
-    "server_killed": server_killed, "device_killed": device_killed,
-    "server_stalled": server_stalled, "full_queue": full_queue,
+    "server_killed": server_killed,
+    "device_killed": device_killed,
+    "server_stalled": server_stalled,
+    "full_queue": full_queue,
     "flower_straggler": flower_straggler,
     "hostile_device": hostile_device,
-}  # fmt: skip
+}
 
 
 def _served_device(workdir: Path) -> tuple[Rig, str, Path]:
@@ -177,10 +213,12 @@ def _dropped(counter: Path) -> int:
 
 def _verdict(facts: Facts, checks: dict[str, bool], **extra: object) -> Facts:
     if "expected_frames" in facts:  # a device run: every frame predicted, written, delivered
-        checks = {**checks,
-                  "every frame predicted": facts["frames"] == facts["expected_frames"],
-                  "every frame written": facts["lines_written"] == facts["expected_frames"],
-                  "the upload queue drained": facts["queue_left"] == 0}  # fmt: skip
+        checks = {
+            **checks,
+            "every frame predicted": facts["frames"] == facts["expected_frames"],
+            "every frame written": facts["lines_written"] == facts["expected_frames"],
+            "the upload queue drained": facts["queue_left"] == 0,
+        }
     failed = [name for name, held in checks.items() if not held]
     passed = not failed and facts.get("crashes") == 0 and facts.get("lost_acknowledged") == 0
     return {"passed": passed, "failed_checks": failed, **facts, **extra}

@@ -38,8 +38,16 @@ ACCURACY_POINTS = 0.5
 LATENCY_FACTOR = 2.0
 PER_DOMAIN = 300
 FPS = 30.0  # a camera: each run takes a minute of stream, so its p99 rests on enough prompts
-ATTACKS = ("flood", "extreme_statistics", "shift_flood", "cut_off_stream", "oversized_claim",
-           "chunk_flood", "undecodable", "long_id")  # fmt: skip
+ATTACKS = (
+    "flood",
+    "extreme_statistics",
+    "shift_flood",
+    "cut_off_stream",
+    "oversized_claim",
+    "chunk_flood",
+    "undecodable",
+    "long_id",
+)
 Facts = dict[str, Any]
 
 
@@ -50,26 +58,40 @@ def hostile_device(workdir: Path, honest: int = 3) -> Facts:
         raise ValueError(
             f"honest devices: 1 to {10_000 // frames} (distinct Fashion-MNIST test images)"
         )
-    streams = [corrupted_stream(workdir / f"stream-{i}.npz", DOMAINS, PER_DOMAIN, offset=i * frames)
-               for i in range(honest)]  # fmt: skip
-    runs = {label: _run(workdir / label, streams, attack=label == "with")
-            for label in ("without", "with")}  # fmt: skip
+    streams = [
+        corrupted_stream(workdir / f"stream-{i}.npz", DOMAINS, PER_DOMAIN, offset=i * frames)
+        for i in range(honest)
+    ]
+    runs = {
+        label: _run(workdir / label, streams, attack=label == "with")
+        for label in ("without", "with")
+    }
     calm, attacked = runs["without"], runs["with"]
     checks = {
         f"honest accuracy within {ACCURACY_POINTS} points": abs(
-            attacked["honest_accuracy"] - calm["honest_accuracy"]) * 100 <= ACCURACY_POINTS,
+            attacked["honest_accuracy"] - calm["honest_accuracy"]
+        )
+        * 100
+        <= ACCURACY_POINTS,
         f"prompt turnaround p99 within {LATENCY_FACTOR:g}x": (
-            attacked["turnaround_ms_p99"] <= LATENCY_FACTOR * calm["turnaround_ms_p99"]),
+            attacked["turnaround_ms_p99"] <= LATENCY_FACTOR * calm["turnaround_ms_p99"]
+        ),
         "nothing non-finite saved or published": not attacked["non_finite_values"],
         "no unhandled server error": not attacked["attack_calls"].get("UNKNOWN")
         and not attacked["attack_calls"].get("INTERNAL"),
         "the attacker did attack": sum(attacked["attack_calls"].values()) > len(ATTACKS),
-    }  # fmt: skip
+    }
     failed = [name for name, held in checks.items() if not held]
     crashes = calm["crashes"] + attacked["crashes"]
     lost = calm["lost_acknowledged"] + attacked["lost_acknowledged"]
-    return {"passed": not failed and crashes == 0 and lost == 0, "failed_checks": failed,
-            "crashes": crashes, "lost_acknowledged": lost, "without": calm, "with": attacked}  # fmt: skip
+    return {
+        "passed": not failed and crashes == 0 and lost == 0,
+        "failed_checks": failed,
+        "crashes": crashes,
+        "lost_acknowledged": lost,
+        "without": calm,
+        "with": attacked,
+    }
 
 
 def _run(workdir: Path, streams: list[Path], attack: bool) -> Facts:
@@ -78,12 +100,27 @@ def _run(workdir: Path, streams: list[Path], attack: bool) -> Facts:
     context = multiprocessing.get_context("spawn")  # no gRPC state crosses a fork
     stop = context.Event()
     report = workdir / "attacker.json"
-    attacker = context.Process(target=_attack, args=(
-        f"127.0.0.1:{rig.port}", "mallory", rig.enrol("mallory"), str(rig.state), stop, str(report)),
-        daemon=True) if attack else None  # fmt: skip
+    attacker = (
+        context.Process(
+            target=_attack,
+            args=(
+                f"127.0.0.1:{rig.port}",
+                "mallory",
+                rig.enrol("mallory"),
+                str(rig.state),
+                stop,
+                str(report),
+            ),
+            daemon=True,
+        )
+        if attack
+        else None
+    )
     watch = _ServerWatch(rig)
-    processes = {d: rig.start_device(stream, d, token, workdir / f"{d}.jsonl", fps=FPS)
-                 for (d, token), stream in zip(devices.items(), streams, strict=True)}  # fmt: skip
+    processes = {
+        d: rig.start_device(stream, d, token, workdir / f"{d}.jsonl", fps=FPS)
+        for (d, token), stream in zip(devices.items(), streams, strict=True)
+    }
     if attacker is not None:
         attacker.start()
     exits = {}
@@ -102,8 +139,10 @@ def _run(workdir: Path, streams: list[Path], attack: bool) -> Facts:
         non_finite = _non_finite(rig.state) + int(attacked.get("non_finite", 0))
         rig.kill_server()
     summaries = {d: rig.summary(d) for d in processes}
-    accounts = [rig.accounting(d, len(DOMAINS) * PER_DOMAIN, workdir / f"{d}.jsonl", {d: exits[d]})
-                for d in processes]  # fmt: skip
+    accounts = [
+        rig.accounting(d, len(DOMAINS) * PER_DOMAIN, workdir / f"{d}.jsonl", {d: exits[d]})
+        for d in processes
+    ]
     refused = sum(rig.device_log(d).read_text().count("refused prompt") for d in processes)
     delivery = [float(s["prompt_delivery_ms_p99"] or 0) for s in summaries.values()]
     turnaround = [float(s["prompt_turnaround_ms_p99"] or 0) for s in summaries.values()]
@@ -119,7 +158,7 @@ def _run(workdir: Path, streams: list[Path], attack: bool) -> Facts:
         "attacks_per_kind": attacked.get("per_attack", {}),
         "crashes": sum(int(a["crashes"]) for a in accounts),
         "lost_acknowledged": sum(int(a["lost_acknowledged"]) for a in accounts),
-    }  # fmt: skip
+    }
 
 
 def _attack(address: str, device_id: str, token: str, state: str, stop: Any, report: str) -> None:
@@ -133,8 +172,15 @@ def _attack(address: str, device_id: str, token: str, state: str, stop: Any, rep
     attacker.start()
     stop.wait()
     attacker.stop()
-    Path(report).write_text(json.dumps({"outcomes": attacker.outcomes, "per_attack": attacker.per_attack,
-                                        "non_finite": attacker.non_finite}))  # fmt: skip
+    Path(report).write_text(
+        json.dumps(
+            {
+                "outcomes": attacker.outcomes,
+                "per_attack": attacker.per_attack,
+                "non_finite": attacker.non_finite,
+            }
+        )
+    )
 
 
 class _ServerWatch:
@@ -176,8 +222,12 @@ def _non_finite(state: Path) -> int:
     from safetensors.numpy import load_file
 
     files = [*sorted((state / "prompts").glob("*.safetensors")), state / "environments.safetensors"]
-    return sum(int((~np.isfinite(v)).sum()) for path in files if path.is_file()
-               for v in load_file(str(path)).values())  # fmt: skip
+    return sum(
+        int((~np.isfinite(v)).sum())
+        for path in files
+        if path.is_file()
+        for v in load_file(str(path)).values()
+    )
 
 
 class Attacker:
@@ -206,9 +256,13 @@ class Attacker:
 
     def start(self) -> None:
         """Register like any device, then attack from the thread."""
-        self.stub.Register(cdca_pb2.RegisterRequest(
-            device_id=self.device_id, protocol_version=PROTOCOL_VERSION, model_sha256=self.sha),
-            metadata=self.metadata, timeout=30)  # fmt: skip
+        self.stub.Register(
+            cdca_pb2.RegisterRequest(
+                device_id=self.device_id, protocol_version=PROTOCOL_VERSION, model_sha256=self.sha
+            ),
+            metadata=self.metadata,
+            timeout=30,
+        )
         self._thread.start()
 
     def stop(self) -> None:
@@ -216,8 +270,9 @@ class Attacker:
         self._stop.set()
         self._thread.join(timeout=60)
         for wanted in (self.device_id, SHARED_PROMPT_ID):
-            prompt = self.stub.GetPrompt(cdca_pb2.PromptRequest(device_id=wanted),
-                                         metadata=self.metadata, timeout=30)  # fmt: skip
+            prompt = self.stub.GetPrompt(
+                cdca_pb2.PromptRequest(device_id=wanted), metadata=self.metadata, timeout=30
+            )
             for part in prompt.parts.values():
                 self.non_finite += int((~np.isfinite(np.frombuffer(part.data, np.float32))).sum())
         self.channel.close()
@@ -241,20 +296,31 @@ class Attacker:
         self._call(lambda: self.stub.Upload(iter(chunks), metadata=self.metadata, timeout=30))
 
     def _chunks(
-        self, n: int, *, stats: np.ndarray | None = None, shift: bool = False,
-        frames_seen: int | None = None, chunk_bytes: int = 1024 * 1024,
-    ) -> list[cdca_pb2.UploadChunk]:  # fmt: skip
+        self,
+        n: int,
+        *,
+        stats: np.ndarray | None = None,
+        shift: bool = False,
+        frames_seen: int | None = None,
+        chunk_bytes: int = 1024 * 1024,
+    ) -> list[cdca_pb2.UploadChunk]:
         self.batch += 1
         images = np.roll(self.images, self.batch, axis=0)[:n]  # content differs per batch
         honest_looking = (
             np.abs(self.rng.normal(0.5, 0.2, (2, self.channels))).astype(np.float32) + 0.01
         )
         return upload_chunks(
-            self.device_id, self.batch, images, self.rng.random(n, np.float32), np.arange(n),
-            np.zeros(n, np.int64), honest_looking if stats is None else stats, shift=shift,
+            self.device_id,
+            self.batch,
+            images,
+            self.rng.random(n, np.float32),
+            np.arange(n),
+            np.zeros(n, np.int64),
+            honest_looking if stats is None else stats,
+            shift=shift,
             frames_seen=self.batch * 10**6 if frames_seen is None else frames_seen,
             max_chunk_bytes=chunk_bytes,
-        )  # fmt: skip
+        )
 
     def _flood(self) -> None:
         self._upload(self._chunks(1024))

@@ -61,11 +61,20 @@ def hardware() -> dict[str, object]:
     """The machine the numbers belong to."""
     cpu = platform.processor()
     if Path("/proc/cpuinfo").exists():
-        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")]  # fmt: skip
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ]
         cpu = names[0] if names else cpu
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "onnxruntime": _ort_version(), "gpu": torch.cuda.is_available()}  # fmt: skip
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": _ort_version(),
+        "gpu": torch.cuda.is_available(),
+    }
 
 
 def _ort_version() -> str:
@@ -95,8 +104,10 @@ def export_models(out: Path) -> dict[str, Path]:
     calibration = info.normalization.to_tensor(train.images).numpy()
     example = DeviceModel(student).neutral_inputs(vectors, batch=2)
     int8, _ = quantize_int8(result, calibration, load_manifest(result.manifest), example)
-    graphs = {"plain": ClassVectorHead(student, vectors).eval(),
-              "batch_stats": ClassVectorHead(batch_statistics_copy(student), vectors).eval()}  # fmt: skip
+    graphs = {
+        "plain": ClassVectorHead(student, vectors).eval(),
+        "batch_stats": ClassVectorHead(batch_statistics_copy(student), vectors).eval(),
+    }
     paths = {name: folder / f"student.{name}.onnx" for name in graphs}
     for name, head in graphs.items():
         _export_images_to_logits(head, example["x"], paths[name])
@@ -116,8 +127,15 @@ def _export_images_to_logits(head: torch.nn.Module, x: torch.Tensor, path: Path)
     batch = torch.export.Dim("batch", min=1, max=4096)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # exporter chatter about opsets
-        program = torch.onnx.export(head, (x,), dynamo=True, input_names=["x"], verbose=False,
-                                    output_names=["logits"], dynamic_shapes={"x": {0: batch}})  # fmt: skip
+        program = torch.onnx.export(
+            head,
+            (x,),
+            dynamo=True,
+            input_names=["x"],
+            verbose=False,
+            output_names=["logits"],
+            dynamic_shapes={"x": {0: batch}},
+        )
     assert program is not None
     program.save(str(path))
 
@@ -138,8 +156,10 @@ def device_latency(models: dict[str, Path], frames: np.ndarray, repeats: int) ->
     x = preprocess(frames, runtime.manifest.preprocess)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    sessions = {name: ort.InferenceSession(str(models[name]), options, providers=["CPUExecutionProvider"])
-                for name in ("fp32", "int8", "plain", "batch_stats")}  # fmt: skip
+    sessions = {
+        name: ort.InferenceSession(str(models[name]), options, providers=["CPUExecutionProvider"])
+        for name in ("fp32", "int8", "plain", "batch_stats")
+    }
     student, vectors, _ = load_distilled(SHIPPED_DISTILLED)
     eager = DeviceModel(student).eval()
     torch_inputs = {k: torch.from_numpy(v) for k, v in prompt.items()}
@@ -201,8 +221,13 @@ def device_peak_memory_mb(manifest: Path) -> float | None:
     """Peak resident memory of a process running only the device side (no torch), in MiB."""
     if not Path("/proc/self/status").exists():
         return None
-    result = subprocess.run([sys.executable, "-c", DEVICE_PROCESS, str(manifest)], capture_output=True,
-                            text=True, check=True, cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", DEVICE_PROCESS, str(manifest)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     return round(float(result.stdout.strip().splitlines()[-1]), 1)
 
 
@@ -220,8 +245,9 @@ def cloud_costs(config: PerfConfig, pixels: torch.Tensor) -> dict[str, object]:
     vplu = VPLU(world.device_model, world.class_vectors, project.adaptation.fit)
     inputs = world.device_model.neutral_inputs(world.class_vectors, batch=len(pixels))
     with torch.no_grad():
-        _, _, stats = world.device_model(**{**inputs, "x": normalize(pixels),
-                                            "stat_mix": torch.ones(1)})  # fmt: skip
+        _, _, stats = world.device_model(
+            **{**inputs, "x": normalize(pixels), "stat_mix": torch.ones(1)}
+        )
         teacher = world.teacher_logits(pixels)
     update_ms = {}
     for size in config.buffers:
@@ -239,8 +265,10 @@ def cloud_costs(config: PerfConfig, pixels: torch.Tensor) -> dict[str, object]:
         start = time.perf_counter()
         for d in range(count):
             cloud.ingest(f"d{d}", step)
-        fleet_rounds[count] = {"ms_per_round": round((time.perf_counter() - start) * 1e3, 1),
-                               "process_rss_mb": round(tree_rss_bytes(os.getpid()) / 2**20, 1)}  # fmt: skip
+        fleet_rounds[count] = {
+            "ms_per_round": round((time.perf_counter() - start) * 1e3, 1),
+            "process_rss_mb": round(tree_rss_bytes(os.getpid()) / 2**20, 1),
+        }
     return {"vplu_update_ms_by_buffer": update_ms, "fleet_round_by_devices": fleet_rounds}
 
 
@@ -261,13 +289,27 @@ def communication(manifest: Path, images: np.ndarray, budget: float = 0.1) -> di
             fields = agent.upload(batch, step, start // 64, start, start + len(batch))
             uvpa_up += sum(c.ByteSize() for c in upload_chunks("perf", **fields))  # type: ignore[arg-type]
         every = np.arange(len(batch))
-        everything_up += sum(c.ByteSize() for c in upload_chunks(
-            "perf", start // 64, batch, np.zeros(len(batch), np.float32), start + every, every * 0,
-            step.prediction.batch_stats, shift=False, frames_seen=start + len(batch)))  # fmt: skip
+        everything_up += sum(
+            c.ByteSize()
+            for c in upload_chunks(
+                "perf",
+                start // 64,
+                batch,
+                np.zeros(len(batch), np.float32),
+                start + every,
+                every * 0,
+                step.prediction.batch_stats,
+                shift=False,
+                frames_seen=start + len(batch),
+            )
+        )
     per_k = 1000 / len(images)
-    return {"uvpa_bytes_up_per_1000": round(uvpa_up * per_k), "cloud_inference_bytes_up_per_1000":
-            round(everything_up * per_k), "cloud_inference_bytes_down_per_1000": round(4 * classes * 1000),
-            "uplink_ratio": round(uvpa_up / everything_up, 4)}  # fmt: skip
+    return {
+        "uvpa_bytes_up_per_1000": round(uvpa_up * per_k),
+        "cloud_inference_bytes_up_per_1000": round(everything_up * per_k),
+        "cloud_inference_bytes_down_per_1000": round(4 * classes * 1000),
+        "uplink_ratio": round(uvpa_up / everything_up, 4),
+    }
 
 
 def run_perf(config: PerfConfig, progress: Callable[[str], None] = print) -> dict[str, object]:
@@ -294,8 +336,13 @@ def run_perf(config: PerfConfig, progress: Callable[[str], None] = print) -> dic
         / 255
     )
     cloud = cloud_costs(config, pixels)
-    results = {"hardware": hardware(), "device": device, "cloud": cloud, "communication": traffic,
-               "ratios": ratios(device, traffic)}  # fmt: skip
+    results = {
+        "hardware": hardware(),
+        "device": device,
+        "cloud": cloud,
+        "communication": traffic,
+        "ratios": ratios(device, traffic),
+    }
     (config.out / "perf.json").write_text(json.dumps(results, indent=2) + "\n")
     (config.out / "perf.md").write_text(markdown(results))
     plot(results, config.out / "perf.png")
@@ -329,8 +376,11 @@ def ratios(device: dict[str, float], traffic: dict[str, float]) -> dict[str, flo
     return out
 
 
-TARGETS = {"prompt_overhead_b64": ("<", 0.05), "ort_speedup_over_torch_b1": (">=", 2.0),
-           "uplink_ratio": ("<=", 0.1)}  # fmt: skip
+TARGETS = {
+    "prompt_overhead_b64": ("<", 0.05),
+    "ort_speedup_over_torch_b1": (">=", 2.0),
+    "uplink_ratio": ("<=", 0.1),
+}
 
 
 def _meets(value: float, relation: str, bound: float) -> bool:
@@ -340,9 +390,16 @@ def _meets(value: float, relation: str, bound: float) -> bool:
 def markdown(results: dict[str, Any]) -> str:
     """The report: hardware, ratios against targets, then every absolute number."""
     hw, r = results["hardware"], results["ratios"]
-    lines = ["# Performance (`cdca bench perf`)", "", f"Hardware: {hw['cpu']}, {hw['cores']} cores, "
-             f"GPU: {hw['gpu']}; torch {hw['torch']}, onnxruntime {hw['onnxruntime']}; device inference "
-             "on 1 thread.", "", "| ratio | value | target | met |", "|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "# Performance (`cdca bench perf`)",
+        "",
+        f"Hardware: {hw['cpu']}, {hw['cores']} cores, "
+        f"GPU: {hw['gpu']}; torch {hw['torch']}, onnxruntime {hw['onnxruntime']}; device inference "
+        "on 1 thread.",
+        "",
+        "| ratio | value | target | met |",
+        "|---|---|---|---|",
+    ]
     for key, value in r.items():
         target = TARGETS.get(key)
         met = "" if target is None else ("yes" if _meets(value, *target) else "**no**")

@@ -75,9 +75,23 @@ def run_load(config: LoadConfig) -> dict[str, object]:
     peak = [0]
     sampler = threading.Thread(target=_sample_rss, args=(server.pid, peak, stop), daemon=True)
     sampler.start()
-    threads = [threading.Thread(target=_client, args=(f"127.0.0.1:{port}", device, token, manifest.sha256,
-                                                       channels, config, stats[i], stop), daemon=True)
-               for i, (device, token) in enumerate(tokens.items())]  # fmt: skip
+    threads = [
+        threading.Thread(
+            target=_client,
+            args=(
+                f"127.0.0.1:{port}",
+                device,
+                token,
+                manifest.sha256,
+                channels,
+                config,
+                stats[i],
+                stop,
+            ),
+            daemon=True,
+        )
+        for i, (device, token) in enumerate(tokens.items())
+    ]
     for thread in threads:
         thread.start()
     time.sleep(config.seconds)
@@ -102,8 +116,13 @@ def _client(address, device, token, sha, channels, config, stats, stop):  # type
     metadata = call_metadata(device, token)
     rng = np.random.default_rng(abs(hash(device)) % 2**32)
     try:
-        stub.Register(cdca_pb2.RegisterRequest(device_id=device, protocol_version=PROTOCOL_VERSION,
-                                               model_sha256=sha), metadata=metadata, timeout=30)  # fmt: skip
+        stub.Register(
+            cdca_pb2.RegisterRequest(
+                device_id=device, protocol_version=PROTOCOL_VERSION, model_sha256=sha
+            ),
+            metadata=metadata,
+            timeout=30,
+        )
     except grpc.RpcError as err:
         stats.failures.append(f"Register: {err.code().name}")
         return
@@ -117,9 +136,17 @@ def _client(address, device, token, sha, channels, config, stats, stop):  # type
     ):
         images = rng.integers(0, 256, (config.samples, 32, 32, 3), dtype=np.uint8)
         batch_stats = np.abs(rng.normal(0.5, 0.2, (2, channels))).astype(np.float32) + 0.01
-        chunks = upload_chunks(device, batch, images, rng.random(config.samples, np.float32),
-                               np.arange(config.samples) + batch * 64, np.zeros(config.samples, np.int64),
-                               batch_stats, shift=False, frames_seen=(batch + 1) * 64)  # fmt: skip
+        chunks = upload_chunks(
+            device,
+            batch,
+            images,
+            rng.random(config.samples, np.float32),
+            np.arange(config.samples) + batch * 64,
+            np.zeros(config.samples, np.int64),
+            batch_stats,
+            shift=False,
+            frames_seen=(batch + 1) * 64,
+        )
         start = time.perf_counter()
         try:
             stub.Upload(iter(chunks), metadata=metadata, timeout=30)
@@ -136,8 +163,11 @@ def _watch(stub, device, metadata, stats, stop):  # type: ignore[no-untyped-def]
     known = 0
     while not stop.is_set():
         try:
-            for prompt in stub.WatchPrompts(cdca_pb2.PromptRequest(device_id=device, known_version=known),
-                                            metadata=metadata, timeout=2.0):  # fmt: skip
+            for prompt in stub.WatchPrompts(
+                cdca_pb2.PromptRequest(device_id=device, known_version=known),
+                metadata=metadata,
+                timeout=2.0,
+            ):
                 if prompt.version > known:
                     known = prompt.version
                     if prompt.created_unix_ms:
@@ -165,15 +195,21 @@ def _summary(config, stats, peak, backlog, exit_code) -> dict[str, object]:  # t
     delivery = [ms for s in stats for ms in s.delivery_ms]
     failures = [f for s in stats for f in s.failures]
     return {
-        "clients": config.clients, "seconds": config.seconds, "uploads": sum(s.uploads for s in stats),
+        "clients": config.clients,
+        "seconds": config.seconds,
+        "uploads": sum(s.uploads for s in stats),
         "uploads_per_second": round(sum(s.uploads for s in stats) / config.seconds, 1),
-        "failed_rpcs": len(failures), "failures": sorted(set(failures)),
-        "upload_ms_p50": _pct(uploads, 50), "upload_ms_p99": _pct(uploads, 99),
-        "prompts_received": len(delivery), "prompt_delivery_ms_p50": _pct(delivery, 50),
+        "failed_rpcs": len(failures),
+        "failures": sorted(set(failures)),
+        "upload_ms_p50": _pct(uploads, 50),
+        "upload_ms_p99": _pct(uploads, 99),
+        "prompts_received": len(delivery),
+        "prompt_delivery_ms_p50": _pct(delivery, 50),
         "prompt_delivery_ms_p99": _pct(delivery, 99),
-        "server_peak_rss_mb": round(peak / 2**20, 1), "inbox_backlog_at_stop": backlog,
+        "server_peak_rss_mb": round(peak / 2**20, 1),
+        "inbox_backlog_at_stop": backlog,
         "server_exit_code": exit_code,
-    }  # fmt: skip
+    }
 
 
 def run_faults(out: Path, names: list[str], data: str) -> dict[str, dict[str, object]]:
@@ -209,24 +245,38 @@ def passed(results: dict[str, object]) -> bool:
     fault_results = results.get("faults", {})
     assert isinstance(load, dict)
     assert isinstance(fault_results, dict)
-    return (load["failed_rpcs"] == 0 and load["server_exit_code"] == 0
-            and all(f["passed"] for f in fault_results.values()))  # fmt: skip
+    return (
+        load["failed_rpcs"] == 0
+        and load["server_exit_code"] == 0
+        and all(f["passed"] for f in fault_results.values())
+    )
 
 
 def markdown(results: dict[str, object]) -> str:
     """The load report and the fault scenarios as tables."""
     load = results["load"]
     assert isinstance(load, dict)
-    lines = ["# Reliability under load and faults (`cdca bench reliability`)", "",
-             f"{load['clients']} device clients against one `cdca cloud serve` on loopback for "
-             f"{load['seconds']:.0f} s.", "", "| measure | value |", "|---|---|"]  # fmt: skip
+    lines = [
+        "# Reliability under load and faults (`cdca bench reliability`)",
+        "",
+        f"{load['clients']} device clients against one `cdca cloud serve` on loopback for "
+        f"{load['seconds']:.0f} s.",
+        "",
+        "| measure | value |",
+        "|---|---|",
+    ]
     lines += [f"| {k} | {v} |" for k, v in load.items() if k not in ("clients", "seconds")]
     fault_results = results.get("faults") or {}
     assert isinstance(fault_results, dict)
     if fault_results:
-        lines += ["", "## Fault scenarios", "",
-                  "| scenario | held | crashes | acknowledged samples lost | samples acknowledged "
-                  "| frames predicted | details | seconds |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            "## Fault scenarios",
+            "",
+            "| scenario | held | crashes | acknowledged samples lost | samples acknowledged "
+            "| frames predicted | details | seconds |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         lines += [_fault_row(name, facts) for name, facts in fault_results.items()]
     hostile = fault_results.get("hostile_device")
     if isinstance(hostile, dict) and "with" in hostile:
@@ -239,19 +289,30 @@ def hostile_table(facts: dict[str, Any]) -> list[str]:
     from simulations.bench.hostile import ACCURACY_POINTS, ATTACKS, LATENCY_FACTOR
 
     calm, attacked = facts["without"], facts["with"]
-    rows = [("honest devices' accuracy", "honest_accuracy"),
-            ("prompt turnaround p99 (ms): batch acknowledged to its prompt received", "turnaround_ms_p99"),
-            ("prompt delivery p99 (ms): published to received", "delivery_ms_p99"),
-            ("prompts the honest devices received", "prompts_received"),
-            ("server peak memory (MB)", "server_peak_rss_mb"),
-            ("server state folder, peak (MB)", "state_peak_mb"),
-            ("non-finite values saved or published", "non_finite_values")]  # fmt: skip
-    lines = ["", "## One hostile device among honest ones", "",
-             f"Held: {'yes' if facts['passed'] else '**no** (' + ', '.join(facts['failed_checks']) + ')'}. "
-             f"Bounds: accuracy within {ACCURACY_POINTS} points, prompt turnaround p99 within "
-             f"{LATENCY_FACTOR:g}x, nothing non-finite. The attacker cycled through "
-             f"{', '.join(ATTACKS)}.", "",
-             "| measure | without the attacker | with it |", "|---|---|---|"]  # fmt: skip
+    rows = [
+        ("honest devices' accuracy", "honest_accuracy"),
+        (
+            "prompt turnaround p99 (ms): batch acknowledged to its prompt received",
+            "turnaround_ms_p99",
+        ),
+        ("prompt delivery p99 (ms): published to received", "delivery_ms_p99"),
+        ("prompts the honest devices received", "prompts_received"),
+        ("server peak memory (MB)", "server_peak_rss_mb"),
+        ("server state folder, peak (MB)", "state_peak_mb"),
+        ("non-finite values saved or published", "non_finite_values"),
+    ]
+    lines = [
+        "",
+        "## One hostile device among honest ones",
+        "",
+        f"Held: {'yes' if facts['passed'] else '**no** (' + ', '.join(facts['failed_checks']) + ')'}. "
+        f"Bounds: accuracy within {ACCURACY_POINTS} points, prompt turnaround p99 within "
+        f"{LATENCY_FACTOR:g}x, nothing non-finite. The attacker cycled through "
+        f"{', '.join(ATTACKS)}.",
+        "",
+        "| measure | without the attacker | with it |",
+        "|---|---|---|",
+    ]
     lines += [f"| {label} | {calm[key]} | {attacked[key]} |" for label, key in rows]
     answers = ", ".join(f"{code} {n}" for code, n in sorted(attacked["attack_calls"].items()))
     lines += ["", f"The server's answers to the attacker's calls: {answers}."]
@@ -259,17 +320,26 @@ def hostile_table(facts: dict[str, Any]) -> list[str]:
 
 
 def _fault_row(name: str, facts: dict[str, object]) -> str:
-    shown = ("frames_while_down", "frames_while_stalled", "queue_dropped_batches", "rounds",
-             "partial_rounds", "failed_checks", "error")  # fmt: skip
+    shown = (
+        "frames_while_down",
+        "frames_while_stalled",
+        "queue_dropped_batches",
+        "rounds",
+        "partial_rounds",
+        "failed_checks",
+        "error",
+    )
     details = ", ".join(f"{k}={facts[k]}" for k in shown if facts.get(k) not in (None, []))
     frames = (
         f"{facts['frames']} / {facts['expected_frames']}"
         if "expected_frames" in facts
         else facts.get("frames", "")
     )
-    return (f"| {name} | {'yes' if facts['passed'] else '**no**'} | {facts.get('crashes', '')} "
-            f"| {facts.get('lost_acknowledged', '')} | {facts.get('samples_acked', '')} | {frames} "
-            f"| {details} | {facts.get('seconds', '')} |")  # fmt: skip
+    return (
+        f"| {name} | {'yes' if facts['passed'] else '**no**'} | {facts.get('crashes', '')} "
+        f"| {facts.get('lost_acknowledged', '')} | {facts.get('samples_acked', '')} | {frames} "
+        f"| {details} | {facts.get('seconds', '')} |"
+    )
 
 
 def write(results: dict[str, object], out: Path) -> None:

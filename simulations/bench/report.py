@@ -154,8 +154,12 @@ def plot_accuracy(results: list[MethodResult], path: Path) -> None:
 def _plot_domains(ax: Any, rows: list[MethodResult]) -> None:
     domains = rows[0].domains
     for row in rows:
-        ax.plot(range(len(domains)), [100 * row.accuracy[d] for d in domains], marker="o",
-                label=f"{row.method} ({100 * row.mean:.1f})")  # fmt: skip
+        ax.plot(
+            range(len(domains)),
+            [100 * row.accuracy[d] for d in domains],
+            marker="o",
+            label=f"{row.method} ({100 * row.mean:.1f})",
+        )
     ax.set_xticks(range(len(domains)), [_short(d) for d in domains], rotation=45, ha="right")
     ax.set_ylabel("online accuracy (%)")
     ax.set_ylim(0, 100)
@@ -168,10 +172,13 @@ def _plot_stream_means(ax: Any, results: list[MethodResult], streams: list[str])
     """Each method's mean on each stream; the y range fits the methods, not 0-100."""
     for method in dict.fromkeys(r.method for r in results):
         means = {r.stream: 100 * r.mean for r in results if r.method == method}
-        ax.plot(range(len(streams)), [means.get(s, float("nan")) for s in streams],
-                marker="o", label=method)  # fmt: skip
-    ax.set_xticks(range(len(streams)), [s.split("-")[0] for s in streams], rotation=45,
-                  ha="right")  # fmt: skip
+        ax.plot(
+            range(len(streams)),
+            [means.get(s, float("nan")) for s in streams],
+            marker="o",
+            label=method,
+        )
+    ax.set_xticks(range(len(streams)), [s.split("-")[0] for s in streams], rotation=45, ha="right")
     ax.set_ylabel("mean online accuracy (%)")
     ax.set_title("Mean per stream")
     ax.grid(alpha=0.3)

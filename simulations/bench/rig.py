@@ -31,8 +31,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def corrupted_stream(path: Path, domains: tuple[str, ...] | list[str], per_domain: int,
-                     offset: int = 0) -> Path:  # fmt: skip
+def corrupted_stream(
+    path: Path, domains: tuple[str, ...] | list[str], per_domain: int, offset: int = 0
+) -> Path:
     """Real Fashion-MNIST test images, one block per corruption at severity 5, with labels."""
     from cloud.data.corruptions import corrupt_batch
     from cloud.data.fashion_mnist import load_fashion_mnist
@@ -134,8 +135,16 @@ class Rig:
         if sig == signal.SIGTERM:
             self.server_exits.append(code)
 
-    def start_device(self, stream: Path, device_id: str, token: str, out: Path, fps: float,
-                     queue_items: int = 1000, drain_seconds: float = 30) -> subprocess.Popen[bytes]:  # fmt: skip
+    def start_device(
+        self,
+        stream: Path,
+        device_id: str,
+        token: str,
+        out: Path,
+        fps: float,
+        queue_items: int = 1000,
+        drain_seconds: float = 30,
+    ) -> subprocess.Popen[bytes]:
         """``cdca device run`` on ``stream``; its log is ``<device_id>.log`` (appended).
 
         ``drain_seconds``: how long the device waits at the end of its stream for queued
@@ -145,13 +154,40 @@ class Rig:
 
         with open(self.device_log(device_id), "a") as log:
             return subprocess.Popen(
-                [*CDCA, "device", "run", "--input", str(stream), "--model", str(self.state / "model"),
-                 "--state-dir", str(self.workdir / device_id), "--server", f"127.0.0.1:{self.port}",
-                 "--device-id", device_id, f"--token={token}", "--fps", str(fps), "--out", str(out),
-                 "--summary", str(self.workdir / f"{device_id}.summary.json"), "--rpc-timeout", "5",
-                 "--backoff-max", "1", "--drain-seconds", str(drain_seconds), "--queue-items", str(queue_items)],
-                stdout=subprocess.DEVNULL, stderr=log, env=self.ENV,
-            )  # fmt: skip
+                [
+                    *CDCA,
+                    "device",
+                    "run",
+                    "--input",
+                    str(stream),
+                    "--model",
+                    str(self.state / "model"),
+                    "--state-dir",
+                    str(self.workdir / device_id),
+                    "--server",
+                    f"127.0.0.1:{self.port}",
+                    "--device-id",
+                    device_id,
+                    f"--token={token}",
+                    "--fps",
+                    str(fps),
+                    "--out",
+                    str(out),
+                    "--summary",
+                    str(self.workdir / f"{device_id}.summary.json"),
+                    "--rpc-timeout",
+                    "5",
+                    "--backoff-max",
+                    "1",
+                    "--drain-seconds",
+                    str(drain_seconds),
+                    "--queue-items",
+                    str(queue_items),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                env=self.ENV,
+            )
 
     def device_log(self, device_id: str) -> Path:
         """Where a device's stderr goes."""
@@ -195,8 +231,14 @@ class Rig:
         held.update(IngestLedger(self.state / "ingested.log").files(device_id))
         return held
 
-    def accounting(self, device_id: str, expected_frames: int, out: Path,
-                   exits: dict[str, int], held_before: dict[str, int] | None = None) -> dict[str, Any]:  # fmt: skip
+    def accounting(
+        self,
+        device_id: str,
+        expected_frames: int,
+        out: Path,
+        exits: dict[str, int],
+        held_before: dict[str, int] | None = None,
+    ) -> dict[str, Any]:
         """Frames, crashes and acknowledged samples the cloud cannot account for, after the run."""
         summary = self.summary(device_id)
         held = {k: v for k, v in self.holdings(device_id).items() if k not in (held_before or {})}
@@ -207,8 +249,15 @@ class Rig:
         logs = [self.log, *(self.device_log(d) for d in exits)]
         crashes = sum(code != 0 for code in [*exits.values(), *self.server_exits])
         crashes += sum("Traceback" in p.read_text() for p in logs if p.is_file())
-        return {"frames": summary["frames"], "expected_frames": expected_frames,
-                "lines_written": line_count(out), "samples_acked": acked, "acked_again": again,
-                "samples_held_by_cloud": sum(held.values()),
-                "lost_acknowledged": max(0, acked - sum(held.values())), "crashes": crashes,
-                "queue_left": summary["queue_left"], "rpc_errors": summary.get("rpc_errors", 0)}  # fmt: skip
+        return {
+            "frames": summary["frames"],
+            "expected_frames": expected_frames,
+            "lines_written": line_count(out),
+            "samples_acked": acked,
+            "acked_again": again,
+            "samples_held_by_cloud": sum(held.values()),
+            "lost_acknowledged": max(0, acked - sum(held.values())),
+            "crashes": crashes,
+            "queue_left": summary["queue_left"],
+            "rpc_errors": summary.get("rpc_errors", 0),
+        }

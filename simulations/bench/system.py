@@ -54,8 +54,11 @@ def materialise_streams(config: SystemBenchConfig) -> list[Path]:
         batches = list(iterate_batches(dataset, spec))
         path = config.out / "streams" / f"device-{i}.npz"
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, images=np.concatenate([b.images for b in batches]),
-                 labels=np.concatenate([b.labels for b in batches]))  # fmt: skip
+        np.savez(
+            path,
+            images=np.concatenate([b.images for b in batches]),
+            labels=np.concatenate([b.labels for b in batches]),
+        )
         paths.append(path)
     return paths
 
@@ -111,14 +114,39 @@ def run_system(
         for i, path in enumerate(streams):
             device_id = f"device-{i}"
             with open(config.out / f"{device_id}.log", "w") as dlog:
-                devices.append(subprocess.Popen(
-                    [*CDCA, "device", "run", "--input", str(path), "--model", str(state / "model"),
-                     "--state-dir", str(work / device_id), "--server", f"127.0.0.1:{port}",
-                     "--device-id", device_id, f"--token={tokens[device_id]}", "--fps", str(config.fps),
-                     "--batch-size", str(config.batch_size), "--threads", "1", "--out", "none",
-                     "--summary", str(config.out / f"{device_id}.summary.json")],
-                    stdout=subprocess.DEVNULL, stderr=dlog, env=env,
-                ))  # fmt: skip
+                devices.append(
+                    subprocess.Popen(
+                        [
+                            *CDCA,
+                            "device",
+                            "run",
+                            "--input",
+                            str(path),
+                            "--model",
+                            str(state / "model"),
+                            "--state-dir",
+                            str(work / device_id),
+                            "--server",
+                            f"127.0.0.1:{port}",
+                            "--device-id",
+                            device_id,
+                            f"--token={tokens[device_id]}",
+                            "--fps",
+                            str(config.fps),
+                            "--batch-size",
+                            str(config.batch_size),
+                            "--threads",
+                            "1",
+                            "--out",
+                            "none",
+                            "--summary",
+                            str(config.out / f"{device_id}.summary.json"),
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=dlog,
+                        env=env,
+                    )
+                )
         for process in devices:
             if process.wait() != 0:
                 raise RuntimeError(f"a device failed; see {config.out}/device-*.log")
@@ -134,24 +162,45 @@ def run_system(
 
 def enrol(state_dir: Path, device_id: str, env: dict[str, str]) -> str:
     """``cdca cloud enrol`` in a subprocess; returns the device's token."""
-    out = subprocess.run([*CDCA, "cloud", "enrol", "--device", device_id, "--state-dir", str(state_dir)],
-                         capture_output=True, text=True, env=env, check=True)  # fmt: skip
+    out = subprocess.run(
+        [*CDCA, "cloud", "enrol", "--device", device_id, "--state-dir", str(state_dir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     return out.stdout.strip()
 
 
 def launch_server(
-    state_dir: Path, port: int, log: Path, env: dict[str, str], timeout: float = 300,
+    state_dir: Path,
+    port: int,
+    log: Path,
+    env: dict[str, str],
+    timeout: float = 300,
     extra: tuple[str, ...] = (),
-) -> tuple[subprocess.Popen[bytes], int]:  # fmt: skip
+) -> tuple[subprocess.Popen[bytes], int]:
     """``cdca cloud serve`` (output appended to ``log``), once it listens; returns it and its port."""
     port_file = state_dir / "port"
     port_file.unlink(missing_ok=True)
     with open(log, "a") as handle:
         server = subprocess.Popen(
-            [*CDCA, "cloud", "serve", "--state-dir", str(state_dir), "--port", str(port),
-             "--port-file", str(port_file), *extra],
-            stdout=handle, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
+            [
+                *CDCA,
+                "cloud",
+                "serve",
+                "--state-dir",
+                str(state_dir),
+                "--port",
+                str(port),
+                "--port-file",
+                str(port_file),
+                *extra,
+            ],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     deadline = time.monotonic() + timeout
     while not port_file.is_file():
         if server.poll() is not None or time.monotonic() > deadline:

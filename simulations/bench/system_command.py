@@ -48,8 +48,14 @@ def run(args: argparse.Namespace) -> int:
         simulate,
     )
 
-    config = SystemBenchConfig(args.data, args.out, args.devices, tuple(parse_corruptions(args.corruptions)),
-                               args.per_domain, fps=args.fps)  # fmt: skip
+    config = SystemBenchConfig(
+        args.data,
+        args.out,
+        args.devices,
+        tuple(parse_corruptions(args.corruptions)),
+        args.per_domain,
+        fps=args.fps,
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     print(
@@ -75,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         "devices": [
             {**sim, "uvpa_grpc": s.get("accuracy"), **{k: s.get(k) for k in SUMMARY_KEYS}}
             for sim, s in zip(simulated, summaries, strict=True)
-        ],  # fmt: skip
+        ],
         "device_latency": latency,
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -86,26 +92,45 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-SUMMARY_KEYS = ("prompts_applied", "samples_acked", "samples_refused", "rpc_errors", "upload_ms_p50",
-                "upload_ms_p99", "prompt_delivery_ms_p50", "prompt_delivery_ms_p99", "ms_per_frame_p50")  # fmt: skip
+SUMMARY_KEYS = (
+    "prompts_applied",
+    "samples_acked",
+    "samples_refused",
+    "rpc_errors",
+    "upload_ms_p50",
+    "upload_ms_p99",
+    "prompt_delivery_ms_p50",
+    "prompt_delivery_ms_p99",
+    "ms_per_frame_p50",
+)
 
 
 def markdown(results: dict) -> str:
     """The report: accuracy per device, then latency."""
     rows = results["devices"]
     settings = {k: v for k, v in results["config"].items() if k not in ("handler", "command")}
-    lines = ["# cdca system benchmark", "", f"Settings: `{json.dumps(settings)}`", "",
-             "| device | source | device alone | U-VPA simulated | U-VPA over gRPC | prompts applied "
-             "| uploads accepted |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "# cdca system benchmark",
+        "",
+        f"Settings: `{json.dumps(settings)}`",
+        "",
+        "| device | source | device alone | U-VPA simulated | U-VPA over gRPC | prompts applied "
+        "| uploads accepted |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for i, r in enumerate(rows):
-        lines.append(f"| {i} | {_pct(r['source'])} | {_pct(r['device_alone'])} | {_pct(r['uvpa_simulated'])} | "
-                     f"{_pct(r['uvpa_grpc'])} | {r['prompts_applied']} | {r['samples_acked']} |")  # fmt: skip
+        lines.append(
+            f"| {i} | {_pct(r['source'])} | {_pct(r['device_alone'])} | {_pct(r['uvpa_simulated'])} | "
+            f"{_pct(r['uvpa_grpc'])} | {r['prompts_applied']} | {r['samples_acked']} |"
+        )
     mean = {
         k: float(np.mean([r[k] for r in rows]))
         for k in ("source", "device_alone", "uvpa_simulated", "uvpa_grpc")
     }
-    lines.append(f"| mean | {_pct(mean['source'])} | {_pct(mean['device_alone'])} | {_pct(mean['uvpa_simulated'])} | "
-                 f"{_pct(mean['uvpa_grpc'])} | | |")  # fmt: skip
+    lines.append(
+        f"| mean | {_pct(mean['source'])} | {_pct(mean['device_alone'])} | {_pct(mean['uvpa_simulated'])} | "
+        f"{_pct(mean['uvpa_grpc'])} | | |"
+    )
     lat = results["device_latency"]
     lines += ["", "| latency (loopback, this machine) | value |", "|---|---|"]
     for key, value in lat.items():

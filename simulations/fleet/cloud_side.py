@@ -37,9 +37,11 @@ class FleetTeacher:
 
     @classmethod
     def build(
-        cls, world: CloudWorld, adaptation: AdaptationConfig | None = None,
+        cls,
+        world: CloudWorld,
+        adaptation: AdaptationConfig | None = None,
         teacher: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    ) -> FleetTeacher:  # fmt: skip
+    ) -> FleetTeacher:
         """One cloud for the whole fleet, with ``adaptation`` (default: the project's).
 
         ``teacher``: pixels -> logits in place of the world's teacher (a reference row).

@@ -44,31 +44,52 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "  cdca simulate --set adaptation.synthetic.count=0   # any setting, by its key",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--scenario",
-                        help="a TOML file over the project ([fleet], [adaptation], ...), or a "
-                        "built-in one: " + ", ".join(built_in_scenarios()))  # fmt: skip
+    parser.add_argument(
+        "--scenario",
+        help="a TOML file over the project ([fleet], [adaptation], ...), or a "
+        "built-in one: " + ", ".join(built_in_scenarios()),
+    )
     parser.add_argument("--engine", choices=ENGINES, help="fleet.engine: how messages travel")
     parser.add_argument("--devices", type=int, help="fleet.devices")
-    parser.add_argument("--per-domain", type=int, dest="per_domain",
-                        help="fleet.per_domain: frames per corruption per device")  # fmt: skip
+    parser.add_argument(
+        "--per-domain",
+        type=int,
+        dest="per_domain",
+        help="fleet.per_domain: frames per corruption per device",
+    )
     parser.add_argument("--data", help="data.shifted: the prepared benchmark")
     parser.add_argument("--budget", type=float, help="adaptation.device.budget")
-    parser.add_argument("--batches-per-round", type=int, dest="batches_per_round",
-                        help="fleet.batches_per_round: device batches between prompt deliveries")  # fmt: skip
-    parser.add_argument("--fps", type=float,
-                        help="fleet.fps: grpc engine: pace each device like a camera, in frames/s "
-                        "(0: as fast as it can; 12 lets a 2-core cloud keep up with 4 devices, "
-                        "so results match the in-process engine)")  # fmt: skip
-    parser.add_argument("--bank-comparison", dest="compare_bank",
-                        action=argparse.BooleanOptionalAction,
-                        help="fleet.compare_bank: also run U-VPA without the environment bank, to "
-                        "measure what the bank brings (one more U-VPA run)")  # fmt: skip
-    parser.add_argument("--peers",
-                        help="fleet.peers: comma-separated on-device peers from "
-                        f"{','.join(PEERS)} ('' for none)")  # fmt: skip
-    parser.add_argument("--synthetic", type=int, metavar="N",
-                        help="adaptation.synthetic.count: training images the cloud renders "
-                        "like each device's environment per fit (0: none; about half the time)")  # fmt: skip
+    parser.add_argument(
+        "--batches-per-round",
+        type=int,
+        dest="batches_per_round",
+        help="fleet.batches_per_round: device batches between prompt deliveries",
+    )
+    parser.add_argument(
+        "--fps",
+        type=float,
+        help="fleet.fps: grpc engine: pace each device like a camera, in frames/s "
+        "(0: as fast as it can; 12 lets a 2-core cloud keep up with 4 devices, "
+        "so results match the in-process engine)",
+    )
+    parser.add_argument(
+        "--bank-comparison",
+        dest="compare_bank",
+        action=argparse.BooleanOptionalAction,
+        help="fleet.compare_bank: also run U-VPA without the environment bank, to "
+        "measure what the bank brings (one more U-VPA run)",
+    )
+    parser.add_argument(
+        "--peers",
+        help=f"fleet.peers: comma-separated on-device peers from {','.join(PEERS)} ('' for none)",
+    )
+    parser.add_argument(
+        "--synthetic",
+        type=int,
+        metavar="N",
+        help="adaptation.synthetic.count: training images the cloud renders "
+        "like each device's environment per fit (0: none; about half the time)",
+    )
     parser.add_argument("--seed", type=int, help="fleet.seed")
     parser.add_argument("--out", type=Path, default=Path("runs/simulate"), help="run folder")
     parser.add_argument("--threads", type=int, default=2, help="torch threads in this process")
@@ -80,19 +101,25 @@ def main(argv: list[str], prog: str = "cdca simulate") -> int:
     """Entry point of ``cdca simulate``."""
     args = build_parser(prog).parse_args(argv)
     flags = {
-        "fleet.engine": args.engine, "fleet.devices": args.devices,
-        "fleet.per_domain": args.per_domain, "data.shifted": args.data,
-        "adaptation.device.budget": args.budget, "fleet.batches_per_round": args.batches_per_round,
-        "fleet.compare_bank": args.compare_bank, "fleet.peers": args.peers,
-        "fleet.seed": args.seed, "fleet.fps": args.fps,
+        "fleet.engine": args.engine,
+        "fleet.devices": args.devices,
+        "fleet.per_domain": args.per_domain,
+        "data.shifted": args.data,
+        "adaptation.device.budget": args.budget,
+        "fleet.batches_per_round": args.batches_per_round,
+        "fleet.compare_bank": args.compare_bank,
+        "fleet.peers": args.peers,
+        "fleet.seed": args.seed,
+        "fleet.fps": args.fps,
         "adaptation.synthetic.count": args.synthetic,
-    }  # fmt: skip
+    }
     overlays = [find_scenario(args.scenario)] if args.scenario else []
     project = project_from_args(args, flags, overlays)
     shifted = project.data.shifted
     if ":" not in shifted and not Path(shifted).exists():
-        raise ConfigError(f"no benchmark at {shifted} (data.shifted); write it with "
-                          "`cdca data prepare`")  # fmt: skip
+        raise ConfigError(
+            f"no benchmark at {shifted} (data.shifted); write it with `cdca data prepare`"
+        )
     # SIGTERM ends the run like Ctrl-C: the engines' finally blocks stop what they started
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
@@ -138,8 +165,9 @@ def simulate(project: ProjectConfig, out: Path, threads: int = 2) -> dict[str, A
     with PeakMemory() as memory, progress_display(*bar_columns()) as bar:
         for name, adaptation, engine in runs:
             task = bar.add_task(f"{name} ({engine})", total=frames)
-            raw[name] = run_engine(engine, project, streams, world, adaptation, out,
-                                   _advance(bar, task))  # fmt: skip
+            raw[name] = run_engine(
+                engine, project, streams, world, adaptation, out, _advance(bar, task)
+            )
         task = bar.add_task("on-device peers", total=frames * len(project.fleet.peers))
         peers = run_peers(project, specs, lambda n: bar.update(task, advance=n))
     results = assemble(project, specs, raw, peers)
@@ -167,8 +195,15 @@ def assemble(project, specs, raw, peers) -> dict[str, Any]:  # type: ignore[no-u
 
     devices: dict[str, list[dict[str, object]]] = {}
     for name, peer_rows in peers.items():
-        devices[name] = [{**row, "after_shift": peer_after_shift(
-            row["batch_domain"], row["batch_accuracy"], FIRST_BATCHES)} for row in peer_rows]  # fmt: skip
+        devices[name] = [
+            {
+                **row,
+                "after_shift": peer_after_shift(
+                    row["batch_domain"], row["batch_accuracy"], FIRST_BATCHES
+                ),
+            }
+            for row in peer_rows
+        ]
     for name, run in raw.items():
         devices[name] = [
             device_summary(records, segment_names(spec), run["bytes_down"][i], FIRST_BATCHES)
@@ -182,5 +217,10 @@ def assemble(project, specs, raw, peers) -> dict[str, Any]:  # type: ignore[no-u
             if segment.domain != previous.domain:  # mark corruption changes, not severity steps
                 starts.append(batch)
         boundaries.append(starts)
-    return {"config": to_plain(project), "table": fleet_table(devices), "devices": devices,
-            "boundaries": boundaries, "cloud": {k: v["cloud"] for k, v in raw.items()}}  # fmt: skip
+    return {
+        "config": to_plain(project),
+        "table": fleet_table(devices),
+        "devices": devices,
+        "boundaries": boundaries,
+        "cloud": {k: v["cloud"] for k, v in raw.items()},
+    }

@@ -35,8 +35,10 @@ def project_root() -> Path:
     """The checkout holding pyproject.toml with the ``[tool.flwr.app]`` section."""
     root = Path(__file__).resolve().parents[2]
     if not (root / "pyproject.toml").is_file():
-        raise CdcaError("the flower engine runs `flwr run` on a source checkout of cdca; "
-                        f"no pyproject.toml at {root}")  # fmt: skip
+        raise CdcaError(
+            "the flower engine runs `flwr run` on a source checkout of cdca; "
+            f"no pyproject.toml at {root}"
+        )
     return root
 
 
@@ -49,8 +51,12 @@ class LoopbackFederation:
         self.port = free_port()
         self.processes: list[subprocess.Popen[bytes]] = []
         bin_dir = str(Path(sys.executable).parent)  # flower-superexec must be on PATH
-        self.env = {**os.environ, "FLWR_HOME": str(folder / "home"),
-                    "FLWR_DISABLE_UPDATE_CHECK": "1", "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"}  # fmt: skip
+        self.env = {
+            **os.environ,
+            "FLWR_HOME": str(folder / "home"),
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
+        }
 
     def __enter__(self) -> LoopbackFederation:
         home = self.folder / "home"
@@ -58,15 +64,36 @@ class LoopbackFederation:
         (home / "config.toml").write_text(
             f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n'
         )
-        self._start("superlink", ["flower-superlink", "--insecure", "--host", "127.0.0.1",
-                                  "--port", str(self.port), "--database", str(self.folder / "superlink.db"),
-                                  "--disable-runtime-dependency-installation"])  # fmt: skip
+        self._start(
+            "superlink",
+            [
+                "flower-superlink",
+                "--insecure",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--database",
+                str(self.folder / "superlink.db"),
+                "--disable-runtime-dependency-installation",
+            ],
+        )
         self._wait_for_port(self.port)
         for i in range(self.nodes):
             node_config = f"partition-id={i} num-partitions={self.nodes} {self.extra.get(i, '')}"
-            self._start(f"supernode-{i}", ["flower-supernode", "--insecure", "--superlink",
-                                           f"127.0.0.1:{self.port}", "--port", str(free_port()),
-                                           "--node-config", node_config])  # fmt: skip
+            self._start(
+                f"supernode-{i}",
+                [
+                    "flower-supernode",
+                    "--insecure",
+                    "--superlink",
+                    f"127.0.0.1:{self.port}",
+                    "--port",
+                    str(free_port()),
+                    "--node-config",
+                    node_config,
+                ],
+            )
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -75,8 +102,13 @@ class LoopbackFederation:
 
     def flwr(self, *args: str) -> dict[str, object]:
         """Run the ``flwr`` CLI with ``--format json``; returns its parsed output."""
-        out = subprocess.run([str(Path(sys.executable).parent / "flwr"), *args, "--format", "json"],
-                             capture_output=True, text=True, env=self.env, cwd=project_root())  # fmt: skip
+        out = subprocess.run(
+            [str(Path(sys.executable).parent / "flwr"), *args, "--format", "json"],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            cwd=project_root(),
+        )
         try:
             return json.loads(out.stdout)
         except json.JSONDecodeError as err:
@@ -86,8 +118,11 @@ class LoopbackFederation:
 
     def _start(self, name: str, command: list[str]) -> None:
         log = open(self.folder / f"{name}.log", "wb")  # noqa: SIM115 - kept open while it runs
-        self.processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                               env=self.env, start_new_session=True))  # fmt: skip
+        self.processes.append(
+            subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            )
+        )
 
     def _wait_for_port(self, port: int, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -102,9 +137,11 @@ class LoopbackFederation:
 
 
 def run_deployment(
-    project: ProjectConfig, run_dir: Path, progress: Callable[[int], None] | None = None,
+    project: ProjectConfig,
+    run_dir: Path,
+    progress: Callable[[int], None] | None = None,
     timeout: float = 3600.0,
-) -> dict[str, object]:  # fmt: skip
+) -> dict[str, object]:
     """The whole fleet through a loopback federation; returns what the ServerApp wrote."""
     run_dir = run_dir.resolve()
     folder = run_dir / "flower"
@@ -122,8 +159,10 @@ def run_deployment(
         run_id = str(started["run-id"])
         status = _wait(federation, run_id, run_dir, progress, timeout)
     if status.get("status") != "finished:completed":
-        raise CdcaError(f"the Flower run ended {status.get('status')}: {status.get('status-details')} "
-                        f"(logs: {folder})")  # fmt: skip
+        raise CdcaError(
+            f"the Flower run ended {status.get('status')}: {status.get('status-details')} "
+            f"(logs: {folder})"
+        )
     return json.loads((run_dir / RESULTS_FILE).read_text())
 
 
@@ -137,8 +176,13 @@ def run_config(project: ProjectConfig, run_dir: Path, folder: Path) -> str:
     return "".join(f"{k} = {toml_value(v)}\n" for k, v in values.items())
 
 
-def _wait(federation: LoopbackFederation, run_id: str, run_dir: Path,
-          progress: Callable[[int], None] | None, timeout: float) -> dict[str, object]:  # fmt: skip
+def _wait(
+    federation: LoopbackFederation,
+    run_id: str,
+    run_dir: Path,
+    progress: Callable[[int], None] | None,
+    timeout: float,
+) -> dict[str, object]:
     deadline, reported = time.monotonic() + timeout, 0
     while time.monotonic() < deadline:
         listing = federation.flwr("ls", CONNECTION, "--run-id", run_id)

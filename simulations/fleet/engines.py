@@ -58,8 +58,14 @@ def run_flower_simulation(
     from simulations.fleet.cloud_side import FleetTeacher
     from simulations.fleet.flower_server import FleetRounds
 
-    rounds = FleetRounds(project, adaptation, FleetTeacher.build(world, adaptation),
-                         streams[0].parent, world.served.folder, progress)  # fmt: skip
+    rounds = FleetRounds(
+        project,
+        adaptation,
+        FleetTeacher.build(world, adaptation),
+        streams[0].parent,
+        world.served.folder,
+        progress,
+    )
     outcome: dict[str, dict[str, object]] = {}
     server_app = ServerApp()
 
@@ -67,9 +73,15 @@ def run_flower_simulation(
     def _main(grid: Grid, context: Context) -> None:
         outcome["results"] = rounds.run(grid)
 
-    run_simulation(server_app, client_app, num_supernodes=project.fleet.devices,
-                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                   "init_args": {"num_cpus": 2, "include_dashboard": False}})  # fmt: skip
+    run_simulation(
+        server_app,
+        client_app,
+        num_supernodes=project.fleet.devices,
+        backend_config={
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {"num_cpus": 2, "include_dashboard": False},
+        },
+    )
     if "results" not in outcome:
         raise RuntimeError("the Flower simulation ended without results; see the log above")
     return outcome["results"]

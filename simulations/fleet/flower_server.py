@@ -46,15 +46,30 @@ PROGRESS_FILE = "flower-progress"
 RUN_KEYS = ("project", "scenario", "set", "run-dir")  # every other run-config key is a setting
 
 
+def _finished(next_batch: int, total: int | None) -> bool:
+    """A device is through its stream once its next batch is past its known length."""
+    return total is not None and next_batch >= total
+
+
 class FleetRounds:
     """The round loop over a Grid; holds what the report needs."""
 
-    def __init__(self, project: ProjectConfig, adaptation: AdaptationConfig,
-                 teacher: FleetTeacher, stream_dir: Path, model_dir: Path,
-                 progress: Callable[[int], None] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        project: ProjectConfig,
+        adaptation: AdaptationConfig,
+        teacher: FleetTeacher,
+        stream_dir: Path,
+        model_dir: Path,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
         self.fleet, self.teacher, self.progress = project.fleet, teacher, progress
-        self.base: dict[str, int | float | str] = {"stream-dir": str(stream_dir), "model-dir": str(model_dir),
-                     "seed": self.fleet.seed, "batch-size": self.fleet.batch_size}  # fmt: skip
+        self.base: dict[str, int | float | str] = {
+            "stream-dir": str(stream_dir),
+            "model-dir": str(model_dir),
+            "seed": self.fleet.seed,
+            "batch-size": self.fleet.batch_size,
+        }
         self.settings = ConfigRecord(settings_to_wire(adaptation.device))  # type: ignore[arg-type]
         self.records: dict[int, list[dict[str, object]]] = {}
         self.bytes_down: dict[int, int] = {}
@@ -72,8 +87,9 @@ class FleetRounds:
         pending: dict[int, tuple[dict[str, np.ndarray], int]] = {}
 
         def active() -> list[int]:  # still in their streams, not left out
-            return [n for n in nodes if n not in self.dropped
-                    and (total[n] is None or next_batch[n] < total[n])]  # type: ignore[operator]  # fmt: skip
+            return [
+                n for n in nodes if n not in self.dropped and not _finished(next_batch[n], total[n])
+            ]
 
         while running := active():
             self._deliver(grid, pending, index)
@@ -85,17 +101,23 @@ class FleetRounds:
             # in device order, as the in-process engine does: the environment bank and the
             # shared prompt see the same sequence whatever order the replies came back in
             for node in sorted(replies, key=index.__getitem__):
-                next_batch[node] = self._ingest(node, index[node], replies[node], next_batch[node],
-                                                pending)  # fmt: skip
+                next_batch[node] = self._ingest(
+                    node, index[node], replies[node], next_batch[node], pending
+                )
             self.rounds += 1
         order = sorted(index, key=index.__getitem__)
-        return {"records": [self.records.get(index[n], []) for n in order],
-                "bytes_down": [self.bytes_down.get(index[n], 0) for n in order],
-                "cloud": {**self.teacher.cloud.stats(), "rounds": self.rounds,
-                          "partial_rounds": self.partial_rounds,
-                          "refused_prompts": self.refused_prompts,
-                          "refused_uploads": self.refused_uploads,
-                          "dropped_devices": {str(n): why for n, why in self.dropped.items()}}}  # fmt: skip
+        return {
+            "records": [self.records.get(index[n], []) for n in order],
+            "bytes_down": [self.bytes_down.get(index[n], 0) for n in order],
+            "cloud": {
+                **self.teacher.cloud.stats(),
+                "rounds": self.rounds,
+                "partial_rounds": self.partial_rounds,
+                "refused_prompts": self.refused_prompts,
+                "refused_uploads": self.refused_uploads,
+                "dropped_devices": {str(n): why for n, why in self.dropped.items()},
+            },
+        }
 
     def _wait_for_nodes(self, grid: Grid, timeout: float = 300.0) -> list[int]:
         deadline = time.monotonic() + timeout
@@ -108,14 +130,24 @@ class FleetRounds:
             time.sleep(0.5)
         return nodes[:wanted]
 
-    def _deliver(self, grid: Grid, pending: dict[int, tuple[dict[str, np.ndarray], int]],
-                 index: dict[int, int]) -> None:  # fmt: skip
+    def _deliver(
+        self,
+        grid: Grid,
+        pending: dict[int, tuple[dict[str, np.ndarray], int]],
+        index: dict[int, int],
+    ) -> None:
         messages = []
         for node, (parts, version) in pending.items():
-            content = RecordDict({"prompt": ArrayRecord(array_dict={k: Array(np.asarray(v)) for k, v in parts.items()}),
-                                  "prompt-info": ConfigRecord({"version": version}),
-                                  "step": ConfigRecord({**self.base, "device-index": index[node]}),
-                                  SETTINGS_KEY: self.settings})  # fmt: skip
+            content = RecordDict(
+                {
+                    "prompt": ArrayRecord(
+                        array_dict={k: Array(np.asarray(v)) for k, v in parts.items()}
+                    ),
+                    "prompt-info": ConfigRecord({"version": version}),
+                    "step": ConfigRecord({**self.base, "device-index": index[node]}),
+                    SETTINGS_KEY: self.settings,
+                }
+            )
             messages.append(Message(content, dst_node_id=node, message_type="train.prompt"))
         pending.clear()
         for reply in grid.send_and_receive(messages, timeout=self.fleet.round_timeout_s):
@@ -124,8 +156,11 @@ class FleetRounds:
             node = reply.metadata.src_node_id
             if "refused" in reply.content.config_records:
                 self.refused_prompts += 1
-                log.warning("node %d refused a prompt: %s", node,
-                            reply.content.config_records["refused"]["reason"])  # fmt: skip
+                log.warning(
+                    "node %d refused a prompt: %s",
+                    node,
+                    reply.content.config_records["refused"]["reason"],
+                )
                 continue
             sent = number(reply.content.config_records["applied"], "bytes")
             self.bytes_down[index[node]] = self.bytes_down.get(index[node], 0) + sent
@@ -134,12 +169,26 @@ class FleetRounds:
         self, grid: Grid, nodes: list[int], next_batch: dict[int, int]
     ) -> dict[int, Message]:
         k = self.fleet.batches_per_round
-        straggle = {"slow-device": self.fleet.slow_device, "slow-delay-s": self.fleet.slow_delay_s,
-                    "slow": int(self.rounds < self.fleet.slow_rounds)}  # fmt: skip
-        messages = [Message(RecordDict({"step": ConfigRecord({**self.base, **straggle, "count": k,
-                                                               "first-batch": next_batch[n]}),
-                                        SETTINGS_KEY: self.settings}),
-                            dst_node_id=n, message_type="query.step") for n in nodes]  # fmt: skip
+        straggle = {
+            "slow-device": self.fleet.slow_device,
+            "slow-delay-s": self.fleet.slow_delay_s,
+            "slow": int(self.rounds < self.fleet.slow_rounds),
+        }
+        messages = [
+            Message(
+                RecordDict(
+                    {
+                        "step": ConfigRecord(
+                            {**self.base, **straggle, "count": k, "first-batch": next_batch[n]}
+                        ),
+                        SETTINGS_KEY: self.settings,
+                    }
+                ),
+                dst_node_id=n,
+                message_type="query.step",
+            )
+            for n in nodes
+        ]
         replies = {}
         for reply in grid.send_and_receive(messages, timeout=self.fleet.round_timeout_s):
             node = reply.metadata.src_node_id
@@ -157,8 +206,11 @@ class FleetRounds:
                 "round %d: %d of %d devices replied in time", self.rounds, len(replies), len(nodes)
             )
         if len(replies) < min(self.fleet.min_devices, len(nodes)):
-            log.warning("round %d: fewer than min_devices=%d replies; retrying", self.rounds,
-                        self.fleet.min_devices)  # fmt: skip
+            log.warning(
+                "round %d: fewer than min_devices=%d replies; retrying",
+                self.rounds,
+                self.fleet.min_devices,
+            )
             return {}
         return replies
 
@@ -169,8 +221,12 @@ class FleetRounds:
             if self.missed[node] >= self.fleet.max_missed_rounds:
                 why = self.reasons.get(node, "no reply in time")
                 self.dropped[node] = why
-                log.error("node %d missed %d rounds in a row (%s): the run goes on without it",
-                          node, self.missed[node], why)  # fmt: skip
+                log.error(
+                    "node %d missed %d rounds in a row (%s): the run goes on without it",
+                    node,
+                    self.missed[node],
+                    why,
+                )
         live = len(self.missed) - len(self.dropped)
         if self.dropped and live < self.fleet.min_devices:
             reasons = "; ".join(f"node {n}: {why}" for n, why in self.dropped.items())
@@ -179,8 +235,14 @@ class FleetRounds:
                 f"{self.fleet.min_devices}; the run stops ({reasons})"
             )
 
-    def _ingest(self, node: int, i: int, reply: Message, first: int,
-                pending: dict[int, tuple[dict[str, np.ndarray], int]]) -> int:  # fmt: skip
+    def _ingest(
+        self,
+        node: int,
+        i: int,
+        reply: Message,
+        first: int,
+        pending: dict[int, tuple[dict[str, np.ndarray], int]],
+    ) -> int:
         content = reply.content
         batch = first
         while f"batch-{batch}" in content.config_records:
@@ -193,7 +255,7 @@ class FleetRounds:
                     prompt = self.teacher.ingest(
                         f"device-{i}", upload_fields(content.array_records[f"upload-{batch}"])
                     )
-                except (CdcaError, KeyError, ValueError, TypeError, RuntimeError) as err:  # fmt: skip
+                except (CdcaError, KeyError, ValueError, TypeError, RuntimeError) as err:
                     # one device's bad upload costs that upload, not the run
                     self.refused_uploads += 1
                     log.warning("node %d: upload of batch %d refused: %s", node, batch, err)
@@ -219,7 +281,7 @@ def main(grid: Grid, context: Context) -> None:
         overlays=[find_scenario(scenario)] if scenario else [],
         assignments=str(config.get("set", "")).split(),
         dotted={k: v for k, v in config.items() if k not in RUN_KEYS},
-    )  # fmt: skip
+    )
     run_dir.mkdir(parents=True, exist_ok=True)
     world = load_fleet_world(project, run_dir)
     write_streams(project, run_dir / "streams")
@@ -229,8 +291,14 @@ def main(grid: Grid, context: Context) -> None:
         done[0] += frames
         (run_dir / PROGRESS_FILE).write_text(str(done[0]))
 
-    rounds = FleetRounds(project, project.adaptation, FleetTeacher.build(world), run_dir / "streams",
-                         world.served.folder, progress)  # fmt: skip
+    rounds = FleetRounds(
+        project,
+        project.adaptation,
+        FleetTeacher.build(world),
+        run_dir / "streams",
+        world.served.folder,
+        progress,
+    )
     results = rounds.run(grid)
     (run_dir / RESULTS_FILE).write_text(json.dumps(results) + "\n")
     log.info("wrote %s", run_dir / RESULTS_FILE)

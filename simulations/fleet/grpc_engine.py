@@ -31,17 +31,27 @@ from simulations.bench.system import CDCA, enrol, launch_server
 
 
 def run_grpc(
-    project: ProjectConfig, streams: list[Path], world: CloudWorld, out: Path,
+    project: ProjectConfig,
+    streams: list[Path],
+    world: CloudWorld,
+    out: Path,
     progress: Callable[[int], None] | None = None,
-) -> dict[str, object]:  # fmt: skip
+) -> dict[str, object]:
     """Run the fleet through processes; returns per-device batch records, bytes down, logs."""
     work = out / "grpc"
     shutil.rmtree(work, ignore_errors=True)
     state = work / "cloud"
     state.mkdir(parents=True)
     # the server serves the model this run exported, from its own state folder, on loopback
-    loopback = replace(project.server, host="127.0.0.1", port=0, state_dir=state,
-                       model_dir=world.served.folder, tls=None, limits=_replay_limits(project))  # fmt: skip
+    loopback = replace(
+        project.server,
+        host="127.0.0.1",
+        port=0,
+        state_dir=state,
+        model_dir=world.served.folder,
+        tls=None,
+        limits=_replay_limits(project),
+    )
     config = write_resolved(replace(project, server=loopback), work, "this run's server")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     ids = [f"device-{i}" for i in range(len(streams))]
@@ -66,26 +76,55 @@ def run_grpc(
         summary = json.loads((work / f"{ids[i]}.summary.json").read_text())
         records.append(_records(work / f"{ids[i]}.jsonl", path, project.fleet.batch_size, summary))
         bytes_down.append(int(summary.get("bytes_down", 0)))
-    return {"records": records, "bytes_down": bytes_down,
-            "cloud": {"server_log": str(work / "server.log"), "port": port}}  # fmt: skip
+    return {
+        "records": records,
+        "bytes_down": bytes_down,
+        "cloud": {"server_log": str(work / "server.log"), "port": port},
+    }
 
 
 def _start_device(project, world, work, stream, i, port, token, env):  # type: ignore[no-untyped-def]
     """``cdca device run``: its settings come from the server at ``Register``, its seed is its own."""
     device_id, fleet = f"device-{i}", project.fleet
-    command = [*CDCA, "device", "run", "--input", str(stream), "--model", str(world.served.folder),
-               "--state-dir", str(work / device_id), "--server", f"127.0.0.1:{port}",
-               "--device-id", device_id, f"--token={token}", "--batch-size", str(fleet.batch_size),
-               "--threads", "1", "--seed", str(fleet.seed + i), "--out", str(work / f"{device_id}.jsonl"),
-               "--summary", str(work / f"{device_id}.summary.json"), "--log-level", "WARNING"]  # fmt: skip
+    command = [
+        *CDCA,
+        "device",
+        "run",
+        "--input",
+        str(stream),
+        "--model",
+        str(world.served.folder),
+        "--state-dir",
+        str(work / device_id),
+        "--server",
+        f"127.0.0.1:{port}",
+        "--device-id",
+        device_id,
+        f"--token={token}",
+        "--batch-size",
+        str(fleet.batch_size),
+        "--threads",
+        "1",
+        "--seed",
+        str(fleet.seed + i),
+        "--out",
+        str(work / f"{device_id}.jsonl"),
+        "--summary",
+        str(work / f"{device_id}.summary.json"),
+        "--log-level",
+        "WARNING",
+    ]
     if fleet.fps:
         command += ["--fps", str(fleet.fps)]
     log = open(work / f"{device_id}.log", "w")  # noqa: SIM115 - the child writes to it
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, env=env)
 
 
-def _wait(devices: list[subprocess.Popen[bytes]], outputs: list[Path],
-          progress: Callable[[int], None] | None) -> None:  # fmt: skip
+def _wait(
+    devices: list[subprocess.Popen[bytes]],
+    outputs: list[Path],
+    progress: Callable[[int], None] | None,
+) -> None:
     reported = 0
     while any(d.poll() is None for d in devices):
         time.sleep(1.0)
@@ -121,11 +160,18 @@ def _records(
     for batch, (start, stop) in enumerate(zip(starts[:-1], starts[1:], strict=True)):
         chunk = frames[start:stop]
         uploaded = sum(1 for f in chunk if f.get("uploaded"))
-        records.append({"batch": batch, "domain": int(domain[start]), "frames": len(chunk),
-                        "correct": sum(int(f["index"] == labels[start + j]) for j, f in enumerate(chunk)),
-                        "uploaded": uploaded, "shift": False,
-                        "bytes_up": bytes_up * uploaded // uploaded_total,
-                        "prompt_version": int(chunk[0]["prompt_version"]) if chunk else 0})  # fmt: skip
+        records.append(
+            {
+                "batch": batch,
+                "domain": int(domain[start]),
+                "frames": len(chunk),
+                "correct": sum(int(f["index"] == labels[start + j]) for j, f in enumerate(chunk)),
+                "uploaded": uploaded,
+                "shift": False,
+                "bytes_up": bytes_up * uploaded // uploaded_total,
+                "prompt_version": int(chunk[0]["prompt_version"]) if chunk else 0,
+            }
+        )
     return records
 
 
@@ -138,5 +184,6 @@ def _replay_limits(project: ProjectConfig) -> LimitsConfig:
     limits = project.server.limits
     if project.fleet.fps:
         return limits
-    return replace(limits, samples_per_second=1e9, sample_burst=10**9, shifts_per_minute=1e9,
-                   shift_burst=10**9)  # fmt: skip
+    return replace(
+        limits, samples_per_second=1e9, sample_burst=10**9, shifts_per_minute=1e9, shift_burst=10**9
+    )

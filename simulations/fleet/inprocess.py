@@ -69,4 +69,4 @@ def run_inprocess(
         "records": [[r.to_json() for r in device_records] for device_records in records],
         "bytes_down": bytes_down,
         "cloud": teacher.cloud.stats(),
-    }  # fmt: skip
+    }

@@ -18,8 +18,10 @@ def process_rss_bytes(pid: int) -> int:
         status = (PROC / str(pid) / "status").read_text()
     except OSError:
         return 0
-    return next((int(line.split()[1]) * 1024 for line in status.splitlines()
-                 if line.startswith("VmRSS:")), 0)  # fmt: skip
+    return next(
+        (int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:")),
+        0,
+    )
 
 
 def tree_rss_bytes(root: int) -> int:

@@ -29,7 +29,12 @@ def run_peers(
         out[name] = []
         for spec in specs:
             result = run_method(name, make, dataset, spec, project.fleet.seed, tick)
-            out[name].append({"accuracy": result.accuracy, "mean": result.mean,
-                              "batch_accuracy": result.batch_accuracy,
-                              "batch_domain": result.batch_domain})  # fmt: skip
+            out[name].append(
+                {
+                    "accuracy": result.accuracy,
+                    "mean": result.mean,
+                    "batch_accuracy": result.batch_accuracy,
+                    "batch_domain": result.batch_domain,
+                }
+            )
     return out

@@ -20,9 +20,13 @@ MAX_PLOTTED_DEVICES = 8
 
 def write_run(out: Path, results: dict[str, Any]) -> dict[str, Path]:
     """Write the JSON, the markdown report and the plots; returns their paths."""
-    paths = {"json": out / "results.json", "report": out / "report.md",
-             "accuracy": out / "accuracy_over_time.png", "uploads": out / "uploads.png",
-             "comparison": out / "comparison.png"}  # fmt: skip
+    paths = {
+        "json": out / "results.json",
+        "report": out / "report.md",
+        "accuracy": out / "accuracy_over_time.png",
+        "uploads": out / "uploads.png",
+        "comparison": out / "comparison.png",
+    }
     paths["json"].write_text(json.dumps(results, indent=2) + "\n")
     paths["report"].write_text(markdown(results, paths))
     _plot_accuracy(results, paths["accuracy"])
@@ -41,32 +45,61 @@ def markdown(results: dict[str, Any], paths: dict[str, Path]) -> str:
     """The report: what ran, the fleet table, per-device rows, the bank's benefit, the plots."""
     fleet, adaptation = results["config"]["fleet"], results["config"]["adaptation"]
     table: dict[str, dict[str, float]] = results["table"]
-    lines = ["# Fleet simulation", "",
-             f"Engine `{fleet['engine']}`, {fleet['devices']} devices, {fleet['per_domain']} "
-             f"frames per domain each, severity {fleet['severity']}, batch {fleet['batch_size']}, "
-             f"upload budget {adaptation['device']['budget']:.0%}; wall time "
-             f"{results['wall_seconds']:.0f} s, peak memory {results.get('peak_memory_mb')} MiB "
-             f"(all processes). Settings: `config.toml`.",
-             f"U-VPA's cloud target: {_target(adaptation)}.{_synthetic(adaptation)}",
-             _classes(results.get("class_names", [])), "",
-             "Online accuracy (%), mean over domains, then over devices (± spread over devices).",
-             "\"After shift\": the first batches of every new domain.", "",
-             "| method | mean accuracy | after shift | uploads | up KB / 1k frames | down KB / 1k frames |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "# Fleet simulation",
+        "",
+        f"Engine `{fleet['engine']}`, {fleet['devices']} devices, {fleet['per_domain']} "
+        f"frames per domain each, severity {fleet['severity']}, batch {fleet['batch_size']}, "
+        f"upload budget {adaptation['device']['budget']:.0%}; wall time "
+        f"{results['wall_seconds']:.0f} s, peak memory {results.get('peak_memory_mb')} MiB "
+        f"(all processes). Settings: `config.toml`.",
+        f"U-VPA's cloud target: {_target(adaptation)}.{_synthetic(adaptation)}",
+        _classes(results.get("class_names", [])),
+        "",
+        "Online accuracy (%), mean over domains, then over devices (± spread over devices).",
+        '"After shift": the first batches of every new domain.',
+        "",
+        "| method | mean accuracy | after shift | uploads | up KB / 1k frames | down KB / 1k frames |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, row in table.items():
-        traffic = ("| {:.1%} | {:.1f} | {:.1f} |".format(row["upload_fraction"],
-                   row["bytes_up_per_1000"] / 1000, row["bytes_down_per_1000"] / 1000)
-                   if "upload_fraction" in row else "| 0 | 0 | 0 |")  # fmt: skip
-        lines.append(f"| {name} | {100 * row['mean']:.1f} ± {100 * row['std']:.1f} | "
-                     f"{100 * row['after_shift']:.1f} {traffic}")  # fmt: skip
-    lines += ["", *_verdict(table), "", "## Per device", "",
-              "| device | " + " | ".join(table) + " |", "|---|" + "---|" * len(table)]  # fmt: skip
+        traffic = (
+            "| {:.1%} | {:.1f} | {:.1f} |".format(
+                row["upload_fraction"],
+                row["bytes_up_per_1000"] / 1000,
+                row["bytes_down_per_1000"] / 1000,
+            )
+            if "upload_fraction" in row
+            else "| 0 | 0 | 0 |"
+        )
+        lines.append(
+            f"| {name} | {100 * row['mean']:.1f} ± {100 * row['std']:.1f} | "
+            f"{100 * row['after_shift']:.1f} {traffic}"
+        )
+    lines += [
+        "",
+        *_verdict(table),
+        "",
+        "## Per device",
+        "",
+        "| device | " + " | ".join(table) + " |",
+        "|---|" + "---|" * len(table),
+    ]
     per_device = results["devices"]
     for i in range(int(fleet["devices"])):
         cells = [f"{100 * per_device[m][i]['mean']:.1f}" for m in table]
         lines.append(f"| device-{i} | " + " | ".join(cells) + " |")
-    lines += ["", "## Cloud", "", "```", json.dumps(results["cloud"], indent=2), "```", "",
-              "## Plots", ""] + [f"![{k}]({p.name})" for k, p in paths.items() if p.suffix == ".png"]  # fmt: skip
+    lines += [
+        "",
+        "## Cloud",
+        "",
+        "```",
+        json.dumps(results["cloud"], indent=2),
+        "```",
+        "",
+        "## Plots",
+        "",
+    ] + [f"![{k}]({p.name})" for k, p in paths.items() if p.suffix == ".png"]
     return "\n".join(lines) + "\n"
 
 
@@ -95,12 +128,16 @@ def _verdict(table: dict[str, dict[str, float]]) -> list[str]:
     if "source" in table:
         out.append(f"- U-VPA vs Source: {100 * (ours - table['source']['mean']):+.1f} points.")
     if peer:
-        out.append(f"- U-VPA vs the best on-device peer ({peer}): "
-                   f"{100 * (ours - table[peer]['mean']):+.1f} points.")  # fmt: skip
+        out.append(
+            f"- U-VPA vs the best on-device peer ({peer}): "
+            f"{100 * (ours - table[peer]['mean']):+.1f} points."
+        )
     if "uvpa_no_bank" in table:
-        out.append(f"- Environment bank, first batches after a shift: "
-                   f"{100 * table[OURS]['after_shift']:.1f} % with, "
-                   f"{100 * table['uvpa_no_bank']['after_shift']:.1f} % without.")  # fmt: skip
+        out.append(
+            f"- Environment bank, first batches after a shift: "
+            f"{100 * table[OURS]['after_shift']:.1f} % with, "
+            f"{100 * table['uvpa_no_bank']['after_shift']:.1f} % without."
+        )
     return out
 
 
@@ -125,8 +162,11 @@ def _plot_accuracy(results: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(count, 1, figsize=(11, 2.4 * count), sharex=True, squeeze=False)
     for i, ax in enumerate(axes[:, 0]):
         for name in shown:
-            ax.plot(100 * _running_mean(devices[name][i]["batch_accuracy"]), label=name,
-                    lw=1.6 if name == OURS else 1.0)  # fmt: skip
+            ax.plot(
+                100 * _running_mean(devices[name][i]["batch_accuracy"]),
+                label=name,
+                lw=1.6 if name == OURS else 1.0,
+            )
         for boundary in results["boundaries"][i]:
             ax.axvline(boundary, color="grey", lw=0.5, ls=":")
         ax.set_ylabel(f"device-{i}\nacc. (%)")

@@ -27,5 +27,6 @@ def find_scenario(name: str | Path) -> Path:
     named = BUILT_IN / f"{name}.toml"
     if named.is_file():
         return named
-    raise ConfigError(f"no scenario file {name}; give a TOML file or one of: "
-                      f"{', '.join(built_in_scenarios())}")  # fmt: skip
+    raise ConfigError(
+        f"no scenario file {name}; give a TOML file or one of: {', '.join(built_in_scenarios())}"
+    )

@@ -31,8 +31,10 @@ def fleet_corruptions(project: ProjectConfig, present: list[str]) -> tuple[str, 
         return project.fleet.corruptions
     found = tuple(c for c in TEST_CORRUPTIONS if c in present)
     if not found:
-        raise ConfigError(f"{project.data.shifted} holds none of the test corruptions; write "
-                          "them with `cdca data prepare` or set fleet.corruptions")  # fmt: skip
+        raise ConfigError(
+            f"{project.data.shifted} holds none of the test corruptions; write "
+            "them with `cdca data prepare` or set fleet.corruptions"
+        )
     return found
 
 
@@ -76,7 +78,11 @@ def write_streams(project: ProjectConfig, folder: Path) -> tuple[list[Path], lis
         segment = np.concatenate(
             [np.full(len(b.labels), spec.segments.index(b.segment), np.int16) for b in batches]
         )
-        np.savez(path, images=np.concatenate([b.images for b in batches]),
-                 labels=np.concatenate([b.labels for b in batches]).astype(np.int64),
-                 domain=segment, domain_names=np.array(segment_names(spec)))  # fmt: skip
+        np.savez(
+            path,
+            images=np.concatenate([b.images for b in batches]),
+            labels=np.concatenate([b.labels for b in batches]).astype(np.int64),
+            domain=segment,
+            domain_names=np.array(segment_names(spec)),
+        )
     return paths, specs

@@ -64,8 +64,12 @@ def fleet_table(methods: dict[str, list[dict[str, object]]]) -> dict[str, dict[s
     for name, devices in methods.items():
         means = [float(d["mean"]) for d in devices]  # type: ignore[arg-type]
         after = [float(d["after_shift"]) for d in devices]  # type: ignore[arg-type]
-        row = {"mean": float(np.mean(means)), "std": float(np.std(means)),
-               "after_shift": float(np.mean(after)), "devices": len(devices)}  # fmt: skip
+        row = {
+            "mean": float(np.mean(means)),
+            "std": float(np.std(means)),
+            "after_shift": float(np.mean(after)),
+            "devices": len(devices),
+        }
         if "upload_fraction" in devices[0]:
             for key in ("upload_fraction", "bytes_up_per_1000", "bytes_down_per_1000"):
                 row[key] = float(np.mean([float(d[key]) for d in devices]))  # type: ignore[arg-type]

@@ -36,15 +36,23 @@ class _GaussianNoise(torch.nn.Module):
 
 def cotta_augmentation(image_size: int = 32, noise_std: float = 0.005) -> T.Compose:
     """Colour jitter + gamma, edge pad, affine, blur, centre crop, flip, noise, clip."""
-    return T.Compose([
-        T.ColorJitter(brightness=(0.6, 1.4), contrast=(0.7, 1.3), saturation=(0.5, 1.5), hue=(-0.06, 0.06)),
-        _Gamma(0.7, 1.3),
-        T.Pad(padding=image_size // 2, padding_mode="edge"),
-        T.RandomAffine(degrees=15, translate=(1 / 16, 1 / 16), scale=(0.9, 1.1),
-                       interpolation=InterpolationMode.BILINEAR),
-        T.GaussianBlur(kernel_size=5, sigma=(0.001, 0.5)),
-        T.CenterCrop(image_size),
-        T.RandomHorizontalFlip(0.5),
-        _GaussianNoise(noise_std),
-        T.Lambda(lambda x: x.clamp(0.0, 1.0)),
-    ])  # fmt: skip
+    return T.Compose(
+        [
+            T.ColorJitter(
+                brightness=(0.6, 1.4), contrast=(0.7, 1.3), saturation=(0.5, 1.5), hue=(-0.06, 0.06)
+            ),
+            _Gamma(0.7, 1.3),
+            T.Pad(padding=image_size // 2, padding_mode="edge"),
+            T.RandomAffine(
+                degrees=15,
+                translate=(1 / 16, 1 / 16),
+                scale=(0.9, 1.1),
+                interpolation=InterpolationMode.BILINEAR,
+            ),
+            T.GaussianBlur(kernel_size=5, sigma=(0.001, 0.5)),
+            T.CenterCrop(image_size),
+            T.RandomHorizontalFlip(0.5),
+            _GaussianNoise(noise_std),
+            T.Lambda(lambda x: x.clamp(0.0, 1.0)),
+        ]
+    )

@@ -14,8 +14,12 @@ def digits_npz(tmp_path):
     """30 random 16-px images of 3 named classes, as a user's npz."""
     rng = np.random.default_rng(0)
     path = tmp_path / "set.npz"
-    np.savez(path, images=rng.integers(0, 256, (30, 16, 16), dtype=np.uint8),
-             labels=np.arange(30) % 3, class_names=np.array(["a", "b", "c"]))  # fmt: skip
+    np.savez(
+        path,
+        images=rng.integers(0, 256, (30, 16, 16), dtype=np.uint8),
+        labels=np.arange(30) % 3,
+        class_names=np.array(["a", "b", "c"]),
+    )
     return path
 
 

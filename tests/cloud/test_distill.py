@@ -54,8 +54,20 @@ def test_distill_command_saves_a_student_that_reloads(tmp_path):
     from simulations.cli import main
 
     out = tmp_path / "distilled.safetensors"
-    args = ["cloud", "distill", "--limit", "64", "--epochs", "1", "--num-test", "50",
-            "--set", f"data.shifted={tmp_path / 'none'}", "--out", str(out)]  # fmt: skip
+    args = [
+        "cloud",
+        "distill",
+        "--limit",
+        "64",
+        "--epochs",
+        "1",
+        "--num-test",
+        "50",
+        "--set",
+        f"data.shifted={tmp_path / 'none'}",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     student, vectors, info = load_distilled(out)
     assert vectors.shape == (10, info.embed_dim)

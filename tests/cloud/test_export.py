@@ -11,6 +11,7 @@ from cloud.export.device_model import DeviceModel
 from cloud.export.onnx_export import PARITY_TOLERANCE, export_device_model
 from cloud.students import create_student
 from protocol.manifest import load_manifest, sha256_of, verify_model_file
+from tests.conftest import require_fashion_mnist
 
 # The tiny fixture's norm channels: 320 in the compact CNN's BatchNorm2d layers plus the
 # projector's BatchNorm1d (2 x the 16-d joint space).
@@ -38,8 +39,14 @@ def test_reported_batch_stats_reproduce_batch_normalisation_with_stat_mix_zero(d
     inputs["x"] = torch.randn(8, 3, 32, 32) * 2
     inputs["stat_mix"] = torch.ones(1)
     on_device, _, stats = model(**inputs)
-    running = torch.cat([torch.stack([m.running_mean, m.running_var]) for m in model.student.modules()
-                         if hasattr(m, "layer")], dim=1)  # fmt: skip
+    running = torch.cat(
+        [
+            torch.stack([m.running_mean, m.running_var])
+            for m in model.student.modules()
+            if hasattr(m, "layer")
+        ],
+        dim=1,
+    )
     replay = dict(inputs, stat_mix=torch.zeros(1))
     replay["norm_stats"] = torch.stack([stats[0] - running[0], torch.log(stats[1] / running[1])])
     torch.testing.assert_close(model(**replay)[0], on_device, atol=1e-4, rtol=1e-4)
@@ -130,8 +137,7 @@ def test_export_command_with_int8_reports_sizes_accuracy_and_latency(distilled, 
     from cloud.data import fashion_mnist
     from simulations.cli import main
 
-    if not fashion_mnist.DEBIAN_DIR.is_dir():
-        pytest.skip("needs the Debian dataset-fashion-mnist package")
+    require_fashion_mnist()
     student, vectors, info = distilled
     ten = DistilledStudent(create_student("compact_cnn", 10), 16, 20.0).eval()
     ten_vectors = torch.nn.functional.normalize(torch.randn(10, 16), dim=-1)
@@ -139,9 +145,21 @@ def test_export_command_with_int8_reports_sizes_accuracy_and_latency(distilled, 
         "compact_cnn", tuple(fashion_mnist.CLASS_NAMES), info.normalization, 16, 20.0, "tiny"
     )
     save_distilled(tmp_path / "d.safetensors", ten, ten_vectors, ten_info)
-    args = ["cloud", "export", "--student", str(tmp_path / "d.safetensors"), "--out", str(tmp_path / "m"),
-            "--int8", "--calibration-images", "64", "--num-test", "64",
-            "--set", f"data.shifted={tmp_path / 'none'}"]  # fmt: skip
+    args = [
+        "cloud",
+        "export",
+        "--student",
+        str(tmp_path / "d.safetensors"),
+        "--out",
+        str(tmp_path / "m"),
+        "--int8",
+        "--calibration-images",
+        "64",
+        "--num-test",
+        "64",
+        "--set",
+        f"data.shifted={tmp_path / 'none'}",
+    ]
     assert main(args) == 0
     report = json.loads((tmp_path / "m" / "export_report.json").read_text())
     assert report["int8"]["bytes"] < report["fp32"]["bytes"]
@@ -178,8 +196,15 @@ def test_every_student_architecture_exports_at_the_projects_image_size(tmp_path,
     torch.manual_seed(0)
     student = DistilledStudent(create_student(arch, 5), 16, 20.0).eval()
     vectors = torch.nn.functional.normalize(torch.randn(5, 16), dim=-1)
-    info = DistilledInfo(arch, tuple("abcde"), Normalization((0.5,) * 3, (0.25,) * 3), 16, 20.0,
-                         "tiny", image_size=size)  # fmt: skip
+    info = DistilledInfo(
+        arch,
+        tuple("abcde"),
+        Normalization((0.5,) * 3, (0.25,) * 3),
+        16,
+        20.0,
+        "tiny",
+        image_size=size,
+    )
     result = export_device_model(student, vectors, info, tmp_path)
     manifest = load_manifest(result.manifest)
     assert manifest.preprocess.image_size == size

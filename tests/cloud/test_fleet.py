@@ -19,9 +19,11 @@ from protocol.errors import ConfigError, DataError
 def sharing(bank=None, **flags):
     """What devices share, and when environments match (the rest: defaults, no synthetic)."""
     return AdaptationConfig(
-        session=SessionConfig(8, 4), sharing=SharingConfig(**flags),
-        environment_bank=bank or EnvironmentBankConfig(), synthetic=SyntheticConfig(count=0),
-    )  # fmt: skip
+        session=SessionConfig(8, 4),
+        sharing=SharingConfig(**flags),
+        environment_bank=bank or EnvironmentBankConfig(),
+        synthetic=SyntheticConfig(count=0),
+    )
 
 
 def prompt(value):
@@ -59,9 +61,12 @@ def test_bank_config_is_checked():
 
 def pooled(n, first):
     """n pooled uploads whose uncertainty counts up from ``first`` (to tell them apart)."""
-    return PooledUploads(torch.zeros(n, 3, 4, 4, dtype=torch.uint8), torch.zeros(n, 10),
-                         torch.arange(first, first + n, dtype=torch.float32),
-                         torch.zeros(n, 2, 5))  # fmt: skip
+    return PooledUploads(
+        torch.zeros(n, 3, 4, 4, dtype=torch.uint8),
+        torch.zeros(n, 10),
+        torch.arange(first, first + n, dtype=torch.float32),
+        torch.zeros(n, 2, 5),
+    )
 
 
 def test_an_environment_pools_the_most_recent_uploads_of_every_stay():

@@ -94,8 +94,12 @@ def test_absurd_statistics_never_reach_the_buffer(session):
 
 
 def pool(n):
-    return PooledUploads(torch.zeros(n, 3, 2, 2, dtype=torch.uint8), torch.zeros(n, 3),
-                         torch.zeros(n), torch.zeros(n, 2, 3))  # fmt: skip
+    return PooledUploads(
+        torch.zeros(n, 3, 2, 2, dtype=torch.uint8),
+        torch.zeros(n, 3),
+        torch.zeros(n),
+        torch.zeros(n, 2, 3),
+    )
 
 
 def test_forgetting_a_device_takes_back_what_it_put_in_the_environment_bank():

@@ -41,8 +41,24 @@ def test_a_pretrained_teacher_learns_prompts_and_is_distilled_from(project, caps
     assert main(["train", "teacher", *args]) == 2  # an open_clip teacher is not trained here
     assert "cdca cloud learn-prompts" in capsys.readouterr().err
     out = project.parent / "coop"
-    assert main(["cloud", "learn-prompts", "--shots", "1", "--epochs", "1", "--num-test", "12",
-                 "--out", str(out), *args]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "cloud",
+                "learn-prompts",
+                "--shots",
+                "1",
+                "--epochs",
+                "1",
+                "--num-test",
+                "12",
+                "--out",
+                str(out),
+                *args,
+            ]
+        )
+        == 0
+    )
     assert (out / "coop_1shot.pt").is_file()
     prompts = ["--set", f"teacher.prompts={out / 'coop_1shot.pt'}"]
     assert main(["cloud", "distill", "--epochs", "1", "--num-test", "12", *prompts, *args]) == 0

@@ -87,8 +87,22 @@ def test_learn_prompts_command_reports_zero_shot_and_learned(tmp_path):
 
     from simulations.cli import main
 
-    code = main(["cloud", "learn-prompts", "--shots", "1", "--epochs", "3", "--num-test", "40",
-                 "--set", f"data.shifted={tmp_path / 'none'}", "--out", str(tmp_path / "run")])  # fmt: skip
+    code = main(
+        [
+            "cloud",
+            "learn-prompts",
+            "--shots",
+            "1",
+            "--epochs",
+            "3",
+            "--num-test",
+            "40",
+            "--set",
+            f"data.shifted={tmp_path / 'none'}",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     assert code == 0
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert set(results) == {"zero-shot", "CoOp 1-shot"}

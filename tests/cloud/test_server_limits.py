@@ -133,11 +133,13 @@ def test_an_older_registry_gains_the_new_columns(tmp_path):
 
     path = tmp_path / "r.sqlite"
     db = sqlite3.connect(path)
-    db.execute("CREATE TABLE devices (device_id TEXT PRIMARY KEY, token_sha256 TEXT NOT NULL, "
-               "enrolled_at REAL NOT NULL, last_seen REAL, model_sha256 TEXT, frames_seen INTEGER "
-               "NOT NULL DEFAULT 0, frames_reported INTEGER NOT NULL DEFAULT 0, accepted INTEGER "
-               "NOT NULL DEFAULT 0, refused INTEGER NOT NULL DEFAULT 0, prompt_version INTEGER "
-               "NOT NULL DEFAULT 0)")  # fmt: skip
+    db.execute(
+        "CREATE TABLE devices (device_id TEXT PRIMARY KEY, token_sha256 TEXT NOT NULL, "
+        "enrolled_at REAL NOT NULL, last_seen REAL, model_sha256 TEXT, frames_seen INTEGER "
+        "NOT NULL DEFAULT 0, frames_reported INTEGER NOT NULL DEFAULT 0, accepted INTEGER "
+        "NOT NULL DEFAULT 0, refused INTEGER NOT NULL DEFAULT 0, prompt_version INTEGER "
+        "NOT NULL DEFAULT 0)"
+    )
     db.commit()
     db.close()
     registry = DeviceRegistry(path)
@@ -159,8 +161,11 @@ def test_refusals_are_logged_once_per_device_and_kind_per_interval(caplog):
         clock.now = 10.0
         warnings.warn("mallory", "budget", "%s over budget", "mallory")
     lines = [r.getMessage() for r in caplog.records]
-    assert lines == ["mallory over budget", "cam-a over budget",
-                     "mallory over budget (999 more like it in the last 10 s not logged)"]  # fmt: skip
+    assert lines == [
+        "mallory over budget",
+        "cam-a over budget",
+        "mallory over budget (999 more like it in the last 10 s not logged)",
+    ]
 
 
 def test_the_log_throttle_stays_bounded_whatever_ids_arrive():

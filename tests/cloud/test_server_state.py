@@ -49,8 +49,15 @@ def test_device_ids_are_short_safe_names(bad):
 
 def test_inbox_round_trip_and_stale_temporaries(tmp_path):
     inbox = Inbox(tmp_path)
-    batch = StoredBatch("cam-1", 3, np.zeros((2, 32, 32, 3), np.uint8), np.ones(2, np.float32),
-                        np.ones((2, 8), np.float32), True, 640)  # fmt: skip
+    batch = StoredBatch(
+        "cam-1",
+        3,
+        np.zeros((2, 32, 32, 3), np.uint8),
+        np.ones(2, np.float32),
+        np.ones((2, 8), np.float32),
+        True,
+        640,
+    )
     first, second = inbox.put(batch), inbox.put(batch)
     (tmp_path / "000000000009-cam-1.npz.tmp").write_bytes(b"half")
     again = Inbox(tmp_path)  # a restart: temporaries go, order stays
@@ -109,8 +116,12 @@ def test_environment_bank_survives_a_save_and_refuses_another_model(tmp_path):
     bank.record(np.full(4, 0.5), {"norm_affine": torch.ones(2, 6)}, evidence=30)
     bank.record(np.full(4, 3.0), {"norm_affine": -torch.ones(2, 6)}, evidence=40)
     bank.record(np.full(4, 3.01), {"norm_affine": torch.zeros(2, 6)}, evidence=10)  # a revisit
-    pool = PooledUploads(torch.randint(0, 255, (5, 3, 4, 4), dtype=torch.uint8),
-                         torch.randn(5, 10), torch.rand(5), torch.randn(5, 2, 6))  # fmt: skip
+    pool = PooledUploads(
+        torch.randint(0, 255, (5, 3, 4, 4), dtype=torch.uint8),
+        torch.randn(5, 10),
+        torch.rand(5),
+        torch.randn(5, 2, 6),
+    )
     bank.record(np.full(4, 0.5), {"norm_affine": torch.ones(2, 6)}, evidence=5, uploads=pool)
     path = tmp_path / "environments.safetensors"
     save_environments(path, bank)

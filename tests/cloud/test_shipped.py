@@ -30,9 +30,13 @@ def test_a_shipped_checkpoint_is_replaced_only_when_asked_in_so_many_words():
 
 @pytest.mark.parametrize(
     "command",
-    [["train", "teacher"], ["train", "student"], ["cloud", "distill"],
-     ["train", "teacher", "--out", str(SHIPPED_TEACHER)]],
-)  # fmt: skip
+    [
+        ["train", "teacher"],
+        ["train", "student"],
+        ["cloud", "distill"],
+        ["train", "teacher", "--out", str(SHIPPED_TEACHER)],
+    ],
+)
 def test_training_without_a_project_refuses_before_any_work(tmp_path, monkeypatch, capsys, command):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CDCA_PROJECT", raising=False)

@@ -8,7 +8,7 @@ from cloud.students.checkpoint import StudentInfo, load_student, save_student
 from cloud.students.preprocess import Normalization
 from cloud.students.training import TrainConfig, augment, evaluate, train_supervised
 from protocol.errors import DataError, UnknownNameError
-from tests.conftest import CLASS_NAMES, make_images
+from tests.conftest import CLASS_NAMES, make_images, require_fashion_mnist
 
 
 @pytest.mark.parametrize("arch", list_students())
@@ -77,11 +77,9 @@ def test_training_learns_and_resumes(tmp_path):
 
 
 def test_train_student_command_writes_a_loadable_checkpoint(tmp_path):
-    from cloud.data import fashion_mnist
     from simulations.cli import main
 
-    if not fashion_mnist.DEBIAN_DIR.is_dir():
-        pytest.skip("needs the Debian dataset-fashion-mnist package")
+    require_fashion_mnist()
     out = tmp_path / "mnv3.safetensors"
     args = [
         "train",

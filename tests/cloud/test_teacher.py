@@ -135,8 +135,9 @@ def test_teacher_training_from_scratch_learns_tiny_data(tmp_path):
     images, labels = make_images(96)
     data = LabelledImages(images, labels, CLASS_NAMES)
     teacher = create_teacher("builtin", device="cpu", load_weights=False)
-    config = TeacherTrainConfig(epochs=60, batch_size=32, lr=3e-4, augmix_prob=0.0,
-                                extra_corruption_prob=0.0, threads=2)  # fmt: skip
+    config = TeacherTrainConfig(
+        epochs=60, batch_size=32, lr=3e-4, augmix_prob=0.0, extra_corruption_prob=0.0, threads=2
+    )
     losses: list[float] = []
     train_teacher(teacher, data, config, tmp_path / "s.pt", lambda e, s, loss: losses.append(loss))
     assert np.mean(losses[-15:]) < 0.5 * np.log(3)  # well below a uniform guess
@@ -169,8 +170,13 @@ def test_shipped_teacher_is_accurate_and_more_robust_than_the_student():
     vectors = teacher.class_vectors(test.class_names)
     assert evaluate_teacher(teacher, test, vectors) > 0.84
     shifted = [
-        evaluate_teacher(teacher, LabelledImages(corrupt_batch(test.images[:100], c, 5), test.labels[:100],
-                                                 test.class_names), vectors)
+        evaluate_teacher(
+            teacher,
+            LabelledImages(
+                corrupt_batch(test.images[:100], c, 5), test.labels[:100], test.class_names
+            ),
+            vectors,
+        )
         for c in TEST_CORRUPTIONS
-    ]  # fmt: skip
+    ]
     assert np.mean(shifted) > 0.72  # the clean-trained student keeps ~0.56 here

@@ -58,10 +58,23 @@ def test_cdca_device_run_predicts_without_torch_installed(exported, tmp_path):
 
     stream = tmp_path / "frames.npz"
     rng = np.random.default_rng(0)
-    np.savez(stream, images=rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8),
-             labels=rng.integers(0, 4, 40))  # fmt: skip
-    argv = ["device", "run", "--input", str(stream), "--model", str(exported.manifest),
-            "--state-dir", str(tmp_path / "state"), "--batch-size", "16"]  # fmt: skip
+    np.savez(
+        stream,
+        images=rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8),
+        labels=rng.integers(0, 4, 40),
+    )
+    argv = [
+        "device",
+        "run",
+        "--input",
+        str(stream),
+        "--model",
+        str(exported.manifest),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--batch-size",
+        "16",
+    ]
     result = run_python(
         BLOCK_HEAVY + f"from simulations.cli import main; code = main({argv!r}); "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'cloud')]; "

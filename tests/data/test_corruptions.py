@@ -13,7 +13,7 @@ from protocol.errors import ConfigError, DataError, UnknownNameError
 from tests.conftest import make_images
 
 DETERMINISTIC = {"defocus_blur", "zoom_blur", "gaussian_blur", "brightness", "contrast",
-                 "saturate", "jpeg_compression", "pixelate"}  # fmt: skip
+                 "saturate", "jpeg_compression", "pixelate"}
 
 
 def test_suite_has_the_15_test_corruptions_in_cotta_order_and_4_extras():

@@ -69,7 +69,7 @@ def test_wrong_magic_is_refused(tmp_path):
         read_idx(path, expected_ndim=3)
 
 
-@pytest.mark.skipif(not fashion_mnist.DEBIAN_DIR.is_dir(), reason="dataset-fashion-mnist not installed")
+@pytest.mark.usefixtures("fashion_mnist_installed")
 def test_real_debian_fashion_mnist_loads():
     test = load_fashion_mnist("test", allow_download=False)
     assert test.images.shape == (10_000, 32, 32, 3)

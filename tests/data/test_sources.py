@@ -58,7 +58,7 @@ def test_npz_keys_greyscale_and_class_names(tmp_path):
         ({"images": np.zeros((2, 8, 8), np.uint8), "labels": np.array([0, -1])}, "labels must start at 0"),
         ({"images": np.zeros((2, 8, 8, 4), np.uint8), "labels": np.zeros(2, int)}, "must be (N, H, W)"),
     ],
-)  # fmt: skip
+)
 def test_a_bad_npz_is_one_clear_error(tmp_path, arrays, message):
     np.savez(tmp_path / "bad.npz", **arrays)
     with pytest.raises(DataError) as err:

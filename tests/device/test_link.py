@@ -35,11 +35,20 @@ def test_backoff_grows_with_jitter_up_to_its_cap_and_resets():
 
 def test_a_device_with_no_cloud_keeps_its_queue(tmp_path):
     link = make_link(tmp_path, [])
-    link.queue.put(encode_batch({
-        "batch_id": 0, "images": np.zeros((1, 32, 32, 3), np.uint8), "uncertainty": np.ones(1, np.float32),
-        "frame_ids": np.zeros(1, np.int64), "predicted": np.zeros(1, np.int64),
-        "batch_stats": np.ones((2, 4), np.float32), "shift": False, "frames_seen": 10,
-    }))  # fmt: skip
+    link.queue.put(
+        encode_batch(
+            {
+                "batch_id": 0,
+                "images": np.zeros((1, 32, 32, 3), np.uint8),
+                "uncertainty": np.ones(1, np.float32),
+                "frame_ids": np.zeros(1, np.int64),
+                "predicted": np.zeros(1, np.int64),
+                "batch_stats": np.ones((2, 4), np.float32),
+                "shift": False,
+                "frames_seen": 10,
+            }
+        )
+    )
     link.start()
     assert not link.drain(0.5)  # nothing listens on port 1: the upload waits on disk
     link.close()

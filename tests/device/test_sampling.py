@@ -67,8 +67,15 @@ def test_new_settings_mid_stream_keep_the_budget_count_and_the_shift_detector(rn
 
 
 def test_disagreement_picks_frames_whose_answer_moves_under_perturbation(rng):
-    sampler = UncertaintySampler(SamplingConfig(budget=0.1, score="disagreement", random_fraction=0.0,
-                                                class_balance=False, detect_shifts=False))  # fmt: skip
+    sampler = UncertaintySampler(
+        SamplingConfig(
+            budget=0.1,
+            score="disagreement",
+            random_fraction=0.0,
+            class_balance=False,
+            detect_shifts=False,
+        )
+    )
     stable = np.eye(10)[rng.integers(0, 10, 64)] * 5
     moved = stable.copy()
     flaky = np.arange(0, 64, 8)

@@ -45,9 +45,11 @@ def test_layers_file_then_overlay_then_flags_then_set(project, tmp_path):
     overlay = tmp_path / "scenario.toml"
     overlay.write_text("[fleet]\ndevices = 5\nper_domain = 7\n")
     config = load_project(
-        project, overlays=[overlay], flags={"fleet.per_domain": 9, "fleet.seed": None},
+        project,
+        overlays=[overlay],
+        flags={"fleet.per_domain": 9, "fleet.seed": None},
         assignments=["fleet.per_domain=11", "teacher.model=ViT-B-32", "fleet.peers=source,tent"],
-    )  # fmt: skip
+    )
     assert config.adaptation.device.budget == 0.05  # the file
     assert config.fleet.devices == 5  # the overlay over the file
     assert config.fleet.per_domain == 11  # --set over the flag over the overlay
@@ -66,20 +68,30 @@ def test_relative_paths_are_relative_to_the_project_file(project):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[adaptation.device]\nbudjet = 0.2\n",
-         "unknown setting 'adaptation.device.budjet'; did you mean 'adaptation.device.budget'"),
+        (
+            "[adaptation.device]\nbudjet = 0.2\n",
+            "unknown setting 'adaptation.device.budjet'; did you mean 'adaptation.device.budget'",
+        ),
         ("[adaptaton]\n", "unknown setting 'adaptaton'; did you mean 'adaptation'"),
-        ("[adaptation.vplu]\nsteps = \"ten\"\n", "adaptation.vplu.steps must be a whole number, got 'ten'"),
-        ("[adaptation.device]\nbudget = 1.5\n", "[adaptation.device] budget must be in (0, 1], got 1.5"),
-        ('[data]\nresize = "crp"\n',
-         "data.resize must be one of pad, crop, stretch, none, got 'crp'. Did you mean 'crop'?"),
+        (
+            '[adaptation.vplu]\nsteps = "ten"\n',
+            "adaptation.vplu.steps must be a whole number, got 'ten'",
+        ),
+        (
+            "[adaptation.device]\nbudget = 1.5\n",
+            "[adaptation.device] budget must be in (0, 1], got 1.5",
+        ),
+        (
+            '[data]\nresize = "crp"\n',
+            "data.resize must be one of pad, crop, stretch, none, got 'crp'. Did you mean 'crop'?",
+        ),
         ("[fleet]\ndevices = true\n", "fleet.devices must be a whole number, got True"),
         ('[server.tls]\ncert = "c.pem"\n', "[server.tls] needs key"),
         ('[data]\ntrain = "npy:x"\n', "a source is fashion-mnist, npz:FILE or image-folder:DIR"),
         ('[teacher]\npretrained = "openai"\n', "pretrained is for open_clip models"),
         ("[fleet\n", "is not valid TOML"),
     ],
-)  # fmt: skip
+)
 def test_a_bad_value_is_one_error_naming_the_file_and_the_key(tmp_path, text, message):
     path = tmp_path / "cdca.toml"
     path.write_text(text)

@@ -53,9 +53,17 @@ def upload(n=5, **kwargs):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (n, 8, 8, 3), dtype=np.uint8)
     chunks = upload_chunks(
-        "cam-1", 3, images, np.linspace(0, 1, n, dtype=np.float32), np.arange(n), np.zeros(n, int),
-        np.ones((2, 6), np.float32), shift=True, frames_seen=640, **kwargs,
-    )  # fmt: skip
+        "cam-1",
+        3,
+        images,
+        np.linspace(0, 1, n, dtype=np.float32),
+        np.arange(n),
+        np.zeros(n, int),
+        np.ones((2, 6), np.float32),
+        shift=True,
+        frames_seen=640,
+        **kwargs,
+    )
     return images, chunks
 
 

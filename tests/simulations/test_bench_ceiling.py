@@ -10,9 +10,29 @@ from simulations.cli import main
 
 
 def ceiling_args(tiny_benchmark, student, out, *extra):
-    return ["bench", "ceiling", "--data", str(tiny_benchmark), "--student", str(student),
-            "--corruptions", "gaussian_noise,contrast", "--num-per-domain", "12", "--train", "8",
-            "--steps", "3", "--batch-size", "4", "--threads", "1", "--out", str(out), *extra]  # fmt: skip
+    return [
+        "bench",
+        "ceiling",
+        "--data",
+        str(tiny_benchmark),
+        "--student",
+        str(student),
+        "--corruptions",
+        "gaussian_noise,contrast",
+        "--num-per-domain",
+        "12",
+        "--train",
+        "8",
+        "--steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def test_ceiling_writes_every_domain_and_the_means(
@@ -54,8 +74,9 @@ def test_label_fit_moves_only_the_batchnorms_in_scope(distilled, scope):
     student, vectors, info = distilled
     torch.manual_seed(0)
     x, y = torch.randn(16, 3, 32, 32), torch.randint(0, len(info.class_names), (16,))
-    config = CeilingConfig(num_per_domain=32, train_count=16, steps=5, batch_size=16,
-                           fit_norms=scope)  # fmt: skip
+    config = CeilingConfig(
+        num_per_domain=32, train_count=16, steps=5, batch_size=16, fit_norms=scope
+    )
     model = DeviceModel(student)
     moved = PromptCeiling(model, vectors, info.normalization, config).fit(x, y)["norm_affine"]
     for layer in model.norm_layers:

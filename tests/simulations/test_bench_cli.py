@@ -12,9 +12,26 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def bench_args(tiny_benchmark, tiny_student, out, methods="source,bn_adapt,tent,cotta,vdp"):
-    return ["bench", "adapt", "--data", str(tiny_benchmark), "--student", str(tiny_student),
-            "--methods", methods, "--corruptions", "gaussian_noise,contrast", "--num-per-domain", "12",
-            "--batch-size", "4", "--threads", "1", "--out", str(out)]  # fmt: skip
+    return [
+        "bench",
+        "adapt",
+        "--data",
+        str(tiny_benchmark),
+        "--student",
+        str(tiny_student),
+        "--methods",
+        methods,
+        "--corruptions",
+        "gaussian_noise,contrast",
+        "--num-per-domain",
+        "12",
+        "--batch-size",
+        "4",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    ]
 
 
 def test_bench_adapt_writes_json_markdown_and_plot(tiny_benchmark, tiny_student, tmp_path):
@@ -93,8 +110,13 @@ def test_several_streams_add_a_panel_of_means_to_the_plot(tiny_benchmark, tiny_s
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "simulations.cli", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "simulations.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.mark.parametrize(

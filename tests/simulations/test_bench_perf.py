@@ -23,8 +23,22 @@ def test_bench_perf_writes_ratios_json_markdown_and_plot(tmp_path):
     ]
     assert main(prepare) == 0
     out = tmp_path / "perf"
-    code = main(["bench", "perf", "--data", str(data), "--devices", "1,2", "--buffers", "24,48",
-                 "--repeats", "1", "--out", str(out)])  # fmt: skip
+    code = main(
+        [
+            "bench",
+            "perf",
+            "--data",
+            str(data),
+            "--devices",
+            "1,2",
+            "--buffers",
+            "24,48",
+            "--repeats",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     results = json.loads((out / "perf.json").read_text())
     ratios = results["ratios"]
@@ -42,8 +56,22 @@ def test_bench_perf_writes_ratios_json_markdown_and_plot(tmp_path):
 @pytest.mark.usefixtures("fashion_mnist_installed")
 def test_bench_reliability_drives_a_real_server_and_runs_a_fault_scenario(tmp_path):
     out = tmp_path / "load"
-    code = main(["bench", "reliability", "--clients", "4", "--seconds", "5", "--period", "0.5",
-                 "--faults", "full_queue", "--out", str(out)])  # fmt: skip
+    code = main(
+        [
+            "bench",
+            "reliability",
+            "--clients",
+            "4",
+            "--seconds",
+            "5",
+            "--period",
+            "0.5",
+            "--faults",
+            "full_queue",
+            "--out",
+            str(out),
+        ]
+    )
     results = json.loads((out / "reliability.json").read_text())
     assert code == 0, results
     load = results["load"]

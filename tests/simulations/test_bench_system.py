@@ -5,12 +5,25 @@ from tests.conftest import prepare_fashion_mnist_c
 
 
 def test_report_shows_every_accuracy_and_latency():
-    device = {"source": 0.5, "device_alone": 0.8, "uvpa_simulated": 0.81, "uvpa_grpc": 0.79,
-              "prompts_applied": 3, "samples_acked": 40, "upload_ms_p50": 5.0, "upload_ms_p99": 9.0,
-              "prompt_delivery_ms_p50": 2.0, "prompt_delivery_ms_p99": 3.0}  # fmt: skip
-    results = {"config": {"devices": 2, "handler": None}, "machine": {"cores": 2}, "seconds": 1.0,
-               "devices": [device, {**device, "uvpa_grpc": 0.83}],
-               "device_latency": {"no_prompt_ms_per_frame_batch1": 0.4}}  # fmt: skip
+    device = {
+        "source": 0.5,
+        "device_alone": 0.8,
+        "uvpa_simulated": 0.81,
+        "uvpa_grpc": 0.79,
+        "prompts_applied": 3,
+        "samples_acked": 40,
+        "upload_ms_p50": 5.0,
+        "upload_ms_p99": 9.0,
+        "prompt_delivery_ms_p50": 2.0,
+        "prompt_delivery_ms_p99": 3.0,
+    }
+    results = {
+        "config": {"devices": 2, "handler": None},
+        "machine": {"cores": 2},
+        "seconds": 1.0,
+        "devices": [device, {**device, "uvpa_grpc": 0.83}],
+        "device_latency": {"no_prompt_ms_per_frame_batch1": 0.4},
+    }
     text = markdown(results)
     assert "| mean | 50.0 | 80.0 | 81.0 | 81.0 |" in text
     assert "device no prompt ms per frame batch1 | 0.4 ms" in text
@@ -26,8 +39,24 @@ def test_bench_system_runs_end_to_end(tmp_path):
 
     data = prepare_fashion_mnist_c(tmp_path / "bench", 256)
     out = tmp_path / "out"
-    code = main(["bench", "system", "--data", str(data), "--devices", "2", "--corruptions", "fog,contrast",
-                 "--per-domain", "128", "--fps", "200", "--out", str(out)])  # fmt: skip
+    code = main(
+        [
+            "bench",
+            "system",
+            "--data",
+            str(data),
+            "--devices",
+            "2",
+            "--corruptions",
+            "fog,contrast",
+            "--per-domain",
+            "128",
+            "--fps",
+            "200",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert len(results["devices"]) == 2

@@ -10,9 +10,7 @@ from cloud.students.checkpoint import load_student
 from cloud.students.preprocess import pixels_from_uint8
 from simulations.peers import PixelModel, create_method
 
-pytestmark = pytest.mark.skipif(
-    not fashion_mnist.DEBIAN_DIR.is_dir(), reason="needs the Debian dataset-fashion-mnist package"
-)
+pytestmark = pytest.mark.usefixtures("fashion_mnist_installed")
 
 
 def test_shipped_student_is_accurate_on_clean_data_and_hurt_but_alive_at_severity_5():

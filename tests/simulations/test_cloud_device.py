@@ -24,9 +24,11 @@ from simulations.methods import MethodFactory, list_methods
 from simulations.peers import PixelModel
 
 ADAPTATION = AdaptationConfig(
-    device=DeviceSettings(budget=0.25), vplu=VPLUConfig(steps=2),
-    session=SessionConfig(buffer_size=32, min_uploads=4), synthetic=SyntheticConfig(count=8),
-)  # fmt: skip
+    device=DeviceSettings(budget=0.25),
+    vplu=VPLUConfig(steps=2),
+    session=SessionConfig(buffer_size=32, min_uploads=4),
+    synthetic=SyntheticConfig(count=8),
+)
 
 
 @pytest.fixture
@@ -39,8 +41,12 @@ def world(distilled, exported):
         return 5 * model(**{**inputs, "x": pixels})[0]
 
     rng = np.random.default_rng(0)
-    clean = LabelledImages(rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8),
-                           rng.integers(0, len(vectors), 40), tuple(info.class_names), "clean")  # fmt: skip
+    clean = LabelledImages(
+        rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8),
+        rng.integers(0, len(vectors), 40),
+        tuple(info.class_names),
+        "clean",
+    )
     renderer = EnvironmentRenderer(clean, len(vectors), ADAPTATION.synthetic)
     served = served_model(exported.manifest.parent, model)
     return CloudWorld(model, vectors, info.normalization, teacher, served, ADAPTATION, renderer)

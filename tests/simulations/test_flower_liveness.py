@@ -87,8 +87,11 @@ def test_a_devices_bad_upload_is_refused_without_stopping_the_run(monkeypatch, c
     loop = rounds(min_devices=1)
     loop.teacher, loop.progress, loop.records, loop.refused_uploads = Teacher(), None, {}, 0
     monkeypatch.setattr(flower_server, "upload_fields", lambda record: record)
-    content = type("Content", (), {"config_records": {"batch-0": {"frames": 64}},
-                                   "array_records": {"upload-0": {}}})()  # fmt: skip
+    content = type(
+        "Content",
+        (),
+        {"config_records": {"batch-0": {"frames": 64}}, "array_records": {"upload-0": {}}},
+    )()
     reply = type("Reply", (), {"content": content})()
     with caplog.at_level(logging.WARNING, logger="cdca.flower"):
         assert loop._ingest(1, 0, reply, 0, {}) == 1  # the batch counts; its upload does not
@@ -113,21 +116,32 @@ def test_a_real_run_with_a_failing_supernode_fails_and_says_why(
     )
     from tests.simulations.test_simulate import project_file
 
-    path = project_file(tmp_path, tiny_benchmark, tiny_distilled, shipped_random_teacher,
-                        fleet={"per_domain": 8, "min_devices": 2, "max_missed_rounds": 2})  # fmt: skip
+    path = project_file(
+        tmp_path,
+        tiny_benchmark,
+        tiny_distilled,
+        shipped_random_teacher,
+        fleet={"per_domain": 8, "min_devices": 2, "max_missed_rounds": 2},
+    )
     project = load_project(str(path))
     run_dir, folder = tmp_path / "run", tmp_path / "run" / "flower"
     folder.mkdir(parents=True)
     (folder / "run-config.toml").write_text(run_config(project, run_dir, folder))
     missing = tmp_path / "no-such-stream.npz"
     with LoopbackFederation(folder, 2, {1: f'stream="{missing}"'}) as federation:
-        started = federation.flwr("run", str(project_root()), CONNECTION, "--run-config",
-                                  str(folder / "run-config.toml"))  # fmt: skip
+        started = federation.flwr(
+            "run", str(project_root()), CONNECTION, "--run-config", str(folder / "run-config.toml")
+        )
         run_id = str(started["run-id"])
         status = _wait(federation, run_id, run_dir, None, timeout=600)
-        log = subprocess.run([str(Path(sys.executable).parent / "flwr"), "log", run_id, CONNECTION, "--show"],
-                             capture_output=True, text=True, env=federation.env, cwd=project_root(),
-                             timeout=60)  # fmt: skip
+        log = subprocess.run(
+            [str(Path(sys.executable).parent / "flwr"), "log", run_id, CONNECTION, "--show"],
+            capture_output=True,
+            text=True,
+            env=federation.env,
+            cwd=project_root(),
+            timeout=60,
+        )
     assert status["status"] == "finished:failed", status
     assert "no-such-stream.npz" in log.stdout + log.stderr  # why the device failed
     assert "fewer than fleet.min_devices=2" in log.stdout + log.stderr

@@ -44,8 +44,21 @@ def test_mixed_sizes_default_to_crop_and_an_npz_is_recognised(tmp_path):
     mixed = load_project(tmp_path / "m" / "cdca.toml")
     assert (mixed.data.image_size, mixed.data.resize) == (30, "crop")
     np.savez(tmp_path / "d.npz", images=np.zeros((20, 8, 8), np.uint8), labels=np.arange(20) % 4)
-    assert main(["init", str(tmp_path / "d.npz"), "--dir", str(tmp_path / "n"),
-                 "--image-size", "32", "--resize", "stretch"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "init",
+                str(tmp_path / "d.npz"),
+                "--dir",
+                str(tmp_path / "n"),
+                "--image-size",
+                "32",
+                "--resize",
+                "stretch",
+            ]
+        )
+        == 0
+    )
     npz = load_project(tmp_path / "n" / "cdca.toml")
     assert npz.data.train == f"npz:{tmp_path / 'd.npz'}"
     assert npz.data.class_names == ("class_0", "class_1", "class_2", "class_3")

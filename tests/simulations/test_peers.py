@@ -51,8 +51,12 @@ def test_tent_updates_only_batchnorm_affine(model, shifted_batch):
     tent.step(shifted_batch)
     changed = {k for k, v in tent.model.named_parameters() if not torch.equal(v, before[k])}
     assert changed
-    bn_names = {f"{n}.{p}" for n, m in tent.model.named_modules()
-                if isinstance(m, torch.nn.BatchNorm2d) for p in ("weight", "bias")}  # fmt: skip
+    bn_names = {
+        f"{n}.{p}"
+        for n, m in tent.model.named_modules()
+        if isinstance(m, torch.nn.BatchNorm2d)
+        for p in ("weight", "bias")
+    }
     assert changed <= bn_names
 
 

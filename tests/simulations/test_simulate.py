@@ -30,9 +30,16 @@ def project_file(tmp_path, tiny_benchmark, tiny_distilled, teacher, fleet=(), **
         "adaptation.device": {"budget": 0.5},
         "adaptation.session": {"min_uploads": 4},
         "adaptation.synthetic": {"count": 0},
-        "fleet": {"devices": 2, "per_domain": 12, "batch_size": 4, "peers": [],
-                  "corruptions": ["gaussian_noise", "contrast"], "compare_bank": False, **dict(fleet)},
-    }  # fmt: skip
+        "fleet": {
+            "devices": 2,
+            "per_domain": 12,
+            "batch_size": 4,
+            "peers": [],
+            "corruptions": ["gaussian_noise", "contrast"],
+            "compare_bank": False,
+            **dict(fleet),
+        },
+    }
     for name, values in tables.items():
         base.setdefault(name.replace("__", "."), {}).update(values)
     return write_project(tmp_path / "cdca.toml", base)
@@ -53,8 +60,9 @@ def tiny_scenario(tmp_path, tiny_benchmark, tiny_distilled, shipped_random_teach
 
 
 def test_simulate_writes_the_run_folder_with_peers_and_the_bank_comparison(tmp_path, tiny_scenario):
-    results, out = run(tmp_path, "run", tiny_scenario, "--peers", "source,bn_adapt",
-                       "--bank-comparison")  # fmt: skip
+    results, out = run(
+        tmp_path, "run", tiny_scenario, "--peers", "source,bn_adapt", "--bank-comparison"
+    )
     assert set(results["table"]) == {"source", "bn_adapt", "uvpa", "uvpa_no_bank"}
     assert results["cloud"]["uvpa_no_bank"]["bank_lookups"] == 0  # that run really had no bank
     uvpa = results["devices"]["uvpa"]
@@ -89,8 +97,9 @@ def test_deployment_engine_on_loopback_superlink_and_supernodes(
     tmp_path, tiny_benchmark, tiny_distilled, shipped_random_teacher
 ):
     # 2 batches per domain: 4 rounds, each a fresh ClientApp process per message
-    scenario = project_file(tmp_path, tiny_benchmark, tiny_distilled, shipped_random_teacher,
-                            fleet={"per_domain": 8})  # fmt: skip
+    scenario = project_file(
+        tmp_path, tiny_benchmark, tiny_distilled, shipped_random_teacher, fleet={"per_domain": 8}
+    )
     inprocess, _ = run(tmp_path, "inprocess", scenario)
     deployed, out = run(tmp_path, "deployed", scenario, "--engine", "flower")
     assert sum(d["prompts_applied"] for d in deployed["devices"]["uvpa"]) >= 1
@@ -108,9 +117,17 @@ def test_flags_override_the_scenario_which_overrides_the_project(tmp_path, tiny_
     overlay = tmp_path / "s.toml"
     overlay.write_text('[fleet]\ndevices = 3\ncorruptions = ["fog"]\n')
     args = build_parser("cdca simulate").parse_args(
-        ["--project", str(tiny_scenario), "--scenario", str(overlay), "--devices", "5",
-         "--set", "adaptation.vplu.steps=3"]
-    )  # fmt: skip
+        [
+            "--project",
+            str(tiny_scenario),
+            "--scenario",
+            str(overlay),
+            "--devices",
+            "5",
+            "--set",
+            "adaptation.vplu.steps=3",
+        ]
+    )
     from cloud.project_cli import project_from_args
 
     project = project_from_args(args, {"fleet.devices": args.devices}, [find_scenario(overlay)])
@@ -153,9 +170,24 @@ def test_sigterm_stops_a_grpc_run_and_every_process_it_started(tmp_path, tiny_sc
     from simulations.bench.system import CDCA
 
     out = tmp_path / "stopped"
-    run = subprocess.Popen([*CDCA, "simulate", "--project", str(tiny_scenario), "--engine", "grpc",
-                            "--fps", "1", "--out", str(out), "--threads", "1"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    run = subprocess.Popen(
+        [
+            *CDCA,
+            "simulate",
+            "--project",
+            str(tiny_scenario),
+            "--engine",
+            "grpc",
+            "--fps",
+            "1",
+            "--out",
+            str(out),
+            "--threads",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         # this command, its server and two devices (24 s each)
         assert wait_until(lambda: len(processes_mentioning(str(out))) >= 4, 120), (
@@ -206,8 +238,10 @@ def test_built_in_scenarios_load_by_name():
 def test_the_deployment_engine_hands_the_flower_app_the_whole_project(tmp_path, tiny_scenario):
     from simulations.fleet.deployment import run_config
 
-    project = load_project(tiny_scenario, assignments=["adaptation.sharing.pool_uploads=true",
-                                                       "adaptation.synthetic.count=16"])  # fmt: skip
+    project = load_project(
+        tiny_scenario,
+        assignments=["adaptation.sharing.pool_uploads=true", "adaptation.synthetic.count=16"],
+    )
     values = tomllib.loads(run_config(project, tmp_path, tmp_path))
     assert (values["scenario"], values["set"]) == ("", "")
     received = load_project(values["project"])  # what the ServerApp loads
@@ -236,8 +270,10 @@ def test_synthetic_samples_for_a_student_without_a_clean_set_are_refused(
     tmp_path, tiny_scenario, capsys
 ):
     out = tmp_path / "o"
-    assert main(["simulate", "--project", str(tiny_scenario), "--synthetic", "8",
-                 "--out", str(out)]) == 2  # fmt: skip
+    assert (
+        main(["simulate", "--project", str(tiny_scenario), "--synthetic", "8", "--out", str(out)])
+        == 2
+    )
     assert "training images of the student's classes" in capsys.readouterr().err
     assert not (out / "results.json").exists()
 
@@ -248,12 +284,22 @@ def test_synthetic_samples_run_in_process_and_on_a_real_cloud_server(tmp_path):
     from tests.conftest import prepare_fashion_mnist_c
 
     data = prepare_fashion_mnist_c(tmp_path / "bench", 128)
-    scenario = write_project(tmp_path / "cdca.toml", {
-        "data": {"shifted": str(data)}, "adaptation.device": {"budget": 0.5},
-        "adaptation.session": {"min_uploads": 8}, "adaptation.synthetic": {"count": 8},
-        "fleet": {"devices": 1, "per_domain": 64, "batch_size": 16, "peers": [],
-                  "corruptions": ["fog", "contrast"]},
-    })  # fmt: skip
+    scenario = write_project(
+        tmp_path / "cdca.toml",
+        {
+            "data": {"shifted": str(data)},
+            "adaptation.device": {"budget": 0.5},
+            "adaptation.session": {"min_uploads": 8},
+            "adaptation.synthetic": {"count": 8},
+            "fleet": {
+                "devices": 1,
+                "per_domain": 64,
+                "batch_size": 16,
+                "peers": [],
+                "corruptions": ["fog", "contrast"],
+            },
+        },
+    )
     results, out = run(tmp_path, "inprocess", scenario)
     cloud = results["cloud"]["uvpa"]
     assert cloud["updates"] > 0
@@ -274,9 +320,14 @@ def test_gradual_stream_files_batch_like_the_peers(tmp_path, tiny_benchmark):
 
     project = ProjectConfig(
         data=DataConfig(shifted=str(tiny_benchmark)),
-        fleet=FleetConfig(devices=2, per_domain=9, batch_size=4, stream="gradual",
-                          corruptions=("gaussian_noise", "contrast")),
-    )  # fmt: skip
+        fleet=FleetConfig(
+            devices=2,
+            per_domain=9,
+            batch_size=4,
+            stream="gradual",
+            corruptions=("gaussian_noise", "contrast"),
+        ),
+    )
     paths, specs = write_streams(project, tmp_path)
     import numpy as np
 
@@ -289,8 +340,9 @@ def test_gradual_stream_files_batch_like_the_peers(tmp_path, tiny_benchmark):
 @pytest.mark.slow  # 25-45 s on a slow 2-core machine; `.ci/run` runs it (make test-slow)
 def test_a_straggler_does_not_stall_the_flower_rounds(tmp_path, tiny_scenario):
     slow = tmp_path / "slow.toml"
-    slow.write_text("[fleet]\nround_timeout_s = 2.0\nslow_device = 1\nslow_rounds = 1\n"
-                    "slow_delay_s = 5.0\n")  # fmt: skip
+    slow.write_text(
+        "[fleet]\nround_timeout_s = 2.0\nslow_device = 1\nslow_rounds = 1\nslow_delay_s = 5.0\n"
+    )
     results, _ = run(
         tmp_path, "slow", tiny_scenario, "--engine", "flower-sim", "--scenario", str(slow)
     )

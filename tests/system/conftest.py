@@ -56,10 +56,17 @@ def tiny_world(exported, distilled):
     def teacher(pixels: torch.Tensor) -> torch.Tensor:
         return pixels.flatten(1) @ projection / 30
 
-    adaptation = AdaptationConfig(session=SessionConfig(min_uploads=4),
-                                  synthetic=SyntheticConfig(count=0))  # fmt: skip
-    return CloudWorld(device_model, vectors, info.normalization, teacher,
-                      served_model(exported.model.parent, device_model), adaptation)  # fmt: skip
+    adaptation = AdaptationConfig(
+        session=SessionConfig(min_uploads=4), synthetic=SyntheticConfig(count=0)
+    )
+    return CloudWorld(
+        device_model,
+        vectors,
+        info.normalization,
+        teacher,
+        served_model(exported.model.parent, device_model),
+        adaptation,
+    )
 
 
 def start_server(world, state_dir: Path, **overrides):
@@ -111,10 +118,12 @@ def registered_server(exported, distilled, state_dir: Path, **overrides) -> Live
     server = LiveServer(address, state_dir, world.served.manifest.sha256, world, shutdown)
     for device_id in TOKENS:
         server.stub().Register(
-            cdca_pb2.RegisterRequest(device_id=device_id, protocol_version=1,
-                                     model_sha256=server.manifest_sha256),
-            metadata=server.metadata(device_id), timeout=5,
-        )  # fmt: skip
+            cdca_pb2.RegisterRequest(
+                device_id=device_id, protocol_version=1, model_sha256=server.manifest_sha256
+            ),
+            metadata=server.metadata(device_id),
+            timeout=5,
+        )
     return server
 
 

@@ -22,8 +22,10 @@ def source_accuracy(model_dir, stream):
     runtime = DeviceRuntime.load(model_dir / "student.manifest.json")
     with np.load(stream) as data:
         images, labels = data["images"], data["labels"]
-    hits = sum(int((runtime.predict(images[i : i + 64]).logits.argmax(1) == labels[i : i + 64]).sum())
-               for i in range(0, len(images), 64))  # fmt: skip
+    hits = sum(
+        int((runtime.predict(images[i : i + 64]).logits.argmax(1) == labels[i : i + 64]).sum())
+        for i in range(0, len(images), 64)
+    )
     return hits / len(images)
 
 
@@ -38,8 +40,13 @@ def test_three_device_processes_improve_over_source_and_shut_down_cleanly(tmp_pa
             streams[device_id] = corrupted_stream(
                 tmp_path / f"{device_id}.npz", order[:4], 192, i * 800
             )
-            devices[device_id] = rig.start_device(streams[device_id], device_id, tokens[device_id],
-                                                  tmp_path / f"{device_id}.jsonl", fps=120)  # fmt: skip
+            devices[device_id] = rig.start_device(
+                streams[device_id],
+                device_id,
+                tokens[device_id],
+                tmp_path / f"{device_id}.jsonl",
+                fps=120,
+            )
         codes = {d: p.wait(timeout=180) for d, p in devices.items()}
     finally:
         for p in devices.values():
@@ -89,8 +96,13 @@ def test_one_hostile_device_saves_and_publishes_nothing_non_finite_and_breaks_no
     facts = faults.SCENARIOS["hostile_device"](tmp_path)
     attacked = facts["with"]
     assert attacked["non_finite_values"] == 0, facts
-    assert set(attacked["attack_calls"]) <= {"OK", "INVALID_ARGUMENT", "PERMISSION_DENIED",
-                                            "RESOURCE_EXHAUSTED", "UNAUTHENTICATED"}, facts  # fmt: skip
+    assert set(attacked["attack_calls"]) <= {
+        "OK",
+        "INVALID_ARGUMENT",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "UNAUTHENTICATED",
+    }, facts
     assert sum(attacked["attack_calls"].values()) > 100
     assert facts["crashes"] == 0
     assert facts["lost_acknowledged"] == 0

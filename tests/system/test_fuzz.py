@@ -22,12 +22,23 @@ from protocol.messages import call_metadata
 from protocol.v1 import cdca_pb2
 from tests.system.conftest import TOKENS
 
-CASES = settings(max_examples=1000, deadline=None, derandomize=True,
-                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])  # fmt: skip
-DELIBERATE = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED,
-              grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.FAILED_PRECONDITION,
-              grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.NOT_FOUND,
-              grpc.StatusCode.DEADLINE_EXCEEDED, "client refused"}  # fmt: skip
+CASES = settings(
+    max_examples=1000,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+DELIBERATE = {
+    grpc.StatusCode.OK,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    "client refused",
+}
 
 device_ids = st.sampled_from(
     ["cam-a", "cam-b", "cam-z", "", "shared", "../etc", "cam-a\x00", "x" * 10_000]
@@ -40,27 +51,45 @@ identities = st.one_of(
 dtypes = st.sampled_from(["uint8", "float32", "float16", "int64", "complex128", "", "object"])
 tensors = st.builds(
     lambda dtype, shape, data: cdca_pb2.Tensor(dtype=dtype, shape=shape, data=data),
-    dtypes, st.lists(st.integers(-2, 600), max_size=4), st.binary(max_size=4096),
-)  # fmt: skip
+    dtypes,
+    st.lists(st.integers(-2, 600), max_size=4),
+    st.binary(max_size=4096),
+)
 good_image = cdca_pb2.Tensor(dtype="uint8", shape=[32, 32, 3], data=bytes(32 * 32 * 3))
 K = 352  # normalisation channels of the tiny student
 statistics = st.builds(  # the right shape and dtype, any finite or non-finite values
-    lambda value: cdca_pb2.Tensor(dtype="float32", shape=[2, K], data=np.full((2, K), value, np.float32).tobytes()),
+    lambda value: cdca_pb2.Tensor(
+        dtype="float32", shape=[2, K], data=np.full((2, K), value, np.float32).tobytes()
+    ),
     st.floats(width=32, allow_nan=True, allow_infinity=True),
-)  # fmt: skip
+)
 samples = st.builds(
-    lambda image, score, frame, cls: cdca_pb2.Sample(image=image, uncertainty=score, frame_id=frame,
-                                                     predicted_class=cls),
-    st.one_of(st.just(good_image), tensors), st.floats(allow_nan=True, allow_infinity=True, width=32),
-    st.integers(0, 2**64 - 1), st.integers(-(2**31), 2**31 - 1),
-)  # fmt: skip
+    lambda image, score, frame, cls: cdca_pb2.Sample(
+        image=image, uncertainty=score, frame_id=frame, predicted_class=cls
+    ),
+    st.one_of(st.just(good_image), tensors),
+    st.floats(allow_nan=True, allow_infinity=True, width=32),
+    st.integers(0, 2**64 - 1),
+    st.integers(-(2**31), 2**31 - 1),
+)
 chunks = st.builds(
     lambda device, batch, sample_list, stats, shift, seen, last: cdca_pb2.UploadChunk(
-        device_id=device, batch_id=batch, samples=sample_list, shift=shift, frames_seen=seen,
-        last=last, **({"batch_stats": stats} if stats is not None else {})),
-    device_ids, st.integers(0, 2**64 - 1), st.lists(samples, max_size=3),
-    st.one_of(st.none(), tensors, statistics), st.booleans(), st.integers(0, 2**64 - 1), st.booleans(),
-)  # fmt: skip
+        device_id=device,
+        batch_id=batch,
+        samples=sample_list,
+        shift=shift,
+        frames_seen=seen,
+        last=last,
+        **({"batch_stats": stats} if stats is not None else {}),
+    ),
+    device_ids,
+    st.integers(0, 2**64 - 1),
+    st.lists(samples, max_size=3),
+    st.one_of(st.none(), tensors, statistics),
+    st.booleans(),
+    st.integers(0, 2**64 - 1),
+    st.booleans(),
+)
 
 
 def metadata(identity):
@@ -93,8 +122,13 @@ def assert_still_serving(server):
 
 
 @CASES
-@given(identity=identities, device=device_ids, version=st.integers(0, 2**32 - 1), sha=st.text(max_size=70),
-       labels=st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=3))  # fmt: skip
+@given(
+    identity=identities,
+    device=device_ids,
+    version=st.integers(0, 2**32 - 1),
+    sha=st.text(max_size=70),
+    labels=st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=3),
+)
 def test_fuzz_register(live_server, identity, device, version, sha, labels):
     request = cdca_pb2.RegisterRequest(
         device_id=device, protocol_version=version, model_sha256=sha, labels=labels
@@ -170,8 +204,11 @@ def test_fuzz_download_model(live_server, identity, device):
 
 
 @CASES
-@given(identity=identities, method=st.sampled_from(["Register", "GetPrompt", "Upload"]),
-       data=st.binary(max_size=64))  # fmt: skip
+@given(
+    identity=identities,
+    method=st.sampled_from(["Register", "GetPrompt", "Upload"]),
+    data=st.binary(max_size=64),
+)
 def test_fuzz_raw_bytes_get_a_deliberate_status(live_server, identity, method, data):
     channel = grpc.insecure_channel(live_server.address)
     path = f"/cdca.v1.CloudAdaptation/{method}"
@@ -190,24 +227,49 @@ def test_the_server_still_serves_after_every_fuzz_case(live_server):
     # the fuzz tests above each share one server across 1,000 cases; here, after a burst of
     # the worst ones, a well-formed call still gets its answer
     for _ in range(50):
-        outcome(lambda: live_server.stub().Upload(iter([cdca_pb2.UploadChunk(device_id="cam-a")]),
-                                                  metadata=live_server.metadata(), timeout=10))  # fmt: skip
+        outcome(
+            lambda: live_server.stub().Upload(
+                iter([cdca_pb2.UploadChunk(device_id="cam-a")]),
+                metadata=live_server.metadata(),
+                timeout=10,
+            )
+        )
     assert_still_serving(live_server)
 
 
 manifest_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=6),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=6)
+    ),
     max_leaves=20,
-)  # fmt: skip
+)
 
 
 @CASES
-@given(data=st.one_of(st.binary(max_size=300),
-                      manifest_values.map(lambda v: json.dumps(v).encode()),
-                      st.dictionaries(st.sampled_from(["format", "model_file", "sha256", "inputs", "outputs",
-                                                       "preprocess", "class_names", "norm_layers", "defaults_file"]),
-                                      manifest_values, max_size=9).map(lambda v: json.dumps(v).encode())))  # fmt: skip
+@given(
+    data=st.one_of(
+        st.binary(max_size=300),
+        manifest_values.map(lambda v: json.dumps(v).encode()),
+        st.dictionaries(
+            st.sampled_from(
+                [
+                    "format",
+                    "model_file",
+                    "sha256",
+                    "inputs",
+                    "outputs",
+                    "preprocess",
+                    "class_names",
+                    "norm_layers",
+                    "defaults_file",
+                ]
+            ),
+            manifest_values,
+            max_size=9,
+        ).map(lambda v: json.dumps(v).encode()),
+    )
+)
 def test_fuzz_manifest_loads_or_gives_a_clean_error(tmp_path_factory, data):
     from protocol.manifest import load_manifest
 

@@ -19,10 +19,14 @@ def upload_three_batches(server):
 def stored_batch(batch_id, frames_seen, rng):
     """cam-a's 8 random uploads as the server stored them: what a restart finds in the inbox."""
     return StoredBatch(
-        "cam-a", batch_id, rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
-        np.full(8, 0.5, np.float32), np.abs(rng.normal(size=(2, K))).astype(np.float32),
-        False, frames_seen,
-    )  # fmt: skip
+        "cam-a",
+        batch_id,
+        rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
+        np.full(8, 0.5, np.float32),
+        np.abs(rng.normal(size=(2, K))).astype(np.float32),
+        False,
+        frames_seen,
+    )
 
 
 def wait_until_ingested(state_dir, timeout=30):
@@ -54,8 +58,9 @@ def test_uploads_turn_into_a_pushed_prompt_that_fits_the_model(live_server):
     assert polled.version >= prompt.version
     newer_only = live_server.stub().GetPrompt(
         cdca_pb2.PromptRequest(device_id="cam-a", known_version=polled.version),
-        metadata=live_server.metadata(), timeout=5,
-    )  # fmt: skip
+        metadata=live_server.metadata(),
+        timeout=5,
+    )
     assert newer_only.version == 0
 
 
@@ -106,8 +111,11 @@ def test_a_shift_folds_the_environment_into_the_shared_prompt(
     )
     assert shared.scope == "shared"
     assert shared.version == 1  # one environment folded in, from one device
-    restarted = stub.GetPrompt(cdca_pb2.PromptRequest(device_id="cam-a", known_version=first.version),
-                               metadata=live_server.metadata(), timeout=5)  # fmt: skip
+    restarted = stub.GetPrompt(
+        cdca_pb2.PromptRequest(device_id="cam-a", known_version=first.version),
+        metadata=live_server.metadata(),
+        timeout=5,
+    )
     assert restarted.environment_id == "env-2"
     # the environment cam-a left is remembered for the fleet, and survives a restart
     assert (live_server.state_dir / "environments.safetensors").is_file()

@@ -21,21 +21,68 @@ def openssl(*args, cwd):
 def certificates(tmp_path_factory):
     """A throw-away CA, a server certificate for localhost and a client certificate."""
     folder = tmp_path_factory.mktemp("pki")
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
-            "-days", "1", "-subj", "/CN=cdca test CA", cwd=folder)  # fmt: skip
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=cdca test CA",
+        cwd=folder,
+    )
     (folder / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
     for name in ("server", "client"):
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                "-subj", f"/CN={name}", cwd=folder)  # fmt: skip
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-                "-CAcreateserial", "-out", f"{name}.crt", "-days", "1", "-extfile", "san.ext", cwd=folder)  # fmt: skip
+        openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN={name}",
+            cwd=folder,
+        )
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.crt",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+            cwd=folder,
+        )
     return folder
 
 
 def register(target, pki, sha, client_cert=True):
-    config = LinkConfig(target, "cam-a", TOKENS["cam-a"], sha, ca_cert=pki / "ca.crt",
-                        client_cert=pki / "client.crt" if client_cert else None,
-                        client_key=pki / "client.key" if client_cert else None)  # fmt: skip
+    config = LinkConfig(
+        target,
+        "cam-a",
+        TOKENS["cam-a"],
+        sha,
+        ca_cert=pki / "ca.crt",
+        client_cert=pki / "client.crt" if client_cert else None,
+        client_key=pki / "client.key" if client_cert else None,
+    )
     with channel(config) as chan:
         stub = cdca_pb2_grpc.CloudAdaptationStub(chan)
         request = cdca_pb2.RegisterRequest(device_id="cam-a", protocol_version=1, model_sha256=sha)
@@ -47,8 +94,11 @@ def test_devices_reach_a_tls_server_and_plaintext_or_certless_clients_do_not(
     certificates, exported, distilled, tmp_path, mutual
 ):
     world = tiny_world(exported, distilled)
-    tls = TLSConfig(certificates / "server.crt", certificates / "server.key",
-                    certificates / "ca.crt" if mutual else None)  # fmt: skip
+    tls = TLSConfig(
+        certificates / "server.crt",
+        certificates / "server.key",
+        certificates / "ca.crt" if mutual else None,
+    )
     address, shutdown = start_server(world, tmp_path / "state", host="localhost", tls=tls)
     sha = world.served.manifest.sha256
     target = address.replace("127.0.0.1", "localhost")

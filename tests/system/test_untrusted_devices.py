@@ -49,8 +49,17 @@ def test_huge_but_finite_statistics_are_refused_before_they_reach_a_fit(live_ser
     chunks = good_chunks()
     stats = np.abs(np.random.default_rng(0).normal(size=(2, K))).astype(np.float32)
     stats[0] += 3e38  # finite float32
-    poisoned = upload_chunks("cam-a", 0, np.zeros((4, 32, 32, 3), np.uint8), np.full(4, 0.5, np.float32),
-                             np.arange(4), np.zeros(4, np.int64), stats, shift=True, frames_seen=1000)  # fmt: skip
+    poisoned = upload_chunks(
+        "cam-a",
+        0,
+        np.zeros((4, 32, 32, 3), np.uint8),
+        np.full(4, 0.5, np.float32),
+        np.arange(4),
+        np.zeros(4, np.int64),
+        stats,
+        shift=True,
+        frames_seen=1000,
+    )
     code, details = status_of(lambda: upload(live_server, poisoned))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert "means" in details
@@ -92,9 +101,18 @@ def split_chunks(n=4):
     images = np.stack(
         [np.frombuffer(s.image.data, np.uint8).reshape(32, 32, 3) for s in whole.samples]
     )
-    return upload_chunks("cam-a", 0, images, np.full(n, 0.5, np.float32), np.arange(n),
-                         np.zeros(n, np.int64), stats, shift=False, frames_seen=1000,
-                         max_chunk_bytes=images[0].nbytes)  # fmt: skip
+    return upload_chunks(
+        "cam-a",
+        0,
+        images,
+        np.full(n, 0.5, np.float32),
+        np.arange(n),
+        np.zeros(n, np.int64),
+        stats,
+        shift=False,
+        frames_seen=1000,
+        max_chunk_bytes=images[0].nbytes,
+    )
 
 
 def test_a_stream_that_ends_without_its_last_chunk_stores_nothing(live_server):
@@ -117,8 +135,9 @@ def test_a_stream_cut_off_midway_stores_nothing(live_server):
         yield chunks[0]
         release.wait(10)  # the device "dies" before the stream completes
 
-    future = live_server.stub().Upload.future(cut_off_stream(), metadata=live_server.metadata(),
-                                              timeout=10)  # fmt: skip
+    future = live_server.stub().Upload.future(
+        cut_off_stream(), metadata=live_server.metadata(), timeout=10
+    )
     time.sleep(0.5)
     future.cancel()
     release.set()
@@ -129,9 +148,17 @@ def test_a_stream_cut_off_midway_stores_nothing(live_server):
 
 def test_a_shift_flood_is_taken_as_ordinary_uploads_beyond_the_shift_allowance(live_server):
     for batch_id in range(30):  # empty uploads that each claim a new environment
-        chunks = upload_chunks("cam-a", batch_id, np.zeros((0, 32, 32, 3), np.uint8),
-                               np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64),
-                               np.abs(np.ones((2, K), np.float32)), shift=True, frames_seen=batch_id)  # fmt: skip
+        chunks = upload_chunks(
+            "cam-a",
+            batch_id,
+            np.zeros((0, 32, 32, 3), np.uint8),
+            np.zeros(0, np.float32),
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
+            np.abs(np.ones((2, K), np.float32)),
+            shift=True,
+            frames_seen=batch_id,
+        )
         upload(live_server, chunks)
     assert len(stored_batches(live_server, "cam-a")) <= LimitsConfig().shift_burst + 1
 
@@ -142,10 +169,13 @@ def test_a_flood_from_one_device_does_not_delay_another_devices_prompt(
     server = server_with(exported, distilled, tmp_path, samples_per_second=1e6, sample_burst=10**6)
     stub = server.stub()
     flood = [  # cam-b floods first, all at once
-        stub.Upload.future(iter(good_chunks("cam-b", n=64, batch_id=b, frames_seen=10**6, seed=b)),
-                           metadata=server.metadata("cam-b"), timeout=30)
+        stub.Upload.future(
+            iter(good_chunks("cam-b", n=64, batch_id=b, frames_seen=10**6, seed=b)),
+            metadata=server.metadata("cam-b"),
+            timeout=30,
+        )
         for b in range(40)
-    ]  # fmt: skip
+    ]
     for call in flood:
         call.result()
     served_before = len(ledger(server))
@@ -215,10 +245,12 @@ def test_unknown_device_and_wrong_token_get_the_same_answer_and_bearer_is_strict
     stub = live_server.stub()
     answers = [
         status_of(lambda m=m: stub.GetPrompt(request, metadata=m, timeout=5))
-        for m in (((DEVICE_METADATA, "cam-z"), (TOKEN_METADATA, "Bearer x")),
-                  ((DEVICE_METADATA, "cam-a"), (TOKEN_METADATA, "Bearer x")),
-                  ((DEVICE_METADATA, "cam-a"), (TOKEN_METADATA, TOKENS["cam-a"])))  # no "Bearer "
-    ]  # fmt: skip
+        for m in (
+            ((DEVICE_METADATA, "cam-z"), (TOKEN_METADATA, "Bearer x")),
+            ((DEVICE_METADATA, "cam-a"), (TOKEN_METADATA, "Bearer x")),
+            ((DEVICE_METADATA, "cam-a"), (TOKEN_METADATA, TOKENS["cam-a"])),
+        )  # no "Bearer "
+    ]
     assert {code for code, _ in answers} == {grpc.StatusCode.UNAUTHENTICATED}
     assert answers[0][1] == answers[1][1]
     assert "Bearer" in answers[2][1]

@@ -13,8 +13,17 @@ def good_chunks(device_id="cam-a", n=4, batch_id=0, frames_seen=1000, seed=0):
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
     stats = np.abs(rng.normal(size=(2, K))).astype(np.float32)
-    return upload_chunks(device_id, batch_id, images, np.full(n, 0.5, np.float32), np.arange(n),
-                         np.zeros(n, np.int64), stats, shift=False, frames_seen=frames_seen)  # fmt: skip
+    return upload_chunks(
+        device_id,
+        batch_id,
+        images,
+        np.full(n, 0.5, np.float32),
+        np.arange(n),
+        np.zeros(n, np.int64),
+        stats,
+        shift=False,
+        frames_seen=frames_seen,
+    )
 
 
 def status_of(call):
@@ -40,8 +49,14 @@ def test_bad_uploads_get_invalid_argument_and_the_server_keeps_serving(live_serv
     no_stats[0].ClearField("batch_stats")
     bad_score = good_chunks()
     bad_score[0].samples[0].uncertainty = float("nan")
-    cases = {"dtype": wrong_dtype, "shape": wrong_shape, "bytes": short_data,
-             "NaN": nan_stats, "batch_stats": no_stats, "uncertainty": bad_score}  # fmt: skip
+    cases = {
+        "dtype": wrong_dtype,
+        "shape": wrong_shape,
+        "bytes": short_data,
+        "NaN": nan_stats,
+        "batch_stats": no_stats,
+        "uncertainty": bad_score,
+    }
     for word, chunks in cases.items():
         code, details = status_of(lambda chunks=chunks: upload(live_server, chunks))
         assert code == grpc.StatusCode.INVALID_ARGUMENT, (word, details)
@@ -52,14 +67,23 @@ def test_bad_uploads_get_invalid_argument_and_the_server_keeps_serving(live_serv
 
 def test_identity_is_checked_on_every_call(live_server):
     stub = live_server.stub()
-    request = cdca_pb2.RegisterRequest(device_id="cam-a", protocol_version=1,
-                                       model_sha256=live_server.manifest_sha256)  # fmt: skip
+    request = cdca_pb2.RegisterRequest(
+        device_id="cam-a", protocol_version=1, model_sha256=live_server.manifest_sha256
+    )
     cases = {
-        "unknown device": (call_metadata("cam-z", "x"), grpc.StatusCode.UNAUTHENTICATED, "not accepted"),
-        "bad token": (call_metadata("cam-a", "wrong"), grpc.StatusCode.UNAUTHENTICATED, "not accepted"),
+        "unknown device": (
+            call_metadata("cam-z", "x"),
+            grpc.StatusCode.UNAUTHENTICATED,
+            "not accepted",
+        ),
+        "bad token": (
+            call_metadata("cam-a", "wrong"),
+            grpc.StatusCode.UNAUTHENTICATED,
+            "not accepted",
+        ),
         "no metadata": ((), grpc.StatusCode.UNAUTHENTICATED, "metadata"),
         "someone else": (live_server.metadata("cam-b"), grpc.StatusCode.PERMISSION_DENIED, "cam-a"),
-    }  # fmt: skip
+    }
     for name, (metadata, expected, word) in cases.items():
         code, details = status_of(lambda m=metadata: stub.Register(request, metadata=m, timeout=5))
         assert code == expected, name
@@ -69,8 +93,9 @@ def test_identity_is_checked_on_every_call(live_server):
 
 def test_version_and_model_mismatch_are_failed_precondition(live_server):
     stub = live_server.stub()
-    old = cdca_pb2.RegisterRequest(device_id="cam-a", protocol_version=7,
-                                   model_sha256=live_server.manifest_sha256)  # fmt: skip
+    old = cdca_pb2.RegisterRequest(
+        device_id="cam-a", protocol_version=7, model_sha256=live_server.manifest_sha256
+    )
     code, details = status_of(
         lambda: stub.Register(old, metadata=live_server.metadata(), timeout=5)
     )

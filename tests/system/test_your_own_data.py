@@ -46,9 +46,18 @@ def test_from_an_image_folder_to_a_served_fleet(tmp_path, monkeypatch):
     shapes(tmp_path / "photos")
     assert main(["init", "image-folder:photos", "--dir", "project"]) == 0
     project_dir = tmp_path / "project"
-    quick = ["--set", "adaptation.synthetic.count=16", "--set", "fleet.per_domain=32",
-             "--set", "fleet.devices=2", "--set", "fleet.batch_size=16",
-             "--set", "adaptation.device.budget=0.5"]  # fmt: skip
+    quick = [
+        "--set",
+        "adaptation.synthetic.count=16",
+        "--set",
+        "fleet.per_domain=32",
+        "--set",
+        "fleet.devices=2",
+        "--set",
+        "fleet.batch_size=16",
+        "--set",
+        "adaptation.device.budget=0.5",
+    ]
     (project_dir / "cdca.toml").write_text(
         (project_dir / "cdca.toml").read_text() + "\n[adaptation.session]\nmin_uploads = 4\n"
     )
@@ -65,9 +74,24 @@ def test_from_an_image_folder_to_a_served_fleet(tmp_path, monkeypatch):
     assert "label-trained student" in report  # this project's, not the shipped one
 
     bench = tmp_path / "bench"
-    cdca(project_dir, "bench", "adapt", "--methods", "source,bn_adapt,uvpa", "--corruptions",
-         "fog,contrast", "--num-per-domain", "32", "--batch-size", "16", "--threads", "1",
-         "--out", str(bench), *quick)  # fmt: skip
+    cdca(
+        project_dir,
+        "bench",
+        "adapt",
+        "--methods",
+        "source,bn_adapt,uvpa",
+        "--corruptions",
+        "fog,contrast",
+        "--num-per-domain",
+        "32",
+        "--batch-size",
+        "16",
+        "--threads",
+        "1",
+        "--out",
+        str(bench),
+        *quick,
+    )
     rows = {r["method"]: r for r in json.loads((bench / "results.json").read_text())["results"]}
     assert 0 < rows["uvpa"]["costs"]["upload_fraction"] <= 0.5
     simulated = tmp_path / "simulated"
@@ -88,12 +112,36 @@ def _serve_and_run_a_device(project_dir, tmp_path):
     server, port = launch_server(state, 0, tmp_path / "server.log", env, extra=extra)
     try:
         run = subprocess.run(
-            [*CDCA, "device", "run", "--input", str(project_dir / "data" / "shifted"),
-             "--corruptions", "fog,contrast", "--severity", "5", "--state-dir", str(tmp_path / "cam"),
-             "--server", f"127.0.0.1:{port}", "--device-id", "cam-1", f"--token={token}",
-             "--bootstrap", "--batch-size", "16", "--out", "none", "--summary", str(tmp_path / "cam.json")],
-            capture_output=True, text=True, timeout=300, env=env,
-        )  # fmt: skip
+            [
+                *CDCA,
+                "device",
+                "run",
+                "--input",
+                str(project_dir / "data" / "shifted"),
+                "--corruptions",
+                "fog,contrast",
+                "--severity",
+                "5",
+                "--state-dir",
+                str(tmp_path / "cam"),
+                "--server",
+                f"127.0.0.1:{port}",
+                "--device-id",
+                "cam-1",
+                f"--token={token}",
+                "--bootstrap",
+                "--batch-size",
+                "16",
+                "--out",
+                "none",
+                "--summary",
+                str(tmp_path / "cam.json"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
     finally:
         server.terminate()
         server.wait(timeout=60)
