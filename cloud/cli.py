@@ -1,4 +1,4 @@
-"""``cdca cloud``: the cloud's jobs: CoOp prompt learning, distillation, export and the server."""
+"""``cdca cloud``: the cloud's jobs: the teacher's text prompts (CoOp), distillation, export, the server."""
 
 from __future__ import annotations
 
@@ -72,19 +72,19 @@ def main(argv: Sequence[str], prog: str = "cdca cloud") -> int:
 def _learn_prompts(args: argparse.Namespace) -> int:
     import torch
 
-    from cloud.data.cli import parse_corruptions
-    from cloud.data.formats import open_benchmark
-    from cloud.data.labelled import LabelledImages
-    from cloud.data.splits import load_split
-    from cloud.prompts import CoOpPromptLearner
-    from cloud.prompts.fewshot import (
+    from cloud.coop import CoOpPromptLearner
+    from cloud.coop.fewshot import (
         FewShotConfig,
         evaluate_domains,
         few_shot_indices,
         image_features,
     )
-    from cloud.prompts.fewshot import train_prompts as fit
-    from cloud.prompts.storage import save_prompts
+    from cloud.coop.fewshot import train_prompts as fit
+    from cloud.coop.storage import save_prompts
+    from cloud.data.cli import parse_corruptions
+    from cloud.data.formats import open_benchmark
+    from cloud.data.labelled import LabelledImages
+    from cloud.data.splits import load_split
     from cloud.teacher.factory import teacher_for
     from cloud.teacher.text_encoder import TextEncoder
     from protocol.errors import ConfigError
@@ -137,7 +137,7 @@ def _learn_prompts(args: argparse.Namespace) -> int:
 def _write_prompt_report(
     out: Path, rows: dict[str, dict[str, float]], args: dict[str, object]
 ) -> None:
-    from cloud.prompts.fewshot import mean_of
+    from cloud.coop.fewshot import mean_of
 
     lines = [
         "# CoOp prompt learning on the teacher",

@@ -21,6 +21,7 @@ from device.runtime import DeviceRuntime, Prediction
 from device.sampling import UncertaintySampler, UploadDecision
 from device.uncertainty import perturbed_views
 from protocol.config.adaptation import DeviceSettings
+from protocol.upload import Upload
 
 
 @dataclass(frozen=True)
@@ -109,22 +110,22 @@ class DeviceAgent:
         batch_id: int,
         first_frame_id: int,
         frames_seen: int,
-    ) -> dict[str, object]:
-        """The fields of one upload message (``protocol.messages``), frames at the model's size."""
+    ) -> Upload:
+        """The upload of one batch, frames at the model's input size."""
         chosen = step.decision.indices
         size = self.runtime.manifest.preprocess.image_size
         frames = as_rgb(images[chosen])
         small = np.clip(np.rint(resize_bilinear(frames, size)), 0, 255).astype(np.uint8)
-        return {
-            "batch_id": batch_id,
-            "images": small,
-            "uncertainty": step.decision.scores,
-            "frame_ids": first_frame_id + chosen,
-            "predicted": step.prediction.logits[chosen].argmax(1),
-            "batch_stats": step.prediction.batch_stats,
-            "shift": step.decision.shift,
-            "frames_seen": frames_seen,
-        }
+        return Upload(
+            batch_id=batch_id,
+            images=small,
+            uncertainty=np.asarray(step.decision.scores, np.float32),
+            frame_ids=(first_frame_id + chosen).astype(np.int64),
+            predicted=step.prediction.logits[chosen].argmax(1).astype(np.int64),
+            batch_stats=np.asarray(step.prediction.batch_stats, np.float32),
+            shift=step.decision.shift,
+            frames_seen=frames_seen,
+        )
 
     def _view_logits(self, images: np.ndarray) -> list[np.ndarray]:
         """Logits of the mirrored and noisy copies (disagreement scoring: 2 extra passes)."""

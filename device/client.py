@@ -24,7 +24,7 @@ from typing import TextIO
 import numpy as np
 
 from device.agent import DeviceAgent
-from device.link import CloudLink, LinkConfig, LinkStats, encode_batch
+from device.link import CloudLink, LinkConfig, LinkStats, encode_upload
 from device.runtime import DeviceRuntime
 from device.sources import Frames
 from device.spool import PromptCache, UploadQueue
@@ -93,10 +93,10 @@ class DeviceClient:
         self.report.count(logits, frames.labels, step.ms, self.prompt_version)
         self.report.gated += not step.used_prompt
         if step.uploads:
-            fields = self.agent.upload(
+            upload = self.agent.upload(
                 frames.images, step, self.report.batches - 1, first_id, self.report.frames
             )
-            self.queue.put(encode_batch(fields))
+            self.queue.put(encode_upload(upload))
             self.report.queued += len(step.decision.indices)
             if self.link is not None:
                 self.link.notify()

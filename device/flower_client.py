@@ -26,40 +26,42 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from device.agent import DeviceAgent
 from device.replay import ReplayDevice
 from device.runtime import DeviceRuntime
+from protocol import flower_records as rec
 from protocol.config.wire import settings_from_wire
 from protocol.errors import CdcaError, DataError
 from protocol.manifest import MANIFEST_FILE
+from protocol.upload import Upload
 
 app = ClientApp()
 
-STATE_KEY = "cdca-device"
-SETTINGS_KEY = "device-settings"  # the ConfigRecord with the project's [adaptation.device]
-UPLOAD_ARRAYS = ("images", "uncertainty", "frame_ids", "predicted", "batch_stats")
 _RUNTIMES: dict[str, DeviceRuntime] = {}  # one onnxruntime session per model per process
 
 
 @app.query("step")
 def step(message: Message, context: Context) -> Message:
     """Run the next batches of this device's stream and reply with the uploads."""
-    config = message.content.config_records["step"]
+    config = message.content.config_records[rec.STEP]
     device = _device(message, context)
     content = RecordDict()
-    first, count = number(config, "first-batch"), number(config, "count")
-    if config.get("slow") and number(config, "slow-device", -1) == _index(config, context):
-        time.sleep(float(number(config, "slow-delay-s", 0)))  # a simulated straggler
+    first, count = number(config, rec.FIRST_BATCH), number(config, rec.COUNT)
+    if config.get(rec.SLOW) and number(config, rec.SLOW_DEVICE, -1) == _index(config, context):
+        time.sleep(float(number(config, rec.SLOW_DELAY_S, 0)))  # a simulated straggler
     for batch in range(first, min(first + count, device.num_batches)):
-        record, fields = device.run(batch)
-        content[f"batch-{batch}"] = ConfigRecord({k: int(v) for k, v in record.to_json().items()})
-        if fields is not None:
-            content[f"upload-{batch}"] = _upload_record(fields)
-    content["device"] = ConfigRecord({"device-id": device.device_id, "batches": device.num_batches})
+        record, upload = device.run(batch)
+        content[rec.batch_record(batch)] = ConfigRecord(
+            {k: int(v) for k, v in record.to_json().items()}
+        )
+        if upload is not None:
+            content[rec.upload_record(batch)] = upload_to_record(upload)
+    content[rec.DEVICE] = ConfigRecord(
+        {"device-id": device.device_id, "batches": device.num_batches}
+    )
     _save(device, context)
     return Message(content, reply_to=message)
 
@@ -68,17 +70,17 @@ def step(message: Message, context: Context) -> Message:
 def prompt(message: Message, context: Context) -> Message:
     """Apply the prompt the cloud sent (validated; a bad one changes nothing)."""
     device = _device(message, context)
-    parts = {k: v.numpy() for k, v in message.content.array_records["prompt"].items()}
-    version = number(message.content.config_records["prompt-info"], "version")
+    parts = {k: v.numpy() for k, v in message.content.array_records[rec.PROMPT].items()}
+    version = number(message.content.config_records[rec.PROMPT_INFO], "version")
     try:
         wire_bytes = device.apply(parts, version)
     except CdcaError as err:
         return Message(
-            RecordDict({"refused": ConfigRecord({"reason": str(err)})}), reply_to=message
+            RecordDict({rec.REFUSED: ConfigRecord({"reason": str(err)})}), reply_to=message
         )
     _save(device, context)
     return Message(
-        RecordDict({"applied": ConfigRecord({"version": version, "bytes": wire_bytes})}),
+        RecordDict({rec.APPLIED: ConfigRecord({"version": version, "bytes": wire_bytes})}),
         reply_to=message,
     )
 
@@ -101,47 +103,44 @@ def text(record: Mapping[str, object], key: str) -> str:
 
 def _index(config: ConfigRecord, context: Context) -> int:
     """This device's index in the fleet: its node config, or what the cloud calls it."""
-    return number(context.node_config, "partition-id", number(config, "device-index", 0))
+    return number(context.node_config, rec.NODE_PARTITION, number(config, rec.DEVICE_INDEX, 0))
 
 
 def _device(message: Message, context: Context) -> ReplayDevice:
-    config = message.content.config_records["step"]
+    config = message.content.config_records[rec.STEP]
     node = context.node_config
     index = _index(config, context)
     default_stream = (
-        f"{text(config, 'stream-dir')}/device-{index}.npz" if "stream" not in node else ""
+        f"{text(config, rec.STREAM_DIR)}/device-{index}.npz" if rec.NODE_STREAM not in node else ""
     )
-    stream = Path(str(node.get("stream", default_stream)))
-    model_dir = str(node["model-dir"]) if "model-dir" in node else text(config, "model-dir")
+    stream = Path(str(node.get(rec.NODE_STREAM, default_stream)))
+    model_dir = (
+        str(node[rec.NODE_MODEL_DIR]) if rec.NODE_MODEL_DIR in node else text(config, rec.MODEL_DIR)
+    )
     if model_dir not in _RUNTIMES:
         _RUNTIMES[model_dir] = DeviceRuntime.load(Path(model_dir) / MANIFEST_FILE, threads=1)
     runtime = _RUNTIMES[model_dir]
     runtime.reset_adaptation()
-    wire = message.content.config_records.get(SETTINGS_KEY, ConfigRecord())
+    wire = message.content.config_records.get(rec.SETTINGS, ConfigRecord())
     settings, _ = settings_from_wire({k: str(v) for k, v in wire.items()})
-    agent = DeviceAgent(runtime, settings, seed=number(config, "seed") + index)
-    device = ReplayDevice(agent, stream, number(config, "batch-size"), f"device-{index}")
-    if STATE_KEY in context.state.config_records:
-        state = context.state.config_records[STATE_KEY]["state"]
+    agent = DeviceAgent(runtime, settings, seed=number(config, rec.SEED) + index)
+    device = ReplayDevice(agent, stream, number(config, rec.BATCH_SIZE), f"device-{index}")
+    if rec.STATE in context.state.config_records:
+        state = context.state.config_records[rec.STATE]["state"]
         if isinstance(state, bytes):
             device.restore(state)
     return device
 
 
 def _save(device: ReplayDevice, context: Context) -> None:
-    context.state.config_records[STATE_KEY] = ConfigRecord({"state": device.state()})
+    context.state.config_records[rec.STATE] = ConfigRecord({"state": device.state()})
 
 
-def _upload_record(fields: dict[str, object]) -> ArrayRecord:
-    arrays = {k: Array(np.ascontiguousarray(np.asarray(fields[k]))) for k in UPLOAD_ARRAYS}
-    meta = [number(fields, "batch_id"), int(bool(fields["shift"])), number(fields, "frames_seen")]
-    arrays["meta"] = Array(np.array(meta, np.int64))
-    return ArrayRecord(array_dict=arrays)
+def upload_to_record(upload: Upload) -> ArrayRecord:
+    """An upload as the ArrayRecord a step reply carries."""
+    return ArrayRecord(array_dict={k: Array(v) for k, v in upload.arrays().items()})
 
 
-def upload_fields(record: ArrayRecord) -> dict[str, object]:
-    """The cloud's side of ``_upload_record``: back to the fields ``FleetTeacher.ingest`` takes."""
-    fields: dict[str, object] = {k: record[k].numpy() for k in UPLOAD_ARRAYS}
-    batch_id, shift, frames_seen = (int(v) for v in record["meta"].numpy())
-    fields.update(batch_id=batch_id, shift=bool(shift), frames_seen=frames_seen)
-    return fields
+def upload_from_record(record: ArrayRecord) -> Upload:
+    """The cloud's side of ``upload_to_record``."""
+    return Upload.from_arrays({k: record[k].numpy() for k in record})

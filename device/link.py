@@ -26,10 +26,11 @@ from protocol.errors import CdcaError
 from protocol.messages import (
     PROTOCOL_VERSION,
     DecodedPrompt,
+    ProtocolError,
     call_metadata,
     decode_prompt,
-    upload_chunks,
 )
+from protocol.upload import Upload
 from protocol.v1 import cdca_pb2, cdca_pb2_grpc
 
 log = logging.getLogger("cdca.device")
@@ -134,17 +135,17 @@ def _read(path: Path | None) -> bytes | None:
     return path.read_bytes() if path else None
 
 
-def encode_batch(batch: dict[str, Any]) -> bytes:
-    """One batch's uploads as queue bytes (npz)."""
+def encode_upload(upload: Upload) -> bytes:
+    """One upload as queue bytes (npz of ``Upload.arrays``)."""
     buffer = io.BytesIO()
-    arrays: dict[str, Any] = {k: np.asarray(v) for k, v in batch.items()}
+    arrays: dict[str, Any] = dict(upload.arrays())
     np.savez(buffer, **arrays)
     return buffer.getvalue()
 
 
-def _decode_batch(payload: bytes) -> dict[str, np.ndarray]:
+def _decode_upload(payload: bytes) -> Upload:
     with np.load(io.BytesIO(payload), allow_pickle=False) as data:
-        return {name: data[name] for name in data.files}
+        return Upload.from_arrays({name: data[name] for name in data.files})
 
 
 class CloudLink:
@@ -240,22 +241,12 @@ class CloudLink:
         Otherwise False, or the seconds the cloud asked the device to wait before retrying.
         """
         try:
-            batch = _decode_batch(payload)
-        except (OSError, ValueError, KeyError) as err:
+            upload = _decode_upload(payload)
+        except (OSError, ValueError, KeyError, ProtocolError) as err:
             log.warning("dropping an unreadable queued upload %d: %s", seq, err)
             self.queue.ack(seq)
             return True
-        chunks = upload_chunks(
-            self.config.device_id,
-            int(batch["batch_id"]),
-            batch["images"],
-            batch["uncertainty"],
-            batch["frame_ids"],
-            batch["predicted"],
-            batch["batch_stats"],
-            shift=bool(batch["shift"]),
-            frames_seen=int(batch["frames_seen"]),
-        )
+        chunks = upload.chunks(self.config.device_id)
         start = time.perf_counter()
         try:
             summary = self._stub.Upload(
@@ -264,7 +255,7 @@ class CloudLink:
         except grpc.RpcError as err:
             return self._upload_failed(seq, err)
         self.stats.upload_ms.append((time.perf_counter() - start) * 1e3)
-        self._acked_at[int(batch["batch_id"])] = time.monotonic()
+        self._acked_at[upload.batch_id] = time.monotonic()
         while len(self._acked_at) > ACK_TIMES_KEPT:
             self._acked_at.pop(next(iter(self._acked_at)))
         self.queue.ack(seq)

@@ -20,7 +20,8 @@ import numpy as np
 from device.agent import AgentStep, DeviceAgent
 from device.sources import batch_starts
 from protocol.errors import DataError
-from protocol.messages import prompt_message, upload_chunks
+from protocol.messages import prompt_message
+from protocol.upload import Upload
 
 
 @dataclass(frozen=True)
@@ -43,14 +44,13 @@ class BatchRecord:
 
 def step_and_upload(
     agent: DeviceAgent, device_id: str, images: np.ndarray, batch: int, first_frame: int
-) -> tuple[AgentStep, dict[str, object] | None, int]:
-    """One batch: the agent's step, its upload's fields (None: nothing goes up) and their wire bytes."""
+) -> tuple[AgentStep, Upload | None, int]:
+    """One batch: the agent's step, its upload (None: nothing goes up) and its wire bytes."""
     step = agent.step(images)
     if not step.uploads:
         return step, None, 0
-    fields = agent.upload(images, step, batch, first_frame, first_frame + len(images))
-    chunks = upload_chunks(device_id, **fields)  # type: ignore[arg-type]
-    return step, fields, sum(chunk.ByteSize() for chunk in chunks)
+    upload = agent.upload(images, step, batch, first_frame, first_frame + len(images))
+    return step, upload, upload.wire_bytes(device_id)
 
 
 def prompt_bytes(parts: dict[str, np.ndarray], version: int) -> int:
@@ -94,11 +94,11 @@ class ReplayDevice:
         self.prompt_version = version
         return prompt_bytes(parts, version)
 
-    def run(self, batch: int) -> tuple[BatchRecord, dict[str, object] | None]:
-        """Predict one batch; returns its record and the upload's fields (None: nothing goes up)."""
+    def run(self, batch: int) -> tuple[BatchRecord, Upload | None]:
+        """Predict one batch; returns its record and its upload (None: nothing goes up)."""
         start, stop = self.starts[batch], self.starts[batch + 1]
         images, labels = self.images[start:stop], self.labels[start:stop]
-        step, fields, bytes_up = step_and_upload(self.agent, self.device_id, images, batch, start)
+        step, upload, bytes_up = step_and_upload(self.agent, self.device_id, images, batch, start)
         correct = int((step.logits.argmax(1) == labels).sum())
         record = BatchRecord(
             batch,
@@ -110,7 +110,7 @@ class ReplayDevice:
             bytes_up,
             self.prompt_version,
         )
-        return record, fields
+        return record, upload
 
     def state(self) -> bytes:
         """What must survive between two calls in a fresh process (a Flower node's ClientApp)."""

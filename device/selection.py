@@ -1,8 +1,8 @@
 """Which frames to upload (UGS): top-k, a budget with a running quantile, class balance, some random.
 
 Gan et al., U-VPA, CVPR 2023 (https://arxiv.org/abs/2212.00972) upload the most uncertain
-samples. PROTOTYPE_FINDINGS.md showed uncertainty-only uploads bias the statistics the
-cloud estimates (43.0 % vs 52.1 % with random uploads), so a share of the budget can go to
+samples. In this project's first prototype, uncertainty-only uploads biased the statistics
+the cloud estimates (43.0 % against 52.1 % with random uploads), so a share of the budget can go to
 uniformly random frames. NumPy only; must not import torch.
 """
 

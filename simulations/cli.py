@@ -48,7 +48,7 @@ GROUPS: dict[str, tuple[str, str, str]] = {
     ),
     "bench": (
         "simulations.bench.cli",
-        "run adaptation methods over a shifting stream and report",
+        "benchmarks: adaptation methods, prompt ceiling, speed, reliability",
         "cloud",
     ),
     "device": ("device.cli", "device-side tools; needs only the device extra (no torch)", "device"),

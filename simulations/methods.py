@@ -1,66 +1,22 @@
 """Every method the benchmark can run, by name: on-device peers, U-VPA and its ablations, references.
 
 ``uvpa`` is the project's ``[adaptation]`` as it stands, run on the real ONNX device and the
-real cloud (``simulations.bench.cloud_device``). Each ablation changes settings by their
-keys, so the table shows what one part contributes: how uploads are chosen
-(``uvpa_random``, ``uvpa_disagreement``), whether uncertainty guides the update
-(``uvpa_unguided``), what the device is taught to match (``uvpa_teacher_target``), the
-device's check on each prompt (``uvpa_no_gate``), the rendered clean samples
-(``uvpa_no_synthetic``), how environments hand over (``uvpa_homeostasis``,
-``uvpa_no_restart``) and which device-model inputs the cloud learns (``uvpa_all_parts``).
-Two references: upload everything (``cloud_teacher``) and a perfect teacher
-(``uvpa_label_target``: the cloud learns from the uploads' true labels).
+real cloud (``simulations.bench.cloud_device``); its ablation rows come from
+``simulations.experiments``. ``cloud_teacher`` is a reference: upload every frame and let
+the teacher answer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Protocol
-
-import torch
-
-from cloud.server.world import CloudWorld
-from protocol.config.adaptation import PARTS
+from cloud.server.models import CloudModels
 from protocol.config.project import ProjectConfig, with_settings
 from protocol.errors import ConfigError, unknown_name
 from simulations.bench.cloud_device import CloudTeacherMethod, FleetMethod
+from simulations.experiments import ABLATIONS, LABEL_TARGET
+from simulations.online import OnlineMethod
 from simulations.peers import PEERS, PixelModel, create_method
 
-ABLATIONS: dict[str, dict[str, object]] = {
-    "uvpa_random": {"adaptation.device.score": "random"},
-    "uvpa_disagreement": {"adaptation.device.score": "disagreement"},
-    "uvpa_unguided": {"adaptation.vplu.guided": False},
-    "uvpa_teacher_target": {"adaptation.vplu.target": "teacher"},
-    "uvpa_no_gate": {"adaptation.device.gate": "off"},
-    "uvpa_no_synthetic": {"adaptation.synthetic.count": 0},
-    "uvpa_homeostasis": {
-        "adaptation.prompt_bank.shared_rate": 0.5,
-        "adaptation.prompt_bank.sensitive_quantile": 0.8,
-    },
-    "uvpa_no_restart": {
-        "adaptation.session.restart_on_shift": False,
-        "adaptation.device.detect_shifts": False,
-    },
-    "uvpa_all_parts": {"adaptation.vplu.parts": ",".join(PARTS)},
-    # an upper reference, not a method: the true label as the cloud's target
-    "uvpa_label_target": {"adaptation.vplu.target": "teacher"},
-}
 CLOUD_DEVICE_METHODS = ("uvpa", *ABLATIONS, "cloud_teacher")
-
-
-class OnlineMethod(Protocol):
-    """What the benchmark drives: predict-then-adapt per batch, plus what it cost."""
-
-    name: str
-    uses_backprop: bool
-
-    def step(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Predict the batch (returned logits), then adapt on it."""
-        ...
-
-    def costs(self) -> dict[str, float]:
-        """Uploads, bytes per 1,000 frames and cloud compute so far."""
-        ...
 
 
 def list_methods() -> list[str]:
@@ -90,7 +46,7 @@ class MethodFactory:
         self,
         model: PixelModel,
         project: ProjectConfig,
-        world: CloudWorld | None,
+        world: CloudModels | None,
         delay: int = 1,
         seed: int = 0,
     ) -> None:
@@ -130,8 +86,5 @@ class MethodFactory:
             project.adaptation,
             self.delay,
             self.seed,
-            label_target=name == "uvpa_label_target",
+            label_target=name == LABEL_TARGET,
         )
-
-
-MethodMaker = Callable[[str], OnlineMethod]

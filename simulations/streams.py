@@ -53,6 +53,10 @@ class StreamSpec:
         """Total images in the stream."""
         return sum(s.count for s in self.segments)
 
+    def num_batches(self) -> int:
+        """Batches in the stream (a batch never straddles two segments)."""
+        return sum(-(-s.count // self.batch_size) for s in self.segments)
+
 
 @dataclass(frozen=True)
 class Batch:

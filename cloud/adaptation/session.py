@@ -28,7 +28,7 @@ from cloud.adaptation.guard import prompt_problem, stats_problem
 from cloud.adaptation.prompt_bank import Prompt, PromptBank
 from cloud.adaptation.synthetic import EnvironmentRenderer
 from cloud.adaptation.vplu import VPLU, Uploads
-from cloud.students.preprocess import pixels_to_uint8
+from cloud.students.preprocess import pixels_to_uint8, unit_pixels
 from protocol.config.adaptation import SessionConfig
 from protocol.errors import DataError
 
@@ -166,7 +166,7 @@ class AdaptationSession:
     @torch.no_grad()
     def _seed(self, pooled: PooledUploads) -> None:
         """Pooled uploads into the fresh buffer, oldest first; they do not count as uploads."""
-        pixels = pooled.pixels.float() / 255
+        pixels = unit_pixels(pooled.pixels)
         x = self.normalize(pixels)
         for i in range(len(pooled)):
             self.buffer.append(

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from cloud.data.labelled import LabelledImages
+from cloud.students.preprocess import unit_pixels
 from protocol.config.adaptation import SyntheticConfig
 from protocol.errors import DataError
 
@@ -90,7 +91,7 @@ class EnvironmentRenderer:
     def gain(self, frames: torch.Tensor) -> torch.Tensor:
         """(3, H, W) per-frequency gain: the uploads' mean amplitude over the clean set's."""
         _check_frames(frames, self.frame_shape)
-        amplitude = torch.fft.fft2(frames.float() / 255).abs().mean(dim=0)
+        amplitude = torch.fft.fft2(unit_pixels(frames)).abs().mean(dim=0)
         # where neither has energy the gain is 1, not 0/0
         return (amplitude + SPECTRUM_FLOOR) / (self.clean_amplitude + SPECTRUM_FLOOR)
 
@@ -99,7 +100,7 @@ class EnvironmentRenderer:
         """``count`` clean images rendered with the environment of ``frames`` (n, 3, H, W) uint8."""
         gain = self.gain(frames)
         pick = torch.randint(len(self.images), (self.config.count,), generator=self.generator)
-        spectrum = torch.fft.fft2(self.images[pick].float() / 255)
+        spectrum = torch.fft.fft2(unit_pixels(self.images[pick]))
         pixels = torch.fft.ifft2(spectrum * gain).real.clamp(0, 1)
         return SyntheticSamples(pixels, self._targets(self.labels[pick]))
 
@@ -115,7 +116,7 @@ class EnvironmentRenderer:
         chosen = torch.randperm(len(self.images), generator=generator)[:count]
         total = torch.zeros(self.images.shape[1:], dtype=torch.float32)
         for start in range(0, count, SPECTRUM_CHUNK):
-            chunk = self.images[chosen[start : start + SPECTRUM_CHUNK]].float() / 255
+            chunk = unit_pixels(self.images[chosen[start : start + SPECTRUM_CHUNK]])
             total += torch.fft.fft2(chunk).abs().sum(dim=0)
         return total / count
 

@@ -142,7 +142,7 @@ def _teacher_and_vectors(
     project: ProjectConfig, class_names: tuple[str, ...]
 ) -> tuple[Teacher, torch.Tensor]:
     """The project's teacher and its class vectors (learned CoOp prompts, else the template)."""
-    from cloud.prompts.storage import load_prompt_vectors
+    from cloud.coop.storage import load_prompt_vectors
     from cloud.teacher.factory import teacher_for
 
     teacher = teacher_for(project.teacher, class_names, project.data.image_size)

@@ -18,11 +18,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from cloud.server.board import PromptBoard
 from cloud.server.handlers import add_service
+from cloud.server.models import CloudModels, load_cloud_models
 from cloud.server.registry import DeviceRegistry
 from cloud.server.service import CloudAdaptationService
 from cloud.server.storage import Inbox
 from cloud.server.worker import AdaptationWorker
-from cloud.server.world import CloudWorld, load_world
 from protocol.config.project import ProjectConfig, write_resolved
 from protocol.config.server import ServerConfig
 from protocol.errors import ConfigError
@@ -40,7 +40,7 @@ def registry_path(state_dir: Path) -> Path:
 async def serve(project: ProjectConfig, port_file: Path | None = None) -> None:
     """Run the project's server until SIGINT/SIGTERM."""
     config = project.server
-    world = load_world(project, config.state_dir, config.model_dir)
+    world = load_cloud_models(project, config.state_dir, config.model_dir)
     write_resolved(project, config.state_dir, "this server")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -50,7 +50,7 @@ async def serve(project: ProjectConfig, port_file: Path | None = None) -> None:
 
 
 async def run_server(
-    config: ServerConfig, world: CloudWorld, stop: asyncio.Event, port_file: Path | None = None
+    config: ServerConfig, world: CloudModels, stop: asyncio.Event, port_file: Path | None = None
 ) -> None:
     """Serve ``world`` with ``config`` until ``stop`` is set (the testable core of ``serve``)."""
     registry = DeviceRegistry(registry_path(config.state_dir))

@@ -41,11 +41,11 @@ from cloud.adaptation.guard import stats_problem
 from cloud.server.board import PromptBoard
 from cloud.server.handlers import UNDECODABLE
 from cloud.server.limits import DeviceAllowances
+from cloud.server.models import ServedModel
 from cloud.server.registry import DEVICE_ID, DeviceRegistry, saturate
 from cloud.server.storage import Inbox, StoredBatch
 from cloud.server.warnings import ThrottledWarnings
 from cloud.server.worker import AdaptationWorker
-from cloud.server.world import ServedModel
 from protocol.config.adaptation import DeviceSettings
 from protocol.config.server import ServerConfig
 from protocol.config.wire import settings_to_wire

@@ -40,6 +40,7 @@ from cloud.adaptation.session import AdaptationSession, UploadBatch
 from cloud.server.board import PromptBoard
 from cloud.server.fair_queue import FairQueue
 from cloud.server.limits import InboxQuota
+from cloud.server.models import CloudModels
 from cloud.server.registry import DeviceRegistry
 from cloud.server.storage import (
     Inbox,
@@ -50,7 +51,7 @@ from cloud.server.storage import (
     save_bank,
     save_environments,
 )
-from cloud.server.world import CloudWorld
+from cloud.students.preprocess import pixels_from_uint8
 from protocol.config.server import LimitsConfig
 from protocol.errors import CdcaError
 from protocol.files import atomic_write
@@ -69,7 +70,7 @@ class AdaptationWorker:
 
     def __init__(
         self,
-        world: CloudWorld,
+        world: CloudModels,
         registry: DeviceRegistry,
         inbox: Inbox,
         board: PromptBoard,
@@ -250,7 +251,7 @@ class AdaptationWorker:
         self, session: AdaptationSession, batch: StoredBatch, fit: bool
     ) -> cdca_pb2.Prompt | None:
         """In the worker thread: learn, and if a prompt ships, persist the bank before publishing."""
-        pixels = torch.from_numpy(batch.images).permute(0, 3, 1, 2).float() / 255
+        pixels = pixels_from_uint8(batch.images)
         upload = UploadBatch(
             pixels,
             torch.from_numpy(batch.uncertainty),

@@ -40,6 +40,11 @@ def pixels_from_uint8(images: np.ndarray, device: torch.device | str = "cpu") ->
     return x.to(device).permute(0, 3, 1, 2).float().div_(255.0)
 
 
+def unit_pixels(frames: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) uint8 frames already in torch -> float32 in [0, 1]."""
+    return frames.float().div_(255.0)
+
+
 def pixels_to_uint8(pixels: torch.Tensor) -> torch.Tensor:
     """(N, 3, H, W) [0, 1] pixels -> the same layout as uint8, the frames a device sends.
 

@@ -6,83 +6,11 @@ prediction counts, as in CoTTA's protocol.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-
-import numpy as np
-import torch
+from collections.abc import Sequence
 
 from cloud.data.formats import CorruptedDataset
-from cloud.students.preprocess import pixels_from_uint8
-from simulations.methods import MethodMaker
-from simulations.streams import StreamSpec, iterate_batches
-
-ProgressFn = Callable[[str, int], None]  # (description, images advanced)
-
-
-@dataclass
-class MethodResult:
-    """One method on one stream."""
-
-    method: str
-    stream: str
-    domains: list[str]
-    accuracy: dict[str, float]  # per domain, in [0, 1]
-    mean: float  # mean over domains (each domain weighs the same)
-    num_images: int
-    seconds: float
-    batch_accuracy: list[float] = field(default_factory=list)  # for curves
-    batch_domain: list[str] = field(default_factory=list)
-    costs: dict[str, float] = field(default_factory=dict)  # uploads, bytes, cloud compute
-    uses_backprop: bool = False
-
-    def to_json(self) -> dict[str, object]:
-        """Plain dict for ``results.json``."""
-        return asdict(self)
-
-
-def run_method(
-    method_name: str,
-    make: MethodMaker,
-    dataset: CorruptedDataset,
-    stream: StreamSpec,
-    seed: int = 0,
-    progress: ProgressFn | None = None,
-) -> MethodResult:
-    """Feed ``stream`` to a fresh instance of ``method_name`` and score its online predictions."""
-    torch.manual_seed(seed)
-    method = make(method_name)
-    correct: dict[str, int] = dict.fromkeys(stream.domains(), 0)
-    seen: dict[str, int] = dict.fromkeys(stream.domains(), 0)
-    batch_accuracy, batch_domain = [], []
-    start = time.perf_counter()
-    for batch in iterate_batches(dataset, stream):
-        pixels = pixels_from_uint8(batch.images)
-        if getattr(method, "wants_labels", False):  # the reference row's cloud learns from labels
-            method.reveal_labels(pixels, batch.labels)  # type: ignore[attr-defined]
-        logits = method.step(pixels)
-        hits = int((logits.argmax(1).numpy() == batch.labels).sum())
-        correct[batch.segment.domain] += hits
-        seen[batch.segment.domain] += len(batch.labels)
-        batch_accuracy.append(hits / len(batch.labels))
-        batch_domain.append(batch.segment.domain)
-        if progress:
-            progress(f"{method_name} · {batch.segment.domain}", len(batch.labels))
-    accuracy = {d: correct[d] / seen[d] for d in stream.domains() if seen[d]}
-    return MethodResult(
-        method=method_name,
-        stream=stream.name,
-        domains=list(accuracy),
-        accuracy=accuracy,
-        mean=float(np.mean(list(accuracy.values()))),
-        num_images=sum(seen.values()),
-        seconds=time.perf_counter() - start,
-        batch_accuracy=batch_accuracy,
-        batch_domain=batch_domain,
-        costs=method.costs(),
-        uses_backprop=method.uses_backprop,
-    )
+from simulations.online import MethodMaker, MethodResult, ProgressFn, run_method
+from simulations.streams import StreamSpec
 
 
 def run_benchmark(

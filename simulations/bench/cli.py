@@ -165,15 +165,15 @@ def _factory(
     project: ProjectConfig, methods: list[str], out: Path, delay: int, seed: int
 ) -> MethodFactory:
     """The student for the peers; the cloud (exported into ``out/model``) only when a row needs it."""
-    from cloud.server.world import load_world
-    from simulations.bench.models import is_distilled, load_student_model
+    from cloud.server.models import load_cloud_models
+    from simulations.peers.student import is_distilled, load_student_model
 
     student = distilled_student(project)
     model = load_student_model(student)
     write_resolved(project, out, "this benchmark")
     world = None
     if set(methods) & set(CLOUD_DEVICE_METHODS) and is_distilled(student):
-        world = load_world(project, out)
+        world = load_cloud_models(project, out)
     return MethodFactory(model, project, world, delay, seed)
 
 

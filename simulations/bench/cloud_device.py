@@ -22,7 +22,7 @@ from collections import deque
 import numpy as np
 import torch
 
-from cloud.server.world import CloudWorld
+from cloud.server.models import CloudModels
 from cloud.students.preprocess import pixels_to_uint8
 from device.agent import DeviceAgent
 from device.replay import prompt_bytes, step_and_upload
@@ -31,7 +31,7 @@ from protocol.config.adaptation import AdaptationConfig
 from protocol.errors import DataError
 from protocol.manifest import MANIFEST_FILE
 from protocol.messages import upload_chunks
-from simulations.fleet.cloud_side import FleetTeacher
+from simulations.harness.simulated_cloud import SimulatedCloud
 
 DEVICE_ID = "device-0"
 # softmax of a one-hot logit of 8 over 10 classes puts 99.7 % on the label: a hard target
@@ -64,7 +64,7 @@ class FleetMethod:
     def __init__(
         self,
         name: str,
-        world: CloudWorld,
+        world: CloudModels,
         adaptation: AdaptationConfig,
         delay: int = 1,
         seed: int = 0,
@@ -76,7 +76,7 @@ class FleetMethod:
         self.agent = DeviceAgent(runtime, adaptation.device, seed)
         self._labels: dict[bytes, int] = {}
         teacher = self._label_logits if label_target else None
-        self.cloud = FleetTeacher.build(world, adaptation, teacher)
+        self.cloud = SimulatedCloud.build(world, adaptation, teacher)
         self.num_classes = len(world.class_vectors)
         self.in_flight: deque[tuple[int, dict[str, np.ndarray], int]] = deque()
         self.batch = 0
@@ -89,15 +89,15 @@ class FleetMethod:
             self.agent.apply(parts)
             self.traffic.bytes_down += prompt_bytes(parts, version)
         frames = pixels_to_uint8(pixels).permute(0, 2, 3, 1).numpy()
-        step, fields, bytes_up = step_and_upload(
+        step, upload, bytes_up = step_and_upload(
             self.agent, DEVICE_ID, frames, self.batch, self.traffic.frames
         )
         self.traffic.frames += len(frames)
-        if fields is not None:
+        if upload is not None:
             self.traffic.uploaded += len(step.decision.indices)
             self.traffic.bytes_up += bytes_up
             with torch.enable_grad():
-                learned = self.cloud.ingest(DEVICE_ID, fields)
+                learned = self.cloud.ingest(DEVICE_ID, upload)
             if learned is not None:
                 self.in_flight.append((self.batch + self.delay, *learned))
         self.batch += 1
@@ -135,7 +135,7 @@ class CloudTeacherMethod:
 
     uses_backprop = False
 
-    def __init__(self, name: str, world: CloudWorld) -> None:
+    def __init__(self, name: str, world: CloudModels) -> None:
         self.name, self.world = name, world
         self.traffic = Traffic()
 

@@ -134,7 +134,7 @@ def full_queue(workdir: Path) -> Facts:
 
 def flower_straggler(workdir: Path, data: str = "data/fashion-mnist-c") -> Facts:
     """``cdca simulate`` on the Flower Simulation Engine with one device 6 s late in round 1."""
-    from simulations.bench.system import CDCA
+    from simulations.harness.processes import CDCA
 
     project = workdir / "straggler.toml"
     project.write_text(

@@ -193,7 +193,7 @@ class _ServerWatch:
         self._thread.start()
 
     def _sample(self) -> None:
-        from simulations.fleet.memory import process_rss_bytes
+        from simulations.harness.memory import process_rss_bytes
 
         while not self._stop.wait(0.5):
             server = self.rig.server

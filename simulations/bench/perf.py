@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from cloud.students.preprocess import pixels_from_uint8
+
 
 @dataclass(frozen=True)
 class PerfConfig:
@@ -95,7 +97,7 @@ def export_models(out: Path) -> dict[str, Path]:
     from cloud.export.onnx_export import export_device_model, quantize_int8
     from cloud.shipped import SHIPPED_DISTILLED
     from protocol.manifest import load_manifest
-    from simulations.bench.models import ClassVectorHead
+    from simulations.peers.student import ClassVectorHead
 
     student, vectors, info = load_distilled(SHIPPED_DISTILLED)
     folder = out / "model"
@@ -235,12 +237,12 @@ def cloud_costs(config: PerfConfig, pixels: torch.Tensor) -> dict[str, object]:
     """One VPLU update vs buffer size; one fleet round (every device uploads) vs device count."""
     from cloud.adaptation.session import SessionConfig, UploadBatch
     from cloud.adaptation.vplu import VPLU, Uploads
-    from cloud.server.world import load_world
+    from cloud.server.models import load_cloud_models
     from protocol.config.project import load_project
-    from simulations.fleet.memory import tree_rss_bytes
+    from simulations.harness.memory import tree_rss_bytes
 
     project = load_project(None)  # the built-in world with the default settings
-    world = load_world(project, config.out / "cloud")
+    world = load_cloud_models(project, config.out / "cloud")
     normalize = world.normalization.apply
     vplu = VPLU(world.device_model, world.class_vectors, project.adaptation.fit)
     inputs = world.device_model.neutral_inputs(world.class_vectors, batch=len(pixels))
@@ -286,8 +288,8 @@ def communication(manifest: Path, images: np.ndarray, budget: float = 0.1) -> di
         batch = images[start : start + 64]
         step = agent.step(batch)
         if step.uploads:
-            fields = agent.upload(batch, step, start // 64, start, start + len(batch))
-            uvpa_up += sum(c.ByteSize() for c in upload_chunks("perf", **fields))  # type: ignore[arg-type]
+            upload = agent.upload(batch, step, start // 64, start, start + len(batch))
+            uvpa_up += upload.wire_bytes("perf")
         every = np.arange(len(batch))
         everything_up += sum(
             c.ByteSize()
@@ -329,12 +331,7 @@ def run_perf(config: PerfConfig, progress: Callable[[str], None] = print) -> dic
     progress("communication")
     traffic = communication(models["manifest"], frames)
     progress("cloud: VPLU updates and fleet rounds")
-    pixels = (
-        torch.from_numpy(np.concatenate([fog.images[:192], contrast.images[:192]]))
-        .permute(0, 3, 1, 2)
-        .float()
-        / 255
-    )
+    pixels = pixels_from_uint8(np.concatenate([fog.images[:192], contrast.images[:192]]))
     cloud = cloud_costs(config, pixels)
     results = {
         "hardware": hardware(),

@@ -58,7 +58,7 @@ def run_load(config: LoadConfig) -> dict[str, object]:
     from cloud.server.registry import DeviceRegistry
     from cloud.server.serve import registry_path
     from protocol.manifest import MANIFEST_FILE, load_manifest
-    from simulations.bench.system import launch_server
+    from simulations.harness.processes import launch_server
 
     state = config.out / "cloud"
     shutil.rmtree(state, ignore_errors=True)  # a previous run's backlog would be re-queued
@@ -180,7 +180,7 @@ def _watch(stub, device, metadata, stats, stop):  # type: ignore[no-untyped-def]
 
 
 def _sample_rss(pid: int, peak: list[int], stop: threading.Event) -> None:
-    from simulations.fleet.memory import process_rss_bytes
+    from simulations.harness.memory import process_rss_bytes
 
     while not stop.wait(0.5):
         peak[0] = max(peak[0], process_rss_bytes(pid))

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from simulations.bench.adapt import MethodResult
+from simulations.online import MethodResult
 
 
 def write_report(

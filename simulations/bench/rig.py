@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -21,14 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from simulations.harness.processes import device_run_argv, free_port
+
 DOMAINS = ("gaussian_noise", "contrast", "impulse_noise", "fog", "pixelate", "shot_noise")
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on (yet)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def corrupted_stream(
@@ -106,13 +100,13 @@ class Rig:
 
     def enrol(self, device_id: str) -> str:
         """``cdca cloud enrol``; the device's token."""
-        from simulations.bench.system import enrol
+        from simulations.harness.processes import enrol
 
         return enrol(self.state, device_id, self.ENV)
 
     def restart_server(self) -> None:
         """``cdca cloud serve`` on this rig's port; returns once it listens."""
-        from simulations.bench.system import launch_server
+        from simulations.harness.processes import launch_server
 
         self.server = launch_server(self.state, self.port, self.log, self.ENV, timeout=120)[0]
 
@@ -150,25 +144,15 @@ class Rig:
         ``drain_seconds``: how long the device waits at the end of its stream for queued
         uploads (it stops waiting as soon as the queue is empty).
         """
-        from simulations.bench.system import CDCA
-
         with open(self.device_log(device_id), "a") as log:
             return subprocess.Popen(
-                [
-                    *CDCA,
-                    "device",
-                    "run",
-                    "--input",
-                    str(stream),
-                    "--model",
-                    str(self.state / "model"),
-                    "--state-dir",
-                    str(self.workdir / device_id),
-                    "--server",
-                    f"127.0.0.1:{self.port}",
-                    "--device-id",
+                device_run_argv(
+                    stream,
+                    self.state / "model",
+                    self.workdir / device_id,
+                    self.port,
                     device_id,
-                    f"--token={token}",
+                    token,
                     "--fps",
                     str(fps),
                     "--out",
@@ -183,7 +167,7 @@ class Rig:
                     str(drain_seconds),
                     "--queue-items",
                     str(queue_items),
-                ],
+                ),
                 stdout=subprocess.DEVNULL,
                 stderr=log,
                 env=self.ENV,

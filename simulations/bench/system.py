@@ -16,7 +16,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-CDCA = [sys.executable, "-c", "import sys; from simulations.cli import main; sys.exit(main())"]
+from simulations.harness.processes import device_run_argv, enrol, launch_server
 
 
 @dataclass(frozen=True)
@@ -67,14 +66,13 @@ def simulate(streams: list[Path], batch_size: int, out: Path) -> list[dict[str, 
     """Source, device alone and U-VPA (delay 1) on each stream, in this process (built-in world)."""
     from dataclasses import replace
 
-    import torch
-
-    from cloud.server.world import load_world
+    from cloud.server.models import load_cloud_models
+    from cloud.students.preprocess import pixels_from_uint8
     from protocol.config.project import load_project
     from simulations.bench.cloud_device import FleetMethod
 
     project = load_project(None)
-    world = load_world(project, out / "simulated")
+    world = load_cloud_models(project, out / "simulated")
     device = project.adaptation.device
     runs = (("source", 0.0, False), ("device_alone", 1.0, False), ("uvpa_simulated", 1.0, True))
     results = []
@@ -89,7 +87,7 @@ def simulate(streams: list[Path], batch_size: int, out: Path) -> list[dict[str, 
             for start in range(0, len(images), batch_size):
                 frames = images[start : start + batch_size]
                 if learn:
-                    pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
+                    pixels = pixels_from_uint8(frames)
                     logits = method.step(pixels).numpy()
                 else:
                     logits = method.agent.runtime.predict(frames).logits
@@ -116,21 +114,13 @@ def run_system(
             with open(config.out / f"{device_id}.log", "w") as dlog:
                 devices.append(
                     subprocess.Popen(
-                        [
-                            *CDCA,
-                            "device",
-                            "run",
-                            "--input",
-                            str(path),
-                            "--model",
-                            str(state / "model"),
-                            "--state-dir",
-                            str(work / device_id),
-                            "--server",
-                            f"127.0.0.1:{port}",
-                            "--device-id",
+                        device_run_argv(
+                            path,
+                            state / "model",
+                            work / device_id,
+                            port,
                             device_id,
-                            f"--token={tokens[device_id]}",
+                            tokens[device_id],
                             "--fps",
                             str(config.fps),
                             "--batch-size",
@@ -141,7 +131,7 @@ def run_system(
                             "none",
                             "--summary",
                             str(config.out / f"{device_id}.summary.json"),
-                        ],
+                        ),
                         stdout=subprocess.DEVNULL,
                         stderr=dlog,
                         env=env,
@@ -158,56 +148,6 @@ def run_system(
         for i in range(len(streams))
     ]
     return summaries, work
-
-
-def enrol(state_dir: Path, device_id: str, env: dict[str, str]) -> str:
-    """``cdca cloud enrol`` in a subprocess; returns the device's token."""
-    out = subprocess.run(
-        [*CDCA, "cloud", "enrol", "--device", device_id, "--state-dir", str(state_dir)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-    )
-    return out.stdout.strip()
-
-
-def launch_server(
-    state_dir: Path,
-    port: int,
-    log: Path,
-    env: dict[str, str],
-    timeout: float = 300,
-    extra: tuple[str, ...] = (),
-) -> tuple[subprocess.Popen[bytes], int]:
-    """``cdca cloud serve`` (output appended to ``log``), once it listens; returns it and its port."""
-    port_file = state_dir / "port"
-    port_file.unlink(missing_ok=True)
-    with open(log, "a") as handle:
-        server = subprocess.Popen(
-            [
-                *CDCA,
-                "cloud",
-                "serve",
-                "--state-dir",
-                str(state_dir),
-                "--port",
-                str(port),
-                "--port-file",
-                str(port_file),
-                *extra,
-            ],
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    deadline = time.monotonic() + timeout
-    while not port_file.is_file():
-        if server.poll() is not None or time.monotonic() > deadline:
-            server.kill()
-            raise RuntimeError(f"the server did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.1)
-    return server, int(port_file.read_text())
 
 
 def device_latency(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -23,6 +24,7 @@ from protocol.config.fleet import PEERS
 from protocol.config.loader import to_plain
 from protocol.config.project import ProjectConfig, write_resolved
 from protocol.errors import ConfigError
+from simulations.fleet.preflight import adaptation_warnings
 from simulations.fleet.scenario import built_in_scenarios, find_scenario
 
 FIRST_BATCHES = 3  # "after a shift": this many batches into every new domain
@@ -120,6 +122,8 @@ def main(argv: list[str], prog: str = "cdca simulate") -> int:
         raise ConfigError(
             f"no benchmark at {shifted} (data.shifted); write it with `cdca data prepare`"
         )
+    for warning in adaptation_warnings(project):
+        print(f"warning: {warning}", file=sys.stderr)
     # SIGTERM ends the run like Ctrl-C: the engines' finally blocks stop what they started
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
@@ -140,12 +144,12 @@ def simulate(project: ProjectConfig, out: Path, threads: int = 2) -> dict[str, A
     import torch
 
     from cloud.progress import bar_columns, progress_display
-    from simulations.fleet.cloud_side import load_fleet_world
+    from cloud.server.models import load_cloud_models
     from simulations.fleet.engines import run_engine
-    from simulations.fleet.memory import PeakMemory
-    from simulations.fleet.peers import run_peers
+    from simulations.fleet.on_device import run_peers
     from simulations.fleet.report import write_run
-    from simulations.fleet.streams import write_streams
+    from simulations.fleet.stream_files import write_streams
+    from simulations.harness.memory import PeakMemory
 
     torch.set_num_threads(threads)
     started = time.perf_counter()
@@ -154,7 +158,7 @@ def simulate(project: ProjectConfig, out: Path, threads: int = 2) -> dict[str, A
     # a run exports its own device model: one left by an earlier run may come from another
     # cdca version, whose rounding would make this run differ from a fresh one
     shutil.rmtree(out / "model", ignore_errors=True)
-    world = load_fleet_world(project, out)
+    world = load_cloud_models(project, out)
     streams, specs = write_streams(project, out / "streams")
     frames = sum(s.num_images() for s in specs)
     runs = [("uvpa", project.adaptation, project.fleet.engine)]
@@ -179,6 +183,21 @@ def simulate(project: ProjectConfig, out: Path, threads: int = 2) -> dict[str, A
     return results
 
 
+def report_flower_run(  # type: ignore[no-untyped-def]
+    project: ProjectConfig, specs, raw: dict[str, Any], out: Path, class_names: list[str]
+) -> dict[str, Path]:
+    """The report ``cdca simulate`` writes, for a run started with ``flwr run``.
+
+    The on-device peers run here on the same streams, as ``cdca simulate`` runs them.
+    """
+    from simulations.fleet.on_device import run_peers
+    from simulations.fleet.report import write_run
+
+    results = assemble(project, specs, {"uvpa": raw}, run_peers(project, specs))
+    results["class_names"] = class_names
+    return write_run(out, results)
+
+
 def _advance(bar: Any, task: Any) -> Callable[[int], None]:
     """A progress callback moving one bar by the frames it is told."""
 
@@ -190,7 +209,7 @@ def _advance(bar: Any, task: Any) -> Callable[[int], None]:
 
 def assemble(project, specs, raw, peers) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """Per-method, per-device summaries, the fleet table and the domain boundaries."""
-    from simulations.fleet.streams import segment_names
+    from simulations.fleet.stream_files import segment_names
     from simulations.fleet.summary import device_summary, fleet_table, peer_after_shift
 
     devices: dict[str, list[dict[str, object]]] = {}

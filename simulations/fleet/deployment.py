@@ -25,8 +25,8 @@ from pathlib import Path
 from protocol.config.loader import toml_value
 from protocol.config.project import ProjectConfig, write_resolved
 from protocol.errors import CdcaError
-from simulations.bench.rig import free_port
 from simulations.fleet.flower_server import PROGRESS_FILE, RESULTS_FILE
+from simulations.harness.processes import free_port
 
 CONNECTION = "cdca-loopback"
 
@@ -172,7 +172,13 @@ def run_config(project: ProjectConfig, run_dir: Path, folder: Path) -> str:
     The file holds absolute paths: the app runs from a bundle without the shipped files.
     """
     project_file = write_resolved(project, folder, "this Flower run")
-    values = {"project": str(project_file), "scenario": "", "set": "", "run-dir": str(run_dir)}
+    values = {
+        "project": str(project_file),
+        "scenario": "",
+        "set": "",
+        "run-dir": str(run_dir),
+        "report": False,  # `cdca simulate` writes the report, with every engine's runs
+    }
     return "".join(f"{k} = {toml_value(v)}\n" for k, v in values.items())
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cloud.server.world import CloudWorld
+from cloud.server.models import CloudModels
 from protocol.config.adaptation import AdaptationConfig
 from protocol.config.project import ProjectConfig
 from simulations.fleet.inprocess import Progress, run_inprocess
@@ -14,7 +14,7 @@ def run_engine(
     engine: str,
     project: ProjectConfig,
     streams: list[Path],
-    world: CloudWorld,
+    world: CloudModels,
     adaptation: AdaptationConfig,
     out: Path,
     progress: Progress | None = None,
@@ -42,7 +42,7 @@ def run_engine(
 def run_flower_simulation(
     project: ProjectConfig,
     streams: list[Path],
-    world: CloudWorld,
+    world: CloudModels,
     adaptation: AdaptationConfig,
     progress: Progress | None = None,
 ) -> dict[str, object]:
@@ -55,13 +55,13 @@ def run_flower_simulation(
     from flwr.simulation import run_simulation
 
     from device.flower_client import app as client_app
-    from simulations.fleet.cloud_side import FleetTeacher
     from simulations.fleet.flower_server import FleetRounds
+    from simulations.harness.simulated_cloud import SimulatedCloud
 
     rounds = FleetRounds(
         project,
         adaptation,
-        FleetTeacher.build(world, adaptation),
+        SimulatedCloud.build(world, adaptation),
         streams[0].parent,
         world.served.folder,
         progress,

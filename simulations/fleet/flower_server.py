@@ -2,7 +2,7 @@
 
 Each round: devices with a new prompt get a ``train.prompt`` message; then every device
 still in its stream gets ``query.step`` ("run your next batches, send your uploads"); the
-replies go through ``FleetTeacher`` (the U-VPA core), whose prompts go out next round. A
+replies go through ``SimulatedCloud`` (the U-VPA core), whose prompts go out next round. A
 device whose reply does not come back within ``round_timeout_s`` simply does not advance:
 the round goes on with the others (partial results are accepted as long as
 ``min_devices`` replied; otherwise the round is retried), so one slow device never
@@ -32,18 +32,26 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from device.flower_client import SETTINGS_KEY, number, text, upload_fields
+from device.flower_client import number, text, upload_from_record
+from protocol import flower_records as rec
 from protocol.config.adaptation import AdaptationConfig
 from protocol.config.project import ProjectConfig, load_project
 from protocol.config.wire import settings_to_wire
 from protocol.errors import CdcaError
-from simulations.fleet.cloud_side import FleetTeacher
+from simulations.fleet.preflight import stream_length_warning
+from simulations.harness.simulated_cloud import SimulatedCloud
 
 log = logging.getLogger("cdca.flower")
 app = ServerApp()
 RESULTS_FILE = "flower-results.json"
 PROGRESS_FILE = "flower-progress"
-RUN_KEYS = ("project", "scenario", "set", "run-dir")  # every other run-config key is a setting
+RUN_KEYS = (
+    "project",
+    "scenario",
+    "set",
+    "run-dir",
+    "report",
+)  # every other run-config key is a setting
 
 
 def _finished(next_batch: int, total: int | None) -> bool:
@@ -58,20 +66,21 @@ class FleetRounds:
         self,
         project: ProjectConfig,
         adaptation: AdaptationConfig,
-        teacher: FleetTeacher,
+        teacher: SimulatedCloud,
         stream_dir: Path,
         model_dir: Path,
         progress: Callable[[int], None] | None = None,
     ) -> None:
         self.fleet, self.teacher, self.progress = project.fleet, teacher, progress
         self.base: dict[str, int | float | str] = {
-            "stream-dir": str(stream_dir),
-            "model-dir": str(model_dir),
-            "seed": self.fleet.seed,
-            "batch-size": self.fleet.batch_size,
+            rec.STREAM_DIR: str(stream_dir),
+            rec.MODEL_DIR: str(model_dir),
+            rec.SEED: self.fleet.seed,
+            rec.BATCH_SIZE: self.fleet.batch_size,
         }
         self.settings = ConfigRecord(settings_to_wire(adaptation.device))  # type: ignore[arg-type]
         self.records: dict[int, list[dict[str, object]]] = {}
+        self.expected_batches: dict[int, int] = {}  # by device index, from the run's streams
         self.bytes_down: dict[int, int] = {}
         self.rounds = self.partial_rounds = self.refused_prompts = self.refused_uploads = 0
         self.missed: dict[int, int] = {}  # rounds missed in a row, per node
@@ -95,9 +104,11 @@ class FleetRounds:
             self._deliver(grid, pending, index)
             replies = self._query(grid, running, next_batch)
             for node, reply in replies.items():
-                device = reply.content.config_records["device"]
+                device = reply.content.config_records[rec.DEVICE]
                 index.setdefault(node, int(text(device, "device-id").split("-")[-1]))
-                total[node] = number(device, "batches")
+                if total[node] is None:
+                    total[node] = batches = number(device, "batches")
+                    self._check_length(index[node], batches)
             # in device order, as the in-process engine does: the environment bank and the
             # shared prompt see the same sequence whatever order the replies came back in
             for node in sorted(replies, key=index.__getitem__):
@@ -118,6 +129,13 @@ class FleetRounds:
                 "dropped_devices": {str(n): why for n, why in self.dropped.items()},
             },
         }
+
+    def _check_length(self, i: int, batches: int) -> None:
+        """Say once when a device's stream is not the one the run's settings describe."""
+        if i in self.expected_batches:
+            warning = stream_length_warning(f"device-{i}", batches, self.expected_batches[i])
+            if warning:
+                log.warning("%s", warning)
 
     def _wait_for_nodes(self, grid: Grid, timeout: float = 300.0) -> list[int]:
         deadline = time.monotonic() + timeout
@@ -140,29 +158,29 @@ class FleetRounds:
         for node, (parts, version) in pending.items():
             content = RecordDict(
                 {
-                    "prompt": ArrayRecord(
+                    rec.PROMPT: ArrayRecord(
                         array_dict={k: Array(np.asarray(v)) for k, v in parts.items()}
                     ),
-                    "prompt-info": ConfigRecord({"version": version}),
-                    "step": ConfigRecord({**self.base, "device-index": index[node]}),
-                    SETTINGS_KEY: self.settings,
+                    rec.PROMPT_INFO: ConfigRecord({"version": version}),
+                    rec.STEP: ConfigRecord({**self.base, rec.DEVICE_INDEX: index[node]}),
+                    rec.SETTINGS: self.settings,
                 }
             )
-            messages.append(Message(content, dst_node_id=node, message_type="train.prompt"))
+            messages.append(Message(content, dst_node_id=node, message_type=rec.TRAIN_PROMPT))
         pending.clear()
         for reply in grid.send_and_receive(messages, timeout=self.fleet.round_timeout_s):
             if not reply.has_content():
                 continue
             node = reply.metadata.src_node_id
-            if "refused" in reply.content.config_records:
+            if rec.REFUSED in reply.content.config_records:
                 self.refused_prompts += 1
                 log.warning(
                     "node %d refused a prompt: %s",
                     node,
-                    reply.content.config_records["refused"]["reason"],
+                    reply.content.config_records[rec.REFUSED]["reason"],
                 )
                 continue
-            sent = number(reply.content.config_records["applied"], "bytes")
+            sent = number(reply.content.config_records[rec.APPLIED], "bytes")
             self.bytes_down[index[node]] = self.bytes_down.get(index[node], 0) + sent
 
     def _query(
@@ -170,22 +188,22 @@ class FleetRounds:
     ) -> dict[int, Message]:
         k = self.fleet.batches_per_round
         straggle = {
-            "slow-device": self.fleet.slow_device,
-            "slow-delay-s": self.fleet.slow_delay_s,
-            "slow": int(self.rounds < self.fleet.slow_rounds),
+            rec.SLOW_DEVICE: self.fleet.slow_device,
+            rec.SLOW_DELAY_S: self.fleet.slow_delay_s,
+            rec.SLOW: int(self.rounds < self.fleet.slow_rounds),
         }
         messages = [
             Message(
                 RecordDict(
                     {
-                        "step": ConfigRecord(
-                            {**self.base, **straggle, "count": k, "first-batch": next_batch[n]}
+                        rec.STEP: ConfigRecord(
+                            {**self.base, **straggle, rec.COUNT: k, rec.FIRST_BATCH: next_batch[n]}
                         ),
-                        SETTINGS_KEY: self.settings,
+                        rec.SETTINGS: self.settings,
                     }
                 ),
                 dst_node_id=n,
-                message_type="query.step",
+                message_type=rec.QUERY_STEP,
             )
             for n in nodes
         ]
@@ -245,15 +263,16 @@ class FleetRounds:
     ) -> int:
         content = reply.content
         batch = first
-        while f"batch-{batch}" in content.config_records:
-            record: dict[str, object] = dict(content.config_records[f"batch-{batch}"])
+        while rec.batch_record(batch) in content.config_records:
+            record: dict[str, object] = dict(content.config_records[rec.batch_record(batch)])
             self.records.setdefault(i, []).append(record)
             if self.progress:
                 self.progress(number(record, "frames"))
-            if f"upload-{batch}" in content.array_records:
+            if rec.upload_record(batch) in content.array_records:
                 try:
                     prompt = self.teacher.ingest(
-                        f"device-{i}", upload_fields(content.array_records[f"upload-{batch}"])
+                        f"device-{i}",
+                        upload_from_record(content.array_records[rec.upload_record(batch)]),
                     )
                 except (CdcaError, KeyError, ValueError, TypeError, RuntimeError) as err:
                     # one device's bad upload costs that upload, not the run
@@ -269,9 +288,11 @@ class FleetRounds:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """``flwr run``: the project from the run config; results into ``<run-dir>/flower-results.json``."""
-    from simulations.fleet.cloud_side import load_fleet_world
+    from cloud.server.models import load_cloud_models
+    from simulations.fleet.command import report_flower_run
+    from simulations.fleet.preflight import adaptation_warnings
     from simulations.fleet.scenario import find_scenario
-    from simulations.fleet.streams import write_streams
+    from simulations.fleet.stream_files import write_streams
 
     config = dict(context.run_config)
     run_dir = Path(str(config.get("run-dir", "runs/flower")))
@@ -283,8 +304,10 @@ def main(grid: Grid, context: Context) -> None:
         dotted={k: v for k, v in config.items() if k not in RUN_KEYS},
     )
     run_dir.mkdir(parents=True, exist_ok=True)
-    world = load_fleet_world(project, run_dir)
-    write_streams(project, run_dir / "streams")
+    for warning in adaptation_warnings(project):
+        log.warning("%s", warning)
+    world = load_cloud_models(project, run_dir)
+    _, specs = write_streams(project, run_dir / "streams")
     done = [0]
 
     def progress(frames: int) -> None:  # `cdca simulate --engine flower` polls this file
@@ -294,11 +317,16 @@ def main(grid: Grid, context: Context) -> None:
     rounds = FleetRounds(
         project,
         project.adaptation,
-        FleetTeacher.build(world),
+        SimulatedCloud.build(world),
         run_dir / "streams",
         world.served.folder,
         progress,
     )
+    rounds.expected_batches = {i: spec.num_batches() for i, spec in enumerate(specs)}
     results = rounds.run(grid)
     (run_dir / RESULTS_FILE).write_text(json.dumps(results) + "\n")
     log.info("wrote %s", run_dir / RESULTS_FILE)
+    if config.get("report", True):  # `cdca simulate` writes its own, with every engine's runs
+        names = list(world.served.manifest.class_names)
+        paths = report_flower_run(project, specs, results, run_dir, names)
+        log.info("wrote %s", paths["report"])

@@ -23,17 +23,17 @@ from pathlib import Path
 
 import numpy as np
 
-from cloud.server.world import CloudWorld
+from cloud.server.models import CloudModels
 from device.sources import batch_starts
 from protocol.config.project import ProjectConfig, write_resolved
 from protocol.config.server import LimitsConfig
-from simulations.bench.system import CDCA, enrol, launch_server
+from simulations.harness.processes import device_run_argv, enrol, launch_server
 
 
 def run_grpc(
     project: ProjectConfig,
     streams: list[Path],
-    world: CloudWorld,
+    world: CloudModels,
     out: Path,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, object]:
@@ -86,21 +86,13 @@ def run_grpc(
 def _start_device(project, world, work, stream, i, port, token, env):  # type: ignore[no-untyped-def]
     """``cdca device run``: its settings come from the server at ``Register``, its seed is its own."""
     device_id, fleet = f"device-{i}", project.fleet
-    command = [
-        *CDCA,
-        "device",
-        "run",
-        "--input",
-        str(stream),
-        "--model",
-        str(world.served.folder),
-        "--state-dir",
-        str(work / device_id),
-        "--server",
-        f"127.0.0.1:{port}",
-        "--device-id",
+    command = device_run_argv(
+        stream,
+        world.served.folder,
+        work / device_id,
+        port,
         device_id,
-        f"--token={token}",
+        token,
         "--batch-size",
         str(fleet.batch_size),
         "--threads",
@@ -113,7 +105,7 @@ def _start_device(project, world, work, stream, i, port, token, env):  # type: i
         str(work / f"{device_id}.summary.json"),
         "--log-level",
         "WARNING",
-    ]
+    )
     if fleet.fps:
         command += ["--fps", str(fleet.fps)]
     log = open(work / f"{device_id}.log", "w")  # noqa: SIM115 - the child writes to it

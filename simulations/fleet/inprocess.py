@@ -13,14 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from cloud.server.world import CloudWorld
+from cloud.server.models import CloudModels
 from device.agent import DeviceAgent
 from device.replay import BatchRecord, ReplayDevice
 from device.runtime import DeviceRuntime
 from protocol.config.adaptation import AdaptationConfig
 from protocol.config.project import ProjectConfig
 from protocol.manifest import MANIFEST_FILE
-from simulations.fleet.cloud_side import FleetTeacher
+from simulations.harness.simulated_cloud import SimulatedCloud
 
 Progress = Callable[[int], None]  # frames advanced
 
@@ -41,13 +41,13 @@ def replay_devices(
 def run_inprocess(
     project: ProjectConfig,
     streams: list[Path],
-    world: CloudWorld,
+    world: CloudModels,
     adaptation: AdaptationConfig,
     progress: Progress | None = None,
 ) -> dict[str, object]:
     """Run the fleet; returns per-device batch records, bytes down and the cloud's counters."""
     devices = replay_devices(project, adaptation, streams, world.served.folder)
-    teacher = FleetTeacher.build(world, adaptation)
+    teacher = SimulatedCloud.build(world, adaptation)
     records: list[list[BatchRecord]] = [[] for _ in devices]
     bytes_down = [0] * len(devices)
     pending: dict[int, tuple[dict[str, np.ndarray], int]] = {}
@@ -58,11 +58,11 @@ def run_inprocess(
             if i in pending:
                 bytes_down[i] += device.apply(*pending.pop(i))
             for batch in range(round_index * k, min((round_index + 1) * k, device.num_batches)):
-                record, fields = device.run(batch)
+                record, upload = device.run(batch)
                 records[i].append(record)
                 if progress:
                     progress(record.frames)
-                prompt = teacher.ingest(device.device_id, fields) if fields else None
+                prompt = teacher.ingest(device.device_id, upload) if upload else None
                 if prompt is not None:
                     pending[i] = prompt
     return {

@@ -2,7 +2,7 @@
 
 Gan et al., "Decorate the Newcomers: Visual Domain Prompt for Continual Test Time
 Adaptation", AAAI 2023 (https://arxiv.org/abs/2212.04145). No official code exists; this
-follows ALGORITHMS.md section 2.2. The source model stays frozen (eval mode, source
+follows the paper's description. The source model stays frozen (eval mode, source
 statistics); a domain-specific prompt (DSP) and a domain-agnostic prompt (DAP) are
 summed and added to the image. A teacher holds the EMA of the student's prompts and
 predicts on the clean prompted input; the student learns, on an augmented view, to match

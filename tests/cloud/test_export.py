@@ -174,7 +174,7 @@ def test_export_command_with_int8_reports_sizes_accuracy_and_latency(distilled, 
 def test_the_cloud_refuses_a_model_folder_exported_from_another_student(exported, distilled):
     import copy
 
-    from cloud.server.world import check_same_student, served_model
+    from cloud.server.models import check_same_student, served_model
     from protocol.errors import DataError
 
     student, vectors, _ = distilled

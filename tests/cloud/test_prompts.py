@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cloud.prompts import CoOpPromptLearner
+from cloud.coop import CoOpPromptLearner
 from cloud.teacher.factory import create_teacher
 from cloud.teacher.text_encoder import TextEncoder
 from protocol.errors import ConfigError

@@ -1,8 +1,9 @@
 import numpy as np
 
-from device.link import Backoff, CloudLink, LinkConfig, encode_batch
+from device.link import Backoff, CloudLink, LinkConfig, encode_upload
 from device.spool import UploadQueue
 from protocol.messages import prompt_message
+from protocol.upload import Upload
 
 
 def make_link(tmp_path, received):
@@ -36,17 +37,17 @@ def test_backoff_grows_with_jitter_up_to_its_cap_and_resets():
 def test_a_device_with_no_cloud_keeps_its_queue(tmp_path):
     link = make_link(tmp_path, [])
     link.queue.put(
-        encode_batch(
-            {
-                "batch_id": 0,
-                "images": np.zeros((1, 32, 32, 3), np.uint8),
-                "uncertainty": np.ones(1, np.float32),
-                "frame_ids": np.zeros(1, np.int64),
-                "predicted": np.zeros(1, np.int64),
-                "batch_stats": np.ones((2, 4), np.float32),
-                "shift": False,
-                "frames_seen": 10,
-            }
+        encode_upload(
+            Upload(
+                batch_id=0,
+                images=np.zeros((1, 32, 32, 3), np.uint8),
+                uncertainty=np.ones(1, np.float32),
+                frame_ids=np.zeros(1, np.int64),
+                predicted=np.zeros(1, np.int64),
+                batch_stats=np.ones((2, 4), np.float32),
+                shift=False,
+                frames_seen=10,
+            )
         )
     )
     link.start()

@@ -7,7 +7,7 @@ import torch
 from cloud.adaptation.synthetic import EnvironmentRenderer
 from cloud.data.labelled import LabelledImages
 from cloud.export.device_model import DeviceModel
-from cloud.server.world import CloudWorld, served_model
+from cloud.server.models import CloudModels, served_model
 from device.runtime import DeviceRuntime
 from protocol.config.adaptation import (
     AdaptationConfig,
@@ -19,9 +19,9 @@ from protocol.config.adaptation import (
 from protocol.config.project import ProjectConfig
 from protocol.errors import ConfigError, DataError
 from simulations.bench.cloud_device import CloudTeacherMethod, FleetMethod
-from simulations.bench.models import ClassVectorHead
 from simulations.methods import MethodFactory, list_methods
 from simulations.peers import PixelModel
+from simulations.peers.student import ClassVectorHead
 
 ADAPTATION = AdaptationConfig(
     device=DeviceSettings(budget=0.25),
@@ -49,7 +49,7 @@ def world(distilled, exported):
     )
     renderer = EnvironmentRenderer(clean, len(vectors), ADAPTATION.synthetic)
     served = served_model(exported.manifest.parent, model)
-    return CloudWorld(model, vectors, info.normalization, teacher, served, ADAPTATION, renderer)
+    return CloudModels(model, vectors, info.normalization, teacher, served, ADAPTATION, renderer)
 
 
 def batches(count, n=32, seed=0):

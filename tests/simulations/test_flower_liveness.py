@@ -81,12 +81,12 @@ def test_a_devices_bad_upload_is_refused_without_stopping_the_run(monkeypatch, c
     from protocol.errors import DataError
 
     class Teacher:
-        def ingest(self, device_id, fields):
+        def ingest(self, device_id, upload):
             raise DataError("batch means lie over 1000 standard deviations from the model's")
 
     loop = rounds(min_devices=1)
     loop.teacher, loop.progress, loop.records, loop.refused_uploads = Teacher(), None, {}, 0
-    monkeypatch.setattr(flower_server, "upload_fields", lambda record: record)
+    monkeypatch.setattr(flower_server, "upload_from_record", lambda record: record)
     content = type(
         "Content",
         (),

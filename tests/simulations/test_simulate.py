@@ -167,7 +167,7 @@ def test_sigterm_stops_a_grpc_run_and_every_process_it_started(tmp_path, tiny_sc
     import signal
 
     from simulations.bench.rig import processes_mentioning, wait_until
-    from simulations.bench.system import CDCA
+    from simulations.harness.processes import CDCA
 
     out = tmp_path / "stopped"
     run = subprocess.Popen(
@@ -205,7 +205,7 @@ def test_peak_memory_counts_child_processes():
     import os
     import sys
 
-    from simulations.fleet.memory import tree_rss_bytes
+    from simulations.harness.memory import tree_rss_bytes
 
     before = tree_rss_bytes(os.getpid())
     child = subprocess.Popen(
@@ -316,7 +316,7 @@ def test_gradual_stream_files_batch_like_the_peers(tmp_path, tiny_benchmark):
     from protocol.config.data import DataConfig
     from protocol.config.fleet import FleetConfig
     from protocol.config.project import ProjectConfig
-    from simulations.fleet.streams import write_streams
+    from simulations.fleet.stream_files import write_streams
 
     project = ProjectConfig(
         data=DataConfig(shifted=str(tiny_benchmark)),

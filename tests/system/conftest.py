@@ -42,11 +42,11 @@ class LiveServer:
 
 
 def tiny_world(exported, distilled):
-    """The tiny exported student as a CloudWorld with a fixed random-projection teacher."""
+    """The tiny exported student as a CloudModels with a fixed random-projection teacher."""
     import torch
 
     from cloud.export.device_model import DeviceModel
-    from cloud.server.world import CloudWorld, served_model
+    from cloud.server.models import CloudModels, served_model
     from protocol.config.adaptation import AdaptationConfig, SessionConfig, SyntheticConfig
 
     student, vectors, info = distilled
@@ -59,7 +59,7 @@ def tiny_world(exported, distilled):
     adaptation = AdaptationConfig(
         session=SessionConfig(min_uploads=4), synthetic=SyntheticConfig(count=0)
     )
-    return CloudWorld(
+    return CloudModels(
         device_model,
         vectors,
         info.normalization,

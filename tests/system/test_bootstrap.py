@@ -2,7 +2,7 @@ import numpy as np
 
 from protocol.manifest import load_manifest, sha256_of
 from simulations.bench.rig import Rig
-from simulations.bench.system import CDCA
+from simulations.harness.processes import CDCA
 from tests.system.conftest import TOKENS
 
 ENV = Rig.ENV

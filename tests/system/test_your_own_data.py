@@ -15,8 +15,8 @@ from PIL import Image
 
 from protocol.config.project import load_project
 from protocol.manifest import load_manifest
-from simulations.bench.system import CDCA
 from simulations.cli import main
+from simulations.harness.processes import CDCA
 
 CLASSES = ("red", "green", "blue", "white")
 SIZE = 48
@@ -103,7 +103,7 @@ def test_from_an_image_folder_to_a_served_fleet(tmp_path, monkeypatch):
 
 
 def _serve_and_run_a_device(project_dir, tmp_path):
-    from simulations.bench.system import enrol, launch_server
+    from simulations.harness.processes import enrol, launch_server
 
     state = tmp_path / "state"
     env = {"PYTHONUNBUFFERED": "1", **__import__("os").environ}

@@ -3,7 +3,7 @@
 The reference is Hendrycks & Dietterich's ``make_cifar_c.py`` (ICLR 2019,
 https://arxiv.org/abs/1903.12261), the script that produced CIFAR-10-C. ImageNet-C's
 constants (what ``imagecorruptions`` hard-codes) assume 224-px images and wipe out a 32-px
-Fashion-MNIST image (see PROTOTYPE_FINDINGS.md), so every value below is the CIFAR one.
+Fashion-MNIST image (the garment becomes unrecognisable at severity 1), so every value below is the CIFAR one.
 Where our implementation differs from the reference, ``DEVIATIONS`` says how and why; the
 generated dataset card prints both tables.
 """

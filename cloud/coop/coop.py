@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from cloud.prompts.base import PromptLearner
+from cloud.coop.base import PromptLearner
 from cloud.teacher.text_encoder import TextEncoder
 from protocol.errors import ConfigError
 

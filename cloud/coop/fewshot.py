@@ -17,8 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cloud.coop.coop import CoOpPromptLearner
 from cloud.data.labelled import LabelledImages
-from cloud.prompts.coop import CoOpPromptLearner
 from cloud.students.preprocess import pixels_from_uint8
 from cloud.teacher.teacher import Teacher
 from protocol.errors import ConfigError

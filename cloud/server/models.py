@@ -64,7 +64,7 @@ class ServedModel:
 
 
 @dataclass
-class CloudWorld:
+class CloudModels:
     """The frozen pieces every device session shares, and the project's adaptation settings."""
 
     device_model: DeviceModel
@@ -113,9 +113,9 @@ class CloudWorld:
         return self.teacher(pixels).float().cpu()
 
 
-def load_world(
+def load_cloud_models(
     project: ProjectConfig, state_dir: Path, model_dir: Path | None = None
-) -> CloudWorld:
+) -> CloudModels:
     """Load the project's student and teacher, and export (or check) the model folder devices get.
 
     ``model_dir``: serve this exported folder; None: export into ``state_dir/model`` (kept
@@ -139,7 +139,7 @@ def load_world(
     if not exported_now:
         check_same_student(served, device_model, vectors)
     cloud_teacher = teacher_for(project.teacher, info.class_names, project.data.image_size)
-    return CloudWorld(
+    return CloudModels(
         device_model,
         vectors,
         info.normalization,

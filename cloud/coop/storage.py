@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from cloud.prompts.coop import CoOpPromptLearner
+from cloud.coop.coop import CoOpPromptLearner
 from cloud.teacher.teacher import Teacher
 from cloud.teacher.text_encoder import TextEncoder
 from protocol.errors import DataError

@@ -1,6 +1,6 @@
 """Prompt learners over the teacher's text tower (CoOp)."""
 
-from cloud.prompts.base import PromptLearner
-from cloud.prompts.coop import CoOpPromptLearner
+from cloud.coop.base import PromptLearner
+from cloud.coop.coop import CoOpPromptLearner
 
 __all__ = ["CoOpPromptLearner", "PromptLearner"]

@@ -8,9 +8,9 @@ from functools import partial
 from cloud.data.formats import open_benchmark
 from cloud.shipped import distilled_student
 from protocol.config.project import ProjectConfig
-from simulations.bench.adapt import run_method
-from simulations.bench.models import load_student_model
+from simulations.online import run_method
 from simulations.peers import create_method
+from simulations.peers.student import load_student_model
 from simulations.streams import StreamSpec
 
 
