@@ -11,7 +11,7 @@ from protocol.config.project import ProjectConfig, load_project
 
 PROJECT_HELP = (
     "project file (default: $CDCA_PROJECT, else ./cdca.toml, else the built-in Fashion-MNIST "
-    "world); `cdca init` writes one"
+    "cloud_models); `cdca init` writes one"
 )
 
 

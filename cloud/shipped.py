@@ -1,4 +1,4 @@
-"""The checkpoints shipped with cdca (the built-in Fashion-MNIST world) and the rule that guards them.
+"""The checkpoints shipped with cdca (the built-in Fashion-MNIST project) and the rule that guards them.
 
 A project names its own checkpoints (``teacher.checkpoint``, ``student.checkpoint``,
 ``student.label_trained``); left empty they mean the shipped files, which know only
@@ -28,7 +28,7 @@ def label_trained_student(project: ProjectConfig) -> Path | None:
     """The label-trained reference student, if the project has one (the shipped one only for Fashion-MNIST)."""
     if project.student.label_trained is not None:
         return project.student.label_trained
-    return SHIPPED_STUDENT if project.is_builtin_world else None
+    return SHIPPED_STUDENT if project.is_builtin_project else None
 
 
 def is_shipped(path: Path) -> bool:
@@ -43,13 +43,13 @@ def output_path(
     path = explicit or configured
     if path is None:
         raise ConfigError(
-            f"no place to write to: {key} is empty (the built-in world runs the checkpoint "
+            f"no place to write to: {key} is empty (the built-in project runs the checkpoint "
             f"shipped with cdca). Set {key} in the project file (`cdca init` writes one) or "
             "pass --out FILE"
         )
     if is_shipped(path) and not replace_shipped:
         raise ConfigError(
-            f"{path} is a checkpoint shipped with cdca, which the built-in world runs. Write "
+            f"{path} is a checkpoint shipped with cdca, which the built-in project runs. Write "
             f"somewhere else (--out FILE, or {key} in the project file), or pass "
             "--replace-shipped to replace it"
         )

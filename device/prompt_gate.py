@@ -2,7 +2,7 @@
 
 The cloud's safety valve (``cloud.adaptation.vplu``) judges a prompt by agreement with its
 targets on held-out uploads, and where the teacher is weaker than the device (in the
-benchmark world: brightness, JPEG, pixelate) a prompt can agree better with the teacher and
+benchmark cloud_models: brightness, JPEG, pixelate) a prompt can agree better with the teacher and
 still be worse than no prompt. The device cannot see labels either, but it sees every frame
 of the batch: with the gate on it runs the batch twice, under the prompt and under the
 fallback (the shipped defaults with its own batch statistics, i.e. BN-adapt), and answers

@@ -11,6 +11,7 @@ Stream files hold ``images`` (N, H, W, 3) uint8, ``labels`` (N,) and ``domain`` 
 from __future__ import annotations
 
 import pickle
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -40,6 +41,26 @@ class BatchRecord:
     def to_json(self) -> dict[str, int | bool]:
         """Plain dict."""
         return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, object]) -> BatchRecord:
+        """A record from ``to_json`` (or a Flower ConfigRecord of it); a missing field raises."""
+        v: dict[str, int] = {}
+        for name in cls.__dataclass_fields__:
+            value = record[name]
+            if not isinstance(value, int | float):  # bool is an int
+                raise DataError(f"batch record field {name!r} must be a number, got {value!r}")
+            v[name] = int(value)
+        return cls(
+            v["batch"],
+            v["domain"],
+            v["frames"],
+            v["correct"],
+            v["uploaded"],
+            bool(v["shift"]),
+            v["bytes_up"],
+            v["prompt_version"],
+        )
 
 
 def step_and_upload(

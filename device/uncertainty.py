@@ -2,8 +2,6 @@
 
 Used by Uncertainty Guided Sampling (UGS, Gan et al., CVPR 2023,
 https://arxiv.org/abs/2212.00972): higher score = more uncertain = more worth uploading.
-``cloud/adaptation/uncertainty.py`` holds torch twins with the same definitions; a parity
-test keeps them equal.
 """
 
 from __future__ import annotations

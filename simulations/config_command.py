@@ -50,14 +50,14 @@ def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def _show(args: argparse.Namespace) -> int:
     project = _load(args)
-    source = str(project.file) if project.file else "none: the built-in Fashion-MNIST world"
+    source = str(project.file) if project.file else "none: the built-in Fashion-MNIST project"
     print(to_toml(project, f"project file: {source}"), end="")
     return 0
 
 
 def _check(args: argparse.Namespace) -> int:
     project = _load(args)
-    print(f"{project.file or 'the built-in world'}: every setting is valid")
+    print(f"{project.file or 'the built-in project'}: every setting is valid")
     return 0
 
 

@@ -36,7 +36,7 @@ class MethodFactory:
     Args:
         model: the device student taking [0, 1] pixels, for the on-device peers.
         project: the settings every U-VPA row starts from.
-        world: the cloud (exported device model, teacher); None when the student has no
+        cloud_models: the cloud (exported device model, teacher); None when the student has no
             teacher (a label-trained student), which rules out the cloud-device rows.
         delay: batches between the cloud learning a prompt and the device using it.
         seed: the device's seed for its random picks.
@@ -46,7 +46,7 @@ class MethodFactory:
         self,
         model: PixelModel,
         project: ProjectConfig,
-        world: CloudModels | None,
+        cloud_models: CloudModels | None,
         delay: int = 1,
         seed: int = 0,
     ) -> None:
@@ -54,10 +54,10 @@ class MethodFactory:
             raise ConfigError(
                 f"--delay must be >= 1 batch (the earliest a prompt can arrive), got {delay}"
             )
-        self.model, self.project, self.world, self.delay, self.seed = (
+        self.model, self.project, self.cloud_models, self.delay, self.seed = (
             model,
             project,
-            world,
+            cloud_models,
             delay,
             seed,
         )
@@ -65,7 +65,7 @@ class MethodFactory:
     def check(self, name: str) -> None:
         """Fail before any work when ``name`` cannot be built."""
         check_method(name)
-        if name in CLOUD_DEVICE_METHODS and self.world is None:
+        if name in CLOUD_DEVICE_METHODS and self.cloud_models is None:
             raise ConfigError(
                 f"method {name!r} needs a distilled student and its teacher; set "
                 "student.checkpoint (or --student) to a `cdca cloud distill` checkpoint"
@@ -76,13 +76,13 @@ class MethodFactory:
         self.check(name)
         if name in PEERS:
             return create_method(name, self.model)
-        assert self.world is not None
+        assert self.cloud_models is not None
         if name == "cloud_teacher":
-            return CloudTeacherMethod(name, self.world)
+            return CloudTeacherMethod(name, self.cloud_models)
         project = with_settings(self.project, ABLATIONS.get(name, {}), f"the {name} row")
         return FleetMethod(
             name,
-            self.world,
+            self.cloud_models,
             project.adaptation,
             self.delay,
             self.seed,

@@ -1,1 +1,1 @@
-"""U-VPA's cloud core: uncertainty, visual prompt learning with uncertainty-guided updates."""
+"""U-VPA's cloud core: visual prompt learning with uncertainty-guided updates, per device and fleet."""

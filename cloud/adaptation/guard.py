@@ -3,11 +3,11 @@
 A device is untrusted: a buggy or compromised one can send statistics that are finite but
 absurd, and a fit on them can return NaN or huge prompts. Every number a device controls is
 checked here against bounds relative to the served model itself (so they hold for any
-world, not one data set), and every prompt is checked before it is accepted, saved,
+cloud_models, not one data set), and every prompt is checked before it is accepted, saved,
 published, aggregated or banked.
 
 The bounds sit about a thousand times beyond what honest devices send: on the built-in
-world, batch means of the shipped student stay within 0.9 running standard deviations of
+cloud_models, batch means of the shipped student stay within 0.9 running standard deviations of
 its running means and batch variances within 0.03-18 times its running variances, over
 every corruption at severities 1 and 5. A prompt moves each entry by Adam steps of a few
 thousandths from the unadapted student's; an entry 100 away is no fit.

@@ -1,1 +1,1 @@
-"""Datasets for the benchmark world: Fashion-MNIST, corruptions and the CIFAR-10-C file layout."""
+"""Datasets for the benchmark cloud_models: Fashion-MNIST, corruptions and the CIFAR-10-C file layout."""

@@ -90,11 +90,11 @@ class CloudModels:
         adaptation: AdaptationConfig | None = None,
         teacher: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> FleetCloud:
-        """The cloud side of every device this world serves (sessions, environment bank).
+        """The cloud side of every device these models serve (sessions, environment bank).
 
         ``adaptation``: settings other than the project's (e.g. a run without the
-        environment bank, for comparison); synthetic samples need a renderer in this world.
-        ``teacher``: [0, 1] pixels -> logits instead of this world's teacher.
+        environment bank, for comparison); synthetic samples need a renderer in this cloud_models.
+        ``teacher``: [0, 1] pixels -> logits instead of these models' teacher.
         """
         adaptation = adaptation or self.adaptation
         vplu = VPLU(self.device_model, self.class_vectors, adaptation.fit)

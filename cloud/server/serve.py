@@ -40,25 +40,30 @@ def registry_path(state_dir: Path) -> Path:
 async def serve(project: ProjectConfig, port_file: Path | None = None) -> None:
     """Run the project's server until SIGINT/SIGTERM."""
     config = project.server
-    world = load_cloud_models(project, config.state_dir, config.model_dir)
+    cloud_models = load_cloud_models(project, config.state_dir, config.model_dir)
     write_resolved(project, config.state_dir, "this server")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await run_server(config, world, stop, port_file)
+    await run_server(config, cloud_models, stop, port_file)
 
 
 async def run_server(
-    config: ServerConfig, world: CloudModels, stop: asyncio.Event, port_file: Path | None = None
+    config: ServerConfig,
+    cloud_models: CloudModels,
+    stop: asyncio.Event,
+    port_file: Path | None = None,
 ) -> None:
-    """Serve ``world`` with ``config`` until ``stop`` is set (the testable core of ``serve``)."""
+    """Serve ``cloud_models`` with ``config`` until ``stop`` is set (the testable core of ``serve``)."""
     registry = DeviceRegistry(registry_path(config.state_dir))
     board = PromptBoard()
     inbox = Inbox(config.state_dir / "inbox")
-    worker = AdaptationWorker(world, registry, inbox, board, config.state_dir, config.limits)
+    worker = AdaptationWorker(cloud_models, registry, inbox, board, config.state_dir, config.limits)
     requeued = worker.restore()
-    server, port, health_servicer = _build_server(config, registry, inbox, worker, board, world)
+    server, port, health_servicer = _build_server(
+        config, registry, inbox, worker, board, cloud_models
+    )
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -94,7 +99,7 @@ async def run_server(
         registry.close()
 
 
-def _build_server(config, registry, inbox, worker, board, world):  # type: ignore[no-untyped-def]
+def _build_server(config, registry, inbox, worker, board, cloud_models):  # type: ignore[no-untyped-def]
     limit = config.max_message_bytes
     server = grpc.aio.server(
         options=[
@@ -104,13 +109,13 @@ def _build_server(config, registry, inbox, worker, board, world):  # type: ignor
     )
     service = CloudAdaptationService(
         config,
-        world.adaptation.device,
+        cloud_models.adaptation.device,
         registry,
         inbox,
         worker,
         board,
-        world.served,
-        world.running_stats,
+        cloud_models.served,
+        cloud_models.running_stats,
     )
     add_service(service, server)
     health_servicer = health.aio.HealthServicer()

@@ -70,20 +70,25 @@ class AdaptationWorker:
 
     def __init__(
         self,
-        world: CloudModels,
+        cloud_models: CloudModels,
         registry: DeviceRegistry,
         inbox: Inbox,
         board: PromptBoard,
         state_dir: Path,
         limits: LimitsConfig | None = None,
     ) -> None:
-        self.world, self.registry, self.inbox, self.board = world, registry, inbox, board
+        self.cloud_models, self.registry, self.inbox, self.board = (
+            cloud_models,
+            registry,
+            inbox,
+            board,
+        )
         self.banks = state_dir / "prompts"
         self.shared_offset_file = state_dir / "shared-version-offset"
         self.rejected = state_dir / "rejected"
         self.ledger = IngestLedger(state_dir / "ingested.log")
         self.environments_file = state_dir / "environments.safetensors"
-        self.fleet = world.new_fleet()
+        self.fleet = cloud_models.new_fleet()
         self.sessions: dict[str, AdaptationSession] = self.fleet.sessions
         self.queue = FairQueue()
         self.quota = InboxQuota(limits or LimitsConfig())
@@ -101,7 +106,7 @@ class AdaptationWorker:
     def restore(self) -> int:
         """Reload every saved prompt bank and the fleet's environments; re-queue unfinished uploads."""
         bank = self.fleet.environments
-        if load_environments(self.environments_file, bank, self.world.neutral):
+        if load_environments(self.environments_file, bank, self.cloud_models.neutral):
             log.info("restored %d remembered environments", len(bank.entries))
         self.saved_changes = bank.changes
         for path in sorted(self.banks.glob("*.safetensors")):
@@ -188,9 +193,9 @@ class AdaptationWorker:
 
     def _compute_shared_prompt(self) -> cdca_pb2.Prompt:
         shared = self.fleet.shared_prompt()
-        if prompt_problem(shared, self.world.neutral) is not None:  # never, by construction
-            shared = self.world.neutral
-        parts = {k: shared[k] for k in self.world.adaptation.vplu.parts}
+        if prompt_problem(shared, self.cloud_models.neutral) is not None:  # never, by construction
+            shared = self.cloud_models.neutral
+        parts = {k: shared[k] for k in self.cloud_models.adaptation.vplu.parts}
         version = self._shared_evidence() + self.shared_offset
         return prompt_message(
             _numpy(parts), version=version, scope="shared", created_unix_ms=int(time.time() * 1000)
@@ -266,7 +271,7 @@ class AdaptationWorker:
             self.saved_changes = self.fleet.environments.changes
         if prompt is None:
             return None
-        problem = prompt_problem(prompt, self.world.neutral)
+        problem = prompt_problem(prompt, self.cloud_models.neutral)
         if problem is not None:  # the session guards its fits; this guards what is saved
             log.warning("%s: a prompt was not saved or published: %s", batch.device_id, problem)
             self.unsaved_prompts += 1
@@ -278,14 +283,14 @@ class AdaptationWorker:
     def _load_session(self, device_id: str) -> tuple[AdaptationSession, int]:
         bank, version = load_bank(
             self.banks / f"{device_id}.safetensors",
-            self.world.neutral,
-            self.world.adaptation.prompt_bank,
+            self.cloud_models.neutral,
+            self.cloud_models.adaptation.prompt_bank,
         )
         return self.fleet.session(device_id, bank), version
 
     def _message(self, session: AdaptationSession, version: int, batch_id: int) -> cdca_pb2.Prompt:
         current = session.bank.current()
-        parts = {k: current[k] for k in self.world.adaptation.vplu.parts}
+        parts = {k: current[k] for k in self.cloud_models.adaptation.vplu.parts}
         return prompt_message(
             _numpy(parts),
             version=version,

@@ -1,6 +1,6 @@
 """``ProjectConfig``: every setting of a cdca deployment, from one project file (``cdca.toml``).
 
-With no file the built-in world is the project: Fashion-MNIST, the shipped teacher and
+With no file the built-in project is the project: Fashion-MNIST, the shipped teacher and
 student, the main job's fleet. Layers, later ones winning: the defaults, the project
 file, scenario files, command-line flags, ``--set KEY=VALUE``. Relative paths are relative
 to the project file's folder (the working folder when there is none), so a project moves
@@ -68,8 +68,8 @@ class ProjectConfig:
         return self.file.parent if self.file else Path.cwd()
 
     @property
-    def is_builtin_world(self) -> bool:
-        """Whether the data is the built-in world (Fashion-MNIST), which the shipped models know."""
+    def is_builtin_project(self) -> bool:
+        """Whether the data is the built-in project (Fashion-MNIST), which the shipped models know."""
         return self.data.train == "fashion-mnist"
 
 
@@ -150,7 +150,7 @@ def rebase(obj: T, root: Path) -> T:
 def write_resolved(config: ProjectConfig, folder: Path, what: str) -> Path:
     """Record the settings a run used in ``folder/config.toml`` (usable as ``--project``)."""
     path = folder / RESOLVED_FILE
-    source = str(config.file) if config.file else "none: the built-in world"
+    source = str(config.file) if config.file else "none: the built-in project"
     header = (
         f"The settings {what} ran with (project file: {source}).\n"
         f"Run it again with --project {path}."

@@ -22,7 +22,7 @@ INTRO = """# Configuration reference
 
 Every setting of a cdca project, generated from the schema (`protocol/config/`) by
 `cdca config reference`. A project file (`cdca.toml`, written by `cdca init`) sets any of
-them; with none, the built-in Fashion-MNIST world runs. Each command reads the same file
+them; with none, the built-in Fashion-MNIST project runs. Each command reads the same file
 (`--project FILE`, else `$CDCA_PROJECT`, else `./cdca.toml`); its flags override single
 keys, and `--set section.key=value` any key. Relative paths are relative to the project
 file's folder. `cdca config show` prints the settings a command would run with; every run

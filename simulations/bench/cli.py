@@ -171,10 +171,10 @@ def _factory(
     student = distilled_student(project)
     model = load_student_model(student)
     write_resolved(project, out, "this benchmark")
-    world = None
+    cloud_models = None
     if set(methods) & set(CLOUD_DEVICE_METHODS) and is_distilled(student):
-        world = load_cloud_models(project, out)
-    return MethodFactory(model, project, world, delay, seed)
+        cloud_models = load_cloud_models(project, out)
+    return MethodFactory(model, project, cloud_models, delay, seed)
 
 
 def _class_names(student: Path) -> tuple[str, ...]:

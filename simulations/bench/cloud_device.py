@@ -64,7 +64,7 @@ class FleetMethod:
     def __init__(
         self,
         name: str,
-        world: CloudModels,
+        cloud_models: CloudModels,
         adaptation: AdaptationConfig,
         delay: int = 1,
         seed: int = 0,
@@ -72,12 +72,12 @@ class FleetMethod:
     ) -> None:
         self.name, self.delay = name, delay
         self.wants_labels = label_target
-        runtime = DeviceRuntime.load(world.served.folder / MANIFEST_FILE, threads=1)
+        runtime = DeviceRuntime.load(cloud_models.served.folder / MANIFEST_FILE, threads=1)
         self.agent = DeviceAgent(runtime, adaptation.device, seed)
         self._labels: dict[bytes, int] = {}
         teacher = self._label_logits if label_target else None
-        self.cloud = SimulatedCloud.build(world, adaptation, teacher)
-        self.num_classes = len(world.class_vectors)
+        self.cloud = SimulatedCloud.build(cloud_models, adaptation, teacher)
+        self.num_classes = len(cloud_models.class_vectors)
         self.in_flight: deque[tuple[int, dict[str, np.ndarray], int]] = deque()
         self.batch = 0
         self.traffic = Traffic()
@@ -135,14 +135,14 @@ class CloudTeacherMethod:
 
     uses_backprop = False
 
-    def __init__(self, name: str, world: CloudModels) -> None:
-        self.name, self.world = name, world
+    def __init__(self, name: str, cloud_models: CloudModels) -> None:
+        self.name, self.cloud_models = name, cloud_models
         self.traffic = Traffic()
 
     def step(self, pixels: torch.Tensor) -> torch.Tensor:
         """Send the batch, get the teacher's logits back (float32 per class per frame)."""
         frames = pixels_to_uint8(pixels).permute(0, 2, 3, 1).numpy()
-        logits = self.world.teacher_logits(pixels)
+        logits = self.cloud_models.teacher_logits(pixels)
         count = len(frames)
         chunks = upload_chunks(
             DEVICE_ID,

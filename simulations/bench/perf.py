@@ -241,16 +241,16 @@ def cloud_costs(config: PerfConfig, pixels: torch.Tensor) -> dict[str, object]:
     from protocol.config.project import load_project
     from simulations.harness.memory import tree_rss_bytes
 
-    project = load_project(None)  # the built-in world with the default settings
-    world = load_cloud_models(project, config.out / "cloud")
-    normalize = world.normalization.apply
-    vplu = VPLU(world.device_model, world.class_vectors, project.adaptation.fit)
-    inputs = world.device_model.neutral_inputs(world.class_vectors, batch=len(pixels))
+    project = load_project(None)  # the built-in project with the default settings
+    cloud_models = load_cloud_models(project, config.out / "cloud")
+    normalize = cloud_models.normalization.apply
+    vplu = VPLU(cloud_models.device_model, cloud_models.class_vectors, project.adaptation.fit)
+    inputs = cloud_models.device_model.neutral_inputs(cloud_models.class_vectors, batch=len(pixels))
     with torch.no_grad():
-        _, _, stats = world.device_model(
+        _, _, stats = cloud_models.device_model(
             **{**inputs, "x": normalize(pixels), "stat_mix": torch.ones(1)}
         )
-        teacher = world.teacher_logits(pixels)
+        teacher = cloud_models.teacher_logits(pixels)
     update_ms = {}
     for size in config.buffers:
         uploads = Uploads(normalize(pixels[:size]), stats, torch.rand(size), teacher[:size])
@@ -259,7 +259,7 @@ def cloud_costs(config: PerfConfig, pixels: torch.Tensor) -> dict[str, object]:
         )
     fleet_rounds = {}
     for count in config.devices:
-        cloud = world.new_fleet(replace(project.adaptation, session=SessionConfig(192, 24)))
+        cloud = cloud_models.new_fleet(replace(project.adaptation, session=SessionConfig(192, 24)))
         full = UploadBatch(pixels[:192], torch.rand(192), stats)
         for d in range(count):  # fill every buffer first: the round below is the steady state
             cloud.ingest(f"d{d}", full)

@@ -63,7 +63,7 @@ def materialise_streams(config: SystemBenchConfig) -> list[Path]:
 
 
 def simulate(streams: list[Path], batch_size: int, out: Path) -> list[dict[str, float]]:
-    """Source, device alone and U-VPA (delay 1) on each stream, in this process (built-in world)."""
+    """Source, device alone and U-VPA (delay 1) on each stream, in this process (built-in project)."""
     from dataclasses import replace
 
     from cloud.server.models import load_cloud_models
@@ -72,7 +72,7 @@ def simulate(streams: list[Path], batch_size: int, out: Path) -> list[dict[str, 
     from simulations.bench.cloud_device import FleetMethod
 
     project = load_project(None)
-    world = load_cloud_models(project, out / "simulated")
+    cloud_models = load_cloud_models(project, out / "simulated")
     device = project.adaptation.device
     runs = (("source", 0.0, False), ("device_alone", 1.0, False), ("uvpa_simulated", 1.0, True))
     results = []
@@ -82,7 +82,7 @@ def simulate(streams: list[Path], batch_size: int, out: Path) -> list[dict[str, 
         rows: dict[str, float] = {}
         for name, stat_mix, learn in runs:
             adaptation = replace(project.adaptation, device=replace(device, stat_mix=stat_mix))
-            method = FleetMethod(name, world, adaptation)
+            method = FleetMethod(name, cloud_models, adaptation)
             hits = 0
             for start in range(0, len(images), batch_size):
                 frames = images[start : start + batch_size]

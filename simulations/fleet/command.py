@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cloud.project_cli import add_project_arguments, project_from_args
 from protocol.config.adaptation import SharingConfig
@@ -26,6 +26,9 @@ from protocol.config.project import ProjectConfig, write_resolved
 from protocol.errors import ConfigError
 from simulations.fleet.preflight import adaptation_warnings
 from simulations.fleet.scenario import built_in_scenarios, find_scenario
+
+if TYPE_CHECKING:  # the engines load torch and onnxruntime; `--help` should not wait for them
+    from simulations.fleet.engine_run import EngineRun
 
 FIRST_BATCHES = 3  # "after a shift": this many batches into every new domain
 ENGINES = ("inprocess", "grpc", "flower-sim", "flower")
@@ -158,24 +161,24 @@ def simulate(project: ProjectConfig, out: Path, threads: int = 2) -> dict[str, A
     # a run exports its own device model: one left by an earlier run may come from another
     # cdca version, whose rounding would make this run differ from a fresh one
     shutil.rmtree(out / "model", ignore_errors=True)
-    world = load_cloud_models(project, out)
+    cloud_models = load_cloud_models(project, out)
     streams, specs = write_streams(project, out / "streams")
     frames = sum(s.num_images() for s in specs)
     runs = [("uvpa", project.adaptation, project.fleet.engine)]
     if project.fleet.compare_bank:
         no_bank = SharingConfig(environment_bank=False, share_across_devices=False)
         runs.append(("uvpa_no_bank", replace(project.adaptation, sharing=no_bank), "inprocess"))
-    raw: dict[str, dict[str, object]] = {}
+    raw: dict[str, EngineRun] = {}
     with PeakMemory() as memory, progress_display(*bar_columns()) as bar:
         for name, adaptation, engine in runs:
             task = bar.add_task(f"{name} ({engine})", total=frames)
             raw[name] = run_engine(
-                engine, project, streams, world, adaptation, out, _advance(bar, task)
+                engine, project, streams, cloud_models, adaptation, out, _advance(bar, task)
             )
         task = bar.add_task("on-device peers", total=frames * len(project.fleet.peers))
         peers = run_peers(project, specs, lambda n: bar.update(task, advance=n))
     results = assemble(project, specs, raw, peers)
-    results["class_names"] = list(world.served.manifest.class_names)
+    results["class_names"] = list(cloud_models.served.manifest.class_names)
     results["wall_seconds"] = time.perf_counter() - started
     results["peak_memory_mb"] = memory.megabytes  # this process and every process it started
     paths = write_run(out, results)
@@ -184,7 +187,7 @@ def simulate(project: ProjectConfig, out: Path, threads: int = 2) -> dict[str, A
 
 
 def report_flower_run(  # type: ignore[no-untyped-def]
-    project: ProjectConfig, specs, raw: dict[str, Any], out: Path, class_names: list[str]
+    project: ProjectConfig, specs, raw: EngineRun, out: Path, class_names: list[str]
 ) -> dict[str, Path]:
     """The report ``cdca simulate`` writes, for a run started with ``flwr run``.
 
@@ -225,8 +228,8 @@ def assemble(project, specs, raw, peers) -> dict[str, Any]:  # type: ignore[no-u
         ]
     for name, run in raw.items():
         devices[name] = [
-            device_summary(records, segment_names(spec), run["bytes_down"][i], FIRST_BATCHES)
-            for i, (records, spec) in enumerate(zip(run["records"], specs, strict=True))
+            device_summary(records, segment_names(spec), run.bytes_down[i], FIRST_BATCHES)
+            for i, (records, spec) in enumerate(zip(run.records, specs, strict=True))
         ]
     boundaries = []
     for spec in specs:
@@ -241,5 +244,5 @@ def assemble(project, specs, raw, peers) -> dict[str, Any]:  # type: ignore[no-u
         "table": fleet_table(devices),
         "devices": devices,
         "boundaries": boundaries,
-        "cloud": {k: v["cloud"] for k, v in raw.items()},
+        "cloud": {k: v.cloud for k, v in raw.items()},
     }

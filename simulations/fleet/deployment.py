@@ -25,6 +25,7 @@ from pathlib import Path
 from protocol.config.loader import toml_value
 from protocol.config.project import ProjectConfig, write_resolved
 from protocol.errors import CdcaError
+from simulations.fleet.engine_run import EngineRun
 from simulations.fleet.flower_server import PROGRESS_FILE, RESULTS_FILE
 from simulations.harness.processes import free_port
 
@@ -141,7 +142,7 @@ def run_deployment(
     run_dir: Path,
     progress: Callable[[int], None] | None = None,
     timeout: float = 3600.0,
-) -> dict[str, object]:
+) -> EngineRun:
     """The whole fleet through a loopback federation; returns what the ServerApp wrote."""
     run_dir = run_dir.resolve()
     folder = run_dir / "flower"
@@ -163,7 +164,7 @@ def run_deployment(
             f"the Flower run ended {status.get('status')}: {status.get('status-details')} "
             f"(logs: {folder})"
         )
-    return json.loads((run_dir / RESULTS_FILE).read_text())
+    return EngineRun.from_json(json.loads((run_dir / RESULTS_FILE).read_text()))
 
 
 def run_config(project: ProjectConfig, run_dir: Path, folder: Path) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 from cloud.server.models import CloudModels
 from protocol.config.adaptation import AdaptationConfig
 from protocol.config.project import ProjectConfig
+from simulations.fleet.engine_run import EngineRun
 from simulations.fleet.inprocess import Progress, run_inprocess
 
 
@@ -14,16 +15,16 @@ def run_engine(
     engine: str,
     project: ProjectConfig,
     streams: list[Path],
-    world: CloudModels,
+    cloud_models: CloudModels,
     adaptation: AdaptationConfig,
     out: Path,
     progress: Progress | None = None,
-) -> dict[str, object]:
+) -> EngineRun:
     """Run the fleet on ``engine`` with ``adaptation``; per-device records, bytes down, counters."""
     if engine == "inprocess":
-        return run_inprocess(project, streams, world, adaptation, progress)
+        return run_inprocess(project, streams, cloud_models, adaptation, progress)
     if engine == "flower-sim":
-        return run_flower_simulation(project, streams, world, adaptation, progress)
+        return run_flower_simulation(project, streams, cloud_models, adaptation, progress)
     if engine in ("grpc", "flower"):  # separate processes read the settings from a file
         from dataclasses import replace
 
@@ -31,7 +32,7 @@ def run_engine(
     if engine == "grpc":
         from simulations.fleet.grpc_engine import run_grpc
 
-        return run_grpc(project, streams, world, out, progress)
+        return run_grpc(project, streams, cloud_models, out, progress)
     if engine == "flower":
         from simulations.fleet.deployment import run_deployment
 
@@ -42,10 +43,10 @@ def run_engine(
 def run_flower_simulation(
     project: ProjectConfig,
     streams: list[Path],
-    world: CloudModels,
+    cloud_models: CloudModels,
     adaptation: AdaptationConfig,
     progress: Progress | None = None,
-) -> dict[str, object]:
+) -> EngineRun:
     """The Flower Simulation Engine (Ray): one virtual SuperNode per device, in this process."""
     import os
 
@@ -61,12 +62,12 @@ def run_flower_simulation(
     rounds = FleetRounds(
         project,
         adaptation,
-        SimulatedCloud.build(world, adaptation),
+        SimulatedCloud.build(cloud_models, adaptation),
         streams[0].parent,
-        world.served.folder,
+        cloud_models.served.folder,
         progress,
     )
-    outcome: dict[str, dict[str, object]] = {}
+    outcome: dict[str, EngineRun] = {}
     server_app = ServerApp()
 
     @server_app.main()

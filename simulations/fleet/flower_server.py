@@ -33,11 +33,13 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from flwr.serverapp import Grid, ServerApp
 
 from device.flower_client import number, text, upload_from_record
+from device.replay import BatchRecord
 from protocol import flower_records as rec
 from protocol.config.adaptation import AdaptationConfig
 from protocol.config.project import ProjectConfig, load_project
 from protocol.config.wire import settings_to_wire
 from protocol.errors import CdcaError
+from simulations.fleet.engine_run import EngineRun
 from simulations.fleet.preflight import stream_length_warning
 from simulations.harness.simulated_cloud import SimulatedCloud
 
@@ -79,7 +81,7 @@ class FleetRounds:
             rec.BATCH_SIZE: self.fleet.batch_size,
         }
         self.settings = ConfigRecord(settings_to_wire(adaptation.device))  # type: ignore[arg-type]
-        self.records: dict[int, list[dict[str, object]]] = {}
+        self.records: dict[int, list[BatchRecord]] = {}
         self.expected_batches: dict[int, int] = {}  # by device index, from the run's streams
         self.bytes_down: dict[int, int] = {}
         self.rounds = self.partial_rounds = self.refused_prompts = self.refused_uploads = 0
@@ -87,8 +89,8 @@ class FleetRounds:
         self.reasons: dict[int, str] = {}  # the last error a node replied with
         self.dropped: dict[int, str] = {}  # nodes left out of the run, and why
 
-    def run(self, grid: Grid) -> dict[str, object]:
-        """Until every device has finished its stream; returns records keyed by device index."""
+    def run(self, grid: Grid) -> EngineRun:
+        """Until every device has finished its stream; returns the run, in device order."""
         nodes = self._wait_for_nodes(grid)
         next_batch = dict.fromkeys(nodes, 0)
         total: dict[int, int | None] = dict.fromkeys(nodes, None)
@@ -117,10 +119,10 @@ class FleetRounds:
                 )
             self.rounds += 1
         order = sorted(index, key=index.__getitem__)
-        return {
-            "records": [self.records.get(index[n], []) for n in order],
-            "bytes_down": [self.bytes_down.get(index[n], 0) for n in order],
-            "cloud": {
+        return EngineRun(
+            [self.records.get(index[n], []) for n in order],
+            [self.bytes_down.get(index[n], 0) for n in order],
+            {
                 **self.teacher.cloud.stats(),
                 "rounds": self.rounds,
                 "partial_rounds": self.partial_rounds,
@@ -128,7 +130,7 @@ class FleetRounds:
                 "refused_uploads": self.refused_uploads,
                 "dropped_devices": {str(n): why for n, why in self.dropped.items()},
             },
-        }
+        )
 
     def _check_length(self, i: int, batches: int) -> None:
         """Say once when a device's stream is not the one the run's settings describe."""
@@ -264,10 +266,10 @@ class FleetRounds:
         content = reply.content
         batch = first
         while rec.batch_record(batch) in content.config_records:
-            record: dict[str, object] = dict(content.config_records[rec.batch_record(batch)])
+            record = BatchRecord.from_json(content.config_records[rec.batch_record(batch)])
             self.records.setdefault(i, []).append(record)
             if self.progress:
-                self.progress(number(record, "frames"))
+                self.progress(record.frames)
             if rec.upload_record(batch) in content.array_records:
                 try:
                     prompt = self.teacher.ingest(
@@ -306,7 +308,7 @@ def main(grid: Grid, context: Context) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     for warning in adaptation_warnings(project):
         log.warning("%s", warning)
-    world = load_cloud_models(project, run_dir)
+    cloud_models = load_cloud_models(project, run_dir)
     _, specs = write_streams(project, run_dir / "streams")
     done = [0]
 
@@ -317,16 +319,16 @@ def main(grid: Grid, context: Context) -> None:
     rounds = FleetRounds(
         project,
         project.adaptation,
-        SimulatedCloud.build(world),
+        SimulatedCloud.build(cloud_models),
         run_dir / "streams",
-        world.served.folder,
+        cloud_models.served.folder,
         progress,
     )
     rounds.expected_batches = {i: spec.num_batches() for i, spec in enumerate(specs)}
     results = rounds.run(grid)
-    (run_dir / RESULTS_FILE).write_text(json.dumps(results) + "\n")
+    (run_dir / RESULTS_FILE).write_text(json.dumps(results.to_json()) + "\n")
     log.info("wrote %s", run_dir / RESULTS_FILE)
     if config.get("report", True):  # `cdca simulate` writes its own, with every engine's runs
-        names = list(world.served.manifest.class_names)
+        names = list(cloud_models.served.manifest.class_names)
         paths = report_flower_run(project, specs, results, run_dir, names)
         log.info("wrote %s", paths["report"])

@@ -24,19 +24,21 @@ from pathlib import Path
 import numpy as np
 
 from cloud.server.models import CloudModels
+from device.replay import BatchRecord
 from device.sources import batch_starts
 from protocol.config.project import ProjectConfig, write_resolved
 from protocol.config.server import LimitsConfig
+from simulations.fleet.engine_run import EngineRun
 from simulations.harness.processes import device_run_argv, enrol, launch_server
 
 
 def run_grpc(
     project: ProjectConfig,
     streams: list[Path],
-    world: CloudModels,
+    cloud_models: CloudModels,
     out: Path,
     progress: Callable[[int], None] | None = None,
-) -> dict[str, object]:
+) -> EngineRun:
     """Run the fleet through processes; returns per-device batch records, bytes down, logs."""
     work = out / "grpc"
     shutil.rmtree(work, ignore_errors=True)
@@ -48,7 +50,7 @@ def run_grpc(
         host="127.0.0.1",
         port=0,
         state_dir=state,
-        model_dir=world.served.folder,
+        model_dir=cloud_models.served.folder,
         tls=None,
         limits=_replay_limits(project),
     )
@@ -62,7 +64,9 @@ def run_grpc(
     devices: list[subprocess.Popen[bytes]] = []
     try:
         for i, path in enumerate(streams):
-            devices.append(_start_device(project, world, work, path, i, port, tokens[ids[i]], env))
+            devices.append(
+                _start_device(project, cloud_models, work, path, i, port, tokens[ids[i]], env)
+            )
         _wait(devices, [work / f"{d}.jsonl" for d in ids], progress)
     finally:  # also on Ctrl-C or SIGTERM (see command.py): leave no process behind
         for device in devices:
@@ -76,19 +80,15 @@ def run_grpc(
         summary = json.loads((work / f"{ids[i]}.summary.json").read_text())
         records.append(_records(work / f"{ids[i]}.jsonl", path, project.fleet.batch_size, summary))
         bytes_down.append(int(summary.get("bytes_down", 0)))
-    return {
-        "records": records,
-        "bytes_down": bytes_down,
-        "cloud": {"server_log": str(work / "server.log"), "port": port},
-    }
+    return EngineRun(records, bytes_down, {"server_log": str(work / "server.log"), "port": port})
 
 
-def _start_device(project, world, work, stream, i, port, token, env):  # type: ignore[no-untyped-def]
+def _start_device(project, cloud_models, work, stream, i, port, token, env):  # type: ignore[no-untyped-def]
     """``cdca device run``: its settings come from the server at ``Register``, its seed is its own."""
     device_id, fleet = f"device-{i}", project.fleet
     command = device_run_argv(
         stream,
-        world.served.folder,
+        cloud_models.served.folder,
         work / device_id,
         port,
         device_id,
@@ -140,7 +140,7 @@ def _count_lines(path: Path) -> int:
 
 def _records(
     lines: Path, stream: Path, batch_size: int, summary: dict[str, object]
-) -> list[dict[str, object]]:
+) -> list[BatchRecord]:
     """One record per batch, as the round-based engines write them (bytes up spread by uploads)."""
     frames = [json.loads(line) for line in lines.read_text().splitlines()]
     with np.load(stream, allow_pickle=False) as data:
@@ -153,16 +153,16 @@ def _records(
         chunk = frames[start:stop]
         uploaded = sum(1 for f in chunk if f.get("uploaded"))
         records.append(
-            {
-                "batch": batch,
-                "domain": int(domain[start]),
-                "frames": len(chunk),
-                "correct": sum(int(f["index"] == labels[start + j]) for j, f in enumerate(chunk)),
-                "uploaded": uploaded,
-                "shift": False,
-                "bytes_up": bytes_up * uploaded // uploaded_total,
-                "prompt_version": int(chunk[0]["prompt_version"]) if chunk else 0,
-            }
+            BatchRecord(
+                batch=batch,
+                domain=int(domain[start]),
+                frames=len(chunk),
+                correct=sum(int(f["index"] == labels[start + j]) for j, f in enumerate(chunk)),
+                uploaded=uploaded,
+                shift=False,
+                bytes_up=bytes_up * uploaded // uploaded_total,
+                prompt_version=int(chunk[0]["prompt_version"]) if chunk else 0,
+            )
         )
     return records
 

@@ -20,6 +20,7 @@ from device.runtime import DeviceRuntime
 from protocol.config.adaptation import AdaptationConfig
 from protocol.config.project import ProjectConfig
 from protocol.manifest import MANIFEST_FILE
+from simulations.fleet.engine_run import EngineRun
 from simulations.harness.simulated_cloud import SimulatedCloud
 
 Progress = Callable[[int], None]  # frames advanced
@@ -41,13 +42,13 @@ def replay_devices(
 def run_inprocess(
     project: ProjectConfig,
     streams: list[Path],
-    world: CloudModels,
+    cloud_models: CloudModels,
     adaptation: AdaptationConfig,
     progress: Progress | None = None,
-) -> dict[str, object]:
+) -> EngineRun:
     """Run the fleet; returns per-device batch records, bytes down and the cloud's counters."""
-    devices = replay_devices(project, adaptation, streams, world.served.folder)
-    teacher = SimulatedCloud.build(world, adaptation)
+    devices = replay_devices(project, adaptation, streams, cloud_models.served.folder)
+    teacher = SimulatedCloud.build(cloud_models, adaptation)
     records: list[list[BatchRecord]] = [[] for _ in devices]
     bytes_down = [0] * len(devices)
     pending: dict[int, tuple[dict[str, np.ndarray], int]] = {}
@@ -65,8 +66,4 @@ def run_inprocess(
                 prompt = teacher.ingest(device.device_id, upload) if upload else None
                 if prompt is not None:
                     pending[i] = prompt
-    return {
-        "records": [[r.to_json() for r in device_records] for device_records in records],
-        "bytes_down": bytes_down,
-        "cloud": teacher.cloud.stats(),
-    }
+    return EngineRun(records, bytes_down, teacher.cloud.stats())

@@ -12,9 +12,11 @@ from collections import defaultdict
 
 import numpy as np
 
+from device.replay import BatchRecord
+
 
 def device_summary(
-    records: list[dict[str, object]], domain_names: list[str], bytes_down: int, first_batches: int
+    records: list[BatchRecord], domain_names: list[str], bytes_down: int, first_batches: int
 ) -> dict[str, object]:
     """One device's accuracy per domain and mean, uploads, traffic and recovery after shifts."""
     correct: dict[str, int] = defaultdict(int)
@@ -22,14 +24,14 @@ def device_summary(
     after_shift = [0, 0]
     position, previous = 0, None
     for r in records:
-        domain = domain_names[int(r["domain"])]  # type: ignore[call-overload]
+        domain = domain_names[r.domain]
         position = position + 1 if domain == previous else 0
         if previous is not None and position < first_batches:
-            after_shift[0] += int(r["correct"])  # type: ignore[call-overload]
-            after_shift[1] += int(r["frames"])  # type: ignore[call-overload]
+            after_shift[0] += r.correct
+            after_shift[1] += r.frames
         previous = domain
-        correct[domain] += int(r["correct"])  # type: ignore[call-overload]
-        frames[domain] += int(r["frames"])  # type: ignore[call-overload]
+        correct[domain] += r.correct
+        frames[domain] += r.frames
     accuracy = {d: correct[d] / frames[d] for d in frames}
     total = sum(frames.values())
     per_k = 1000 / max(1, total)
@@ -38,12 +40,12 @@ def device_summary(
         "mean": float(np.mean(list(accuracy.values()))),
         "after_shift": after_shift[0] / max(1, after_shift[1]),
         "frames": total,
-        "upload_fraction": sum(int(r["uploaded"]) for r in records) / max(1, total),  # type: ignore[call-overload]
-        "bytes_up_per_1000": sum(int(r["bytes_up"]) for r in records) * per_k,  # type: ignore[call-overload]
+        "upload_fraction": sum(r.uploaded for r in records) / max(1, total),
+        "bytes_up_per_1000": sum(r.bytes_up for r in records) * per_k,
         "bytes_down_per_1000": bytes_down * per_k,
-        "prompts_applied": len({int(r["prompt_version"]) for r in records} - {0}),  # type: ignore[call-overload]
-        "shifts_reported": sum(bool(r["shift"]) for r in records),
-        "batch_accuracy": [int(r["correct"]) / int(r["frames"]) for r in records],  # type: ignore[call-overload]
+        "prompts_applied": len({r.prompt_version for r in records} - {0}),
+        "shifts_reported": sum(r.shift for r in records),
+        "batch_accuracy": [r.correct / r.frames for r in records],
     }
 
 

@@ -32,16 +32,16 @@ class SimulatedCloud:
     @classmethod
     def build(
         cls,
-        world: CloudModels,
+        cloud_models: CloudModels,
         adaptation: AdaptationConfig | None = None,
         teacher: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> SimulatedCloud:
         """One cloud for the whole fleet, with ``adaptation`` (default: the project's).
 
-        ``teacher``: pixels -> logits in place of the world's teacher (a reference row).
+        ``teacher``: pixels -> logits in place of the project's teacher (a reference row).
         """
-        adaptation = adaptation or world.adaptation
-        return cls(world.new_fleet(adaptation, teacher), tuple(adaptation.vplu.parts))
+        adaptation = adaptation or cloud_models.adaptation
+        return cls(cloud_models.new_fleet(adaptation, teacher), tuple(adaptation.vplu.parts))
 
     def ingest(self, device_id: str, upload: Upload) -> tuple[dict[str, np.ndarray], int] | None:
         """One device upload -> the prompt parts to ship and their version (None: no new prompt)."""

@@ -1,8 +1,10 @@
+"""The device's uncertainty scores against their textbook definitions (SciPy)."""
+
 import numpy as np
 import pytest
-import torch
+from scipy.special import softmax
+from scipy.stats import entropy
 
-from cloud.adaptation import uncertainty as cloud_unc
 from device import uncertainty as device_unc
 
 
@@ -12,19 +14,20 @@ def logits():
     return (rng.normal(size=(64, 10)) * rng.uniform(0.1, 10, size=(64, 1))).astype(np.float32)
 
 
-@pytest.mark.parametrize("name", ["entropy", "margin"])
-def test_numpy_and_torch_scores_agree(logits, name):
-    ours = getattr(device_unc, name)(logits)
-    theirs = getattr(cloud_unc, name)(torch.from_numpy(logits)).numpy()
-    np.testing.assert_allclose(ours, theirs, atol=1e-6)
-
-
-def test_disagreement_parity_and_zero_when_views_agree(logits):
-    views = [logits, logits * 0.5, logits[:, ::-1].copy()]
+def test_scores_match_their_definitions(logits):
+    probs = softmax(logits.astype(np.float64), axis=1)
+    top2 = np.sort(probs, axis=1)[:, -2:]
     np.testing.assert_allclose(
-        device_unc.disagreement(views),
-        cloud_unc.disagreement([torch.from_numpy(v) for v in views]).numpy(),
-        atol=1e-6,
+        device_unc.entropy(logits), entropy(probs, axis=1) / np.log(10), atol=1e-6
+    )
+    np.testing.assert_allclose(device_unc.margin(logits), 1 - (top2[:, 1] - top2[:, 0]), atol=1e-6)
+
+
+def test_disagreement_is_the_variance_across_views_and_zero_when_they_agree(logits):
+    views = [logits, logits * 0.5, logits[:, ::-1].copy()]
+    probs = np.stack([softmax(v.astype(np.float64), axis=1) for v in views])
+    np.testing.assert_allclose(
+        device_unc.disagreement(views), probs.var(axis=0).sum(axis=1), atol=1e-6
     )
     assert np.allclose(device_unc.disagreement([logits, logits]), 0.0)
 

@@ -30,7 +30,7 @@ def test_no_file_is_the_built_in_world(tmp_path, monkeypatch):
     monkeypatch.delenv("CDCA_PROJECT", raising=False)
     config = load_project()
     assert config.file is None
-    assert config.is_builtin_world
+    assert config.is_builtin_project
     assert config.data.shifted == str(tmp_path / "data/fashion-mnist-c")
     assert config.adaptation.synthetic.count == 64  # one default, everywhere
 

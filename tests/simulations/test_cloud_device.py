@@ -32,7 +32,7 @@ ADAPTATION = AdaptationConfig(
 
 
 @pytest.fixture
-def world(distilled, exported):
+def cloud_models(distilled, exported):
     student, vectors, info = distilled
     model = DeviceModel(student)
 
@@ -58,8 +58,8 @@ def batches(count, n=32, seed=0):
 
 
 @pytest.mark.parametrize("delay", [1, 3])
-def test_a_prompt_learned_from_batch_t_is_used_from_batch_t_plus_delay(world, delay):
-    method = FleetMethod("uvpa", world, ADAPTATION, delay)
+def test_a_prompt_learned_from_batch_t_is_used_from_batch_t_plus_delay(cloud_models, delay):
+    method = FleetMethod("uvpa", cloud_models, ADAPTATION, delay)
     learned, applied = [], []
     ingest, apply = method.cloud.ingest, method.agent.apply
 
@@ -77,9 +77,9 @@ def test_a_prompt_learned_from_batch_t_is_used_from_batch_t_plus_delay(world, de
     assert applied == [t + delay for t in learned if t + delay < 8]
 
 
-def test_the_bench_device_is_the_onnx_device(world, exported):
+def test_the_bench_device_is_the_onnx_device(cloud_models, exported):
     """Before any prompt arrives, the row answers exactly as the exported model does."""
-    method = FleetMethod("uvpa", world, ADAPTATION)
+    method = FleetMethod("uvpa", cloud_models, ADAPTATION)
     runtime = DeviceRuntime.load(exported.manifest)
     runtime.set_adaptation(stat_mix=np.ones(1, np.float32))
     pixels = batches(1)[0]
@@ -87,10 +87,10 @@ def test_the_bench_device_is_the_onnx_device(world, exported):
     np.testing.assert_array_equal(method.step(pixels).numpy(), runtime.predict(frames).logits)
 
 
-def test_costs_count_uploads_within_budget_and_wire_bytes_both_ways(world):
-    method = FleetMethod("uvpa", world, ADAPTATION)
+def test_costs_count_uploads_within_budget_and_wire_bytes_both_ways(cloud_models):
+    method = FleetMethod("uvpa", cloud_models, ADAPTATION)
     for pixels in batches(6):
-        assert method.step(pixels).shape == (32, len(world.class_vectors))
+        assert method.step(pixels).shape == (32, len(cloud_models.class_vectors))
     costs = method.costs()
     assert 0 < costs["upload_fraction"] <= 0.25
     per_frame_up = 3 * 32 * 32  # uint8 frames dominate the uplink
@@ -98,20 +98,20 @@ def test_costs_count_uploads_within_budget_and_wire_bytes_both_ways(world):
     assert costs["bytes_down_per_1000"] > 0 or costs["prompts_shipped"] == 0
 
 
-def test_synthetic_samples_join_every_fit_and_the_ablation_turns_them_off(world, distilled):
-    method = FleetMethod("uvpa", world, ADAPTATION)
+def test_synthetic_samples_join_every_fit_and_the_ablation_turns_them_off(cloud_models, distilled):
+    method = FleetMethod("uvpa", cloud_models, ADAPTATION)
     for pixels in batches(4):
         method.step(pixels)
     stats = method.cloud.cloud.stats()
     assert stats["updates"] > 0
     assert stats["synthetic_samples"] == 8 * stats["updates"]
-    factory = _factory(world, distilled)
+    factory = _factory(cloud_models, distilled)
     without = factory.create("uvpa_no_synthetic")
     assert without.cloud.cloud.synthetic is None
 
 
-def test_cloud_teacher_uploads_every_frame(world):
-    method = CloudTeacherMethod("cloud_teacher", world)
+def test_cloud_teacher_uploads_every_frame(cloud_models):
+    method = CloudTeacherMethod("cloud_teacher", cloud_models)
     for pixels in batches(2):
         method.step(pixels)
     costs = method.costs()
@@ -119,37 +119,39 @@ def test_cloud_teacher_uploads_every_frame(world):
     assert costs["bytes_up_per_1000"] > 1000 * 3 * 32 * 32
 
 
-def _factory(world, distilled, **kwargs):
+def _factory(cloud_models, distilled, **kwargs):
     student, vectors, info = distilled
     model = PixelModel(ClassVectorHead(student, vectors), info.normalization)
     project = ProjectConfig(adaptation=ADAPTATION)
-    return MethodFactory(model, project, world, **kwargs)
+    return MethodFactory(model, project, cloud_models, **kwargs)
 
 
-def test_factory_builds_every_method_with_its_settings(world, distilled):
-    factory = _factory(world, distilled)
+def test_factory_builds_every_method_with_its_settings(cloud_models, distilled):
+    factory = _factory(cloud_models, distilled)
     for name in list_methods():
         method, pixels = factory.create(name), batches(1)[0]
         if getattr(method, "wants_labels", False):
             method.reveal_labels(pixels, np.zeros(len(pixels), dtype=np.int64))
-        assert method.step(pixels).shape == (32, len(world.class_vectors))
+        assert method.step(pixels).shape == (32, len(cloud_models.class_vectors))
     assert factory.create("uvpa_no_gate").agent.settings.gate == "off"
     assert factory.create("uvpa_random").agent.settings.score == "random"
     assert factory.create("uvpa").agent.settings == ADAPTATION.device
     with pytest.raises(ConfigError, match="distilled student"):
         MethodFactory(factory.model, factory.project, None).check("uvpa")
     with pytest.raises(ConfigError, match="delay"):
-        _factory(world, distilled, delay=0)
+        _factory(cloud_models, distilled, delay=0)
     with pytest.raises(ConfigError, match="unknown method"):
         factory.check("uvpa_companion")
 
 
-def test_label_target_teaches_each_upload_its_revealed_label(world, distilled):
-    method = _factory(world, distilled).create("uvpa_label_target")
+def test_label_target_teaches_each_upload_its_revealed_label(cloud_models, distilled):
+    method = _factory(cloud_models, distilled).create("uvpa_label_target")
     g = torch.Generator().manual_seed(1)
     revealed = {}
     for pixels in batches(4):
-        labels = torch.randint(0, len(world.class_vectors), (len(pixels),), generator=g).numpy()
+        labels = torch.randint(
+            0, len(cloud_models.class_vectors), (len(pixels),), generator=g
+        ).numpy()
         method.reveal_labels(pixels, labels)
         frames = (pixels * 255).round().to(torch.uint8).numpy()
         revealed.update({f.tobytes(): int(y) for f, y in zip(frames, labels, strict=True)})
@@ -160,7 +162,7 @@ def test_label_target_teaches_each_upload_its_revealed_label(world, distilled):
         assert int(sample.teacher_logits.argmax()) == revealed[sample.frame.numpy().tobytes()]
 
 
-def test_label_target_refuses_uploads_whose_labels_were_not_revealed(world, distilled):
-    method = _factory(world, distilled).create("uvpa_label_target")
+def test_label_target_refuses_uploads_whose_labels_were_not_revealed(cloud_models, distilled):
+    method = _factory(cloud_models, distilled).create("uvpa_label_target")
     with pytest.raises(DataError, match="reveal_labels"):
         method.step(batches(1)[0])

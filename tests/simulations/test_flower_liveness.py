@@ -77,6 +77,18 @@ def test_a_run_left_with_too_few_devices_stops_with_the_reason():
         loop._query(Grid(), [1, 2], {1: 0, 2: 0})
 
 
+BATCH_RECORD = {
+    "batch": 0,
+    "domain": 0,
+    "frames": 64,
+    "correct": 50,
+    "uploaded": 6,
+    "shift": 0,
+    "bytes_up": 1000,
+    "prompt_version": 0,
+}
+
+
 def test_a_devices_bad_upload_is_refused_without_stopping_the_run(monkeypatch, caplog):
     from protocol.errors import DataError
 
@@ -90,7 +102,7 @@ def test_a_devices_bad_upload_is_refused_without_stopping_the_run(monkeypatch, c
     content = type(
         "Content",
         (),
-        {"config_records": {"batch-0": {"frames": 64}}, "array_records": {"upload-0": {}}},
+        {"config_records": {"batch-0": BATCH_RECORD}, "array_records": {"upload-0": {}}},
     )()
     reply = type("Reply", (), {"content": content})()
     with caplog.at_level(logging.WARNING, logger="cdca.flower"):

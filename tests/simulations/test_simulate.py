@@ -258,7 +258,7 @@ def test_the_flower_app_config_is_a_project_with_a_scenario():
     pyproject = tomllib.loads((project_root() / "pyproject.toml").read_text())
     defaults = pyproject["tool"]["flwr"]["app"]["config"]
     assert set(defaults) == set(RUN_KEYS)  # `flwr run --run-config` may set each
-    # `flwr run` without a run config: the built-in world under the app's scenario
+    # `flwr run` without a run config: the built-in project under the app's scenario
     project = load_project(
         defaults["project"] or None, overlays=[find_scenario(defaults["scenario"])]
     )

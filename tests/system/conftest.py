@@ -24,7 +24,7 @@ class LiveServer:
     address: str
     state_dir: Path
     manifest_sha256: str
-    world: object
+    cloud_models: object
     shutdown: object = None
 
     def stop(self) -> None:
@@ -69,7 +69,7 @@ def tiny_world(exported, distilled):
     )
 
 
-def start_server(world, state_dir: Path, **overrides):
+def start_server(cloud_models, state_dir: Path, **overrides):
     """Run ``run_server`` in a thread; returns (address, stop function)."""
     from cloud.server.registry import DeviceRegistry
     from cloud.server.serve import registry_path, run_server
@@ -88,7 +88,7 @@ def start_server(world, state_dir: Path, **overrides):
 
     def main() -> None:
         try:
-            loop.run_until_complete(run_server(config, world, stop, port_file))
+            loop.run_until_complete(run_server(config, cloud_models, stop, port_file))
         except BaseException as err:  # surfaced by the waiting test below
             failure.append(err)
 
@@ -109,13 +109,15 @@ def start_server(world, state_dir: Path, **overrides):
 
 
 def registered_server(exported, distilled, state_dir: Path, **overrides) -> LiveServer:
-    """A running server over the tiny world, both test devices registered with its model.
+    """A running server over the tiny cloud_models, both test devices registered with its model.
 
     ``overrides``: ServerConfig fields. Uploads need the registration first.
     """
-    world = tiny_world(exported, distilled)
-    address, shutdown = start_server(world, state_dir, **overrides)
-    server = LiveServer(address, state_dir, world.served.manifest.sha256, world, shutdown)
+    cloud_models = tiny_world(exported, distilled)
+    address, shutdown = start_server(cloud_models, state_dir, **overrides)
+    server = LiveServer(
+        address, state_dir, cloud_models.served.manifest.sha256, cloud_models, shutdown
+    )
     for device_id in TOKENS:
         server.stub().Register(
             cdca_pb2.RegisterRequest(

@@ -19,15 +19,15 @@ CLOUDS = DeviceSettings(budget=0.25, score="margin", gate="off", class_balance=F
 def test_register_hands_out_the_projects_device_settings_and_the_device_runs_on_them(
     exported, distilled, tmp_path
 ):
-    world = tiny_world(exported, distilled)
-    world.adaptation = replace(world.adaptation, device=CLOUDS)
-    address, shutdown = start_server(world, tmp_path / "state")
+    cloud_models = tiny_world(exported, distilled)
+    cloud_models.adaptation = replace(cloud_models.adaptation, device=CLOUDS)
+    address, shutdown = start_server(cloud_models, tmp_path / "state")
     try:
-        stub_answer = _register(address, world.served.manifest.sha256)
+        stub_answer = _register(address, cloud_models.served.manifest.sha256)
         assert settings_from_wire(dict(stub_answer.device_settings)) == (CLOUDS, [])
         assert stub_answer.upload_budget == 0.25
         runtime = DeviceRuntime.load(exported.manifest)
-        link = LinkConfig(address, "cam-a", TOKENS["cam-a"], world.served.manifest.sha256)
+        link = LinkConfig(address, "cam-a", TOKENS["cam-a"], cloud_models.served.manifest.sha256)
         own = DeviceSettings(budget=0.05)  # the device's flags: replaced when it registers
         client = DeviceClient(runtime, ClientConfig(tmp_path / "device", own), link)
         frames = np.random.default_rng(0).integers(0, 255, (4, 16, 32, 32, 3), dtype=np.uint8)

@@ -93,14 +93,14 @@ def register(target, pki, sha, client_cert=True):
 def test_devices_reach_a_tls_server_and_plaintext_or_certless_clients_do_not(
     certificates, exported, distilled, tmp_path, mutual
 ):
-    world = tiny_world(exported, distilled)
+    cloud_models = tiny_world(exported, distilled)
     tls = TLSConfig(
         certificates / "server.crt",
         certificates / "server.key",
         certificates / "ca.crt" if mutual else None,
     )
-    address, shutdown = start_server(world, tmp_path / "state", host="localhost", tls=tls)
-    sha = world.served.manifest.sha256
+    address, shutdown = start_server(cloud_models, tmp_path / "state", host="localhost", tls=tls)
+    sha = cloud_models.served.manifest.sha256
     target = address.replace("127.0.0.1", "localhost")
     try:
         assert register(target, certificates, sha).protocol_version == 1
