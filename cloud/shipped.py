@@ -8,6 +8,7 @@ shipped one unless the user passes ``--replace-shipped``.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from protocol.config.project import ProjectConfig
@@ -29,6 +30,25 @@ def label_trained_student(project: ProjectConfig) -> Path | None:
     if project.student.label_trained is not None:
         return project.student.label_trained
     return SHIPPED_STUDENT if project.is_builtin_project else None
+
+
+def with_shipped_checkpoints(project: ProjectConfig) -> ProjectConfig:
+    """The project with each checkpoint it leaves to the shipped files named by absolute path.
+
+    A copy of the code without the shipped files (Flower's app bundle, which carries no
+    weights) then still finds them. Projects on their own data are returned as they are.
+    """
+    if not project.is_builtin_project:
+        return project
+    student = replace(
+        project.student,
+        checkpoint=project.student.checkpoint or SHIPPED_DISTILLED,
+        label_trained=project.student.label_trained or SHIPPED_STUDENT,
+    )
+    teacher = project.teacher
+    if teacher.model == "builtin":
+        teacher = replace(teacher, checkpoint=teacher.checkpoint or SHIPPED_TEACHER)
+    return replace(project, student=student, teacher=teacher)
 
 
 def is_shipped(path: Path) -> bool:

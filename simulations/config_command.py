@@ -49,7 +49,9 @@ def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def _show(args: argparse.Namespace) -> int:
-    project = _load(args)
+    from cloud.shipped import with_shipped_checkpoints
+
+    project = with_shipped_checkpoints(_load(args))
     source = str(project.file) if project.file else "none: the built-in Fashion-MNIST project"
     print(to_toml(project, f"project file: {source}"), end="")
     return 0

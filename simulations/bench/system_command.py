@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Simulate, run the system, measure latency, write and print the report."""
     from cloud.data.cli import parse_corruptions
+    from simulations.bench.perf import hardware
     from simulations.bench.system import (
         SystemBenchConfig,
         device_latency,
@@ -74,16 +74,14 @@ def run(args: argparse.Namespace) -> int:
     shutil.rmtree(work, ignore_errors=True)
     results = {
         "config": {**vars(args), "out": str(args.out), "handler": None},
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": __import__("os").cpu_count(),
-        },
+        "machine": hardware(),
         "devices": [
             {**sim, "uvpa_grpc": s.get("accuracy"), **{k: s.get(k) for k in SUMMARY_KEYS}}
             for sim, s in zip(simulated, summaries, strict=True)
         ],
         "device_latency": latency,
         "seconds": round(time.perf_counter() - started, 1),
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
     }
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     report = markdown(results)
@@ -109,10 +107,12 @@ def markdown(results: dict) -> str:
     """The report: accuracy per device, then latency."""
     rows = results["devices"]
     settings = {k: v for k, v in results["config"].items() if k not in ("handler", "command")}
+    machine = results["machine"]
     lines = [
-        "# cdca system benchmark",
+        "# cdca system benchmark (`cdca bench system`)",
         "",
-        f"Settings: `{json.dumps(settings)}`",
+        f"Written by `cdca bench system --out {settings['out']}` on {results['date']}, "
+        f"{machine['cpu']} with {machine['cores']} cores. Settings: `{json.dumps(settings)}`",
         "",
         "| device | source | device alone | U-VPA simulated | U-VPA over gRPC | prompts applied "
         "| uploads accepted |",
@@ -145,7 +145,7 @@ def markdown(results: dict) -> str:
         if values:
             name = key.replace("_ms_", " ms ").replace("_", " ")
             lines.append(f"| {name} (median over devices) | {np.median(values):.2f} ms |")
-    lines += ["", f"Machine: {results['machine']}; wall time {results['seconds']} s.", ""]
+    lines += ["", f"Wall time {results['seconds']} s.", ""]
     return "\n".join(lines)
 
 

@@ -29,6 +29,7 @@ from simulations.fleet.scenario import built_in_scenarios, find_scenario
 
 if TYPE_CHECKING:  # the engines load torch and onnxruntime; `--help` should not wait for them
     from simulations.fleet.engine_run import EngineRun
+    from simulations.harness.memory import PeakMemory
 
 FIRST_BATCHES = 3  # "after a shift": this many batches into every new domain
 ENGINES = ("inprocess", "grpc", "flower-sim", "flower")
@@ -187,17 +188,27 @@ def simulate(project: ProjectConfig, out: Path, threads: int = 2) -> dict[str, A
 
 
 def report_flower_run(  # type: ignore[no-untyped-def]
-    project: ProjectConfig, specs, raw: EngineRun, out: Path, class_names: list[str]
+    project: ProjectConfig,
+    specs,
+    run: EngineRun,
+    out: Path,
+    class_names: list[str],
+    started: float,
+    memory: PeakMemory,
 ) -> dict[str, Path]:
     """The report ``cdca simulate`` writes, for a run started with ``flwr run``.
 
-    The on-device peers run here on the same streams, as ``cdca simulate`` runs them.
+    The on-device peers run here on the same streams, as ``cdca simulate`` runs them;
+    ``started`` (``time.perf_counter()``) and ``memory`` cover the ServerApp's process.
     """
     from simulations.fleet.on_device import run_peers
     from simulations.fleet.report import write_run
 
-    results = assemble(project, specs, {"uvpa": raw}, run_peers(project, specs))
+    results = assemble(project, specs, {"uvpa": run}, run_peers(project, specs))
     results["class_names"] = class_names
+    results["wall_seconds"] = time.perf_counter() - started
+    results["peak_memory_mb"] = memory.megabytes
+    results["memory_scope"] = "the ServerApp's processes; the SuperNodes run apart"
     return write_run(out, results)
 
 

@@ -172,7 +172,9 @@ def run_config(project: ProjectConfig, run_dir: Path, folder: Path) -> str:
 
     The file holds absolute paths: the app runs from a bundle without the shipped files.
     """
-    project_file = write_resolved(project, folder, "this Flower run")
+    from cloud.shipped import with_shipped_checkpoints
+
+    project_file = write_resolved(with_shipped_checkpoints(project), folder, "this Flower run")
     values = {
         "project": str(project_file),
         "scenario": "",

@@ -26,6 +26,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +37,9 @@ from device.flower_client import number, text, upload_from_record
 from device.replay import BatchRecord
 from protocol import flower_records as rec
 from protocol.config.adaptation import AdaptationConfig
-from protocol.config.project import ProjectConfig, load_project
+from protocol.config.project import ProjectConfig, load_project, write_resolved
 from protocol.config.wire import settings_to_wire
-from protocol.errors import CdcaError
+from protocol.errors import CdcaError, ConfigError
 from simulations.fleet.engine_run import EngineRun
 from simulations.fleet.preflight import stream_length_warning
 from simulations.harness.simulated_cloud import SimulatedCloud
@@ -287,6 +288,22 @@ class FleetRounds:
         return batch
 
 
+def _check_checkpoints(project: ProjectConfig) -> None:
+    """Fail with what to do when the bundle Flower runs from lacks the project's weights."""
+    from cloud.shipped import with_shipped_checkpoints
+
+    named = with_shipped_checkpoints(project)
+    paths = [named.student.checkpoint, named.teacher.checkpoint]
+    missing = [str(p) for p in paths if p is not None and not p.is_file()]
+    if missing:
+        raise ConfigError(
+            f"the project's checkpoints are not on this machine: {', '.join(missing)}. Flower "
+            "runs the app from a bundle without cdca's weights: write the project with "
+            "`cdca config show > /abs/path/project.toml` (it names every checkpoint by absolute "
+            "path) and pass --run-config \"project='/abs/path/project.toml'\""
+        )
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """``flwr run``: the project from the run config; results into ``<run-dir>/flower-results.json``."""
@@ -295,7 +312,9 @@ def main(grid: Grid, context: Context) -> None:
     from simulations.fleet.preflight import adaptation_warnings
     from simulations.fleet.scenario import find_scenario
     from simulations.fleet.stream_files import write_streams
+    from simulations.harness.memory import PeakMemory
 
+    started = time.perf_counter()
     config = dict(context.run_config)
     run_dir = Path(str(config.get("run-dir", "runs/flower")))
     scenario = str(config.get("scenario", ""))
@@ -305,7 +324,11 @@ def main(grid: Grid, context: Context) -> None:
         assignments=str(config.get("set", "")).split(),
         dotted={k: v for k, v in config.items() if k not in RUN_KEYS},
     )
+    _check_checkpoints(project)
+    # the settings as this run used them; the report names the engine that carried it
+    project = replace(project, fleet=replace(project.fleet, engine="flower"))
     run_dir.mkdir(parents=True, exist_ok=True)
+    write_resolved(project, run_dir, "this Flower run")
     for warning in adaptation_warnings(project):
         log.warning("%s", warning)
     cloud_models = load_cloud_models(project, run_dir)
@@ -325,10 +348,11 @@ def main(grid: Grid, context: Context) -> None:
         progress,
     )
     rounds.expected_batches = {i: spec.num_batches() for i, spec in enumerate(specs)}
-    results = rounds.run(grid)
-    (run_dir / RESULTS_FILE).write_text(json.dumps(results.to_json()) + "\n")
-    log.info("wrote %s", run_dir / RESULTS_FILE)
-    if config.get("report", True):  # `cdca simulate` writes its own, with every engine's runs
-        names = list(cloud_models.served.manifest.class_names)
-        paths = report_flower_run(project, specs, results, run_dir, names)
-        log.info("wrote %s", paths["report"])
+    with PeakMemory() as memory:
+        results = rounds.run(grid)
+        (run_dir / RESULTS_FILE).write_text(json.dumps(results.to_json()) + "\n")
+        log.info("wrote %s", run_dir / RESULTS_FILE)
+        if config.get("report", True):  # `cdca simulate` writes its own, with every engine's
+            names = list(cloud_models.served.manifest.class_names)
+            paths = report_flower_run(project, specs, results, run_dir, names, started, memory)
+            log.info("wrote %s", paths["report"])

@@ -52,7 +52,7 @@ def markdown(results: dict[str, Any], paths: dict[str, Path]) -> str:
         f"frames per domain each, severity {fleet['severity']}, batch {fleet['batch_size']}, "
         f"upload budget {adaptation['device']['budget']:.0%}; wall time "
         f"{results['wall_seconds']:.0f} s, peak memory {results.get('peak_memory_mb')} MiB "
-        f"(all processes). Settings: `config.toml`.",
+        f"({results.get('memory_scope', 'all processes')}). Settings: `config.toml`.",
         f"U-VPA's cloud target: {_target(adaptation)}.{_synthetic(adaptation)}",
         _classes(results.get("class_names", [])),
         "",

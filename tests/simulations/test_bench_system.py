@@ -18,9 +18,10 @@ def test_report_shows_every_accuracy_and_latency():
         "prompt_delivery_ms_p99": 3.0,
     }
     results = {
-        "config": {"devices": 2, "handler": None},
-        "machine": {"cores": 2},
+        "config": {"devices": 2, "handler": None, "out": "runs/x"},
+        "machine": {"cpu": "AMD EPYC", "cores": 2},
         "seconds": 1.0,
+        "date": "2026-12-06",
         "devices": [device, {**device, "uvpa_grpc": 0.83}],
         "device_latency": {"no_prompt_ms_per_frame_batch1": 0.4},
     }
@@ -28,6 +29,7 @@ def test_report_shows_every_accuracy_and_latency():
     assert "| mean | 50.0 | 80.0 | 81.0 | 81.0 |" in text
     assert "device no prompt ms per frame batch1 | 0.4 ms" in text
     assert "upload ms p99 (median over devices) | 9.00 ms" in text
+    assert "`cdca bench system --out runs/x` on 2026-12-06, AMD EPYC with 2 cores" in text
 
 
 @pytest.mark.slow

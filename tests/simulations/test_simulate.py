@@ -354,3 +354,28 @@ def test_a_straggler_does_not_stall_the_flower_rounds(tmp_path, tiny_scenario):
     assert 7 <= cloud["rounds"] <= 6 + cloud["partial_rounds"]
     for device in results["devices"]["uvpa"]:
         assert device["frames"] == 24  # no batch lost
+
+
+def test_a_flower_run_gets_the_report_cdca_simulate_writes(tmp_path, tiny_scenario):
+    """What the ServerApp does after its rounds, on an in-process run of the same fleet."""
+    import time
+
+    from cloud.server.models import load_cloud_models
+    from simulations.fleet.command import report_flower_run
+    from simulations.fleet.inprocess import run_inprocess
+    from simulations.fleet.stream_files import write_streams
+    from simulations.harness.memory import PeakMemory
+
+    project = load_project(
+        tiny_scenario, assignments=["fleet.peers=['bn_adapt']", "fleet.batches_per_round=1"]
+    )
+    out = tmp_path / "flower"
+    models = load_cloud_models(project, out)
+    streams, specs = write_streams(project, out / "streams")
+    with PeakMemory() as memory:
+        run = run_inprocess(project, streams, models, project.adaptation)
+        paths = report_flower_run(project, specs, run, out, ["a", "b"], time.perf_counter(), memory)
+    results = json.loads(paths["json"].read_text())
+    assert set(results["table"]) == {"bn_adapt", "uvpa"}
+    assert set(results["devices"]["uvpa"][0]["accuracy"]) == {"gaussian_noise", "contrast"}
+    assert "| uvpa |" in paths["report"].read_text()
