@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -304,19 +304,10 @@ def _check_checkpoints(project: ProjectConfig) -> None:
         )
 
 
-@app.main()
-def main(grid: Grid, context: Context) -> None:
-    """``flwr run``: the project from the run config; results into ``<run-dir>/flower-results.json``."""
-    from cloud.server.models import load_cloud_models
-    from simulations.fleet.command import report_flower_run
-    from simulations.fleet.preflight import adaptation_warnings
+def _project(config: Mapping[str, object]) -> ProjectConfig:
+    """The run config's project, scenario and settings, checked, with the engine named."""
     from simulations.fleet.scenario import find_scenario
-    from simulations.fleet.stream_files import write_streams
-    from simulations.harness.memory import PeakMemory
 
-    started = time.perf_counter()
-    config = dict(context.run_config)
-    run_dir = Path(str(config.get("run-dir", "runs/flower")))
     scenario = str(config.get("scenario", ""))
     project = load_project(
         str(config.get("project", "")) or None,
@@ -325,27 +316,46 @@ def main(grid: Grid, context: Context) -> None:
         dotted={k: v for k, v in config.items() if k not in RUN_KEYS},
     )
     _check_checkpoints(project)
-    # the settings as this run used them; the report names the engine that carried it
-    project = replace(project, fleet=replace(project.fleet, engine="flower"))
+    return replace(project, fleet=replace(project.fleet, engine="flower"))
+
+
+def _progress_file(run_dir: Path) -> Callable[[int], None]:
+    """Frames done so far into a file (`cdca simulate --engine flower` polls it)."""
+    done = [0]
+
+    def progress(frames: int) -> None:
+        done[0] += frames
+        (run_dir / PROGRESS_FILE).write_text(str(done[0]))
+
+    return progress
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """``flwr run``: the project from the run config; results and the report into ``run-dir``."""
+    from cloud.server.models import load_cloud_models
+    from simulations.fleet.command import report_flower_run
+    from simulations.fleet.preflight import adaptation_warnings
+    from simulations.fleet.stream_files import write_streams
+    from simulations.harness.memory import PeakMemory
+
+    started = time.perf_counter()
+    config = dict(context.run_config)
+    run_dir = Path(str(config.get("run-dir", "runs/flower")))
+    project = _project(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_resolved(project, run_dir, "this Flower run")
     for warning in adaptation_warnings(project):
         log.warning("%s", warning)
     cloud_models = load_cloud_models(project, run_dir)
     _, specs = write_streams(project, run_dir / "streams")
-    done = [0]
-
-    def progress(frames: int) -> None:  # `cdca simulate --engine flower` polls this file
-        done[0] += frames
-        (run_dir / PROGRESS_FILE).write_text(str(done[0]))
-
     rounds = FleetRounds(
         project,
         project.adaptation,
         SimulatedCloud.build(cloud_models),
         run_dir / "streams",
         cloud_models.served.folder,
-        progress,
+        _progress_file(run_dir),
     )
     rounds.expected_batches = {i: spec.num_batches() for i, spec in enumerate(specs)}
     with PeakMemory() as memory:
