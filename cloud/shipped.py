@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from protocol.config.models import TeacherConfig
 from protocol.config.project import ProjectConfig
 from protocol.errors import ConfigError
 
@@ -32,6 +33,11 @@ def label_trained_student(project: ProjectConfig) -> Path | None:
     return SHIPPED_STUDENT if project.is_builtin_project else None
 
 
+def builtin_teacher(config: TeacherConfig) -> Path | None:
+    """The built-in teacher's weights (the shipped ones unless named); None for open_clip."""
+    return (config.checkpoint or SHIPPED_TEACHER) if config.is_builtin else None
+
+
 def with_shipped_checkpoints(project: ProjectConfig) -> ProjectConfig:
     """The project with each checkpoint it leaves to the shipped files named by absolute path.
 
@@ -42,12 +48,12 @@ def with_shipped_checkpoints(project: ProjectConfig) -> ProjectConfig:
         return project
     student = replace(
         project.student,
-        checkpoint=project.student.checkpoint or SHIPPED_DISTILLED,
-        label_trained=project.student.label_trained or SHIPPED_STUDENT,
+        checkpoint=distilled_student(project),
+        label_trained=label_trained_student(project),
     )
     teacher = project.teacher
-    if teacher.model == "builtin":
-        teacher = replace(teacher, checkpoint=teacher.checkpoint or SHIPPED_TEACHER)
+    if teacher.is_builtin:
+        teacher = replace(teacher, checkpoint=builtin_teacher(teacher))
     return replace(project, student=student, teacher=teacher)
 
 

@@ -10,6 +10,7 @@ Stream files hold ``images`` (N, H, W, 3) uint8, ``labels`` (N,) and ``domain`` 
 
 from __future__ import annotations
 
+import math
 import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -44,13 +45,21 @@ class BatchRecord:
 
     @classmethod
     def from_json(cls, record: Mapping[str, object]) -> BatchRecord:
-        """A record from ``to_json`` (or a Flower ConfigRecord of it); a missing field raises."""
+        """A record from ``to_json`` (or a Flower ConfigRecord of it), checked.
+
+        It may come from a device, and the report divides by its frames. A missing field
+        raises KeyError, a value that is not a count DataError.
+        """
         v: dict[str, int] = {}
         for name in cls.__dataclass_fields__:
             value = record[name]
             if not isinstance(value, int | float):  # bool is an int
                 raise DataError(f"batch record field {name!r} must be a number, got {value!r}")
+            if not math.isfinite(value) or value < 0:
+                raise DataError(f"batch record field {name!r} must be a count, got {value!r}")
             v[name] = int(value)
+        if v["frames"] < 1 or v["correct"] > v["frames"] or v["uploaded"] > v["frames"]:
+            raise DataError(f"batch record counts do not add up: {v}")
         return cls(
             v["batch"],
             v["domain"],

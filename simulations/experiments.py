@@ -16,11 +16,10 @@ input fitted) were retired; CHANGELOG.md keeps their numbers, and each is still 
 
 from __future__ import annotations
 
+LABEL_TARGET = "uvpa_label_target"  # an upper reference, not a method: true labels as target
 ABLATIONS: dict[str, dict[str, object]] = {
     "uvpa_random": {"adaptation.device.score": "random"},
     "uvpa_no_gate": {"adaptation.device.gate": "off"},
     "uvpa_no_synthetic": {"adaptation.synthetic.count": 0},
-    # an upper reference, not a method: the true label as the cloud's target
-    "uvpa_label_target": {"adaptation.vplu.target": "teacher"},
+    LABEL_TARGET: {"adaptation.vplu.target": "teacher"},
 }
-LABEL_TARGET = "uvpa_label_target"

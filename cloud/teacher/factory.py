@@ -131,8 +131,8 @@ def teacher_for(config: TeacherConfig, class_names: Sequence[str], image_size: i
     an error that says how to train the right one. An open_clip teacher knows any class by
     its name.
     """
-    if config.is_builtin:
-        check_teacher_classes(config.checkpoint or shipped.SHIPPED_TEACHER, class_names)
+    if (weights := shipped.builtin_teacher(config)) is not None:
+        check_teacher_classes(weights, class_names)
     return create_teacher(
         config.model,
         config.pretrained or None,

@@ -39,7 +39,7 @@ from protocol import flower_records as rec
 from protocol.config.adaptation import AdaptationConfig
 from protocol.config.project import ProjectConfig, load_project, write_resolved
 from protocol.config.wire import settings_to_wire
-from protocol.errors import CdcaError, ConfigError
+from protocol.errors import CdcaError, ConfigError, DataError
 from simulations.fleet.engine_run import EngineRun
 from simulations.fleet.preflight import stream_length_warning
 from simulations.harness.simulated_cloud import SimulatedCloud
@@ -48,13 +48,8 @@ log = logging.getLogger("cdca.flower")
 app = ServerApp()
 RESULTS_FILE = "flower-results.json"
 PROGRESS_FILE = "flower-progress"
-RUN_KEYS = (
-    "project",
-    "scenario",
-    "set",
-    "run-dir",
-    "report",
-)  # every other run-config key is a setting
+# run-config keys that are not settings; every other key is one
+RUN_KEYS = ("project", "scenario", "set", "run-dir", "report")
 
 
 def _finished(next_batch: int, total: int | None) -> bool:
@@ -86,6 +81,7 @@ class FleetRounds:
         self.expected_batches: dict[int, int] = {}  # by device index, from the run's streams
         self.bytes_down: dict[int, int] = {}
         self.rounds = self.partial_rounds = self.refused_prompts = self.refused_uploads = 0
+        self.refused_records = 0
         self.missed: dict[int, int] = {}  # rounds missed in a row, per node
         self.reasons: dict[int, str] = {}  # the last error a node replied with
         self.dropped: dict[int, str] = {}  # nodes left out of the run, and why
@@ -129,6 +125,7 @@ class FleetRounds:
                 "partial_rounds": self.partial_rounds,
                 "refused_prompts": self.refused_prompts,
                 "refused_uploads": self.refused_uploads,
+                "refused_records": self.refused_records,
                 "dropped_devices": {str(n): why for n, why in self.dropped.items()},
             },
         )
@@ -267,40 +264,54 @@ class FleetRounds:
         content = reply.content
         batch = first
         while rec.batch_record(batch) in content.config_records:
-            record = BatchRecord.from_json(content.config_records[rec.batch_record(batch)])
-            self.records.setdefault(i, []).append(record)
-            if self.progress:
-                self.progress(record.frames)
-            if rec.upload_record(batch) in content.array_records:
-                try:
-                    prompt = self.teacher.ingest(
-                        f"device-{i}",
-                        upload_from_record(content.array_records[rec.upload_record(batch)]),
-                    )
-                except (CdcaError, KeyError, ValueError, TypeError, RuntimeError) as err:
-                    # one device's bad upload costs that upload, not the run
-                    self.refused_uploads += 1
-                    log.warning("node %d: upload of batch %d refused: %s", node, batch, err)
-                    prompt = None
-                if prompt is not None:
-                    pending[node] = prompt
+            record = self._record(node, content.config_records[rec.batch_record(batch)], batch)
+            if record is not None:
+                self.records.setdefault(i, []).append(record)
+                if self.progress:
+                    self.progress(record.frames)
+                if rec.upload_record(batch) in content.array_records:
+                    upload = content.array_records[rec.upload_record(batch)]
+                    prompt = self._learn(node, i, upload, batch)
+                    if prompt is not None:
+                        pending[node] = prompt
             batch += 1
         return batch
+
+    def _record(self, node: int, record: ConfigRecord, batch: int) -> BatchRecord | None:
+        """One batch's outcome; a malformed one costs that batch (and its upload), not the run."""
+        try:
+            return BatchRecord.from_json(record)
+        except (DataError, KeyError) as err:
+            self.refused_records += 1
+            log.warning("node %d: record of batch %d refused: %s", node, batch, err)
+            return None
+
+    def _learn(
+        self, node: int, i: int, upload: ArrayRecord, batch: int
+    ) -> tuple[dict[str, np.ndarray], int] | None:
+        """The cloud's prompt from one upload; a bad upload costs that upload, not the run."""
+        try:
+            return self.teacher.ingest(f"device-{i}", upload_from_record(upload))
+        except (CdcaError, KeyError, ValueError, TypeError, RuntimeError) as err:
+            self.refused_uploads += 1
+            log.warning("node %d: upload of batch %d refused: %s", node, batch, err)
+            return None
 
 
 def _check_checkpoints(project: ProjectConfig) -> None:
     """Fail with what to do when the bundle Flower runs from lacks the project's weights."""
-    from cloud.shipped import with_shipped_checkpoints
+    from cloud.shipped import builtin_teacher, distilled_student
 
-    named = with_shipped_checkpoints(project)
-    paths = [named.student.checkpoint, named.teacher.checkpoint]
+    # the files load_cloud_models will read, by the same rules
+    paths = [distilled_student(project), builtin_teacher(project.teacher)]
     missing = [str(p) for p in paths if p is not None and not p.is_file()]
     if missing:
         raise ConfigError(
             f"the project's checkpoints are not on this machine: {', '.join(missing)}. Flower "
-            "runs the app from a bundle without cdca's weights: write the project with "
-            "`cdca config show > /abs/path/project.toml` (it names every checkpoint by absolute "
-            "path) and pass --run-config \"project='/abs/path/project.toml'\""
+            "runs the app from a bundle without cdca's weights, so name them by absolute path: "
+            "write the project with `cdca config show > /abs/path/project.toml` and pass "
+            "--run-config \"project='/abs/path/project.toml'\" (a project's own checkpoints "
+            "must exist: `cdca cloud distill`, `cdca train teacher`)"
         )
 
 
@@ -343,8 +354,10 @@ def main(grid: Grid, context: Context) -> None:
     config = dict(context.run_config)
     run_dir = Path(str(config.get("run-dir", "runs/flower")))
     project = _project(config)
+    report = bool(config.get("report", True))  # `cdca simulate` writes its own, with every engine's
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_resolved(project, run_dir, "this Flower run")
+    if report:  # beside the report; a `cdca simulate` run folder keeps the file simulate wrote
+        write_resolved(project, run_dir, "this Flower run")
     for warning in adaptation_warnings(project):
         log.warning("%s", warning)
     cloud_models = load_cloud_models(project, run_dir)
@@ -362,7 +375,7 @@ def main(grid: Grid, context: Context) -> None:
         results = rounds.run(grid)
         (run_dir / RESULTS_FILE).write_text(json.dumps(results.to_json()) + "\n")
         log.info("wrote %s", run_dir / RESULTS_FILE)
-        if config.get("report", True):  # `cdca simulate` writes its own, with every engine's
+        if report:
             names = list(cloud_models.served.manifest.class_names)
             paths = report_flower_run(project, specs, results, run_dir, names, started, memory)
             log.info("wrote %s", paths["report"])

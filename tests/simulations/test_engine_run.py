@@ -21,3 +21,13 @@ def test_a_batch_record_with_a_missing_or_wrong_field_is_refused():
         BatchRecord.from_json({k: v for k, v in fields.items() if k != "frames"})
     with pytest.raises(DataError, match="'correct' must be a number"):
         BatchRecord.from_json({**fields, "correct": "many"})
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"frames": 0}, {"correct": 65}, {"uploaded": 65}, {"bytes_up": -1}, {"frames": float("nan")}],
+)
+def test_a_batch_record_whose_counts_do_not_add_up_is_refused(change):
+    fields = {**BatchRecord(0, 0, 64, 50, 6, False, 10, 0).to_json(), **change}
+    with pytest.raises(DataError):
+        BatchRecord.from_json(fields)

@@ -157,3 +157,21 @@ def test_a_real_run_with_a_failing_supernode_fails_and_says_why(
     assert status["status"] == "finished:failed", status
     assert "no-such-stream.npz" in log.stdout + log.stderr  # why the device failed
     assert "fewer than fleet.min_devices=2" in log.stdout + log.stderr
+
+
+def test_a_devices_malformed_batch_record_costs_that_batch_not_the_run(caplog):
+    loop = rounds(min_devices=1)
+    loop.teacher, loop.progress, loop.records = None, None, {}
+    loop.refused_uploads = loop.refused_records = 0
+    bad = {**BATCH_RECORD, "batch": 1, "frames": 0}  # the report would divide by it
+    content = type(
+        "Content",
+        (),
+        {"config_records": {"batch-0": BATCH_RECORD, "batch-1": bad}, "array_records": {}},
+    )()
+    reply = type("Reply", (), {"content": content})()
+    with caplog.at_level(logging.WARNING, logger="cdca.flower"):
+        assert loop._ingest(1, 0, reply, 0, {}) == 2  # both batches are behind the device
+    assert [r.batch for r in loop.records[0]] == [0]
+    assert loop.refused_records == 1
+    assert "record of batch 1 refused" in caplog.text
