@@ -67,7 +67,7 @@ def device_killed(workdir: Path) -> Facts:
         applied = wait_for(rig.device_log("cam-0"), "applied prompt v")
         device.send_signal(signal.SIGKILL)  # its prompt cache and upload queue stay on disk
         device.wait(timeout=10)
-        held_before = rig.holdings("cam-0")  # the first run's; its summary died with it
+        held_before = rig.settled_holdings("cam-0")  # the first run's; its summary died with it
         out = workdir / "b.jsonl"
         device = rig.start_device(stream, "cam-0", token, out, fps=FPS)
         restored = wait_for(rig.device_log("cam-0"), "restored prompt v", 30)

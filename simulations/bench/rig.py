@@ -195,6 +195,22 @@ class Rig:
                 device.wait()
             self.kill_server()
 
+    def settled_holdings(self, device_id: str, quiet: float = 1.0) -> dict[str, int]:
+        """``holdings`` once they stop changing (checked every ``quiet`` s, 10 times at most).
+
+        An upload a killed device had in flight may still be stored by the server after the
+        device is gone; counted later, its resend would look like a lost sample.
+        """
+        held = self.holdings(device_id)
+        deadline = time.monotonic() + 10 * quiet
+        while time.monotonic() < deadline:
+            time.sleep(quiet)
+            again = self.holdings(device_id)
+            if again == held:
+                break
+            held = again
+        return held
+
     def holdings(self, device_id: str) -> dict[str, int]:
         """Samples the cloud holds from ``device_id``, per inbox file (ingested, waiting or rejected)."""
         from cloud.server.storage import Inbox, IngestLedger
