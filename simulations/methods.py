@@ -1,22 +1,43 @@
-"""Every method the benchmark can run, by name: on-device peers, U-VPA and its ablations, references.
+"""Every method the benchmark can run, by name: on-device peers, U-VPA and its ablations, CEMA, references.
 
 ``uvpa`` is the project's ``[adaptation]`` as it stands, run on the real ONNX device and the
 real cloud (``simulations.bench.cloud_device``); its ablation rows come from
-``simulations.experiments``. ``cloud_teacher`` is a reference: upload every frame and let
-the teacher answer.
+``simulations.experiments``. The CEMA rows run CEMA's cloud and edge filter on the same
+device and wire: ``cema`` at its own selection rate, ``cema_budget`` capped at the project's
+upload budget, and the two crossings (``uvpa_cema_selection``: U-VPA's cloud fed by CEMA's
+filter; ``cema_ugs_selection``: CEMA's cloud fed by U-VPA's uncertainty-guided uploads), and
+``uvpa_cema_teacher``, U-VPA whose teacher takes CEMA's entropy steps on its norm layers.
+``cloud_teacher`` is a reference: upload every frame and let the teacher answer.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+
+import torch
+
 from cloud.server.models import CloudModels
+from cloud.teacher.teacher import Teacher
 from protocol.config.project import ProjectConfig, with_settings
 from protocol.errors import ConfigError, unknown_name
 from simulations.bench.cloud_device import CloudTeacherMethod, FleetMethod
 from simulations.experiments import ABLATIONS, LABEL_TARGET
+from simulations.harness.simulated_cloud import SimulatedCloud
 from simulations.online import OnlineMethod
 from simulations.peers import PEERS, PixelModel, create_method
+from simulations.peers.cema import CemaCloud, CemaSampler, CemaSettings
+from simulations.peers.cema.teacher import AdaptingTeacher
 
-CLOUD_DEVICE_METHODS = ("uvpa", *ABLATIONS, "cloud_teacher")
+# row -> (CEMA's cloud?, CEMA's edge filter?, capped at the project's budget?)
+CEMA_ROWS: dict[str, tuple[bool, bool, bool]] = {
+    "cema": (True, True, False),
+    "cema_budget": (True, True, True),
+    "uvpa_cema_selection": (False, True, True),
+    "cema_ugs_selection": (True, False, True),
+}
+CEMA_TEACHER = "uvpa_cema_teacher"
+CLOUD_DEVICE_METHODS = ("uvpa", *ABLATIONS, *CEMA_ROWS, CEMA_TEACHER, "cloud_teacher")
 
 
 def list_methods() -> list[str]:
@@ -40,6 +61,10 @@ class MethodFactory:
             teacher (a label-trained student), which rules out the cloud-device rows.
         delay: batches between the cloud learning a prompt and the device using it.
         seed: the device's seed for its random picks.
+        source: clean images in [0, 1] for peers that read source data (EATA, forward-only).
+        teacher: builds a fresh teacher that CEMA's cloud may adapt (one per run).
+        peer_settings: per method, constructor settings instead of the paper's (``cema``
+            sets ``CemaSettings`` fields for every CEMA row).
     """
 
     def __init__(
@@ -49,18 +74,20 @@ class MethodFactory:
         cloud_models: CloudModels | None,
         delay: int = 1,
         seed: int = 0,
+        source: Callable[[], torch.Tensor | None] | None = None,
+        teacher: Callable[[], Teacher] | None = None,
+        peer_settings: dict[str, dict[str, object]] | None = None,
     ) -> None:
         if delay < 1:
             raise ConfigError(
                 f"--delay must be >= 1 batch (the earliest a prompt can arrive), got {delay}"
             )
-        self.model, self.project, self.cloud_models, self.delay, self.seed = (
-            model,
-            project,
-            cloud_models,
-            delay,
-            seed,
-        )
+        self.model, self.project, self.cloud_models = model, project, cloud_models
+        self.delay, self.seed = delay, seed
+        self._source, self._teacher = source, teacher
+        self._source_images: torch.Tensor | None = None
+        self.peer_settings = peer_settings or {}
+        self._check_peer_settings()
 
     def check(self, name: str) -> None:
         """Fail before any work when ``name`` cannot be built."""
@@ -75,10 +102,15 @@ class MethodFactory:
         """A fresh method; peers copy the model, cloud-device methods share the frozen cloud."""
         self.check(name)
         if name in PEERS:
-            return create_method(name, self.model)
+            source = self.source_images() if PEERS[name].needs_source else None
+            return create_method(name, self.model, source, **self.peer_settings.get(name, {}))
         assert self.cloud_models is not None
         if name == "cloud_teacher":
             return CloudTeacherMethod(name, self.cloud_models)
+        if name in CEMA_ROWS:
+            return self._cema_row(name)
+        if name == CEMA_TEACHER:
+            return self._cema_teacher_row(name)
         project = with_settings(self.project, ABLATIONS.get(name, {}), f"the {name} row")
         return FleetMethod(
             name,
@@ -88,3 +120,93 @@ class MethodFactory:
             self.seed,
             label_target=name == LABEL_TARGET,
         )
+
+    def _check_peer_settings(self) -> None:
+        """Fail before any work on a setting for a method that has none of that name."""
+        for name, settings in self.peer_settings.items():
+            if name == "cema":
+                cema_settings(settings)
+            elif name not in PEERS:
+                raise ConfigError(
+                    f"--peer-setting names {name!r}; settings go to on-device peers "
+                    f"({', '.join(PEERS)}) or cema"
+                )
+
+    def source_images(self) -> torch.Tensor | None:
+        """The clean images, loaded once."""
+        if self._source_images is None and self._source is not None:
+            self._source_images = self._source()
+        return self._source_images
+
+    def _cema_teacher_row(self, name: str) -> FleetMethod:
+        """U-VPA as it stands, its teacher adapted by CEMA's entropy step every 32 uploads."""
+        assert self.cloud_models is not None
+        if self._teacher is None:
+            raise ConfigError(f"method {name!r} needs the project's teacher")
+        settings = cema_settings(self.peer_settings.get("cema", {}))
+        lr = settings.teacher_lr * settings.lr_scale
+        teacher = AdaptingTeacher(
+            self._teacher(),
+            self.cloud_models.class_vectors,
+            lr,
+            settings.momentum,
+            settings.entropy_margin,
+            settings.batch,
+        )
+        adaptation = self.project.adaptation
+        cloud = SimulatedCloud.build(self.cloud_models, adaptation, teacher)
+        record: dict[str, object] = {"teacher_lr": lr, "teacher_batch": settings.batch}
+        return FleetMethod(
+            name,
+            self.cloud_models,
+            adaptation,
+            self.delay,
+            self.seed,
+            cloud=cloud,
+            hyperparameters={"cloud": "the project's [adaptation]", **record},
+        )
+
+    def _cema_row(self, name: str) -> FleetMethod:
+        assert self.cloud_models is not None
+        cema_cloud, cema_filter, capped = CEMA_ROWS[name]
+        adaptation = self.project.adaptation
+        budget = adaptation.device.budget if capped else None
+        settings = cema_settings(self.peer_settings.get("cema", {}))
+        record: dict[str, object] = {"upload_cap": budget if budget is not None else "none"}
+        cloud = None
+        if cema_cloud:
+            if self._teacher is None:
+                raise ConfigError(f"method {name!r} needs the project's teacher")
+            cloud = CemaCloud(self.cloud_models, self._teacher(), settings)
+            record["cema_cloud"] = settings.to_json()
+            # CEMA's edge applies what it gets: no second pass to check it
+            adaptation = with_settings(
+                self.project, {"adaptation.device.gate": "off"}, f"the {name} row"
+            ).adaptation
+        sampler = None
+        if cema_filter:
+            channels = self.cloud_models.served.manifest.norm_layers[0]["channels"]
+            sampler = CemaSampler(adaptation.device, int(channels), self.seed, budget)
+            record["cema_filter"] = {
+                "entropy_margin": f"{sampler.entropy_margin} ln C",
+                "cosine_margin": sampler.cosine_margin,
+            }
+        return FleetMethod(
+            name,
+            self.cloud_models,
+            adaptation,
+            self.delay,
+            self.seed,
+            cloud=cloud,
+            sampler=sampler,
+            hyperparameters=record,
+        )
+
+
+def cema_settings(values: dict[str, object]) -> CemaSettings:
+    """CEMA's settings with ``values`` replacing fields; a clear error for an unknown one."""
+    known = [f.name for f in dataclasses.fields(CemaSettings)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"cema has no setting {unknown}; it takes {known}")
+    return dataclasses.replace(CemaSettings(), **values)  # type: ignore[arg-type]

@@ -16,7 +16,11 @@ import torch
 
 from cloud.data.formats import CorruptedDataset
 from cloud.students.preprocess import pixels_from_uint8
+from simulations.peers.base import AdaptationMethod, SavedActivations
 from simulations.streams import StreamSpec, iterate_batches
+
+# autograd's saved activations are measured on the first batches (one RoTTA update included)
+MEASURED_BATCHES = 3
 
 
 class OnlineMethod(Protocol):
@@ -53,6 +57,7 @@ class MethodResult:
     batch_domain: list[str] = field(default_factory=list)
     costs: dict[str, float] = field(default_factory=dict)  # uploads, bytes, cloud compute
     uses_backprop: bool = False
+    hyperparameters: dict[str, object] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
         """Plain dict for ``results.json``."""
@@ -74,11 +79,17 @@ def run_method(
     seen: dict[str, int] = dict.fromkeys(stream.domains(), 0)
     batch_accuracy, batch_domain = [], []
     start = time.perf_counter()
-    for batch in iterate_batches(dataset, stream):
+    activations = 0
+    for number, batch in enumerate(iterate_batches(dataset, stream)):
         pixels = pixels_from_uint8(batch.images)
         if getattr(method, "wants_labels", False):  # the reference row's cloud learns from labels
             method.reveal_labels(pixels, batch.labels)  # type: ignore[attr-defined]
-        logits = method.step(pixels)
+        if number < MEASURED_BATCHES and isinstance(method, AdaptationMethod):
+            with SavedActivations() as saved:
+                logits = method.step(pixels)
+            activations = max(activations, saved.bytes)
+        else:
+            logits = method.step(pixels)
         hits = int((logits.argmax(1).numpy() == batch.labels).sum())
         correct[batch.segment.domain] += hits
         seen[batch.segment.domain] += len(batch.labels)
@@ -97,6 +108,14 @@ def run_method(
         seconds=time.perf_counter() - start,
         batch_accuracy=batch_accuracy,
         batch_domain=batch_domain,
-        costs=method.costs(),
+        costs=_costs(method, activations),
         uses_backprop=method.uses_backprop,
+        hyperparameters=dict(getattr(method, "hyperparameters", {})),
     )
+
+
+def _costs(method: OnlineMethod, activation_bytes: int) -> dict[str, float]:
+    costs = method.costs()
+    if isinstance(method, AdaptationMethod):
+        costs["device_activations_mb"] = activation_bytes / 2**20
+    return costs

@@ -11,6 +11,19 @@ from protocol.errors import ConfigError
 Engine = Literal["inprocess", "grpc", "flower-sim", "flower"]
 Stream = Literal["continual", "gradual"]
 PEERS = ("source", "bn_adapt", "tent")  # the on-device methods every fleet report compares with
+# every on-device method the report can add (simulations.peers registers them; a test checks)
+ON_DEVICE_PEERS = (
+    "source",
+    "bn_adapt",
+    "forward_only",
+    "tent",
+    "eata",
+    "sar",
+    "rotta",
+    "roid",
+    "cotta",
+    "vdp",
+)
 
 
 @dataclass(frozen=True)
@@ -77,8 +90,8 @@ class FleetConfig:
             raise ConfigError(f"max_missed_rounds must be >= 1, got {self.max_missed_rounds}")
         if not 1 <= self.min_devices <= self.devices:
             raise ConfigError(f"min_devices must be between 1 and devices ({self.devices})")
-        unknown = sorted(set(self.peers) - set(PEERS))
+        unknown = sorted(set(self.peers) - set(ON_DEVICE_PEERS))
         if unknown:
-            raise ConfigError(f"peers {unknown} unknown; choose from {list(PEERS)}")
+            raise ConfigError(f"peers {unknown} unknown; choose from {list(ON_DEVICE_PEERS)}")
         if self.fps < 0 or self.round_timeout_s <= 0 or self.slow_delay_s < 0:
             raise ConfigError("fps and slow_delay_s must be >= 0, round_timeout_s > 0")

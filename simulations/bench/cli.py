@@ -9,13 +9,18 @@ from pathlib import Path
 
 from cloud.project_cli import add_project_arguments, project_from_args
 from cloud.shipped import distilled_student
-from protocol.config.project import ProjectConfig, write_resolved
+from protocol.config.project import write_resolved
 from protocol.errors import ConfigError
-from simulations.methods import CLOUD_DEVICE_METHODS, MethodFactory, check_method
+from simulations.methods import check_method
 
 DEFAULT_DATA = Path("data/fashion-mnist-c")
 DEFAULT_PER_DOMAIN = 1000
-DEFAULT_METHODS = "source,bn_adapt,tent,cotta,vdp,uvpa,cloud_teacher"
+DEFAULT_METHODS = (
+    "source,bn_adapt,forward_only,tent,eata,sar,rotta,roid,cotta,vdp,uvpa,cema,cloud_teacher"
+)
+SOURCE_IMAGES = (
+    2000  # clean images EATA's Fisher and the forward-only statistics read (EATA's count)
+)
 
 
 def main(argv: Sequence[str], prog: str = "cdca bench") -> int:
@@ -29,10 +34,13 @@ def main(argv: Sequence[str], prog: str = "cdca bench") -> int:
     from simulations.bench.ceiling_command import add_parser as add_ceiling
 
     add_ceiling(sub)
+    from simulations.bench.uplink import add_parser as add_uplink
+
+    add_uplink(sub)
     _add_perf(sub)
     _add_reliability(sub)
     args = parser.parse_args(argv)
-    if args.command in ("system", "ceiling", "perf", "reliability"):
+    if args.command in ("system", "ceiling", "uplink", "perf", "reliability"):
         return int(args.handler(args))
     return _run_adapt(args)
 
@@ -95,10 +103,20 @@ def _add_adapt(sub: argparse._SubParsersAction) -> None:
     adapt.add_argument(
         "--seed", type=int, default=0, help="torch and device seed for every method (default: 0)"
     )
-    adapt.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
+    adapt.add_argument(
+        "--threads", type=int, default=2, help="torch CPU threads per job (default: 2)"
+    )
+    adapt.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="methods run side by side in worker processes (default: 1, in this process); "
+        "with N jobs give each --threads 1 on an N-core machine",
+    )
     adapt.add_argument(
         "--out", type=Path, default=None, help="output folder (default: runs/bench-adapt-<time>)"
     )
+    add_peer_setting_argument(adapt)
     add_project_arguments(adapt)
 
 
@@ -108,8 +126,10 @@ def _run_adapt(args: argparse.Namespace) -> int:
     from cloud.data.cli import parse_corruptions
     from cloud.data.formats import open_benchmark
     from cloud.progress import counted_progress
-    from simulations.bench.adapt import run_benchmark
+    from simulations.bench.jobs import Bench, Job, build_factory, run_jobs
     from simulations.bench.report import write_report
+    from simulations.peers import parse_peer_settings
+    from simulations.peers.student import class_names
     from simulations.streams import check_available, parse_stream
 
     torch.set_num_threads(args.threads)
@@ -127,7 +147,10 @@ def _run_adapt(args: argparse.Namespace) -> int:
     for name in methods:  # a typo fails before any model is loaded
         check_method(name)
     out = args.out or Path("runs") / time.strftime("bench-adapt-%Y%m%d-%H%M%S")
-    factory = _factory(project, methods, out, args.delay, args.seed)
+    write_resolved(project, out, "this benchmark")
+    peer_settings = parse_peer_settings(args.peer_settings)
+    bench = Bench(project, out, args.delay, args.seed, args.threads, Bench.frozen(peer_settings))
+    factory = build_factory(bench, methods)
     for name in methods:
         factory.check(name)
     dataset = open_benchmark(project.data.shifted)
@@ -137,12 +160,16 @@ def _run_adapt(args: argparse.Namespace) -> int:
     )
     streams = parse_stream(args.stream, corruptions, args.severity, per_domain, args.batch_size)
     check_available(dataset, (segment for stream in streams for segment in stream.segments))
-    total = len(methods) * sum(s.num_images() for s in streams)
+    jobs = [Job(name, stream) for stream in streams for name in methods]
+    total = sum(job.stream.num_images() for job in jobs)
+    start = time.perf_counter()
     with counted_progress("adapting", total, width=32) as advance:
-        results = run_benchmark(methods, factory.create, dataset, streams, args.seed, advance)
+        results = run_jobs(bench, jobs, args.jobs, advance)
+    wall_seconds = round(time.perf_counter() - start)
+    student = distilled_student(project)
     config = {
         "data": project.data.shifted,
-        "student": str(distilled_student(project)),
+        "student": str(student),
         "teacher": project.teacher.model,
         "delay": args.delay,
         "stream": args.stream,
@@ -152,8 +179,11 @@ def _run_adapt(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "seed": args.seed,
         "threads": args.threads,
+        "jobs": args.jobs,
+        "peer_settings": ", ".join(args.peer_settings) or "none",
+        "wall_seconds": wall_seconds,
         "settings": str(out / "config.toml"),
-        "classes": ", ".join(_class_names(distilled_student(project))),
+        "classes": ", ".join(class_names(student)),
     }
     paths = write_report(out, results, config)
     print(paths["markdown"].read_text())  # plain print: a markdown table must not be re-wrapped
@@ -161,27 +191,17 @@ def _run_adapt(args: argparse.Namespace) -> int:
     return 0
 
 
-def _factory(
-    project: ProjectConfig, methods: list[str], out: Path, delay: int, seed: int
-) -> MethodFactory:
-    """The student for the peers; the cloud (exported into ``out/model``) only when a row needs it."""
-    from cloud.server.models import load_cloud_models
-    from simulations.peers.student import is_distilled, load_student_model
-
-    student = distilled_student(project)
-    model = load_student_model(student)
-    write_resolved(project, out, "this benchmark")
-    cloud_models = None
-    if set(methods) & set(CLOUD_DEVICE_METHODS) and is_distilled(student):
-        cloud_models = load_cloud_models(project, out)
-    return MethodFactory(model, project, cloud_models, delay, seed)
-
-
-def _class_names(student: Path) -> tuple[str, ...]:
-    from cloud.weights_io import read_metadata
-
-    meta = read_metadata(student, kind="student checkpoint", make_it="cdca cloud distill")
-    return tuple(meta.get("class_names", ()))
+def add_peer_setting_argument(parser: argparse.ArgumentParser) -> None:
+    """``--peer-setting METHOD.KEY=VALUE``, repeatable: a peer's hyper-parameter instead of its paper's."""
+    parser.add_argument(
+        "--peer-setting",
+        dest="peer_settings",
+        action="append",
+        default=[],
+        metavar="METHOD.KEY=VALUE",
+        help="a peer's setting instead of its paper's, e.g. forward_only.lr=0.1 or "
+        "cema.lr_scale=1 (the CEMA rows share cema.*); repeatable; the run records it",
+    )
 
 
 def _add_perf(sub: argparse._SubParsersAction) -> None:

@@ -8,7 +8,9 @@ fleet of one, run the way ``cdca simulate``'s in-process engine runs every devic
 ``FleetCloud``; a prompt learned from batch t reaches the device at batch t + ``delay``.
 Bytes are the protobuf sizes of the upload chunks and prompts, as on the wire.
 
-Two references sit beside it: ``CloudTeacherMethod`` uploads every frame and answers with
+The cloud and the device's upload rule are parts: CEMA's cloud and its filter
+(``simulations.peers.cema``) plug into the same device and wire, alone or crossed with
+U-VPA's. Two references sit beside it: ``CloudTeacherMethod`` uploads every frame and answers with
 the teacher, and ``label_target`` is U-VPA whose cloud learns from the uploads' true labels
 (an upper reference, not a method: the benchmark reveals each batch's labels right before
 the step, and the device has predicted that batch before any prompt learned from it can
@@ -17,7 +19,9 @@ arrive).
 
 from __future__ import annotations
 
+import time
 from collections import deque
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -27,10 +31,12 @@ from cloud.students.preprocess import pixels_to_uint8
 from device.agent import DeviceAgent
 from device.replay import prompt_bytes, step_and_upload
 from device.runtime import DeviceRuntime
+from device.sampling import UncertaintySampler
 from protocol.config.adaptation import AdaptationConfig
 from protocol.errors import DataError
 from protocol.manifest import MANIFEST_FILE
 from protocol.messages import upload_chunks
+from protocol.upload import Upload
 from simulations.harness.simulated_cloud import SimulatedCloud
 
 DEVICE_ID = "device-0"
@@ -56,8 +62,24 @@ class Traffic:
         }
 
 
+Learned = tuple[dict[str, np.ndarray], int]  # prompt parts and their version
+
+
+class Cloud(Protocol):
+    """What the device talks to: an upload in, maybe new prompt parts out."""
+
+    def ingest(self, device_id: str, upload: Upload) -> Learned | None:
+        """Learn from one upload."""
+        ...
+
+
 class FleetMethod:
-    """One ONNX device and its cloud, in this process (predict, upload, learn, deliver)."""
+    """One ONNX device and its cloud, in this process (predict, upload, learn, deliver).
+
+    ``cloud``: None builds the project's U-VPA cloud; any ``Cloud`` (CEMA's) replaces it, and
+    one with an ``idle()`` is called on every batch that did not reach it. ``sampler``
+    replaces the device's upload rule (UGS). ``hyperparameters`` go into the run's record.
+    """
 
     uses_backprop = False  # on the device: backprop happens only in the cloud
 
@@ -69,18 +91,34 @@ class FleetMethod:
         delay: int = 1,
         seed: int = 0,
         label_target: bool = False,
+        cloud: Cloud | None = None,
+        sampler: UncertaintySampler | None = None,
+        hyperparameters: dict[str, object] | None = None,
     ) -> None:
         self.name, self.delay = name, delay
         self.wants_labels = label_target
         runtime = DeviceRuntime.load(cloud_models.served.folder / MANIFEST_FILE, threads=1)
         self.agent = DeviceAgent(runtime, adaptation.device, seed)
+        if sampler is not None:
+            self.agent.sampler = sampler
         self._labels: dict[bytes, int] = {}
         teacher = self._label_logits if label_target else None
-        self.cloud = SimulatedCloud.build(cloud_models, adaptation, teacher)
+        self.cloud = cloud or SimulatedCloud.build(cloud_models, adaptation, teacher)
         self.num_classes = len(cloud_models.class_vectors)
         self.in_flight: deque[tuple[int, dict[str, np.ndarray], int]] = deque()
         self.batch = 0
         self.traffic = Traffic()
+        self.forwards = 0  # frame-passes of the device model (the gate's second pass included)
+        self.cloud_seconds = 0.0
+        served = cloud_models.served
+        self.model_bytes = (served.folder / served.manifest.model_file).stat().st_size
+        device = adaptation.device
+        self.hyperparameters = {
+            "budget": device.budget,
+            "score": device.score,
+            "gate": device.gate,
+            **(hyperparameters or {"cloud": "the project's [adaptation] (config.toml)"}),
+        }
 
     def step(self, pixels: torch.Tensor) -> torch.Tensor:
         """Predict with the prompt in force, upload the chosen frames, let the cloud learn."""
@@ -89,17 +127,26 @@ class FleetMethod:
             self.agent.apply(parts)
             self.traffic.bytes_down += prompt_bytes(parts, version)
         frames = pixels_to_uint8(pixels).permute(0, 2, 3, 1).numpy()
+        gated = self.agent.settings.gate != "off" and self.agent.prompted()
         step, upload, bytes_up = step_and_upload(
             self.agent, DEVICE_ID, frames, self.batch, self.traffic.frames
         )
         self.traffic.frames += len(frames)
+        self.forwards += len(frames) * (2 if gated else 1)
+        start = time.perf_counter()
+        learned = None
         if upload is not None:
             self.traffic.uploaded += len(step.decision.indices)
             self.traffic.bytes_up += bytes_up
             with torch.enable_grad():
                 learned = self.cloud.ingest(DEVICE_ID, upload)
-            if learned is not None:
-                self.in_flight.append((self.batch + self.delay, *learned))
+        idle = getattr(self.cloud, "idle", None)
+        if learned is None and idle is not None:
+            with torch.enable_grad():
+                learned = idle()
+        if learned is not None:
+            self.in_flight.append((self.batch + self.delay, *learned))
+        self.cloud_seconds += time.perf_counter() - start
         self.batch += 1
         return torch.from_numpy(step.logits)
 
@@ -109,13 +156,20 @@ class FleetMethod:
         self._labels = {f.tobytes(): int(y) for f, y in zip(frames, labels, strict=True)}
 
     def costs(self) -> dict[str, float]:
-        """Traffic and cloud compute so far."""
-        stats = self.cloud.cloud.stats()
-        return {
-            **self.traffic.costs(stats["cloud_seconds"]),
-            "shifts_reported": sum(s.shifts for s in self.cloud.cloud.sessions.values()),
-            "prompts_shipped": sum(s.shipped for s in self.cloud.cloud.sessions.values()),
+        """Traffic, cloud compute (wall time of its calls), device passes and memory so far."""
+        prompt = sum(v.nbytes for v in self.agent.runtime.adaptation.values())
+        costs = {
+            **self.traffic.costs(self.cloud_seconds),
+            "device_forwards_per_frame": self.forwards / max(1, self.traffic.frames),
+            "device_backwards_per_frame": 0.0,
+            "device_state_mb": (self.model_bytes + prompt) / 2**20,
+            "device_activations_mb": 0.0,
         }
+        if isinstance(self.cloud, SimulatedCloud):
+            sessions = self.cloud.cloud.sessions.values()
+            costs["shifts_reported"] = sum(s.shifts for s in sessions)
+            costs["prompts_shipped"] = sum(s.shipped for s in sessions)
+        return costs
 
     def _label_logits(self, pixels: torch.Tensor) -> torch.Tensor:
         logits = torch.zeros(len(pixels), self.num_classes)

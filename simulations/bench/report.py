@@ -70,6 +70,7 @@ def markdown_report(results: list[MethodResult], config: dict[str, object]) -> s
                 f"| {method} | {100 * stats['mean']:.1f} | {100 * stats['std']:.1f} | {stats['streams']} |"
             )
         lines.append("")
+    lines += settings_lines(results)
     return "\n".join(lines)
 
 
@@ -91,8 +92,9 @@ def cost_table(rows: list[MethodResult]) -> list[str]:
     source = next((r for r in rows if r.method == "source"), None)
     lines = [
         "| method | mean (%) | vs source | domains below source | uploaded (%) "
-        "| up (KB / 1k frames) | down (KB / 1k frames) | cloud ms / upload | trains on device |",
-        "|---" * 9 + "|",
+        "| up (KB / 1k frames) | down (KB / 1k frames) | cloud ms / upload "
+        "| device forward / frame | device backward / frame | device memory (MB) |",
+        "|---" * 11 + "|",
     ]
     for row in rows:
         gain, worse = "n/a", "n/a"
@@ -112,8 +114,36 @@ def _cost_cells(row: MethodResult) -> list[str]:
         f"{c.get('bytes_up_per_1000', 0.0) / 1e3:.1f}",
         f"{c.get('bytes_down_per_1000', 0.0) / 1e3:.1f}",
         "-" if cloud_ms is None else f"{cloud_ms:.1f}",
-        "yes" if row.uses_backprop else "no",
+        _number(c.get("device_forwards_per_frame")),
+        _number(c.get("device_backwards_per_frame")),
+        _number(device_memory_mb(c)),
     ]
+
+
+def device_memory_mb(costs: dict[str, float]) -> float | None:
+    """What the method holds on the device: weights and state, plus activations kept for backward."""
+    if "device_state_mb" not in costs:
+        return None
+    return costs["device_state_mb"] + costs.get("device_activations_mb", 0.0)
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}"
+
+
+def settings_lines(results: list[MethodResult]) -> list[str]:
+    """One line per method with the hyper-parameters it ran with (first stream's instance)."""
+    lines = ["## Method settings", ""]
+    first: dict[str, MethodResult] = {}
+    for result in results:
+        first.setdefault(result.method, result)
+    for method, row in first.items():
+        if row.hyperparameters:
+            text = ", ".join(f"{k}={v}" for k, v in row.hyperparameters.items())
+            lines.append(f"- `{method}`: {text}")
+    return [*lines, ""] if len(lines) > 2 else []
 
 
 def _short(domain: str) -> str:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from cloud.project_cli import add_project_arguments, project_from_args
 from protocol.config.adaptation import SharingConfig
-from protocol.config.fleet import PEERS
+from protocol.config.fleet import ON_DEVICE_PEERS
 from protocol.config.loader import to_plain
 from protocol.config.project import ProjectConfig, write_resolved
 from protocol.errors import ConfigError
@@ -87,7 +87,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--peers",
-        help=f"fleet.peers: comma-separated on-device peers from {','.join(PEERS)} ('' for none)",
+        help=f"fleet.peers: comma-separated on-device peers from {','.join(ON_DEVICE_PEERS)} ('' for none)",
     )
     parser.add_argument(
         "--synthetic",

@@ -1,4 +1,4 @@
-"""The on-device peers (Source, BN-adapt, Tent) on every device's stream, for comparison."""
+"""The on-device peers (``fleet.peers``) on every device's stream, for comparison."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from cloud.data.formats import open_benchmark
 from cloud.shipped import distilled_student
 from protocol.config.project import ProjectConfig
 from simulations.online import run_method
-from simulations.peers import create_method
-from simulations.peers.student import load_student_model
+from simulations.peers import PEERS, create_method
+from simulations.peers.student import load_student_model, source_images
 from simulations.streams import StreamSpec
 
 
@@ -20,10 +20,14 @@ def run_peers(
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, list[dict[str, object]]]:
     """Per peer, per device: online accuracy per batch and per domain (same streams as U-VPA)."""
-    model = load_student_model(distilled_student(project))
+    student = distilled_student(project)
+    model = load_student_model(student)
     dataset = open_benchmark(project.data.shifted)
     out: dict[str, list[dict[str, object]]] = {}
-    make = partial(create_method, model=model)
+    needs_source = any(PEERS[name].needs_source for name in project.fleet.peers)
+    make = partial(
+        create_method, model=model, source=source_images(project, student) if needs_source else None
+    )
     tick = (lambda _desc, n: progress(n)) if progress else None
     for name in project.fleet.peers:
         out[name] = []

@@ -42,6 +42,15 @@ class CoTTA(AdaptationMethod):
         self.anchor = copy.deepcopy(self.model).requires_grad_(False)
         self.augment = cotta_augmentation(image_size=32)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr, betas=(0.9, 0.999))
+        self.record(
+            optimizer="Adam",
+            lr=lr,
+            ema=ema,
+            restore_prob=restore_prob,
+            aug_threshold=aug_threshold,
+            num_augs=num_augs,
+            parameters="all",
+        )
 
     def step(self, pixels: torch.Tensor) -> torch.Tensor:
         """Teacher predicts (augmentation-averaged when the anchor is unsure); student learns."""
@@ -49,7 +58,10 @@ class CoTTA(AdaptationMethod):
         with torch.no_grad():
             anchor_conf = self.anchor(pixels).softmax(1).max(1).values.mean()
             teacher_logits = self.teacher(pixels)
+            n = len(pixels)
+            self.count(n, forwards=3 * n, backwards=n)  # student, anchor, teacher; one backward
             if anchor_conf < self.aug_threshold:
+                self.count(forwards=self.num_augs * n)
                 augmented = [self.teacher(self.augment(pixels)) for _ in range(self.num_augs)]
                 teacher_logits = torch.stack(augmented).mean(0)
         loss = -(teacher_logits.softmax(1) * student_logits.log_softmax(1)).sum(1).mean()

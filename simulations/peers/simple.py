@@ -24,6 +24,7 @@ class Source(AdaptationMethod):
     @torch.no_grad()
     def step(self, pixels: torch.Tensor) -> torch.Tensor:
         """Predict only."""
+        self.count(len(pixels), forwards=len(pixels))
         return self.model(pixels)
 
 
@@ -40,6 +41,7 @@ class BNAdapt(AdaptationMethod):
     @torch.no_grad()
     def step(self, pixels: torch.Tensor) -> torch.Tensor:
         """Predict with batch statistics."""
+        self.count(len(pixels), forwards=len(pixels))
         return self.model(pixels)
 
     def reset(self) -> None:

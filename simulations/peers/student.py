@@ -8,7 +8,13 @@ import torch
 from torch import nn
 
 from cloud.weights_io import read_metadata
+from protocol.config.project import ProjectConfig
+from protocol.errors import ConfigError, DataError
 from simulations.peers import PixelModel
+
+SOURCE_IMAGES = (
+    2000  # clean images EATA's Fisher and the forward-only statistics read (EATA's count)
+)
 
 
 class ClassVectorHead(nn.Module):
@@ -44,3 +50,32 @@ def load_student_model(path: Path) -> PixelModel:
 
     distilled, vectors, distilled_info = load_distilled(path)
     return PixelModel(ClassVectorHead(distilled, vectors), distilled_info.normalization)
+
+
+def source_images(
+    project: ProjectConfig, student: Path, count: int = SOURCE_IMAGES
+) -> torch.Tensor | None:
+    """The first ``count`` clean training images (EATA's Fisher, forward-only statistics).
+
+    None (the methods then run without them) when the project's training split cannot be
+    loaded or holds other classes than the student's; the run's record shows it
+    (``fisher_images=0``, ``source_images=0``).
+    """
+    from cloud.data.splits import load_split
+    from cloud.students.preprocess import pixels_from_uint8
+
+    try:
+        clean = load_split(project.data, "train", limit=count)
+    except (DataError, ConfigError) as err:
+        print(f"… EATA and forward_only run without source images: {err}")
+        return None
+    if tuple(clean.class_names) != class_names(student):
+        print("… EATA and forward_only run without source images: data.train holds other classes")
+        return None
+    return pixels_from_uint8(clean.images)
+
+
+def class_names(student: Path) -> tuple[str, ...]:
+    """The student's classes, from its checkpoint."""
+    meta = read_metadata(student, kind="student checkpoint", make_it="cdca cloud distill")
+    return tuple(meta.get("class_names", ()))

@@ -31,6 +31,7 @@ class Tent(AdaptationMethod):
                 module.requires_grad_(True)
                 params += [module.weight, module.bias]
         self.optimizer = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999))
+        self.record(optimizer="Adam", lr=lr, betas=(0.9, 0.999), parameters="BatchNorm affine")
 
     def step(self, pixels: torch.Tensor) -> torch.Tensor:
         """Forward, then adapt on the same forward's entropy (Tent's forward_and_adapt)."""
@@ -39,4 +40,5 @@ class Tent(AdaptationMethod):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        self.count(len(pixels), forwards=len(pixels), backwards=len(pixels))
         return logits.detach()

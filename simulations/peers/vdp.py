@@ -43,6 +43,9 @@ class VDPStyle(AdaptationMethod):
         self.ema, self.held_back = ema, held_back
         self.augment = cotta_augmentation(image_size=image_size)
         self.optimizer = torch.optim.Adam([self.dsp, self.dap], lr=lr)
+        self.record(
+            optimizer="Adam", lr=lr, ema=ema, held_back=held_back, parameters="input prompts"
+        )
 
     def step(self, pixels: torch.Tensor) -> torch.Tensor:
         """Teacher predicts with the EMA prompt; student prompts learn on an augmented view."""
@@ -52,6 +55,7 @@ class VDPStyle(AdaptationMethod):
         loss = -(teacher_logits.softmax(1) * student_logits.log_softmax(1)).sum(1).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.count(len(pixels), forwards=2 * len(pixels), backwards=len(pixels))
         self._homeostasis()
         self.optimizer.step()
         with torch.no_grad():

@@ -161,3 +161,74 @@ def test_data_prepare_missing_dataset_error(tmp_path, monkeypatch):
     assert result.returncode == 2
     assert "missing.npz does not exist" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_jobs_in_worker_processes_give_the_same_rows(tiny_benchmark, tiny_student, tmp_path):
+    methods = "source,bn_adapt,tent,eata"
+    here = bench_args(tiny_benchmark, tiny_student, tmp_path / "here", methods)
+    workers = bench_args(tiny_benchmark, tiny_student, tmp_path / "workers", methods)
+    assert main(here) == 0
+    assert main([*workers, "--jobs", "2"]) == 0
+    rows = [
+        {
+            r["method"]: r["accuracy"]
+            for r in json.loads((tmp_path / d / "results.json").read_text())["results"]
+        }
+        for d in ("here", "workers")
+    ]
+    assert rows[0] == rows[1]
+    settings = json.loads((tmp_path / "workers" / "results.json").read_text())["results"]
+    assert {r["method"]: bool(r["hyperparameters"]) for r in settings}["eata"]
+
+
+def test_bench_uplink_draws_accuracy_against_bytes(
+    tiny_benchmark, tiny_distilled, shipped_random_teacher, tmp_path
+):
+    out = tmp_path / "uplink"
+    args = [
+        "bench",
+        "uplink",
+        "--set",
+        f"data.shifted={tiny_benchmark}",
+        "--set",
+        f"student.checkpoint={tiny_distilled}",
+        "--set",
+        "adaptation.synthetic.count=0",
+        "--budgets",
+        "25,50",
+        "--curves",
+        "uvpa,cema_budget",
+        "--flat",
+        "bn_adapt,cloud_teacher",
+        "--corruptions",
+        "gaussian_noise,contrast",
+        "--num-per-domain",
+        "12",
+        "--batch-size",
+        "4",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    payload = json.loads((out / "uplink.json").read_text())
+    rows = {(r["method"], r["budget"]): r for r in payload["rows"]}
+    assert set(rows) == {
+        ("uvpa", 0.25),
+        ("uvpa", 0.5),
+        ("cema_budget", 0.25),
+        ("cema_budget", 0.5),
+        ("bn_adapt", None),
+        ("cloud_teacher", None),
+    }
+    assert rows[("uvpa", 0.25)]["uploaded"] <= 0.25
+    assert rows[("uvpa", 0.5)]["kb_up_per_1000"] > rows[("uvpa", 0.25)]["kb_up_per_1000"]
+    assert rows[("bn_adapt", None)]["kb_up_per_1000"] == 0
+    assert "| uvpa | 25 |" in (out / "uplink.md").read_text()
+    assert (out / "uplink.png").stat().st_size > 5000
+
+
+def test_bench_uplink_refuses_bad_budgets_and_on_device_curves(capsys):
+    assert main(["bench", "uplink", "--budgets", "0,200"]) == 2
+    assert "budgets" in capsys.readouterr().err
+    assert main(["bench", "uplink", "--curves", "tent"]) == 2
+    assert "upload nothing" in capsys.readouterr().err

@@ -4,57 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from cloud.adaptation.synthetic import EnvironmentRenderer
-from cloud.data.labelled import LabelledImages
-from cloud.export.device_model import DeviceModel
-from cloud.server.models import CloudModels, served_model
 from device.runtime import DeviceRuntime
-from protocol.config.adaptation import (
-    AdaptationConfig,
-    DeviceSettings,
-    SessionConfig,
-    SyntheticConfig,
-    VPLUConfig,
-)
 from protocol.config.project import ProjectConfig
 from protocol.errors import ConfigError, DataError
 from simulations.bench.cloud_device import CloudTeacherMethod, FleetMethod
 from simulations.methods import MethodFactory, list_methods
 from simulations.peers import PixelModel
 from simulations.peers.student import ClassVectorHead
-
-ADAPTATION = AdaptationConfig(
-    device=DeviceSettings(budget=0.25),
-    vplu=VPLUConfig(steps=2),
-    session=SessionConfig(buffer_size=32, min_uploads=4),
-    synthetic=SyntheticConfig(count=8),
-)
-
-
-@pytest.fixture
-def cloud_models(distilled, exported):
-    student, vectors, info = distilled
-    model = DeviceModel(student)
-
-    def teacher(pixels):  # confident and fixed: the student on the un-normalised pixels
-        inputs = model.neutral_inputs(vectors, batch=len(pixels))
-        return 5 * model(**{**inputs, "x": pixels})[0]
-
-    rng = np.random.default_rng(0)
-    clean = LabelledImages(
-        rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8),
-        rng.integers(0, len(vectors), 40),
-        tuple(info.class_names),
-        "clean",
-    )
-    renderer = EnvironmentRenderer(clean, len(vectors), ADAPTATION.synthetic)
-    served = served_model(exported.manifest.parent, model)
-    return CloudModels(model, vectors, info.normalization, teacher, served, ADAPTATION, renderer)
-
-
-def batches(count, n=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.rand(n, 3, 32, 32, generator=g) * 255).round() / 255 for _ in range(count)]
+from tests.simulations.conftest import ADAPTATION, TinyTeacher, batches
 
 
 @pytest.mark.parametrize("delay", [1, 3])
@@ -123,7 +80,8 @@ def _factory(cloud_models, distilled, **kwargs):
     student, vectors, info = distilled
     model = PixelModel(ClassVectorHead(student, vectors), info.normalization)
     project = ProjectConfig(adaptation=ADAPTATION)
-    return MethodFactory(model, project, cloud_models, **kwargs)
+    teacher = lambda: TinyTeacher(vectors.shape[1])  # noqa: E731
+    return MethodFactory(model, project, cloud_models, teacher=teacher, **kwargs)
 
 
 def test_factory_builds_every_method_with_its_settings(cloud_models, distilled):

@@ -1,6 +1,7 @@
 """``cdca simulate`` end to end on tiny data: in-process, Flower Simulation Engine, Deployment Engine."""
 
 import json
+import re
 import subprocess
 import tomllib
 
@@ -61,9 +62,14 @@ def tiny_scenario(tmp_path, tiny_benchmark, tiny_distilled, shipped_random_teach
 
 def test_simulate_writes_the_run_folder_with_peers_and_the_bank_comparison(tmp_path, tiny_scenario):
     results, out = run(
-        tmp_path, "run", tiny_scenario, "--peers", "source,bn_adapt", "--bank-comparison"
+        tmp_path,
+        "run",
+        tiny_scenario,
+        "--peers",
+        "source,bn_adapt,forward_only",
+        "--bank-comparison",
     )
-    assert set(results["table"]) == {"source", "bn_adapt", "uvpa", "uvpa_no_bank"}
+    assert set(results["table"]) == {"source", "bn_adapt", "forward_only", "uvpa", "uvpa_no_bank"}
     assert results["cloud"]["uvpa_no_bank"]["bank_lookups"] == 0  # that run really had no bank
     uvpa = results["devices"]["uvpa"]
     assert len(uvpa) == 2
@@ -74,13 +80,13 @@ def test_simulate_writes_the_run_folder_with_peers_and_the_bank_comparison(tmp_p
         assert device["bytes_down_per_1000"] > 0
     report = (out / "report.md").read_text()
     assert "| uvpa |" in report
-    assert "best on-device peer (bn_adapt)" in report
+    assert re.search(r"best on-device peer \((source|bn_adapt|forward_only)\)", report)
     assert "Environment bank, first batches after a shift" in report
     for plot in ("accuracy_over_time.png", "uploads.png", "comparison.png"):
         assert (out / plot).stat().st_size > 5000
     resolved = load_project(out / "config.toml")  # the settings the run used, reusable
     assert resolved.fleet.devices == 2
-    assert resolved.fleet.peers == ("source", "bn_adapt")  # the flag, not the file
+    assert resolved.fleet.peers == ("source", "bn_adapt", "forward_only")  # the flag, not the file
 
 
 @pytest.mark.slow  # 25-45 s on a slow 2-core machine; `.ci/run` runs it (make test-slow)
