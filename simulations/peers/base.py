@@ -91,6 +91,16 @@ def use_batch_statistics(model: nn.Module) -> None:
             module.running_var = None
 
 
+def norm_affine_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Every BatchNorm's scale and shift, in module order (what EATA, SAR and ROID train)."""
+    params: list[nn.Parameter] = []
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.requires_grad_(True)
+            params += [module.weight, module.bias]
+    return params
+
+
 def state_bytes(method: object) -> int:
     """Bytes of every tensor a method keeps between batches, each storage counted once.
 

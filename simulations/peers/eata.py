@@ -18,17 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from simulations.peers.base import AdaptationMethod, PixelModel, entropy, use_batch_statistics
-
-
-def norm_affine_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Every BatchNorm's scale and shift, in module order (what EATA, SAR and ROID train)."""
-    params: list[nn.Parameter] = []
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.requires_grad_(True)
-            params += [module.weight, module.bias]
-    return params
+from simulations.peers.base import (
+    AdaptationMethod,
+    PixelModel,
+    entropy,
+    norm_affine_parameters,
+    use_batch_statistics,
+)
 
 
 class RedundancyFilter:

@@ -16,8 +16,13 @@ import torch
 import torch.nn.functional as F
 
 from simulations.peers.augment import cotta_augmentation
-from simulations.peers.base import AdaptationMethod, PixelModel, entropy, use_batch_statistics
-from simulations.peers.eata import norm_affine_parameters
+from simulations.peers.base import (
+    AdaptationMethod,
+    PixelModel,
+    entropy,
+    norm_affine_parameters,
+    use_batch_statistics,
+)
 
 
 def soft_likelihood_ratio(

@@ -15,8 +15,13 @@ import math
 
 import torch
 
-from simulations.peers.base import AdaptationMethod, PixelModel, entropy, use_batch_statistics
-from simulations.peers.eata import norm_affine_parameters
+from simulations.peers.base import (
+    AdaptationMethod,
+    PixelModel,
+    entropy,
+    norm_affine_parameters,
+    use_batch_statistics,
+)
 
 
 class SAM:

@@ -9,9 +9,14 @@ Hyper-parameters follow CoTTA's CIFAR-10-C Tent baseline (Adam, lr 1e-3, betas
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from simulations.peers.base import AdaptationMethod, PixelModel, entropy, use_batch_statistics
+from simulations.peers.base import (
+    AdaptationMethod,
+    PixelModel,
+    entropy,
+    norm_affine_parameters,
+    use_batch_statistics,
+)
 
 
 class Tent(AdaptationMethod):
@@ -25,11 +30,7 @@ class Tent(AdaptationMethod):
         self.model.eval()
         use_batch_statistics(self.model)
         self.model.requires_grad_(False)
-        params = []
-        for module in self.model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.requires_grad_(True)
-                params += [module.weight, module.bias]
+        params = norm_affine_parameters(self.model)
         self.optimizer = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999))
         self.record(optimizer="Adam", lr=lr, betas=(0.9, 0.999), parameters="BatchNorm affine")
 
