@@ -86,12 +86,16 @@ class UncertaintySampler:
         if self.needs_views and not view_logits:
             raise ConfigError("disagreement scoring needs the logits of the perturbed views")
         uncertainty = entropy(logits)
-        shift = False
-        if self.detector is not None:
-            shift = self.detector.update(batch_signature(batch_stats, self.signature_channels))
+        shift = self.detect_shift(batch_stats)
         scores = self._scores(logits, uncertainty, view_logits)
         chosen = self.selector.select(scores, logits.argmax(axis=1))
         return UploadDecision(chosen, uncertainty[chosen], shift)
+
+    def detect_shift(self, batch_stats: np.ndarray) -> bool:
+        """Whether this batch's (2, K) statistics mark a new environment (False when off)."""
+        if self.detector is None:
+            return False
+        return self.detector.update(batch_signature(batch_stats, self.signature_channels))
 
     @property
     def uploaded_fraction(self) -> float:

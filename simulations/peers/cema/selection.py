@@ -18,7 +18,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from device.sampling import UncertaintySampler, UploadDecision
-from device.shift import batch_signature
 from device.uncertainty import entropy, softmax
 from protocol.config.adaptation import DeviceSettings
 
@@ -50,9 +49,7 @@ class CemaSampler(UncertaintySampler):
     ) -> UploadDecision:
         """Reliable, non-redundant frames, capped by the budget when there is one."""
         uncertainty = entropy(logits)  # nats / ln C
-        shift = False
-        if self.detector is not None:
-            shift = self.detector.update(batch_signature(batch_stats, self.signature_channels))
+        shift = self.detect_shift(batch_stats)
         reliable = np.flatnonzero(uncertainty < self.entropy_margin)
         passed = reliable[self._not_redundant(softmax(logits[reliable].astype(np.float64)))]
         self.seen += len(logits)
