@@ -138,15 +138,19 @@ class MethodFactory:
             self._source_images = self._source()
         return self._source_images
 
+    def _fresh_teacher(self, name: str) -> Teacher:
+        """A teacher of this row's own, which its cloud may adapt."""
+        if self._teacher is None:
+            raise ConfigError(f"method {name!r} needs the project's teacher")
+        return self._teacher()
+
     def _cema_teacher_row(self, name: str) -> FleetMethod:
         """U-VPA as it stands, its teacher adapted by CEMA's entropy step every 32 uploads."""
         assert self.cloud_models is not None
-        if self._teacher is None:
-            raise ConfigError(f"method {name!r} needs the project's teacher")
         settings = cema_settings(self.peer_settings.get("cema", {}))
         lr = settings.teacher_lr * settings.lr_scale
         teacher = AdaptingTeacher(
-            self._teacher(),
+            self._fresh_teacher(name),
             self.cloud_models.class_vectors,
             lr,
             settings.momentum,
@@ -175,9 +179,7 @@ class MethodFactory:
         record: dict[str, object] = {"upload_cap": budget if budget is not None else "none"}
         cloud = None
         if cema_cloud:
-            if self._teacher is None:
-                raise ConfigError(f"method {name!r} needs the project's teacher")
-            cloud = CemaCloud(self.cloud_models, self._teacher(), settings)
+            cloud = CemaCloud(self.cloud_models, self._fresh_teacher(name), settings)
             record["cema_cloud"] = settings.to_json()
             # CEMA's edge applies what it gets: no second pass to check it
             adaptation = with_settings(
