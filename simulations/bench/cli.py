@@ -126,7 +126,7 @@ def _run_adapt(args: argparse.Namespace) -> int:
     from cloud.data.cli import parse_corruptions
     from cloud.data.formats import open_benchmark
     from cloud.progress import counted_progress
-    from simulations.bench.jobs import Bench, Job, build_factory, run_jobs
+    from simulations.bench.jobs import Bench, Job, factory_for, run_jobs
     from simulations.bench.report import write_report
     from simulations.peers import parse_peer_settings
     from simulations.peers.student import class_names
@@ -150,7 +150,7 @@ def _run_adapt(args: argparse.Namespace) -> int:
     write_resolved(project, out, "this benchmark")
     peer_settings = parse_peer_settings(args.peer_settings)
     bench = Bench(project, out, args.delay, args.seed, args.threads, Bench.frozen(peer_settings))
-    factory = build_factory(bench, methods)
+    factory = factory_for(bench, methods)
     for name in methods:
         factory.check(name)
     dataset = open_benchmark(project.data.shifted)

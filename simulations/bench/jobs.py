@@ -54,8 +54,28 @@ class Bench:
         return tuple((name, tuple(values.items())) for name, values in settings.items())
 
 
-def build_factory(
+def factory_for(
     bench: Bench, methods: Sequence[str], settings: Sequence[tuple[str, object]] = ()
+) -> MethodFactory:
+    """The factory of these methods and settings, built once per process.
+
+    It is kept until another is asked for: the command's own check, the export before
+    workers start and the in-process jobs share one, so the student, the cloud and the
+    teacher load once.
+    """
+    key = (bench, frozenset(methods), tuple(settings))
+    if key not in _FACTORIES:
+        _FACTORIES.clear()  # one set of models at a time
+        _FACTORIES[key] = _build_factory(bench, methods, settings)
+    return _FACTORIES[key]
+
+
+# per process: the models of the last (bench, methods, settings) asked for
+_FACTORIES: dict[tuple[Bench, frozenset[str], tuple[tuple[str, object], ...]], MethodFactory] = {}
+
+
+def _build_factory(
+    bench: Bench, methods: Sequence[str], settings: Sequence[tuple[str, object]]
 ) -> MethodFactory:
     """The student for the peers; the cloud (exported into ``out/model``) only when a row needs it."""
     from cloud.server.models import load_cloud_models
@@ -100,7 +120,7 @@ def run_jobs(
     methods = tuple(dict.fromkeys(job.method for job in jobs))
     if workers <= 1:
         return [_run_here(bench, job, methods, progress) for job in jobs]
-    build_factory(bench, methods)  # export the device model once, here
+    factory_for(bench, methods)  # export the device model once, here
     context = get_context("spawn")
     with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context) as pool:
         updates = manager.Queue()
@@ -112,20 +132,12 @@ def run_jobs(
             relay.stop()
 
 
-# per process: the models of the last (bench, settings) pair, reused by the jobs that share it
-_FACTORIES: dict[tuple[Bench, tuple[tuple[str, object], ...]], MethodFactory] = {}
-
-
 def _run_here(
     bench: Bench, job: Job, methods: Sequence[str], progress: ProgressFn | None
 ) -> MethodResult:
     from cloud.data.formats import open_benchmark
 
-    key = (bench, job.settings)
-    if key not in _FACTORIES:
-        _FACTORIES.clear()  # one set of models at a time
-        _FACTORIES[key] = build_factory(bench, methods, job.settings)
-    factory = _FACTORIES[key]
+    factory = factory_for(bench, methods, job.settings)
     dataset = open_benchmark(factory.project.data.shifted)
     return run_method(job.method, factory.create, dataset, job.stream, bench.seed, progress)
 

@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from cloud.data.cli import parse_corruptions
     from cloud.data.formats import open_benchmark
     from cloud.progress import counted_progress
-    from simulations.bench.jobs import Bench, Job, build_factory, run_jobs
+    from simulations.bench.jobs import Bench, Job, factory_for, run_jobs
     from simulations.methods import CLOUD_DEVICE_METHODS, check_method
     from simulations.streams import check_available, parse_stream
 
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
     peer_settings = Bench.frozen(parse_peer_settings(args.peer_settings))
     bench = Bench(project, args.out, args.delay, args.seed, args.threads, peer_settings)
-    build_factory(bench, [*curves, *flat]).check(curves[0])
+    factory_for(bench, [*curves, *flat]).check(curves[0])
     dataset = open_benchmark(project.data.shifted)
     corruptions = parse_corruptions(args.corruptions)
     stream = parse_stream(
