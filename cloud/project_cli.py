@@ -11,7 +11,7 @@ from protocol.config.project import ProjectConfig, load_project
 
 PROJECT_HELP = (
     "project file (default: $CDCA_PROJECT, else ./cdca.toml, else the built-in Fashion-MNIST "
-    "cloud_models); `cdca init` writes one"
+    "project); `cdca init` writes one"
 )
 
 

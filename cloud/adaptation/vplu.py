@@ -161,7 +161,7 @@ class VPLU:
         """(N, C) probabilities the device should match: the teacher's, or the ensemble.
 
         The ensemble weighs the teacher and the device's current view of each sample by their
-        own confidence: where the teacher is weak (in the Fashion-MNIST cloud_models: fog, glass
+        own confidence: where the teacher is weak (on Fashion-MNIST-C: fog, glass
         blur) the device's batch-normalised view often knows better, and neither alone is
         best.
         """

@@ -1,199 +1,248 @@
-"""How far a prompt part could take the device: fitted on true labels, not on the cloud's target.
+"""How far each way of steering the device could take it: fitted on true labels, not on a cloud target.
 
 U-VPA (Gan et al., CVPR 2023, https://arxiv.org/abs/2212.00972) can only move the device as
-far as its prompt parts reach. This measures that reach per domain: the parts are fitted
-with Adam on the ground-truth labels of the first ``train_count`` frames of a domain (the
-device's own batch statistics live, as on the device) and scored on the rest, next to
-BN-adapt (the neutral prompt) on the same frames. The label fit is an upper reference, not
-a method: it sees labels, several times U-VPA's uploads, and is scored offline. If the
-best of the two, averaged over domains, is below a bar, no cloud target can reach that bar
-with these parts.
+far as the parameters the cloud ships reach. This measures that reach per domain and per
+*parameterisation*: the parameters are fitted with Adam on labelled images of a domain
+(``ceiling_data``: the domain's own first frames, the cloud's clean images rendered like
+them, or the clean images under the true corruption) with the device's own batch statistics
+live, as on the device, and scored on the domain's later frames next to BN-adapt (the
+neutral prompt). A label fit is an upper reference, not a method: if a parameterisation
+fitted on labels stays below a bar, no cloud target can reach that bar through it.
+
+Parameterisations: the prompt parts the device graph takes today (``norm_affine``, alone or
+with ``input_affine``, ``class_vectors`` or the pixel ``prompt``), two that would need a new
+graph (every BatchNorm including the projector's; low-rank residual adapters after each
+encoder BatchNorm, after LoRA, Hu et al., ICLR 2022, https://arxiv.org/abs/2106.09685), and
+every weight of the student (what shipping a fine-tuned model would allow).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+import copy
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cloud.adaptation.vplu import PARTS, encoder_norm_mask
-from cloud.data.formats import CorruptedDataset
-from cloud.export.device_model import DeviceModel
-from cloud.students.preprocess import Normalization, pixels_from_uint8
+from cloud.adaptation.vplu import encoder_norm_mask
+from cloud.export.device_model import AdaptiveBatchNorm, DeviceModel
 from protocol.errors import ConfigError
 
-Progress = Callable[[str, int], None]  # (description, steps done)
-NORM_SCOPES = ("encoder", "all")
+FLOAT_BYTES = 4  # every part ships as float32
 
 
 @dataclass(frozen=True)
-class CeilingConfig:
-    """Which parts to fit, on how many labelled frames per domain, and how hard."""
+class Parameterisation:
+    """What the cloud would fit and ship.
 
+    Attributes:
+        name: the key ``--parameterisations`` takes.
+        description: one line for the table.
+        parts: device-model inputs fitted (``norm_affine`` masked to ``norm_scope``).
+        norm_scope: ``encoder`` (U-VPA's cloud) or ``all`` BatchNorms' scale/shift.
+        adapter_rank: rank of the residual adapters after each encoder BatchNorm (0: none).
+        all_weights: fit every weight of the student as well (a reference, not a prompt).
+        lr: Adam's step size (adapters and weights overfit 512 frames at the parts' 1e-2).
+        in_device_graph: whether the exported device model takes it today.
+    """
+
+    name: str
+    description: str
     parts: tuple[str, ...] = ("norm_affine",)
-    num_per_domain: int = 1000
-    train_count: int = 512
-    steps: int = 150
+    norm_scope: str = "encoder"
+    adapter_rank: int = 0
+    all_weights: bool = False
     lr: float = 1e-2
-    batch_size: int = 64
-    severity: int = 5
-    seed: int = 0
-    fit_norms: str = "encoder"  # U-VPA's cloud fits the encoder's; "all": the projector's too
-
-    def __post_init__(self) -> None:
-        unknown = set(self.parts) - set(PARTS)
-        if unknown or not self.parts:
-            raise ConfigError(f"--parts must be a non-empty subset of {PARTS}, got {self.parts}")
-        if self.fit_norms not in NORM_SCOPES:
-            raise ConfigError(f"--fit-norms must be one of {NORM_SCOPES}, got {self.fit_norms!r}")
-        if not 0 < self.train_count < self.num_per_domain:
-            raise ConfigError(
-                f"--train ({self.train_count}) must be between 1 and --num-per-domain - 1 "
-                f"({self.num_per_domain - 1}): the rest of each domain is what gets scored"
-            )
-        if self.steps < 1 or self.batch_size < 2 or self.lr <= 0:
-            raise ConfigError("--steps must be >= 1, --batch-size >= 2 and --lr > 0")
+    in_device_graph: bool = True
 
 
-@dataclass(frozen=True)
-class DomainCeiling:
-    """Accuracy on one domain's scored frames, with the neutral prompt and the label fit."""
+PARAMETERISATIONS: dict[str, Parameterisation] = {
+    p.name: p
+    for p in (
+        Parameterisation("norm_affine", "encoder BatchNorm scale/shift (U-VPA's prompt)"),
+        Parameterisation(
+            "norm_affine_all",
+            "every BatchNorm's scale/shift, the projector's too",
+            norm_scope="all",
+        ),
+        Parameterisation(
+            "norm_affine+input_affine",
+            "+ per-channel input scale/shift",
+            parts=("norm_affine", "input_affine"),
+        ),
+        Parameterisation(
+            "norm_affine+class_vectors",
+            "+ the class vectors",
+            parts=("norm_affine", "class_vectors"),
+        ),
+        Parameterisation(
+            "norm_affine+prompt", "+ an additive pixel prompt", parts=("norm_affine", "prompt")
+        ),
+        Parameterisation(
+            "norm_affine+adapters_r8",
+            "+ rank-8 residual adapters after each encoder BatchNorm",
+            adapter_rank=8,
+            lr=1e-3,
+            in_device_graph=False,
+        ),
+        Parameterisation(
+            "all_weights",
+            "every weight of the student (a new model, not a prompt)",
+            all_weights=True,
+            lr=1e-3,
+            in_device_graph=False,
+        ),
+    )
+}
 
-    domain: str
-    bn_adapt: float
-    label_fit: float
 
-    @property
-    def best(self) -> float:
-        """What a cloud that knew when to leave the prompt neutral could reach."""
-        return max(self.bn_adapt, self.label_fit)
+def parameterisation(name: str) -> Parameterisation:
+    """The registered parameterisation ``name``; a clear error naming the others."""
+    if name not in PARAMETERISATIONS:
+        raise ConfigError(
+            f"unknown parameterisation {name!r}; choose from {', '.join(PARAMETERISATIONS)}"
+        )
+    return PARAMETERISATIONS[name]
+
+
+@dataclass
+class Fitted:
+    """One fit's result: the prompt parts, the adapters, and the model they apply to."""
+
+    model: DeviceModel
+    prompt: dict[str, torch.Tensor]
+    adapters: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    weights_trained: bool = False
+
+    def shipped_bytes(self) -> int:
+        """float32 bytes a device would receive for this fit (all weights: the student too)."""
+        count = sum(p.numel() for p in self.prompt.values())
+        count += sum(down.numel() + up.numel() for down, up in self.adapters.values())
+        if self.weights_trained:
+            count += sum(p.numel() for p in self.model.parameters())
+        return FLOAT_BYTES * count
 
 
 class PromptCeiling:
-    """Fits prompt parts of one device model on labelled frames; scores prompts on others."""
+    """Fits one parameterisation of a device model on labelled images; scores on others.
+
+    Args:
+        model: the device model (never changed: an all-weights fit trains a copy).
+        class_vectors: the shipped class vectors.
+        steps: Adam steps per fit.
+        batch_size: images per step, and per scored batch (the device's batch).
+        seed: which images each step draws, and the adapters' starting projections.
+    """
 
     def __init__(
         self,
         model: DeviceModel,
         class_vectors: torch.Tensor,
-        normalization: Normalization,
-        config: CeilingConfig,
+        steps: int = 150,
+        batch_size: int = 64,
+        seed: int = 0,
     ) -> None:
         self.model = model.eval().requires_grad_(False)
-        self.normalization = normalization
-        self.config = config
+        self.steps, self.batch_size, self.seed = steps, batch_size, seed
         self.neutral = model.neutral_inputs(class_vectors.detach().float())
         self.neutral["stat_mix"] = torch.ones(1)  # the device's own batch statistics
-        self.norm_mask = (
-            encoder_norm_mask(model)
-            if config.fit_norms == "encoder"
-            else torch.ones(2, model.num_norm_channels)
-        )
 
-    def measure(self, images: np.ndarray, labels: np.ndarray, domain: str) -> DomainCeiling:
-        """Fit on the first ``train_count`` frames, score both prompts on the rest."""
-        x = self.normalization.apply(pixels_from_uint8(images))
-        y = torch.tensor(labels, dtype=torch.long)  # a copy: the loaded array is read-only
-        cut = self.config.train_count
-        fitted = self.fit(x[:cut], y[:cut])
-        return DomainCeiling(
-            domain, self.accuracy(x[cut:], y[cut:], {}), self.accuracy(x[cut:], y[cut:], fitted)
-        )
+    def unadapted(self) -> Fitted:
+        """BN-adapt: the neutral prompt on the shipped model."""
+        return Fitted(self.model, {}, {})
 
-    def fit(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Adam on cross-entropy to the true labels, over random device-sized batches.
-
-        ``norm_affine`` moves only where ``fit_norms`` lets U-VPA's cloud move it: the
-        gradient is masked, so Adam leaves the other BatchNorms exactly neutral.
-        """
-        cfg = self.config
-        generator = torch.Generator().manual_seed(cfg.seed)
-        params = {k: self.neutral[k].clone().requires_grad_(True) for k in cfg.parts}
-        optimizer = torch.optim.Adam(list(params.values()), lr=cfg.lr)
-        for _ in range(cfg.steps):
-            pick = torch.randperm(len(x), generator=generator)[: cfg.batch_size]
-            logits = self.model(**{**self.neutral, **params, "x": x[pick]})[0]
-            loss = F.cross_entropy(logits, y[pick])
+    def fit(self, x: torch.Tensor, y: torch.Tensor, how: Parameterisation) -> Fitted:
+        """Adam on cross-entropy to the labels ``y``, over random device-sized batches."""
+        model = copy.deepcopy(self.model) if how.all_weights else self.model
+        prompt = {k: self.neutral[k].clone().requires_grad_(True) for k in how.parts}
+        adapters = self._fresh_adapters(model, how.adapter_rank)
+        trainable = [*prompt.values(), *(t for pair in adapters.values() for t in pair)]
+        if how.all_weights:
+            trainable += [p.requires_grad_(True) for p in model.parameters()]
+        mask = self._norm_mask(model, how.norm_scope)
+        optimizer = torch.optim.Adam(trainable, lr=how.lr)
+        generator = torch.Generator().manual_seed(self.seed)
+        fitted = Fitted(model, prompt, adapters)
+        for _ in range(self.steps):
+            pick = torch.randperm(len(x), generator=generator)[: self.batch_size]
+            loss = F.cross_entropy(self.logits(fitted, x[pick]), y[pick])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if "norm_affine" in params and params["norm_affine"].grad is not None:
-                params["norm_affine"].grad.mul_(self.norm_mask)
+            if "norm_affine" in prompt and prompt["norm_affine"].grad is not None:
+                prompt["norm_affine"].grad.mul_(mask)  # Adam leaves masked entries neutral
             optimizer.step()
-        return {k: v.detach() for k, v in params.items()}
+        model.requires_grad_(False)
+        return Fitted(
+            model,
+            {k: v.detach() for k, v in prompt.items()},
+            {k: (d.detach(), u.detach()) for k, (d, u) in adapters.items()},
+            how.all_weights,
+        )
+
+    def logits(self, fitted: Fitted, x: torch.Tensor) -> torch.Tensor:
+        """The device's logits for one batch under ``fitted``."""
+        with _adapters_attached(fitted.model, fitted.adapters):
+            return fitted.model(**{**self.neutral, **fitted.prompt, "x": x})[0]
 
     @torch.no_grad()
-    def accuracy(self, x: torch.Tensor, y: torch.Tensor, prompt: dict[str, torch.Tensor]) -> float:
+    def accuracy(self, x: torch.Tensor, y: torch.Tensor, fitted: Fitted) -> float:
         """Share right, in device batches, each normalised with its own statistics."""
         hits = 0
-        for start in range(0, len(x), self.config.batch_size):
-            batch = slice(start, start + self.config.batch_size)
-            logits = self.model(**{**self.neutral, **prompt, "x": x[batch]})[0]
-            hits += int((logits.argmax(1) == y[batch]).sum())
+        for start in range(0, len(x), self.batch_size):
+            batch = slice(start, start + self.batch_size)
+            hits += int((self.logits(fitted, x[batch]).argmax(1) == y[batch]).sum())
         return hits / max(1, len(x))
 
+    def _fresh_adapters(
+        self, model: DeviceModel, rank: int
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per encoder BatchNorm: a random down-projection and a zero up-projection (LoRA's start)."""
+        if not rank:
+            return {}
+        generator = torch.Generator().manual_seed(self.seed)
+        adapters = {}
+        for layer in model.norm_layers:
+            if layer.name.startswith("encoder."):
+                r = min(rank, layer.channels)
+                down = torch.randn(layer.channels, r, generator=generator) / layer.channels**0.5
+                adapters[layer.name] = (down.requires_grad_(True), torch.zeros(layer.channels, r))
+                adapters[layer.name][1].requires_grad_(True)
+        return adapters
 
-def measure_ceiling(
-    ceiling: PromptCeiling,
-    dataset: CorruptedDataset,
-    corruptions: Sequence[str],
-    progress: Progress | None = None,
-) -> list[DomainCeiling]:
-    """Every corruption at the configured severity, each fitted from the neutral prompt."""
-    cfg = ceiling.config
-    rows = []
-    for corruption in corruptions:
-        data = dataset.load(corruption, cfg.severity, count=cfg.num_per_domain)
-        rows.append(ceiling.measure(data.images, data.labels, corruption))
-        if progress:
-            progress(corruption, 1)
-    return rows
-
-
-def to_json(rows: list[DomainCeiling], config: dict[str, object]) -> dict[str, object]:
-    """``ceiling.json``: the configuration, every domain and the means."""
-    return {
-        "config": config,
-        "domains": [{**asdict(r), "best": r.best} for r in rows],
-        "mean": means(rows),
-    }
+    @staticmethod
+    def _norm_mask(model: DeviceModel, scope: str) -> torch.Tensor:
+        if scope == "encoder":
+            return encoder_norm_mask(model)
+        return torch.ones(2, model.num_norm_channels)
 
 
-def means(rows: list[DomainCeiling]) -> dict[str, float]:
-    """Mean accuracy over domains for BN-adapt, the label fit and the best of both."""
-    return {
-        "bn_adapt": float(np.mean([r.bn_adapt for r in rows])),
-        "label_fit": float(np.mean([r.label_fit for r in rows])),
-        "best": float(np.mean([r.best for r in rows])),
-    }
+@contextmanager
+def _adapters_attached(
+    model: DeviceModel, adapters: dict[str, tuple[torch.Tensor, torch.Tensor]]
+) -> Iterator[None]:
+    """Add ``up @ down.T`` of each BatchNorm's output to it, as a residual 1x1 convolution."""
+    if not adapters:
+        yield
+        return
+    handles = []
+    for module in model.modules():
+        if isinstance(module, AdaptiveBatchNorm) and module.layer.name in adapters:
+            down, up = adapters[module.layer.name]
+            handles.append(module.register_forward_hook(_residual(down, up)))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
-def markdown(rows: list[DomainCeiling], config: dict[str, object]) -> str:
-    """``ceiling.md``: one line per domain and the means, in percent."""
-    settings = ", ".join(f"{k}={v}" for k, v in config.items())
-    lines = [
-        "# Prompt ceiling",
-        "",
-        f"Configuration: {settings}",
-        "",
-        "Accuracy (%) on each domain's frames after the first `train_count`: BN-adapt (neutral "
-        "prompt) and the prompt parts fitted on the true labels of the first `train_count` "
-        "frames. An upper reference for what a cloud could teach through these parts, not a "
-        "method.",
-        "",
-        "| domain | BN-adapt | label fit | best of both | headroom |",
-        "|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r.domain} | {100 * r.bn_adapt:.1f} | {100 * r.label_fit:.1f} | "
-            f"{100 * r.best:.1f} | {100 * (r.best - r.bn_adapt):+.1f} |"
-        )
-    m = means(rows)
-    lines.append(
-        f"| **mean** | {100 * m['bn_adapt']:.1f} | {100 * m['label_fit']:.1f} | "
-        f"{100 * m['best']:.1f} | {100 * (m['best'] - m['bn_adapt']):+.1f} |"
-    )
-    return "\n".join(lines) + "\n"
+def _residual(
+    down: torch.Tensor, up: torch.Tensor
+) -> Callable[[torch.nn.Module, object, torch.Tensor], torch.Tensor]:
+    def hook(_module: torch.nn.Module, _inputs: object, out: torch.Tensor) -> torch.Tensor:
+        low = torch.einsum("nchw,cr->nrhw", out, down)
+        return out + torch.einsum("nrhw,cr->nchw", low, up)
+
+    return hook

@@ -1,1 +1,1 @@
-"""``cdca simulate``: many devices, each in its own changing cloud_models, taught by one cloud."""
+"""``cdca simulate``: many devices, each in its own changing world, taught by one cloud."""

@@ -109,7 +109,7 @@ def start_server(cloud_models, state_dir: Path, **overrides):
 
 
 def registered_server(exported, distilled, state_dir: Path, **overrides) -> LiveServer:
-    """A running server over the tiny cloud_models, both test devices registered with its model.
+    """A running server over the tiny cloud models, both test devices registered with its model.
 
     ``overrides``: ServerConfig fields. Uploads need the registration first.
     """

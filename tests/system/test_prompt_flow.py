@@ -143,7 +143,7 @@ def test_a_server_behind_its_device_fits_on_the_newest_waiting_batch_or_after_ei
     caplog.set_level(logging.INFO, logger="cdca.cloud")
     state_dir, rng = tmp_path / "state", np.random.default_rng(7)
     inbox = Inbox(state_dir / "inbox")
-    for batch_id in range(12):  # 8 uploads each; the tiny cloud_models fits from 4 buffered uploads
+    for batch_id in range(12):  # 8 uploads each; the tiny cloud fits from 4 buffered uploads
         inbox.put(stored_batch(batch_id, 1000 * (batch_id + 1), rng))
     _, shutdown = start_server(tiny_world(exported, distilled), state_dir)
     try:
