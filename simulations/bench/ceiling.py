@@ -207,8 +207,8 @@ class PromptCeiling:
             if layer.name.startswith("encoder."):
                 r = min(rank, layer.channels)
                 down = torch.randn(layer.channels, r, generator=generator) / layer.channels**0.5
-                adapters[layer.name] = (down.requires_grad_(True), torch.zeros(layer.channels, r))
-                adapters[layer.name][1].requires_grad_(True)
+                up = torch.zeros(layer.channels, r)
+                adapters[layer.name] = (down.requires_grad_(True), up.requires_grad_(True))
         return adapters
 
     @staticmethod
