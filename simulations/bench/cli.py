@@ -37,10 +37,13 @@ def main(argv: Sequence[str], prog: str = "cdca bench") -> int:
     from simulations.bench.uplink import add_parser as add_uplink
 
     add_uplink(sub)
+    from simulations.bench.summary_command import add_parser as add_summary
+
+    add_summary(sub)
     _add_perf(sub)
     _add_reliability(sub)
     args = parser.parse_args(argv)
-    if args.command in ("system", "ceiling", "uplink", "perf", "reliability"):
+    if args.command in ("system", "ceiling", "uplink", "summary", "perf", "reliability"):
         return int(args.handler(args))
     return _run_adapt(args)
 
