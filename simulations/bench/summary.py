@@ -25,13 +25,18 @@ CLOUD_SETTINGS = "adaptation."  # the settings a cloud-device row reads from the
 
 @dataclass(frozen=True)
 class Cell:
-    """One method on one stream: its mean (and spread over orders) and its bytes per 1k frames."""
+    """One method on one stream.
+
+    Its mean (and spread over orders), bytes per 1k frames and the cloud's wall time per
+    uploaded frame (0 without a cloud).
+    """
 
     mean: float
     std: float
     orders: int
     up_kb: float
     down_kb: float
+    cloud_ms: float
 
 
 @dataclass
@@ -125,6 +130,7 @@ def _cells(payload: dict[str, Any], methods: list[str] | None) -> dict[str, Cell
             orders=int(stats["streams"]),
             up_kb=_mean(c.get("bytes_up_per_1000", 0.0) for c in runs) / 1e3,
             down_kb=_mean(c.get("bytes_down_per_1000", 0.0) for c in runs) / 1e3,
+            cloud_ms=_mean(c.get("cloud_ms_per_upload") or 0.0 for c in runs),
         )
     return cells
 
@@ -183,16 +189,13 @@ def _signed(points: float) -> str:
 
 def _bytes_table(rows: list[StreamRow], cloud: list[str]) -> list[str]:
     lines = [
-        "KB up / down per 1,000 frames:",
+        "KB up / down per 1,000 frames, and the cloud's wall time per uploaded frame:",
         "",
         "| stream | " + " | ".join(f"`{m}`" for m in cloud) + " |",
         "|---" * (len(cloud) + 1) + "|",
     ]
     for row in rows:
-        cells = [
-            f"{row.cells[m].up_kb:.0f} / {row.cells[m].down_kb:.0f}" if m in row.cells else "–"
-            for m in cloud
-        ]
+        cells = [_costs(row.cells[m]) if m in row.cells else "–" for m in cloud]
         lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
     return lines
 
@@ -209,6 +212,10 @@ def summary_json(rows: list[StreamRow]) -> dict[str, Any]:
             for row in rows
         ]
     }
+
+
+def _costs(cell: Cell) -> str:
+    return f"{cell.up_kb:.0f} / {cell.down_kb:.0f} KB, {cell.cloud_ms:.0f} ms"
 
 
 def plot_summary(rows: list[StreamRow], path: Path) -> None:

@@ -48,6 +48,8 @@ def test_a_method_run_with_other_settings_gets_its_own_column(two_runs, tmp_path
     assert methods[second]["mean"] == pytest.approx(means(b)["uvpa"])
     assert methods[first]["up_kb"] > 0
     assert methods["bn_adapt"]["up_kb"] == 0
+    assert methods[first]["cloud_ms"] > 0
+    assert methods["bn_adapt"]["cloud_ms"] == 0
     page = (tmp_path / "summary.md").read_text()
     lead = methods[first]["mean"] - methods["bn_adapt"]["mean"]
     assert f"| bn_adapt {methods['bn_adapt']['mean']:.1f} | {round(lead, 1) + 0.0:+.1f} |" in page
