@@ -149,14 +149,17 @@ def summary_markdown(rows: list[StreamRow]) -> str:
     """The accuracy table, the lead over the best on-device method, and the bytes."""
     methods = list(dict.fromkeys(name for row in rows for name in row.cells))
     cloud = [m for m in methods if any(r.cells[m].up_kb > 0 for r in rows if m in r.cells)]
-    lines = ["| stream | " + " | ".join(f"`{m}`" for m in methods) + " |"]
-    lines.append("|---" * (len(methods) + 1) + "|")
+    lines = _table_head(["stream", *(f"`{m}`" for m in methods)])
     for row in rows:
         best = max(row.cells.values(), key=lambda c: c.mean).mean
         cells = [_accuracy(row.cells.get(m), best) for m in methods]
         lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
     lines += ["", *_lead_table(rows, cloud), "", *_bytes_table(rows, cloud)]
     return "\n".join(lines) + "\n"
+
+
+def _table_head(columns: list[str]) -> list[str]:
+    return ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
 
 
 def _accuracy(cell: Cell | None, best: float) -> str:
@@ -170,8 +173,7 @@ def _lead_table(rows: list[StreamRow], cloud: list[str]) -> list[str]:
     lines = [
         "Lead of each cloud-device row over the best on-device method of the same stream (points):",
         "",
-        "| stream | best on-device | " + " | ".join(f"`{m}`" for m in cloud) + " |",
-        "|---" * (len(cloud) + 2) + "|",
+        *_table_head(["stream", "best on-device", *(f"`{m}`" for m in cloud)]),
     ]
     for row in rows:
         device = {m: c for m, c in row.cells.items() if is_on_device(m, c)}
@@ -191,8 +193,7 @@ def _bytes_table(rows: list[StreamRow], cloud: list[str]) -> list[str]:
     lines = [
         "KB up / down per 1,000 frames, and the cloud's wall time per uploaded frame:",
         "",
-        "| stream | " + " | ".join(f"`{m}`" for m in cloud) + " |",
-        "|---" * (len(cloud) + 1) + "|",
+        *_table_head(["stream", *(f"`{m}`" for m in cloud)]),
     ]
     for row in rows:
         cells = [_costs(row.cells[m]) if m in row.cells else "–" for m in cloud]
