@@ -56,8 +56,15 @@ def collect(
     A method twice on one stream with the same settings and different results is refused.
     """
     rows: dict[str, StreamRow] = {}
+    benchmark = None
     for folder in folders:
         payload, settings = _read_run(folder)
+        benchmark = benchmark or (payload["config"].get("data"), folder)
+        if payload["config"].get("data") != benchmark[0]:
+            raise DataError(
+                f"{folder} ran on {payload['config'].get('data')}, {benchmark[1]} on "
+                f"{benchmark[0]}: put each benchmark on its own page"
+            )
         suffix = _settings_suffix(settings, reference)
         label = _stream_label(payload["config"])
         row = rows.setdefault(label, StreamRow(label))
@@ -107,6 +114,8 @@ def _settings_suffix(settings: ProjectConfig, reference: ProjectConfig) -> str:
 def _stream_label(config: dict[str, Any]) -> str:
     kind = str(config["stream"])
     per_domain = f"{int(config['num_per_domain']):,} per corruption"
+    if config.get("corruptions", "test") != "test":
+        per_domain += f" of {config['corruptions']}"
     if kind == "gradual":
         return f"gradual (severity 1 to 5 to 1), {per_domain}"
     if kind.startswith("random"):

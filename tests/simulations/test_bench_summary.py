@@ -77,3 +77,15 @@ def test_a_folder_that_is_not_a_run_gives_one_clear_line(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "is not a `cdca bench adapt` run folder" in result.stderr
+
+
+def test_runs_on_two_benchmarks_are_refused(two_runs, tmp_path):
+    a, _ = two_runs
+    other = tmp_path / "other"
+    shutil.copytree(a, other)
+    payload = json.loads((other / "results.json").read_text())
+    payload["config"]["data"] = "/elsewhere/digits-c"
+    (other / "results.json").write_text(json.dumps(payload))
+    result = cli("bench", "summary", str(a), str(other), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert "put each benchmark on its own page" in result.stderr
