@@ -242,9 +242,11 @@ class Rig:
         """Frames, crashes and acknowledged samples the cloud cannot account for, after the run."""
         summary = self.summary(device_id)
         held = {k: v for k, v in self.holdings(device_id).items() if k not in (held_before or {})}
-        # a batch the cloud already had (a resend, or a restarted device's identical batch)
-        # is acknowledged again but held in a file from before: it counts there, once
-        again = min(int(summary.get("samples_stored_before", 0)), sum((held_before or {}).values()))
+        # a batch the cloud already had is acknowledged again as stored before and held
+        # once, in an earlier file; one batch can come back twice (a killed device's queued
+        # resend, then the restarted device's identical batch), so every such sample is
+        # taken out, not at most what was held before the restart
+        again = int(summary.get("samples_stored_before", 0))
         acked = int(summary["samples_acked"]) - again
         logs = [self.log, *(self.device_log(d) for d in exits)]
         crashes = sum(code != 0 for code in [*exits.values(), *self.server_exits])
