@@ -56,6 +56,7 @@ def collect(
     A method twice on one stream with the same settings and different results is refused.
     """
     rows: dict[str, StreamRow] = {}
+    reference_settings = to_flat(reference)
     benchmark = None
     for folder in folders:
         payload, settings = _read_run(folder)
@@ -65,7 +66,7 @@ def collect(
                 f"{folder} ran on {payload['config'].get('data')}, {benchmark[1]} on "
                 f"{benchmark[0]}: put each benchmark on its own page"
             )
-        suffix = _settings_suffix(settings, reference)
+        suffix = _settings_suffix(settings, reference_settings)
         label = _stream_label(payload["config"])
         row = rows.setdefault(label, StreamRow(label))
         row.runs.append(str(folder))
@@ -100,9 +101,9 @@ def _read_run(folder: Path) -> tuple[dict[str, Any], ProjectConfig]:
         raise DataError(f"{settings}: {err}") from err
 
 
-def _settings_suffix(settings: ProjectConfig, reference: ProjectConfig) -> str:
-    """The run's ``[adaptation]`` settings that differ from the reference project's."""
-    mine, theirs = to_flat(settings), to_flat(reference)
+def _settings_suffix(settings: ProjectConfig, theirs: dict[str, Any]) -> str:
+    """The run's ``[adaptation]`` settings that differ from the reference project's (flat)."""
+    mine = to_flat(settings)
     changed = [
         f"{key}={mine[key]}"
         for key in sorted(mine)
@@ -156,7 +157,7 @@ def is_on_device(name: str, cell: Cell) -> bool:
 
 def summary_markdown(rows: list[StreamRow]) -> str:
     """The accuracy table, the lead over the best on-device method, and the bytes."""
-    methods = list(dict.fromkeys(name for row in rows for name in row.cells))
+    methods = _methods(rows)
     cloud = [m for m in methods if any(r.cells[m].up_kb > 0 for r in rows if m in r.cells)]
     lines = _table_head(["stream", *(f"`{m}`" for m in methods)])
     for row in rows:
@@ -165,6 +166,11 @@ def summary_markdown(rows: list[StreamRow]) -> str:
         lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
     lines += ["", *_lead_table(rows, cloud), "", *_bytes_table(rows, cloud)]
     return "\n".join(lines) + "\n"
+
+
+def _methods(rows: list[StreamRow]) -> list[str]:
+    """Every method name on the page, in the order the runs first name them."""
+    return list(dict.fromkeys(name for row in rows for name in row.cells))
 
 
 def _table_head(columns: list[str]) -> list[str]:
@@ -235,7 +241,7 @@ def plot_summary(rows: list[StreamRow], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = list(dict.fromkeys(name for row in rows for name in row.cells))
+    methods = _methods(rows)
     width = 0.8 / len(methods)
     fig, ax = plt.subplots(figsize=(max(9, 2.2 * len(rows) + 5), 4.8))
     for i, method in enumerate(methods):
