@@ -12,11 +12,13 @@ serving many devices can also pass knowledge between them:
   and (``pool_uploads``) fits on the uploads made there before as well as its own.
 
 No transport code: the in-process simulation, the gRPC server and the Flower ServerApp
-all hand uploads to ``FleetCloud.ingest`` and ship what it returns.
+all hand uploads to ``FleetCloud.ingest_many`` (one batch per device; one teacher pass and
+one fit for all of them) and ship what it returns.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,11 +29,21 @@ from cloud.adaptation.aggregate import robust_mean_prompt
 from cloud.adaptation.environments import EnvironmentBank, PooledUploads
 from cloud.adaptation.guard import prompt_problem
 from cloud.adaptation.prompt_bank import Prompt, PromptBank
-from cloud.adaptation.session import AdaptationSession, UploadBatch
+from cloud.adaptation.session import AdaptationSession, PendingFit, UploadBatch
 from cloud.adaptation.synthetic import EnvironmentRenderer
-from cloud.adaptation.vplu import VPLU
+from cloud.adaptation.vplu import VPLU, UpdateResult
 from protocol.config.adaptation import AdaptationConfig
+from protocol.errors import CdcaError
 from protocol.signature import batch_signature
+
+
+@dataclass(frozen=True)
+class DeviceBatch:
+    """One device's batch for ``FleetCloud.ingest_many`` (``fit``: see ``AdaptationSession.ingest``)."""
+
+    device_id: str
+    upload: UploadBatch
+    fit: bool = True
 
 
 @dataclass
@@ -81,6 +93,8 @@ class FleetCloud:
         self.sessions: dict[str, AdaptationSession] = {}
         self.stays: dict[str, _Stay] = {}
         self.starts = {"bank": 0, "fleet_shared": 0, "own_shared": 0}
+        self.fits = 0  # passes of VPLU.update_many (each fits one or more devices)
+        self.teacher_seconds = 0.0
 
     def session(self, device_id: str, bank: PromptBank | None = None) -> AdaptationSession:
         """The device's session, created on first use (from ``bank`` when one was restored)."""
@@ -100,19 +114,86 @@ class FleetCloud:
     def ingest(self, device_id: str, upload: UploadBatch, fit: bool = True) -> Prompt | None:
         """One device batch's uploads; returns the prompt that device should switch to, if any.
 
-        ``fit``: False only buffers them (``AdaptationSession.ingest``).
+        ``fit``: False only buffers them (``AdaptationSession.ingest``). Raises ``DataError``
+        for a batch the device's model cannot take.
         """
-        session = self.session(device_id)
-        stay = self.stays[device_id]
+        outcome = self.ingest_many([DeviceBatch(device_id, upload, fit)])[0]
+        if isinstance(outcome, CdcaError):
+            raise outcome
+        return outcome
+
+    def ingest_many(self, batches: list[DeviceBatch]) -> list[Prompt | None | CdcaError]:
+        """One batch each from many devices: one teacher pass, then one fit for them all.
+
+        Per batch, in order: the prompt its device should switch to (None: none), or the
+        ``CdcaError`` that refused it; a refused batch changes nothing and costs the others
+        nothing. Each device's result is what ``ingest`` alone would give (up to float noise),
+        except that devices entering an environment in the same call do not yet see each
+        other's prompts for it.
+        """
+        ids = [b.device_id for b in batches]
+        if len(set(ids)) != len(ids):
+            raise ValueError("ingest_many takes one batch per device")
+        outcomes: list[Prompt | None | CdcaError] = [None] * len(batches)
+        valid = []
+        for i, item in enumerate(batches):
+            try:
+                self.session(item.device_id).check(item.upload)
+                valid.append(i)
+            except CdcaError as err:
+                outcomes[i] = err
+        logits = self._teacher_many([batches[i].upload.pixels for i in valid])
+        pending: dict[int, PendingFit] = {}
+        for i, teacher_logits in zip(valid, logits, strict=True):
+            try:
+                pending[i] = self._take(batches[i], teacher_logits)
+            except CdcaError as err:
+                outcomes[i] = err
+        fitting = [i for i, p in pending.items() if p.request is not None]
+        results = self._fit([pending[i] for i in fitting], [ids[i] for i in fitting])
+        for i, p in pending.items():
+            outcomes[i] = self.sessions[ids[i]].finish(p, results.get(ids[i]))
+        return outcomes
+
+    def _teacher_many(self, pixels: list[torch.Tensor]) -> list[torch.Tensor | None]:
+        """The teacher's logits for every batch's pixels, in one pass (None: no pixels)."""
+        sizes = [len(p) for p in pixels]
+        if not sum(sizes):
+            return [None] * len(pixels)
+        began = time.perf_counter()
+        with torch.no_grad():
+            logits = self.teacher(torch.cat([p for p in pixels if len(p)])).float()
+        self.teacher_seconds += time.perf_counter() - began
+        parts = iter(logits.split([n for n in sizes if n]))
+        return [next(parts) if n else None for n in sizes]
+
+    def _take(self, item: DeviceBatch, teacher_logits: torch.Tensor | None) -> PendingFit:
+        """A device's batch up to its fit: its stay, and on a shift where it starts from."""
+        session = self.session(item.device_id)
+        stay = self.stays[item.device_id]
+        upload = item.upload
         signature = batch_signature(upload.batch_stats.detach().cpu().numpy(), self.channels)
         start = pooled = None
         if upload.shift and session.config.restart_on_shift:
-            self._leave(device_id, session, stay)
-            start, pooled, source = self._starting_point(device_id, signature)
+            self._leave(item.device_id, session, stay)
+            start, pooled, source = self._starting_point(item.device_id, signature)
             self.starts[source] += 1
-            self.stays[device_id] = stay = _Stay(uploads_at_start=session.uploads)
+            self.stays[item.device_id] = stay = _Stay(uploads_at_start=session.uploads)
         stay.add(signature)
-        return session.ingest(upload, start, pooled, fit)
+        return session.take(upload, teacher_logits, start, pooled, item.fit)
+
+    def _fit(self, pending: list[PendingFit], device_ids: list[str]) -> dict[str, UpdateResult]:
+        """Every pending fit in one ``update_many``; each session is charged its share of the time."""
+        if not pending:
+            return {}
+        began = time.perf_counter()
+        results = self.vplu.update_many([p.request for p in pending if p.request is not None])
+        seconds = time.perf_counter() - began
+        sizes = [_samples(p) for p in pending]
+        for device_id, size in zip(device_ids, sizes, strict=True):
+            self.sessions[device_id].seconds += seconds * size / max(1, sum(sizes))
+        self.fits += 1
+        return dict(zip(device_ids, results, strict=True))
 
     def shared_prompt(self, leaving: str | None = None) -> Prompt:
         """Every device's domain-agnostic prompt, weighted by the environments it has learned.
@@ -150,7 +231,8 @@ class FleetCloud:
             **{f"started_from_{k}": v for k, v in self.starts.items()},
             "updates": sum(s.updates for s in self.sessions.values()),
             "synthetic_samples": sum(s.synthetic_samples for s in self.sessions.values()),
-            "cloud_seconds": sum(s.seconds for s in self.sessions.values()),
+            "fits": self.fits,
+            "cloud_seconds": self.teacher_seconds + sum(s.seconds for s in self.sessions.values()),
         }
 
     def _leave(self, device_id: str, session: AdaptationSession, stay: _Stay) -> None:
@@ -178,3 +260,11 @@ class FleetCloud:
         if self.sharing.share_across_devices and any(s.bank.environments > 1 for s in others):
             return self.shared_prompt(leaving=device_id), pooled, "fleet_shared"
         return None, pooled, "own_shared"
+
+
+def _samples(pending: PendingFit) -> int:
+    """Samples a pending fit trains on (its share of a shared pass)."""
+    request = pending.request
+    if request is None:
+        return 0
+    return len(request.uploads.x) + (len(request.extra[0]) if request.extra is not None else 0)

@@ -10,7 +10,8 @@ other devices made in the same environment when the fleet has them; the teacher 
 the new uploads once; VPLU refits the current environment's prompt on the whole buffer
 (plus, with a renderer, the cloud's clean labelled images rendered like the buffer),
 replaying the device's average batch statistics; a prompt that passes the safety valve is
-returned for delivery.
+returned for delivery. A fleet fits many devices in one pass: ``take`` stops before the fit,
+``VPLU.update_many`` runs every device's, and ``finish`` takes each result.
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ from cloud.adaptation.environments import PooledUploads
 from cloud.adaptation.guard import prompt_problem, stats_problem
 from cloud.adaptation.prompt_bank import Prompt, PromptBank
 from cloud.adaptation.synthetic import EnvironmentRenderer
-from cloud.adaptation.vplu import VPLU, Uploads
+from cloud.adaptation.vplu import VPLU, FitRequest, UpdateResult, Uploads
 from cloud.students.preprocess import pixels_to_uint8, unit_pixels
 from protocol.config.adaptation import SessionConfig
 from protocol.errors import DataError
 
-__all__ = ["AdaptationSession", "SessionConfig", "UploadBatch"]
+__all__ = ["AdaptationSession", "PendingFit", "SessionConfig", "UploadBatch"]
 log = logging.getLogger("cdca.cloud")
 
 
@@ -51,6 +52,14 @@ class UploadBatch:
     uncertainty: torch.Tensor
     batch_stats: torch.Tensor
     shift: bool = False
+
+
+@dataclass(frozen=True)
+class PendingFit:
+    """A batch taken in: whether the device must switch prompts already, and the fit to run."""
+
+    changed: bool
+    request: FitRequest | None
 
 
 @dataclass(frozen=True)
@@ -111,11 +120,47 @@ class AdaptationSession:
         ``fit``: False only buffers the uploads (and still restarts on a shift): a server
         that fell behind fits once on the newest of a device's waiting batches.
         """
+        self.check(batch)
+        began = time.perf_counter()
+        with torch.no_grad():
+            logits = self.teacher(batch.pixels).float() if len(batch.pixels) else None
+        self.seconds += time.perf_counter() - began
+        pending = self.take(batch, logits, start, pooled, fit)
+        began = time.perf_counter()
+        result = self.vplu.update_many([pending.request])[0] if pending.request else None
+        self.seconds += time.perf_counter() - began
+        return self.finish(pending, result)
+
+    def check(self, batch: UploadBatch) -> None:
+        """Raise ``DataError`` for a batch this device's model cannot take (it costs nothing)."""
+        _check(batch, self.vplu.running_stats)
+
+    def take(
+        self,
+        batch: UploadBatch,
+        teacher_logits: torch.Tensor | None,
+        start: Prompt | None = None,
+        pooled: PooledUploads | None = None,
+        fit: bool = True,
+    ) -> PendingFit:
+        """``ingest`` up to the fit: the fit to run, if any, for ``finish`` to take the result of.
+
+        ``teacher_logits``: the teacher's (n, C) logits for the batch's pixels, computed by
+        the caller (one teacher pass for many devices' batches).
+        """
         began = time.perf_counter()
         try:
-            return self._ingest(batch, start, pooled, fit)
+            self.check(batch)
+            return self._take(batch, teacher_logits, start, pooled, fit)
         finally:
             self.seconds += time.perf_counter() - began
+
+    def finish(self, pending: PendingFit, result: UpdateResult | None) -> Prompt | None:
+        """The prompt the device should switch to after ``pending``'s fit gave ``result``."""
+        changed = pending.changed
+        if result is not None:
+            changed = self._accept(result) or changed
+        return self.bank.current() if changed else None
 
     def stay_uploads(self) -> PooledUploads | None:
         """This environment's own uploads still in the buffer (None: none)."""
@@ -129,12 +174,20 @@ class AdaptationSession:
             torch.stack([s.batch_stats for s in own]),
         )
 
-    def _ingest(
-        self, batch: UploadBatch, start: Prompt | None, pooled: PooledUploads | None, fit: bool
-    ) -> Prompt | None:
-        _check(batch, self.vplu.running_stats)
+    def _take(
+        self,
+        batch: UploadBatch,
+        teacher_logits: torch.Tensor | None,
+        start: Prompt | None,
+        pooled: PooledUploads | None,
+        fit: bool,
+    ) -> PendingFit:
         if pooled is not None and pooled.batch_stats.shape[1:] != self.vplu.running_stats.shape:
             raise DataError("pooled uploads do not fit this device model's statistics")
+        if len(batch.pixels) and (
+            teacher_logits is None or len(teacher_logits) != len(batch.pixels)
+        ):
+            raise DataError("the teacher's logits do not match the uploads")
         changed = False
         if batch.shift and self.config.restart_on_shift:
             self.bank.new_environment()
@@ -146,15 +199,17 @@ class AdaptationSession:
             self.shifts += 1
             changed = True  # the device should drop the old environment's prompt now
         if len(batch.pixels):
-            self._store(batch)
+            assert teacher_logits is not None
+            self._store(batch, teacher_logits)
+        request = None
         if fit and len(self.buffer) >= self.config.min_uploads and len(batch.pixels):
-            changed = self._update() or changed
-        return self.bank.current() if changed else None
+            request = self._request()
+        return PendingFit(changed, request)
 
     @torch.no_grad()
-    def _store(self, batch: UploadBatch) -> None:
+    def _store(self, batch: UploadBatch, teacher_logits: torch.Tensor) -> None:
         x = self.normalize(batch.pixels)
-        teacher_logits = self.teacher(batch.pixels).float()
+        teacher_logits = teacher_logits.float()
         stats = batch.batch_stats.detach().float()
         frames = pixels_to_uint8(batch.pixels)
         for i in range(len(x)):
@@ -180,7 +235,8 @@ class AdaptationSession:
                 )
             )
 
-    def _update(self) -> bool:
+    def _request(self) -> FitRequest:
+        """The fit of the current environment's prompt on the whole buffer."""
         samples = list(self.buffer)
         uploads = Uploads(
             x=torch.stack([s.x for s in samples]),
@@ -188,7 +244,10 @@ class AdaptationSession:
             uncertainty=torch.tensor([s.uncertainty for s in samples]),
             teacher_logits=torch.stack([s.teacher_logits for s in samples]),
         )
-        result = self.vplu.update(uploads, self.bank.current(), self._synthetic_view(samples))
+        return FitRequest(uploads, self.bank.current(), self._synthetic_view(samples))
+
+    def _accept(self, result: UpdateResult) -> bool:
+        """Bank a fit's prompt if it ships and passes the guard; True when the device should switch."""
         self.updates += 1
         problem = prompt_problem(result.prompt, self.vplu.neutral) if result.shipped else None
         if problem is not None:

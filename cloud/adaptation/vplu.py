@@ -14,20 +14,33 @@ by teacher confidence) and a supervised loss (cross-entropy on confident teacher
 pseudo-labels); (3) blend with the last shipped prompt by an EMA whose momentum falls as
 the uploads' uncertainty rises; (4) the safety valve: ship only if agreement with the
 teacher on the held-out part does not drop. ``guided=False`` (the ablation) weighs every
-sample alike and keeps the momentum fixed.
+sample alike and keeps the momentum fixed. ``update_many`` does this for many devices in
+shared model passes (``cloud.adaptation.batched``), each device's result its own.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
+from cloud.adaptation.batched import Chunk, chunks, default_chunk_samples, per_sample, split_stacked
 from cloud.export.device_model import AdaptiveBatchNorm, DeviceModel
 from protocol.config.adaptation import PARTS, VPLUConfig
 
-__all__ = ["PARTS", "VPLU", "UpdateResult", "Uploads", "VPLUConfig", "encoder_norm_mask"]
+__all__ = [
+    "PARTS",
+    "VPLU",
+    "FitCancelled",
+    "FitRequest",
+    "UpdateResult",
+    "Uploads",
+    "VPLUConfig",
+    "encoder_norm_mask",
+]
 
 
 def encoder_norm_mask(model: DeviceModel) -> torch.Tensor:
@@ -61,6 +74,19 @@ class Uploads:
     teacher_logits: torch.Tensor
 
 
+class FitCancelled(Exception):
+    """``VPLU.stop`` was set during a fit; nothing it was fitting changed."""
+
+
+@dataclass(frozen=True)
+class FitRequest:
+    """One device's part of a fit: its uploads, the prompt it has, and extra training samples."""
+
+    uploads: Uploads
+    shipped: dict[str, torch.Tensor]
+    extra: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
 @dataclass
 class UpdateResult:
     """What one update decided."""
@@ -77,8 +103,13 @@ class VPLU:
     """Learns the prompt parts for one device model copy; holds no transport state."""
 
     def __init__(
-        self, model: DeviceModel, class_vectors: torch.Tensor, config: VPLUConfig | None = None
+        self,
+        model: DeviceModel,
+        class_vectors: torch.Tensor,
+        config: VPLUConfig | None = None,
+        chunk_samples: int | None = None,
     ) -> None:
+        """``chunk_samples``: samples per model pass when fitting many devices (None: by hardware)."""
         self.model = model.eval().requires_grad_(False)
         self.class_vectors = class_vectors.detach().float()
         self.config = config or VPLUConfig()
@@ -87,6 +118,11 @@ class VPLU:
         self.running_stats = torch.cat(running, dim=1)  # (2, K)
         self.neutral = self.neutral_prompt()
         self.norm_mask = encoder_norm_mask(self.model)
+        device = self.running_stats.device
+        self.chunk_samples = chunk_samples or default_chunk_samples(device)
+        # set from another thread to end a running fit within one pass (a server stopping
+        # must not wait for many devices' fits)
+        self.stop = threading.Event()
 
     def neutral_prompt(self) -> dict[str, torch.Tensor]:
         """The prompt parts of the unadapted student (zeros and the shipped class vectors)."""
@@ -121,27 +157,52 @@ class VPLU:
         synthetic environment samples (``cloud.adaptation.synthetic``); never held out, so the
         safety valve judges on uploads alone.
         """
+        return self.update_many([FitRequest(uploads, shipped, extra)])[0]
+
+    def update_many(self, requests: list[FitRequest]) -> list[UpdateResult]:
+        """``update`` for many devices at once, each result what its own ``update`` gives.
+
+        The devices' samples share every model pass (``cloud.adaptation.batched``); each keeps
+        its own targets, optimiser state, EMA and safety valve.
+        """
+        if not requests:
+            return []
         cfg = self.config
-        held = torch.zeros(len(uploads.x), dtype=torch.bool)
-        held[cfg.holdout_every - 1 :: cfg.holdout_every] = True
-        stats = self.replay_stats(uploads.batch_stats)
-        target = self.targets(uploads, stats, shipped)
-        x_train, target_train = uploads.x[~held], target[~held]
-        if extra is not None:
-            x_train, target_train = (
-                torch.cat([x_train, extra[0]]),
-                torch.cat([target_train, extra[1]]),
+        stats = [self.replay_stats(r.uploads.batch_stats) for r in requests]
+        targets = self._targets_many(requests, stats)
+        helds, trains = [], []
+        for request, target in zip(requests, targets, strict=True):
+            held = torch.zeros(len(request.uploads.x), dtype=torch.bool)
+            held[cfg.holdout_every - 1 :: cfg.holdout_every] = True
+            x_train, target_train = request.uploads.x[~held], target[~held]
+            if request.extra is not None:
+                x_train = torch.cat([x_train, request.extra[0]])
+                target_train = torch.cat([target_train, request.extra[1]])
+            helds.append(held)
+            trains.append((x_train, target_train))
+        shipped = [r.shipped for r in requests]
+        learned, losses = self._fit_many(trains, stats, shipped)
+        candidates, momenta = [], []
+        for request, prompt in zip(requests, learned, strict=True):
+            momentum = self.momentum(request.uploads.uncertainty)
+            momenta.append(momentum)
+            old = request.shipped
+            candidates.append(
+                {
+                    k: momentum * old[k] + (1 - momentum) * prompt[k] if k in prompt else old[k]
+                    for k in old
+                }
             )
-        learned, losses = self._fit(x_train, target_train, stats, shipped)
-        momentum = self.momentum(uploads.uncertainty)
-        candidate = {
-            k: momentum * shipped[k] + (1 - momentum) * learned[k] if k in learned else shipped[k]
-            for k in shipped
-        }
-        before = self._agreement(uploads.x[held], target[held], stats, shipped)
-        after = self._agreement(uploads.x[held], target[held], stats, candidate)
-        ship = after >= before  # ties ship: the targets agree no less with the new prompt
-        return UpdateResult(ship, candidate if ship else shipped, before, after, momentum, losses)
+        held_x = [r.uploads.x[h] for r, h in zip(requests, helds, strict=True)]
+        held_target = [t[h] for t, h in zip(targets, helds, strict=True)]
+        before = self._agreement_many(held_x, held_target, stats, shipped)
+        after = self._agreement_many(held_x, held_target, stats, candidates)
+        results = []
+        for i, request in enumerate(requests):
+            ship = after[i] >= before[i]  # ties ship: the targets agree no less with the new prompt
+            prompt = candidates[i] if ship else request.shipped
+            results.append(UpdateResult(ship, prompt, before[i], after[i], momenta[i], losses[i]))
+        return results
 
     def momentum(self, uncertainty: torch.Tensor) -> float:
         """Share of the old prompt kept: lower when the uploads are uncertain (SVDP's rule).
@@ -165,48 +226,118 @@ class VPLU:
         blur) the device's batch-normalised view often knows better, and neither alone is
         best.
         """
-        teacher = uploads.teacher_logits.softmax(dim=1)
-        if self.config.target == "teacher":
-            return teacher
-        views = [teacher, self.logits(uploads.x, shipped, stats).softmax(dim=1)]
-        weights = [view.max(dim=1, keepdim=True).values for view in views]
-        weighted: torch.Tensor = sum(w * view for w, view in zip(weights, views, strict=True))  # type: ignore[assignment]
-        total: torch.Tensor = sum(weights)  # type: ignore[assignment]
-        return weighted / total
+        return self._targets_many([FitRequest(uploads, shipped)], [stats])[0]
 
-    def _fit(
+    @torch.no_grad()
+    def _targets_many(
+        self, requests: list[FitRequest], stats: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        teachers = [r.uploads.teacher_logits.softmax(dim=1) for r in requests]
+        if self.config.target == "teacher":
+            return teachers
+        views = self._logits_many(
+            [r.uploads.x for r in requests], [r.shipped for r in requests], stats
+        )
+        out = []
+        for teacher, view in zip(teachers, views, strict=True):
+            device = view.softmax(dim=1)
+            w_teacher = teacher.max(dim=1, keepdim=True).values
+            w_device = device.max(dim=1, keepdim=True).values
+            out.append((w_teacher * teacher + w_device * device) / (w_teacher + w_device))
+        return out
+
+    def _logits_many(
         self,
-        x: torch.Tensor,
-        target: torch.Tensor,
-        stats: torch.Tensor,
-        start: dict[str, torch.Tensor],
-    ) -> tuple[dict[str, torch.Tensor], list[float]]:
+        xs: list[torch.Tensor],
+        prompts: list[dict[str, torch.Tensor]],
+        stats: list[torch.Tensor],
+    ) -> list[torch.Tensor]:
+        """Each device's logits for its ``xs`` under its prompt and replayed statistics."""
+        out: list[torch.Tensor] = []
+        for chunk, logits in self._chunk_logits(xs, prompts, stats):
+            out.extend(logits.split([len(x) for x in xs[chunk.first : chunk.last]]))
+        return out
+
+    def _chunk_logits(
+        self,
+        xs: list[torch.Tensor],
+        prompts: list[dict[str, torch.Tensor]],
+        stats: list[torch.Tensor],
+        trained: dict[str, torch.Tensor] | None = None,
+    ) -> Iterator[tuple[Chunk, torch.Tensor]]:
+        """Chunk by chunk: the chunk and its samples' logits (``trained``: stacked parts to learn)."""
+        trained = trained or {}
+        stacked, shared = split_stacked(prompts, tuple(k for k in PARTS if k not in trained))
+        stacked.update(trained)
+        stacked["norm_stats"] = torch.stack(stats)
+        neutral = self.model.neutral_inputs(self.class_vectors)
+        shared = {"norm_stats": neutral["norm_stats"], **shared}
+        for chunk in chunks(xs, self.chunk_samples):
+            if self.stop.is_set():
+                raise FitCancelled("the fit was stopped (the server is shutting down)")
+            if not len(chunk.x):  # e.g. no held-out samples yet
+                yield chunk, chunk.x.new_zeros(0, len(self.class_vectors))
+                continue
+            inputs = per_sample(chunk, stacked, shared)
+            yield chunk, self.model.replayed_logits(x=chunk.x, **inputs)
+
+    def _fit_many(
+        self,
+        trains: list[tuple[torch.Tensor, torch.Tensor]],
+        stats: list[torch.Tensor],
+        starts: list[dict[str, torch.Tensor]],
+    ) -> tuple[list[dict[str, torch.Tensor]], list[list[float]]]:
+        """Adam on every device's prompt parts at once; the loss is a sum of per-device losses."""
         cfg = self.config
-        params = {k: start[k].clone().requires_grad_(True) for k in cfg.parts}
+        params = {
+            k: torch.stack([s[k] for s in starts]).clone().requires_grad_(True) for k in cfg.parts
+        }
+        start_stacked = {k: v.detach().clone() for k, v in params.items()}
         optimizer = torch.optim.Adam(list(params.values()), lr=cfg.lr)
+        xs = [x for x, _ in trains]
+        terms = [self._loss_terms(target) for _, target in trains]
+        losses = torch.zeros(cfg.steps, len(trains))
+        for step in range(cfg.steps):
+            optimizer.zero_grad(set_to_none=True)
+            for chunk, student in self._chunk_logits(xs, starts, stats, params):
+                loss = self._chunk_loss(chunk, student, terms, params)
+                loss.sum().backward()
+                losses[step, chunk.first : chunk.last] = loss.detach()
+            optimizer.step()
+            self._keep_masked(params, start_stacked)
+        learned = [{k: v[i].detach() for k, v in params.items()} for i in range(len(trains))]
+        return learned, losses.T.tolist()
+
+    def _loss_terms(self, target: torch.Tensor) -> _LossTerms:
         confidence, pseudo = target.max(dim=1)
-        confident = confidence >= cfg.confidence_threshold
         # Guided: trust each sample as much as its target does (lesson 4 of the prototype:
         # the most uncertain uploads are where the teacher is also wrong).
-        weight = confidence if cfg.guided else torch.ones_like(confidence)
-        losses = []
-        for _ in range(cfg.steps):
-            student = self.logits(x, {**start, **params}, stats)
-            kl = F.kl_div(student.log_softmax(1), target, reduction="none").sum(1)
-            loss = cfg.align_weight * (weight * kl).sum() / weight.sum().clamp_min(1e-8)
-            if confident.any():
-                loss = loss + cfg.supervised_weight * F.cross_entropy(
-                    student[confident], pseudo[confident]
-                )
-            loss = loss + cfg.l2 * sum(
-                ((p - self.neutral[k]) ** 2).sum() for k, p in params.items()
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            self._keep_masked(params, start)
-            losses.append(float(loss.detach()))
-        return {k: v.detach() for k, v in params.items()}, losses
+        weight = confidence if self.config.guided else torch.ones_like(confidence)
+        return _LossTerms(target, weight, pseudo, confidence >= self.config.confidence_threshold)
+
+    def _chunk_loss(
+        self,
+        chunk: Chunk,
+        student: torch.Tensor,
+        terms: list[_LossTerms],
+        params: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
+        """(devices,) each chunk device's loss: weighted KL, confident cross-entropy, L2."""
+        cfg = self.config
+        mine = terms[chunk.first : chunk.last]
+        target = torch.cat([t.target for t in mine])
+        weight = torch.cat([t.weight for t in mine])
+        confident = torch.cat([t.confident for t in mine]).float()
+        kl = F.kl_div(student.log_softmax(1), target, reduction="none").sum(1)
+        align = chunk.per_device(weight * kl) / chunk.per_device(weight).clamp_min(1e-8)
+        pseudo = torch.cat([t.pseudo for t in mine])
+        ce = F.cross_entropy(student, pseudo, reduction="none") * confident
+        supervised = chunk.per_device(ce) / chunk.per_device(confident).clamp_min(1.0)
+        l2 = sum(
+            ((p[chunk.first : chunk.last] - self.neutral[k]) ** 2).flatten(1).sum(1)
+            for k, p in params.items()
+        )
+        return cfg.align_weight * align + cfg.supervised_weight * supervised + cfg.l2 * l2
 
     @torch.no_grad()
     def _keep_masked(self, params: dict[str, torch.Tensor], start: dict[str, torch.Tensor]) -> None:
@@ -216,14 +347,26 @@ class VPLU:
             norm.copy_(self.norm_mask * norm + (1 - self.norm_mask) * start["norm_affine"])
 
     @torch.no_grad()
-    def _agreement(
+    def _agreement_many(
         self,
-        x: torch.Tensor,
-        target: torch.Tensor,
-        stats: torch.Tensor,
-        prompt: dict[str, torch.Tensor],
-    ) -> float:
-        if len(x) == 0:
-            return 0.0
-        student = self.logits(x, prompt, stats).argmax(1)
-        return float((student == target.argmax(1)).float().mean())
+        xs: list[torch.Tensor],
+        targets: list[torch.Tensor],
+        stats: list[torch.Tensor],
+        prompts: list[dict[str, torch.Tensor]],
+    ) -> list[float]:
+        """Per device: the share of its held-out samples where prompt and target agree."""
+        logits = self._logits_many(xs, prompts, stats)
+        return [
+            float((student.argmax(1) == target.argmax(1)).float().mean()) if len(x) else 0.0
+            for x, student, target in zip(xs, logits, targets, strict=True)
+        ]
+
+
+@dataclass(frozen=True)
+class _LossTerms:
+    """One device's fit targets: probabilities, sample weights, pseudo-labels, which are confident."""
+
+    target: torch.Tensor
+    weight: torch.Tensor
+    pseudo: torch.Tensor
+    confident: torch.Tensor

@@ -77,6 +77,10 @@ class AdaptiveBatchNorm(nn.Module):
         """Normalise with blended statistics, then apply the adjusted affine."""
         lo, hi = self.layer.offset, self.layer.offset + self.layer.channels
         knobs = self.knobs
+        if knobs.norm_affine.ndim == 3:  # (N, 2, K): one prompt per sample (replay only)
+            return self._per_sample(
+                x, knobs.norm_affine[:, :, lo:hi], knobs.norm_stats[:, :, lo:hi]
+            )
         ref_mean = self.running_mean + knobs.norm_stats[0, lo:hi]
         ref_var = self.running_var * torch.exp(knobs.norm_stats[1, lo:hi])
         shape = (1, -1, *([1] * (x.ndim - 2)))
@@ -90,6 +94,17 @@ class AdaptiveBatchNorm(nn.Module):
             return F.batch_norm(x, mean, var, weight, bias, False, 0.0, self.eps)
         scale = weight / torch.sqrt(var + self.eps)
         return x * scale.view(shape) + (bias - mean * scale).view(shape)
+
+    def _per_sample(
+        self, x: torch.Tensor, affine: torch.Tensor, stats: torch.Tensor
+    ) -> torch.Tensor:
+        """Reference statistics and affine per sample: many devices' fits in one batch."""
+        mean = self.running_mean + stats[:, 0]  # (N, channels)
+        var = self.running_var * torch.exp(stats[:, 1])
+        scale = self.weight * (1 + affine[:, 0]) / torch.sqrt(var + self.eps)
+        shift = self.bias + affine[:, 1] - mean * scale
+        shape = (len(x), -1, *([1] * (x.ndim - 2)))
+        return x * scale.view(shape) + shift.view(shape)
 
     def _blend(
         self, x: torch.Tensor, ref_mean: torch.Tensor, ref_var: torch.Tensor
@@ -168,16 +183,31 @@ class DeviceModel(nn.Module):
         self.knobs.norm_stats = norm_stats
         self.knobs.stat_mix = stat_mix
         self.knobs.observed = []
-        x = x * (1 + input_affine[0].view(1, 3, 1, 1)) + input_affine[1].view(1, 3, 1, 1) + prompt
+        if input_affine.ndim == 3:  # (N, 2, 3): each sample its own device's values
+            per_sample = input_affine.view(-1, 2, 3, 1, 1)
+            x = x * (1 + per_sample[:, 0]) + per_sample[:, 1] + prompt
+        else:
+            x = (
+                x * (1 + input_affine[0].view(1, 3, 1, 1))
+                + input_affine[1].view(1, 3, 1, 1)
+                + prompt
+            )
         embedding = F.normalize(
             self.student.projector(self.student.encoder.forward_features(x)), dim=-1
         )
-        logits = self.student.logit_scale * embedding @ class_vectors.T
+        if class_vectors.ndim == 3:  # (N, C, D): each sample's own class vectors
+            logits = self.student.logit_scale * torch.einsum("nd,ncd->nc", embedding, class_vectors)
+        else:
+            logits = self.student.logit_scale * embedding @ class_vectors.T
         observed = self.knobs.observed
         return logits, embedding, torch.cat(observed, dim=1) if observed else torch.empty(2, 0)
 
     def replayed_logits(self, **inputs: torch.Tensor) -> torch.Tensor:
         """Logits for every input but ``stat_mix``, with it 0 and no batch statistics computed.
+
+        Per-sample prompts (the cloud fitting many devices in one batch): ``norm_affine`` and
+        ``norm_stats`` (N, 2, K), ``input_affine`` (N, 2, 3), ``prompt`` (N, 3, H, W) and
+        ``class_vectors`` (N, C, D) give each sample its own device's values.
 
         What the cloud trains through: it replays the device's statistics in ``norm_stats``,
         so the blend gives the batch statistics weight 0 and the logits are the same, but

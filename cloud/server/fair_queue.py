@@ -8,7 +8,8 @@ with seconds of adaptation as the cost. A device that floods gets its share of t
 worker, not more, however many batches it queues; a device that was idle rejoins at the
 busiest devices' level, so it cannot bank credit either. Within a device the order stays
 the arrival order (a session's buffer depends on it); the worker's catch-up still fits
-only on a device's newest waiting batch.
+only on a device's newest waiting batch. ``take`` hands the worker one batch from each of
+several devices, in the same order, for one shared fit.
 """
 
 from __future__ import annotations
@@ -46,6 +47,24 @@ class FairQueue:
         if not queue:
             del self._queues[device_id]
         return device_id, path
+
+    async def take(self, devices: int) -> list[tuple[str, Path]]:
+        """The oldest batch of up to ``devices`` waiting devices, least worker time first.
+
+        Waits for the first; the others are whatever is already queued. One batch per device:
+        a device's batches stay in order, each seeing the buffer the one before left.
+        """
+        taken = [await self.get()]
+        while len(taken) < devices:
+            others = [d for d in self._queues if d not in {t[0] for t in taken}]
+            if not others:
+                break
+            device_id = min(others, key=lambda d: self._used[d])
+            queue = self._queues[device_id]
+            taken.append((device_id, queue.popleft()))
+            if not queue:
+                del self._queues[device_id]
+        return taken
 
     def charge(self, device_id: str, seconds: float) -> None:
         """The worker spent ``seconds`` on the device's batch."""

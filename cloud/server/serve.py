@@ -59,7 +59,9 @@ async def run_server(
     registry = DeviceRegistry(registry_path(config.state_dir))
     board = PromptBoard()
     inbox = Inbox(config.state_dir / "inbox")
-    worker = AdaptationWorker(cloud_models, registry, inbox, board, config.state_dir, config.limits)
+    worker = AdaptationWorker(
+        cloud_models, registry, inbox, board, config.state_dir, config.limits, config.fit_devices
+    )
     requeued = worker.restore()
     server, port, health_servicer = _build_server(
         config, registry, inbox, worker, board, cloud_models

@@ -1,11 +1,13 @@
-"""``AdaptationWorker``: turns the upload inbox into prompts, one batch at a time, off the event loop.
+"""``AdaptationWorker``: turns the upload inbox into prompts, many devices per fit, off the event loop.
 
 Each device gets an ``AdaptationSession`` (cloud/adaptation/session.py) whose prompt bank
 is restored from disk at start-up, as is the fleet's environment bank (saved whenever a
 device leaves an environment). VPLU runs in one background thread (torch releases the
 GIL, so the gRPC loop keeps answering); a prompt that passes the safety valve is saved,
 then published. An inbox file is removed only after its batch was ingested, the bank
-saved and the batch recorded in ``ingested.log``, so a crash re-runs at most that batch.
+saved and the batch recorded in ``ingested.log``, so a crash re-runs at most one pass. A
+pass takes one waiting batch from each of up to ``fit_devices`` devices and fits them all
+at once (``FleetCloud.ingest_many``: one teacher pass, shared model passes).
 A batch the session refuses is moved to ``rejected/`` with a log line: one bad batch never
 stops the worker. A cloud slower than its devices catches up instead of falling further
 behind: while a newer batch from the same device waits, a batch is only buffered, and the
@@ -35,7 +37,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cloud.adaptation.fleet import DeviceBatch
 from cloud.adaptation.guard import prompt_problem
+from cloud.adaptation.prompt_bank import Prompt
 from cloud.adaptation.session import AdaptationSession, UploadBatch
 from cloud.server.board import PromptBoard
 from cloud.server.fair_queue import FairQueue
@@ -76,6 +80,7 @@ class AdaptationWorker:
         board: PromptBoard,
         state_dir: Path,
         limits: LimitsConfig | None = None,
+        fit_devices: int = 64,
     ) -> None:
         self.cloud_models, self.registry, self.inbox, self.board = (
             cloud_models,
@@ -94,6 +99,7 @@ class AdaptationWorker:
         self.quota = InboxQuota(limits or LimitsConfig())
         self.sizes: dict[Path, int] = {}  # bytes of each queued inbox file
         self.deferred: Counter[str] = Counter()  # batches buffered without a fit, per device
+        self.fit_devices = fit_devices  # devices one pass takes together
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="vplu")
         self.processed = self.unsaved_prompts = 0
         self._shared_cache: tuple[tuple[int, int, int], cdca_pb2.Prompt] | None = None
@@ -136,25 +142,24 @@ class AdaptationWorker:
         self.queue.put(device_id, path)
 
     async def run(self) -> None:
-        """Ingest queued batches until cancelled."""
+        """Ingest queued batches until cancelled, one batch each of up to ``fit_devices`` per pass."""
         loop = asyncio.get_running_loop()
         while True:
             self.apply_forgets()
             try:
-                device_id, path = await asyncio.wait_for(self.queue.get(), FORGET_CHECK_SECONDS)
+                taken = await asyncio.wait_for(
+                    self.queue.take(self.fit_devices), FORGET_CHECK_SECONDS
+                )
             except TimeoutError:
                 continue
             began = time.perf_counter()
             try:
-                await self._process(loop, device_id, path)
-            except CdcaError as err:
-                log.warning("rejected %s: %s", path.name, err)
-                self.rejected.mkdir(parents=True, exist_ok=True)
-                with contextlib.suppress(FileNotFoundError):
-                    path.replace(self.rejected / path.name)
+                await self._process(loop, taken)
             finally:
-                self.quota.remove(device_id, self.sizes.pop(path, 0))
-                self.queue.charge(device_id, time.perf_counter() - began)
+                share = (time.perf_counter() - began) / len(taken)
+                for device_id, path in taken:
+                    self.quota.remove(device_id, self.sizes.pop(path, 0))
+                    self.queue.charge(device_id, share)
 
     def apply_forgets(self) -> None:
         """Drop what each device revoked with ``--forget`` contributed (between batches only)."""
@@ -210,34 +215,65 @@ class AdaptationWorker:
         return self.unsaved_prompts + sum(s.rejected_fits for s in self.sessions.values())
 
     def close(self) -> None:
-        """Let the running update finish, then stop the thread."""
+        """Stop the running fit within one model pass, then the thread.
+
+        Its batches stay in the inbox (a batch leaves only after its pass), so the next
+        start ingests them again: stopping loses nothing and waits for no long fit.
+        """
+        self.fleet.vplu.stop.set()
         self.executor.shutdown(wait=True, cancel_futures=True)
 
-    async def _process(self, loop: asyncio.AbstractEventLoop, device_id: str, path: Path) -> None:
+    async def _process(
+        self, loop: asyncio.AbstractEventLoop, taken: list[tuple[str, Path]]
+    ) -> None:
+        """One pass: load each device's batch, ingest them together, publish, then mark done."""
+        work = [w for w in (self._load(device_id, path) for device_id, path in taken) if w]
+        outcomes = await loop.run_in_executor(self.executor, self._ingest, work)
+        for (path, batch, fit), outcome in zip(work, outcomes, strict=True):
+            if isinstance(outcome, CdcaError):
+                self._reject(path, outcome)
+                continue
+            self._count_deferred(batch.device_id, fit, batch.batch_id)
+            if outcome is not None:
+                await self.board.publish(batch.device_id, outcome)
+                log.info(
+                    "prompt v%d for %s (environment %s, from batch %d, %d uploads buffered)",
+                    outcome.version,
+                    batch.device_id,
+                    outcome.environment_id,
+                    batch.batch_id,
+                    len(self.sessions[batch.device_id].buffer),
+                )
+            self.ledger.record(path, batch.device_id, len(batch.images))
+            self.inbox.done(path)  # last: a crash before this re-ingests the batch, loses nothing
+            self.processed += 1
+
+    def _load(self, device_id: str, path: Path) -> tuple[Path, StoredBatch, bool] | None:
+        """A queued batch, ready to ingest, and whether to fit on it (None: it was rejected)."""
         # no fit while a newer batch of this device is queued, unless it has waited too long
         fit = (
             self.queue.waiting(device_id) == 0
             or self.deferred[device_id] >= MAX_BUFFERED_WITHOUT_FIT
         )
-        batch = self.inbox.load(path)
-        if not self.registry.is_enrolled(batch.device_id):
-            raise CdcaError(f"device {batch.device_id!r} is no longer enrolled")
-        session = self.sessions.get(batch.device_id) or self._load_session(batch.device_id)[0]
-        message = await loop.run_in_executor(self.executor, self._ingest, session, batch, fit)
-        self._count_deferred(batch.device_id, fit, batch.batch_id)
-        if message is not None:
-            await self.board.publish(batch.device_id, message)
-            log.info(
-                "prompt v%d for %s (environment %s, from batch %d, %d uploads buffered)",
-                message.version,
-                batch.device_id,
-                message.environment_id,
-                batch.batch_id,
-                len(session.buffer),
-            )
-        self.ledger.record(path, batch.device_id, len(batch.images))
-        self.inbox.done(path)  # last: a crash before this re-ingests the batch, loses nothing
-        self.processed += 1
+        try:
+            batch = self.inbox.load(path)
+            if batch.device_id != device_id:
+                raise CdcaError(f"inbox file of {device_id!r} holds a batch of {batch.device_id!r}")
+            if not self.registry.is_enrolled(batch.device_id):
+                raise CdcaError(f"device {batch.device_id!r} is no longer enrolled")
+        except CdcaError as err:
+            self._reject(path, err)
+            return None
+        if batch.device_id not in self.sessions:
+            self._load_session(batch.device_id)
+        return path, batch, fit
+
+    def _reject(self, path: Path, err: CdcaError) -> None:
+        """Move a batch that cannot be ingested to ``rejected/``; the worker goes on."""
+        log.warning("rejected %s: %s", path.name, err)
+        self.rejected.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            path.replace(self.rejected / path.name)
 
     def _count_deferred(self, device_id: str, fitted: bool, batch_id: int) -> None:
         if not fitted:
@@ -253,29 +289,39 @@ class AdaptationWorker:
             )
 
     def _ingest(
-        self, session: AdaptationSession, batch: StoredBatch, fit: bool
-    ) -> cdca_pb2.Prompt | None:
-        """In the worker thread: learn, and if a prompt ships, persist the bank before publishing."""
-        pixels = pixels_from_uint8(batch.images)
-        upload = UploadBatch(
-            pixels,
-            torch.from_numpy(batch.uncertainty),
-            torch.from_numpy(batch.batch_stats),
-            batch.shift,
-        )
-        if batch.shift:
-            log.info("%s reports a new environment at batch %d", batch.device_id, batch.batch_id)
-        prompt = self.fleet.ingest(batch.device_id, upload, fit)
+        self, work: list[tuple[Path, StoredBatch, bool]]
+    ) -> list[cdca_pb2.Prompt | None | CdcaError]:
+        """In the worker thread: learn; for every prompt that ships, persist the bank first."""
+        batches = []
+        for _, batch, fit in work:
+            if batch.shift:
+                log.info(
+                    "%s reports a new environment at batch %d", batch.device_id, batch.batch_id
+                )
+            upload = UploadBatch(
+                pixels_from_uint8(batch.images),
+                torch.from_numpy(batch.uncertainty),
+                torch.from_numpy(batch.batch_stats),
+                batch.shift,
+            )
+            batches.append(DeviceBatch(batch.device_id, upload, fit))
+        outcomes = self.fleet.ingest_many(batches)
         if self.fleet.environments.changes != self.saved_changes:  # a device left an environment
             save_environments(self.environments_file, self.fleet.environments)
             self.saved_changes = self.fleet.environments.changes
-        if prompt is None:
-            return None
+        return [
+            self._saved_message(batch, outcome) if isinstance(outcome, dict) else outcome
+            for (_, batch, _), outcome in zip(work, outcomes, strict=True)
+        ]
+
+    def _saved_message(self, batch: StoredBatch, prompt: Prompt) -> cdca_pb2.Prompt | None:
+        """The bank saved with the new prompt, and its message (None: the guard refused it)."""
         problem = prompt_problem(prompt, self.cloud_models.neutral)
         if problem is not None:  # the session guards its fits; this guards what is saved
             log.warning("%s: a prompt was not saved or published: %s", batch.device_id, problem)
             self.unsaved_prompts += 1
             return None
+        session = self.sessions[batch.device_id]
         version = self.registry.next_prompt_version(batch.device_id)
         save_bank(self.banks / f"{batch.device_id}.safetensors", session.bank, version)
         return self._message(session, version, batch.batch_id)

@@ -93,6 +93,8 @@ class ServerConfig:
         upload_slack: uploads a device may make beyond its budget (a burst at its start).
         max_message_bytes: gRPC message cap in both directions.
         max_devices: enrolment stops here.
+        fit_devices: devices whose waiting batches one fit takes together (one teacher pass,
+            one ``VPLU.update_many``); 1 fits one device at a time.
         tls: the server's certificate (a ``[server.tls]`` table); none: plain text.
         limits: what one device may cost the server (``[server.limits]``).
     """
@@ -104,6 +106,7 @@ class ServerConfig:
     upload_slack: int = 16
     max_message_bytes: int = 4 * 1024 * 1024
     max_devices: int = 1024
+    fit_devices: int = 64
     tls: TLSConfig | None = None
     limits: LimitsConfig = field(default_factory=LimitsConfig)
 
@@ -114,6 +117,8 @@ class ServerConfig:
             raise ConfigError("max_message_bytes below 64 KiB cannot carry one upload chunk")
         if self.upload_slack < 0 or self.max_devices < 1:
             raise ConfigError("upload_slack must be >= 0 and max_devices >= 1")
+        if self.fit_devices < 1:
+            raise ConfigError(f"fit_devices must be >= 1, got {self.fit_devices}")
 
     @property
     def address(self) -> str:

@@ -213,11 +213,14 @@ def _add_perf(sub: argparse._SubParsersAction) -> None:
         help="device, cloud and communication costs, as ratios measured in one run",
         description="Exports the shipped student (fp32, int8 and a plain graph), then measures "
         "device latency (prompt overhead, int8, onnxruntime vs PyTorch eager, peak memory), "
-        "cloud VPLU updates vs buffer size, fleet rounds vs devices, and uplink bytes of "
+        "cloud VPLU updates vs buffer size, cloud ms per device update vs fleet size (one at a "
+        "time and batched), and uplink bytes of "
         "U-VPA vs cloud inference. Writes perf.json, perf.md and perf.png.",
     )
     perf.add_argument("--data", default=str(DEFAULT_DATA), help="benchmark (default: %(default)s)")
-    perf.add_argument("--devices", default="1,4,16,64", help="fleet sizes for the cloud curve")
+    perf.add_argument(
+        "--devices", default="1,4,16,64,256", help="fleet sizes for the cloud cost curve"
+    )
     perf.add_argument("--buffers", default="48,96,192,384", help="buffer sizes for the VPLU curve")
     perf.add_argument("--repeats", type=int, default=5, help="timed repeats per figure (median)")
     perf.add_argument("--out", type=Path, default=Path("runs/bench-perf"), help="output folder")

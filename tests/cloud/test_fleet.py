@@ -219,9 +219,11 @@ def test_every_device_fits_on_synthetic_samples_from_the_fleet_renderer(fleet, m
     renderer = EnvironmentRenderer(clean, 4, SyntheticConfig(count=5))
     cloud = fleet(sharing(), synthetic=renderer)
     extras = []
-    update = cloud.vplu.update
+    update_many = cloud.vplu.update_many
     monkeypatch.setattr(
-        cloud.vplu, "update", lambda u, s, extra: extras.append(extra) or update(u, s, extra)
+        cloud.vplu,
+        "update_many",
+        lambda requests: extras.extend(r.extra for r in requests) or update_many(requests),
     )
     walk(cloud, "a", 0.0, first=True)
     walk(cloud, "b", 2.0, first=True)
@@ -230,3 +232,34 @@ def test_every_device_fits_on_synthetic_samples_from_the_fleet_renderer(fleet, m
     assert all(x.shape == (5, 3, 32, 32) and target.shape == (5, 4) for x, target in extras)
     assert cloud.stats()["synthetic_samples"] == 5 * len(extras)
     assert fleet(sharing()).session("c").synthetic is None  # uploads only by default
+
+
+def test_many_devices_ingested_at_once_get_what_each_gets_alone_and_a_bad_batch_only_itself(
+    fleet,
+):
+    from cloud.adaptation.fleet import DeviceBatch
+
+    alone, together = fleet(sharing()), fleet(sharing())
+    devices = {"a": 0.0, "b": 1.0, "c": 2.0}
+    for seed in range(3):  # fill the buffers the same way
+        for device, env in devices.items():
+            alone.ingest(device, upload(alone, 3, env, seed=seed))
+            together.ingest(device, upload(together, 3, env, seed=seed))
+    bad = upload(together, 3, 0.0, seed=5)
+    bad = UploadBatch(bad.pixels, bad.uncertainty + 2, bad.batch_stats)  # scores outside [0, 1]
+    batches = [DeviceBatch(d, upload(together, 3, env, seed=7)) for d, env in devices.items()]
+    outcomes = together.ingest_many([*batches, DeviceBatch("d", bad)])
+    assert isinstance(outcomes[-1], DataError)
+    assert len(together.sessions["d"].buffer) == 0  # the refused batch changed nothing
+    fits_before = together.fits
+    for item, outcome in zip(batches, outcomes, strict=False):
+        expected = alone.ingest(item.device_id, item.upload)
+        assert (outcome is None) == (expected is None)
+        session, reference = together.sessions[item.device_id], alone.sessions[item.device_id]
+        assert session.updates == reference.updates
+        torch.testing.assert_close(
+            session.bank.current()["norm_affine"], reference.bank.current()["norm_affine"]
+        )
+    assert fits_before == alone.fits - 3 + 1  # one pass fitted the three devices
+    with pytest.raises(ValueError, match="one batch per device"):
+        together.ingest_many([batches[0], batches[0]])

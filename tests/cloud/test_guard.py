@@ -74,11 +74,11 @@ def upload(session, n, seed=0):
 def test_a_fit_that_returns_nan_is_rejected_and_the_device_keeps_its_prompt(session, monkeypatch):
     before = {k: v.clone() for k, v in session.bank.current().items()}
 
-    def nan_fit(uploads, shipped, extra=None):
-        poisoned = {k: torch.full_like(v, float("nan")) for k, v in shipped.items()}
-        return UpdateResult(True, poisoned, 0.5, 0.9, 0.5)
+    def nan_fit(requests):
+        poisoned = {k: torch.full_like(v, float("nan")) for k, v in requests[0].shipped.items()}
+        return [UpdateResult(True, poisoned, 0.5, 0.9, 0.5)]
 
-    monkeypatch.setattr(session.vplu, "update", nan_fit)
+    monkeypatch.setattr(session.vplu, "update_many", nan_fit)
     assert session.ingest(upload(session, 6)) is None
     assert session.rejected_fits == 1
     assert all(torch.equal(session.bank.current()[k], before[k]) for k in before)

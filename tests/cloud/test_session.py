@@ -80,9 +80,11 @@ def test_a_synthetic_renderer_adds_rendered_clean_images_to_every_fit(session, m
     clean = LabelledImages(images, rng.integers(0, 4, 20), ("a", "b", "c", "d"), "clean")
     session.synthetic = EnvironmentRenderer(clean, 4, SyntheticConfig(count=6))
     seen = []
-    update = session.vplu.update
+    update_many = session.vplu.update_many
     monkeypatch.setattr(
-        session.vplu, "update", lambda u, s, extra: seen.append(extra) or update(u, s, extra)
+        session.vplu,
+        "update_many",
+        lambda requests: seen.extend(r.extra for r in requests) or update_many(requests),
     )
     for seed in range(3):
         session.ingest(batch(session, 3, seed=seed))

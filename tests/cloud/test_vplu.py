@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cloud.adaptation.vplu import VPLU, Uploads, VPLUConfig
+from cloud.adaptation.vplu import VPLU, FitRequest, Uploads, VPLUConfig
 from cloud.export.device_model import DeviceModel
 from protocol.errors import ConfigError
 
@@ -98,7 +98,8 @@ def test_the_fit_moves_the_encoders_batchnorms_and_keeps_the_projectors_as_shipp
     stats, logits = device_view(vplu, x)
     start = vplu.neutral_prompt()
     start["norm_affine"] = 0.01 * torch.randn_like(start["norm_affine"])  # a shipped prompt
-    learned, _ = vplu._fit(x, (-logits).softmax(1).detach(), vplu.replay_stats(stats), start)
+    target = (-logits).softmax(1).detach()
+    [learned], _ = vplu._fit_many([(x, target)], [vplu.replay_stats(stats)], [start])
     moved = (learned["norm_affine"] != start["norm_affine"]).any(dim=0)
     for layer in vplu.model.norm_layers:
         span = moved[layer.offset : layer.offset + layer.channels]
@@ -118,3 +119,48 @@ def test_extra_samples_join_the_fit_but_never_the_safety_valve(distilled):
     with_extra = vplu.update(uploads, vplu.neutral_prompt(), (extra_x, extra_target))
     assert with_extra.losses != plain.losses  # the fit saw them
     assert with_extra.agreement_before == plain.agreement_before  # held out: uploads only
+
+
+def fleet_requests(vplu: VPLU, student, devices: int) -> list[FitRequest]:
+    """Devices in different environments, with different prompts, buffers and extra samples."""
+    requests = []
+    for d in range(devices):
+        g = torch.Generator().manual_seed(d)
+        clean = torch.randn(20 + 6 * d, 3, 32, 32, generator=g)
+        x = clean * (0.2 + 0.1 * d) + 0.3  # each device its own low-contrast environment
+        stats, _ = device_view(vplu, x)
+        teacher = student(clean, vplu.class_vectors).detach() * 3  # sees the clean images
+        shipped = vplu.neutral_prompt()
+        shipped["norm_affine"] = 0.02 * d * torch.randn(shipped["norm_affine"].shape, generator=g)
+        uncertainty = torch.rand(len(x), generator=g)
+        extra = None
+        if d % 2:  # some devices fit on rendered samples too
+            extra = (x[:8] * 0.5, teacher[:8].softmax(1))
+        requests.append(
+            FitRequest(Uploads(x, stats.detach(), uncertainty, teacher), shipped, extra)
+        )
+    return requests
+
+
+@pytest.mark.parametrize("chunk_samples", [64, 10_000])  # several passes, or one for all
+def test_a_fleet_fitted_at_once_gets_what_each_device_gets_alone(distilled, chunk_samples):
+    student, vectors, _ = distilled
+    config = VPLUConfig(steps=4, lr=5e-2)
+    alone = VPLU(DeviceModel(student), vectors, config)
+    together = VPLU(DeviceModel(student), vectors, config, chunk_samples=chunk_samples)
+    requests = fleet_requests(alone, student, 5)
+    expected = [alone.update(r.uploads, r.shipped, r.extra) for r in requests]
+    results = together.update_many(requests)
+    for one, many in zip(expected, results, strict=True):
+        assert many.shipped == one.shipped
+        assert many.momentum == one.momentum
+        assert many.agreement_before == one.agreement_before
+        assert many.agreement_after == one.agreement_after
+        torch.testing.assert_close(many.losses, one.losses, atol=1e-4, rtol=1e-4)
+        for k in one.prompt:
+            torch.testing.assert_close(many.prompt[k], one.prompt[k], atol=1e-5, rtol=1e-4)
+    moved = [
+        not torch.equal(r.prompt["norm_affine"], q.shipped["norm_affine"])
+        for r, q in zip(results, requests, strict=True)
+    ]
+    assert any(moved)  # the fits learned something, so equality is not of untouched prompts

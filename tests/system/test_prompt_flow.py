@@ -136,9 +136,11 @@ def test_a_server_behind_its_device_fits_on_the_newest_waiting_batch_or_after_ei
     from cloud.server.worker import MAX_BUFFERED_WITHOUT_FIT
 
     fits = []
-    real_update = VPLU.update
+    real_update = VPLU.update_many
     monkeypatch.setattr(
-        VPLU, "update", lambda self, *a, **k: fits.append(1) or real_update(self, *a, **k)
+        VPLU,
+        "update_many",
+        lambda self, requests: fits.extend(requests) or real_update(self, requests),
     )
     caplog.set_level(logging.INFO, logger="cdca.cloud")
     state_dir, rng = tmp_path / "state", np.random.default_rng(7)
