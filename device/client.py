@@ -96,10 +96,14 @@ class DeviceClient:
             upload = self.agent.upload(
                 frames.images, step, self.report.batches - 1, first_id, self.report.frames
             )
-            self.queue.put(encode_upload(upload))
-            self.report.queued += len(step.decision.indices)
-            if self.link is not None:
-                self.link.notify()
+            if self.link is not None and self.link.holding_back() and not upload.shift:
+                # the cloud is behind: it still has this device's last batch
+                self.report.held_back += len(step.decision.indices)
+            else:
+                self.queue.put(encode_upload(upload))
+                self.report.queued += len(step.decision.indices)
+                if self.link is not None:
+                    self.link.notify()
         if out is not None:
             uploaded = set(step.decision.indices.tolist())
             self._write_lines(
@@ -228,6 +232,7 @@ class RunReport:
         self.frames = self.batches = self.correct = self.labelled = 0
         self.queued = self.prompts_applied = self.queue_left = self.dropped = 0
         self.gated = 0  # batches answered without the prompt (device.prompt_gate)
+        self.held_back = 0  # samples not queued because the cloud asked to hold back
         self.batch_ms: list[float] = []
         self.frame_ms: list[float] = []
         self.correct_with_prompt = self.labelled_with_prompt = 0
@@ -256,6 +261,7 @@ class RunReport:
             "frames": self.frames,
             "batches": self.batches,
             "uploads_queued": self.queued,
+            "samples_held_back": self.held_back,
             "prompts_applied": self.prompts_applied,
             "batches_prompt_gated": self.gated,
             "queue_left": self.queue_left,
@@ -281,6 +287,7 @@ class RunReport:
                     "uploads_rejected": s.uploads_rejected,
                     "rpc_errors": s.rpc_errors,
                     "prompts_received": s.prompts_received,
+                    "upload_pauses": s.pauses,
                     "bytes_up": s.bytes_up,
                     "bytes_down": s.bytes_down,
                     "upload_ms_p50": _pct(s.upload_ms, 50),

@@ -109,6 +109,7 @@ class LinkStats:
     uploads_rejected: int = 0
     rpc_errors: int = 0
     prompts_received: int = 0
+    pauses: int = 0  # answers asking the device to hold back uploads (the cloud is behind)
     bytes_up: int = 0  # protobuf bytes of acknowledged uploads
     bytes_down: int = 0  # protobuf bytes of prompts applied
     upload_ms: list[float] = field(default_factory=list)
@@ -183,6 +184,7 @@ class CloudLink:
         self._last_refusal = ""
         self._registered = False
         self._acked_at: dict[int, float] = {}  # batch id -> when the cloud acknowledged it
+        self._pause_until = 0.0  # monotonic time until which the cloud asked for no uploads
         self._threads = [
             threading.Thread(target=self._upload_loop, name="uploader", daemon=True),
             threading.Thread(target=self._watch_loop, name="watcher", daemon=True),
@@ -197,6 +199,10 @@ class CloudLink:
             self._explain(err, "the cloud is away at start; running on this device's settings")
         for thread in self._threads:
             thread.start()
+
+    def holding_back(self) -> bool:
+        """True while the cloud asked this device to hold back its uploads (back-pressure)."""
+        return time.monotonic() < self._pause_until
 
     def notify(self) -> None:
         """The main loop queued something: upload it now."""
@@ -265,6 +271,9 @@ class CloudLink:
         if summary.stored_before:
             self.stats.samples_stored_before += summary.accepted
         self.stats.samples_refused += summary.refused_over_budget
+        if summary.upload_pause_ms:
+            self.stats.pauses += 1
+            self._pause_until = time.monotonic() + summary.upload_pause_ms / 1000
         return True
 
     def _upload_failed(self, seq: int, err: grpc.RpcError) -> bool | float:

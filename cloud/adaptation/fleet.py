@@ -94,6 +94,7 @@ class FleetCloud:
         self.stays: dict[str, _Stay] = {}
         self.starts = {"bank": 0, "fleet_shared": 0, "own_shared": 0}
         self.fits = 0  # passes of VPLU.update_many (each fits one or more devices)
+        self.device_fits = 0  # devices fitted, over all passes
         self.teacher_seconds = 0.0
 
     def session(self, device_id: str, bank: PromptBank | None = None) -> AdaptationSession:
@@ -193,6 +194,7 @@ class FleetCloud:
         for device_id, size in zip(device_ids, sizes, strict=True):
             self.sessions[device_id].seconds += seconds * size / max(1, sum(sizes))
         self.fits += 1
+        self.device_fits += len(pending)
         return dict(zip(device_ids, results, strict=True))
 
     def shared_prompt(self, leaving: str | None = None) -> Prompt:

@@ -29,6 +29,11 @@ class PromptBoard:
         """The newest prompt for the device, or None."""
         return self._latest.get(device_id)
 
+    def published_unix(self) -> dict[str, float]:
+        """When each device's latest prompt was created (Unix seconds); safe from any thread."""
+        latest = dict(self._latest)  # one C-level copy: the event loop may publish meanwhile
+        return {d: p.created_unix_ms / 1000 for d, p in latest.items()}
+
     def restore(self, device_id: str, prompt: cdca_pb2.Prompt) -> None:
         """Put back a prompt found on disk at start-up (no one is waiting yet)."""
         self._latest[device_id] = prompt

@@ -48,6 +48,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         type=Path,
         help="server.tls.client_ca: require client certs signed by this CA",
     )
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        help="server.metrics_port: the Prometheus endpoint (default 9464; 0 picks a free one)",
+    )
     serve.add_argument("--port-file", type=Path, help="write the bound port here once listening")
     serve.add_argument("--verbose", action="store_true", help="debug logging")
     serve.set_defaults(handler=_serve)
@@ -91,6 +96,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _add_state_dir(devices)
     devices.set_defaults(handler=_devices)
 
+    status = sub.add_parser(
+        "status",
+        help="a running server's metrics: devices, uploads, refusals, queue, fits, staleness",
+        description="Reads the server's Prometheus endpoint (server.metrics_port; a running "
+        "server leaves its URL in the state folder) and prints it for a person: devices "
+        "enrolled and connected, uploads, refusals by status code, the queue, fit passes, "
+        "prompt staleness and each device's last-prompt age.",
+        epilog="example: cdca cloud status --state-dir /srv/cdca",
+    )
+    _add_state_dir(status)
+    status.add_argument("--url", help="the endpoint, e.g. http://10.0.0.5:9464/metrics")
+    status.set_defaults(handler=_status)
+
 
 def _add_state_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -118,6 +136,7 @@ def _serve(args: argparse.Namespace) -> int:
     flags = {
         "server.host": args.host,
         "server.port": args.port,
+        "server.metrics_port": args.metrics_port,
         "server.state_dir": args.state_dir,
         "server.model_dir": args.model_dir,
         "student.checkpoint": args.student,
@@ -166,6 +185,14 @@ def _revoke(args: argparse.Namespace) -> int:
         "; the server drops everything it contributed" if args.forget else ""
     )
     print(f"device {args.device!r} {what}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from cloud.server.status import metrics_url, report, scrape
+
+    url = args.url or metrics_url(_state_dir(args))
+    print(report(url, scrape(url)))
     return 0
 
 

@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from cloud.server.board import PromptBoard
 from cloud.server.handlers import add_service
+from cloud.server.metrics import METRICS_URL_FILE, Readings, ServerMetrics
 from cloud.server.models import CloudModels, load_cloud_models
 from cloud.server.registry import DeviceRegistry
 from cloud.server.service import CloudAdaptationService
@@ -26,6 +27,7 @@ from cloud.server.worker import AdaptationWorker
 from protocol.config.project import ProjectConfig, write_resolved
 from protocol.config.server import ServerConfig
 from protocol.errors import ConfigError
+from protocol.files import atomic_write
 from protocol.messages import SERVICE_NAME
 
 log = logging.getLogger("cdca.cloud")
@@ -59,10 +61,26 @@ async def run_server(
     registry = DeviceRegistry(registry_path(config.state_dir))
     board = PromptBoard()
     inbox = Inbox(config.state_dir / "inbox")
+    metrics = ServerMetrics()
     worker = AdaptationWorker(
-        cloud_models, registry, inbox, board, config.state_dir, config.limits, config.fit_devices
+        cloud_models,
+        registry,
+        inbox,
+        board,
+        config.state_dir,
+        config.limits,
+        config.fit_devices,
+        metrics,
     )
     requeued = worker.restore()
+    metrics.readings = Readings(
+        queued_batches=worker.queue.qsize,
+        waiting_devices=worker.queue.devices,
+        inbox_bytes=lambda: worker.quota.total,
+        enrolled_devices=registry.count,
+        last_prompt_unix=board.published_unix,
+    )
+    metrics_url = _start_metrics(metrics, config)
     server, port, health_servicer = _build_server(
         config, registry, inbox, worker, board, cloud_models
     )
@@ -71,13 +89,15 @@ async def run_server(
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     worker_task = asyncio.create_task(worker.run())
     log.info(
-        "cdca cloud listening on %s:%d (%s, %d devices enrolled, %d uploads re-queued, state %s)",
+        "cdca cloud listening on %s:%d (%s, %d devices enrolled, %d uploads re-queued, state %s"
+        "; metrics %s)",
         config.host,
         port,
         "TLS" if config.tls else "insecure",
         registry.count(),
         requeued,
         config.state_dir,
+        metrics_url or "off",
     )
     if port_file is not None:  # tests and scripts start on port 0 and read the real one here
         port_file.write_text(str(port))
@@ -98,7 +118,27 @@ async def run_server(
         worker_task.cancel()
         await asyncio.gather(worker_task, return_exceptions=True)
         worker.close()
+        metrics.close()
+        (config.state_dir / METRICS_URL_FILE).unlink(missing_ok=True)
         registry.close()
+
+
+def _start_metrics(metrics: ServerMetrics, config: ServerConfig) -> str | None:
+    """Open the Prometheus endpoint; its URL also goes into the state folder for ``cloud status``."""
+    if config.metrics_port is None:
+        return None
+    try:
+        port = metrics.serve(config.host, config.metrics_port)
+    except OSError as err:
+        raise ConfigError(
+            f"cannot open the metrics endpoint on {config.host}:{config.metrics_port} ({err}): "
+            "pick another with --metrics-port, 0 for a free one, or turn it off with "
+            "--set server.metrics_port="
+        ) from err
+    host = "127.0.0.1" if config.host in ("0.0.0.0", "") else config.host
+    url = f"http://{host}:{port}/metrics"
+    atomic_write(config.state_dir / METRICS_URL_FILE, url.encode())
+    return url
 
 
 def _build_server(config, registry, inbox, worker, board, cloud_models):  # type: ignore[no-untyped-def]

@@ -22,7 +22,9 @@ Budgets hold against what the server counts itself (``cloud.server.limits``): sa
 beyond a device's token bucket, or beyond its budget share of the frames it claims, are
 refused over budget; reported new environments beyond its shift bucket are taken as
 ordinary uploads. An upload is stored only once its stream completed, and a batch sent
-again with the same content is acknowledged with its first answer, not stored twice.
+again with the same content is acknowledged with its first answer, not stored twice. The
+answer also carries back-pressure: how long the device should hold back uploads while the
+worker still has one of its batches (``AdaptationWorker.upload_pause``).
 Device ids from a caller are shown at most ``SHOWN_ID_CHARS`` long in logs and errors.
 """
 
@@ -111,9 +113,9 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
         try:
             check_protocol_version(request.protocol_version)
         except CdcaError as err:
-            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(err))
+            await self._abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(err))
         if request.model_sha256 not in self.served.accepted_sha256:
-            await _abort(
+            await self._abort(
                 context,
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"device runs model {request.model_sha256[:12] or '(none)'}..., this server adapts "
@@ -147,14 +149,14 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
         device_id = await self._authenticate(context)
         record = self.registry.record(device_id)
         if record is None or record.model_sha256 not in self.served.accepted_sha256:
-            await _abort(
+            await self._abort(
                 context,
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "register with the served model before uploading",
             )
         wait = self.allowances.seconds_until_sample(device_id)
         if wait > 0:  # a flooding device: refused before its chunks are even decoded
-            await _abort(
+            await self._abort(
                 context,
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"this device uploads faster than server.limits allow: retry in {wait:.1f} s",
@@ -164,13 +166,13 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
         digest = hashlib.sha256()
         async for chunk in request_iterator:
             if chunk is UNDECODABLE:
-                await _abort(
+                await self._abort(
                     context,
                     grpc.StatusCode.INVALID_ARGUMENT,
                     "an upload chunk is not a cdca.v1.UploadChunk",
                 )
             if len(parts) >= self.limits.max_chunks_per_upload:
-                await _abort(
+                await self._abort(
                     context,
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"more than {self.limits.max_chunks_per_upload} chunks in one upload: "
@@ -179,7 +181,7 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
             digest.update(chunk.SerializeToString(deterministic=True))
             parts.append(await self._decode_chunk(context, device_id, chunk, parts))
         if not parts or not parts[-1].last:  # a cut-off stream also ends here: store nothing
-            await _abort(
+            await self._abort(
                 context,
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "an upload ends with a chunk marked last; nothing of this one was stored",
@@ -207,15 +209,22 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
         device_id = await self._authenticate(context, request, names_caller=False)
         await self._check_owner(context, device_id, request.device_id)
         known = request.known_version
-        while not self.board.closed:
-            remaining = context.time_remaining()
-            wait = WATCH_WAIT_SECONDS if remaining is None else min(WATCH_WAIT_SECONDS, remaining)
-            if wait <= 0:
-                return
-            prompt = await self.board.wait_newer(device_id, known, wait)
-            if prompt is not None:
-                known = prompt.version
-                yield prompt
+        metrics = self.worker.metrics
+        metrics.connected += 1
+        try:
+            while not self.board.closed:
+                remaining = context.time_remaining()
+                wait = (
+                    WATCH_WAIT_SECONDS if remaining is None else min(WATCH_WAIT_SECONDS, remaining)
+                )
+                if wait <= 0:
+                    return
+                prompt = await self.board.wait_newer(device_id, known, wait)
+                if prompt is not None:
+                    known = prompt.version
+                    yield prompt
+        finally:
+            metrics.connected -= 1
 
     async def DownloadModel(  # noqa: N802
         self, request: cdca_pb2.ModelRequest, context: grpc.aio.ServicerContext
@@ -255,7 +264,7 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
         device_id = metadata.get(DEVICE_METADATA, "")
         authorization = metadata.get(TOKEN_METADATA, "")
         if not device_id or not authorization.startswith(BEARER):
-            await _abort(
+            await self._abort(
                 context,
                 grpc.StatusCode.UNAUTHENTICATED,
                 f"missing {DEVICE_METADATA!r} or {TOKEN_METADATA!r} ('Bearer <token>') "
@@ -269,16 +278,16 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
                 "refused device %s: unknown, revoked, expired or a wrong token",
                 shown(device_id),
             )
-            await _abort(context, grpc.StatusCode.UNAUTHENTICATED, NOT_ACCEPTED)
+            await self._abort(context, grpc.StatusCode.UNAUTHENTICATED, NOT_ACCEPTED)
         if request is UNDECODABLE:
-            await _abort(
+            await self._abort(
                 context,
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "the request is not a cdca.v1 message of this call",
             )
         claimed = str(getattr(request, "device_id", "")) if names_caller else ""
         if claimed and claimed != device_id:
-            await _abort(
+            await self._abort(
                 context,
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"this call is authenticated as {device_id!r} but names {shown(claimed)}",
@@ -292,7 +301,7 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
             self.warnings.warn(
                 caller, "owner", "%s asked for the prompts of %s", caller, shown(wanted)
             )
-            await _abort(
+            await self._abort(
                 context,
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"a device reads only its own prompts and {SHARED_PROMPT_ID!r}",
@@ -306,30 +315,30 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
         previous: list[DecodedUpload],
     ) -> DecodedUpload:
         if chunk.device_id != device_id:
-            await _abort(
+            await self._abort(
                 context,
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"upload chunk names device {shown(chunk.device_id)}, the call is {device_id!r}",
             )
         if previous and previous[-1].last:
-            await _abort(
+            await self._abort(
                 context, grpc.StatusCode.INVALID_ARGUMENT, "a chunk after the one marked last"
             )
         if previous and chunk.batch_id != previous[0].batch_id:
-            await _abort(
+            await self._abort(
                 context,
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "one upload stream carries one batch: batch_id changed mid-stream",
             )
         if not previous and not chunk.HasField("batch_stats"):
-            await _abort(
+            await self._abort(
                 context,
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "the first chunk of an upload must carry batch_stats",
             )
         most = self.limits.max_samples_per_upload
         if sum(p.offered for p in previous) + len(chunk.samples) > most:
-            await _abort(
+            await self._abort(
                 context,
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"more than {most} samples in one upload: split it",
@@ -349,14 +358,14 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
             self.warnings.warn(
                 device_id, "invalid", "refused an upload from %s: %s", device_id, err
             )
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(err))
+            await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(err))
         if decoded.batch_stats is not None:
             problem = stats_problem(torch.tensor(decoded.batch_stats), self.running_stats)
             if problem is not None:
                 self.warnings.warn(
                     device_id, "stats", "refused an upload from %s: %s", device_id, problem
                 )
-                await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
+                await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
         return decoded
 
     async def _accept(
@@ -408,6 +417,9 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
                 frames_seen,
             )
             self.worker.submit(self.inbox.put(batch))
+            self.worker.metrics.upload_batches.inc()
+            self.worker.metrics.uploaded_samples.inc(keep)
+        self.worker.metrics.over_budget.inc(refused)
         self.registry.count_upload(device_id, frames_seen, keep, refused, digest)
         if refused:
             self.warnings.warn(
@@ -418,7 +430,22 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
                 refused,
                 refused + keep,
             )
-        return cdca_pb2.UploadSummary(accepted=keep, refused_over_budget=refused)
+        pause_ms = round(1000 * self.worker.upload_pause(device_id))
+        return cdca_pb2.UploadSummary(
+            accepted=keep, refused_over_budget=refused, upload_pause_ms=pause_ms
+        )
+
+    async def _abort(
+        self,
+        context: grpc.aio.ServicerContext,
+        code: grpc.StatusCode,
+        details: str,
+        trailing_metadata: tuple[tuple[str, str], ...] = (),
+    ) -> NoReturn:
+        """End the call with ``code``, counted among the refusals (``cloud.server.metrics``)."""
+        self.worker.metrics.refusals.labels(code.name).inc()
+        await context.abort(code, details, trailing_metadata)
+        raise AssertionError("unreachable: context.abort raises")  # for type checkers
 
     def _claimed_room(self, device_id: str, frames_seen: int) -> int:
         """Samples the device's budget share of the frames it claims still allows (an upper bound)."""
@@ -433,19 +460,9 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
         refusal = self.worker.quota.refusal(device_id, size)
         if refusal is not None:
             self.warnings.warn(device_id, "inbox", "%s: upload refused, %s", device_id, refusal)
-            await _abort(
+            await self._abort(
                 context,
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"{refusal}: retry in {INBOX_RETRY_MS / 1000:g} s",
                 ((RETRY_AFTER_METADATA, str(INBOX_RETRY_MS)),),
             )
-
-
-async def _abort(
-    context: grpc.aio.ServicerContext,
-    code: grpc.StatusCode,
-    details: str,
-    trailing_metadata: tuple[tuple[str, str], ...] = (),
-) -> NoReturn:
-    await context.abort(code, details, trailing_metadata)
-    raise AssertionError("unreachable: context.abort raises")  # for type checkers

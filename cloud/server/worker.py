@@ -10,11 +10,12 @@ pass takes one waiting batch from each of up to ``fit_devices`` devices and fits
 at once (``FleetCloud.ingest_many``: one teacher pass, shared model passes).
 A batch the session refuses is moved to ``rejected/`` with a log line: one bad batch never
 stops the worker. A cloud slower than its devices catches up instead of falling further
-behind: while a newer batch from the same device waits, a batch is only buffered, and the
-fit runs once, on the newest (a prompt learned from a stale batch would be stale too). At
-most ``MAX_BUFFERED_WITHOUT_FIT`` in a row, though: a server that cannot even buffer as fast
-as its devices upload always has a newer batch waiting, and would otherwise never fit
-(`cdca bench reliability`, 64 devices: 1 prompt in 60 s).
+behind: a pass takes every waiting batch of each device it serves (at most
+``MAX_BUFFERED_WITHOUT_FIT`` besides the oldest), buffers the older ones and fits once, on
+the newest (a prompt learned from a stale batch would be stale too). A device whose batch
+still waits is told to hold back its uploads for about one pass (``upload_pause``:
+back-pressure; the answer to each upload carries it), which keeps both the inbox and the
+prompts' staleness bounded.
 
 Devices share the worker's time fairly (``cloud.server.fair_queue``), so one device's flood
 gets its share of the worker and no more; the bytes each device has waiting count against its
@@ -44,6 +45,7 @@ from cloud.adaptation.session import AdaptationSession, UploadBatch
 from cloud.server.board import PromptBoard
 from cloud.server.fair_queue import FairQueue
 from cloud.server.limits import InboxQuota
+from cloud.server.metrics import ServerMetrics
 from cloud.server.models import CloudModels
 from cloud.server.registry import DeviceRegistry
 from cloud.server.storage import (
@@ -66,6 +68,8 @@ log = logging.getLogger("cdca.cloud")
 # Batches of one device buffered without a fit before the next fits even if newer ones wait:
 # bounds how stale a prompt gets when the server is behind for good, not just for a while.
 MAX_BUFFERED_WITHOUT_FIT = 8
+PASS_EMA = 0.8  # smoothing of the pass time the upload pause is estimated from
+MAX_UPLOAD_PAUSE_SECONDS = 60.0
 FORGET_CHECK_SECONDS = 2.0  # how soon an idle worker notices `cdca cloud revoke --forget`
 
 
@@ -81,6 +85,7 @@ class AdaptationWorker:
         state_dir: Path,
         limits: LimitsConfig | None = None,
         fit_devices: int = 64,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         self.cloud_models, self.registry, self.inbox, self.board = (
             cloud_models,
@@ -100,6 +105,11 @@ class AdaptationWorker:
         self.sizes: dict[Path, int] = {}  # bytes of each queued inbox file
         self.deferred: Counter[str] = Counter()  # batches buffered without a fit, per device
         self.fit_devices = fit_devices  # devices one pass takes together
+        self.metrics = metrics or ServerMetrics()
+        self.pass_seconds = 0.0  # smoothed duration of a pass
+        self.pass_began = 0.0  # perf_counter() when the running pass began; 0: none runs
+        self.arrivals: Counter[str] = Counter()  # batches queued so far, per device
+        self.arrival: dict[Path, int] = {}  # each queued batch's place among its device's
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="vplu")
         self.processed = self.unsaved_prompts = 0
         self._shared_cache: tuple[tuple[int, int, int], cdca_pb2.Prompt] | None = None
@@ -137,12 +147,14 @@ class AdaptationWorker:
     def submit(self, path: Path) -> None:
         """Queue a persisted inbox file."""
         device_id = self.inbox.device_of(path)
+        self.arrivals[device_id] += 1
+        self.arrival[path] = self.arrivals[device_id]
         self.sizes[path] = size = path.stat().st_size
         self.quota.add(device_id, size)
         self.queue.put(device_id, path)
 
     async def run(self) -> None:
-        """Ingest queued batches until cancelled, one batch each of up to ``fit_devices`` per pass."""
+        """Ingest queued batches until cancelled, a pass at a time (see the module docstring)."""
         loop = asyncio.get_running_loop()
         while True:
             self.apply_forgets()
@@ -152,14 +164,45 @@ class AdaptationWorker:
                 )
             except TimeoutError:
                 continue
-            began = time.perf_counter()
+            # every waiting batch of a taken device joins the pass (up to a bound): the older
+            # ones are only buffered, the device's newest is fitted on
+            groups = [
+                [path, *self.queue.drain(device_id, MAX_BUFFERED_WITHOUT_FIT)]
+                for device_id, path in taken
+            ]
+            began, fitted = time.perf_counter(), self.fleet.device_fits
+            self.pass_began = began
             try:
-                await self._process(loop, taken)
+                await self._process(loop, [(d, g) for (d, _), g in zip(taken, groups, strict=True)])
             finally:
-                share = (time.perf_counter() - began) / len(taken)
-                for device_id, path in taken:
-                    self.quota.remove(device_id, self.sizes.pop(path, 0))
-                    self.queue.charge(device_id, share)
+                self.pass_began = 0.0
+                seconds = time.perf_counter() - began
+                self.pass_seconds = PASS_EMA * self.pass_seconds + (1 - PASS_EMA) * seconds
+                for (device_id, _), group in zip(taken, groups, strict=True):
+                    for path in group:
+                        self.quota.remove(device_id, self.sizes.pop(path, 0))
+                        self.arrival.pop(path, None)
+                    self.queue.charge(device_id, seconds / len(taken))
+                self._count_pass(seconds, self.fleet.device_fits - fitted)
+
+    def upload_pause(self, device_id: str) -> float:
+        """Seconds a device should hold back uploads: the cloud still has one of its batches.
+
+        Its next pass takes all of them anyway, so a device that keeps uploading meanwhile
+        only makes the prompt it gets learn from an older share of its uploads (and fills
+        the inbox); one pass is how long that takes.
+        """
+        if not self.queue.waiting(device_id):
+            return 0.0
+        running = time.perf_counter() - self.pass_began if self.pass_began else 0.0
+        return min(MAX_UPLOAD_PAUSE_SECONDS, max(self.pass_seconds, running))
+
+    def _count_pass(self, seconds: float, fitted: int) -> None:
+        if fitted:
+            self.metrics.fits.inc()
+            self.metrics.fitted_devices.inc(fitted)
+            self.metrics.fit_seconds.observe(seconds)
+            self.metrics.fit_width.observe(fitted)
 
     def apply_forgets(self) -> None:
         """Drop what each device revoked with ``--forget`` contributed (between batches only)."""
@@ -167,10 +210,12 @@ class AdaptationWorker:
             evidence_before = self._shared_evidence()
             for path in self.queue.drop(device_id):
                 self.quota.remove(device_id, self.sizes.pop(path, 0))
+                self.arrival.pop(path, None)
                 self.inbox.done(path)
             for path in self.inbox.pending():  # uploaded while the revocation was being applied
                 if self.inbox.device_of(path) == device_id:
                     self.inbox.done(path)
+            self.arrivals.pop(device_id, None)
             entries = self.fleet.forget(device_id)
             (self.banks / f"{device_id}.safetensors").unlink(missing_ok=True)
             self.board.forget(device_id)
@@ -224,37 +269,58 @@ class AdaptationWorker:
         self.executor.shutdown(wait=True, cancel_futures=True)
 
     async def _process(
-        self, loop: asyncio.AbstractEventLoop, taken: list[tuple[str, Path]]
+        self, loop: asyncio.AbstractEventLoop, taken: list[tuple[str, list[Path]]]
     ) -> None:
-        """One pass: load each device's batch, ingest them together, publish, then mark done."""
-        work = [w for w in (self._load(device_id, path) for device_id, path in taken) if w]
-        outcomes = await loop.run_in_executor(self.executor, self._ingest, work)
-        for (path, batch, fit), outcome in zip(work, outcomes, strict=True):
-            if isinstance(outcome, CdcaError):
-                self._reject(path, outcome)
-                continue
-            self._count_deferred(batch.device_id, fit, batch.batch_id)
-            if outcome is not None:
-                await self.board.publish(batch.device_id, outcome)
-                log.info(
-                    "prompt v%d for %s (environment %s, from batch %d, %d uploads buffered)",
-                    outcome.version,
-                    batch.device_id,
-                    outcome.environment_id,
-                    batch.batch_id,
-                    len(self.sessions[batch.device_id].buffer),
-                )
-            self.ledger.record(path, batch.device_id, len(batch.images))
-            self.inbox.done(path)  # last: a crash before this re-ingests the batch, loses nothing
-            self.processed += 1
+        """One pass: each device's batches in order, its newest fitted, all devices together.
 
-    def _load(self, device_id: str, path: Path) -> tuple[Path, StoredBatch, bool] | None:
-        """A queued batch, ready to ingest, and whether to fit on it (None: it was rejected)."""
-        # no fit while a newer batch of this device is queued, unless it has waited too long
-        fit = (
-            self.queue.waiting(device_id) == 0
-            or self.deferred[device_id] >= MAX_BUFFERED_WITHOUT_FIT
-        )
+        Round r holds every device's r-th batch counted back from its newest, so the last
+        round holds all the newest batches and fits them in one ``ingest_many``.
+        """
+        loaded = {device_id: self._load_all(device_id, paths) for device_id, paths in taken}
+        depth = max((len(batches) for batches in loaded.values()), default=0)
+        for back in range(depth, 0, -1):
+            work = [
+                (*batches[-back], back == 1) for batches in loaded.values() if len(batches) >= back
+            ]
+            outcomes = await loop.run_in_executor(self.executor, self._ingest, work)
+            for (path, batch, fit), outcome in zip(work, outcomes, strict=True):
+                await self._finish(path, batch, fit, outcome)
+
+    async def _finish(
+        self,
+        path: Path,
+        batch: StoredBatch,
+        fit: bool,
+        outcome: cdca_pb2.Prompt | None | CdcaError,
+    ) -> None:
+        """Publish what a batch taught, then mark it done (or move it to ``rejected/``)."""
+        if isinstance(outcome, CdcaError):
+            self._reject(path, outcome)
+            return
+        self._count_deferred(batch.device_id, fit, batch.batch_id)
+        if outcome is not None:
+            await self.board.publish(batch.device_id, outcome)
+            self.metrics.prompts.inc()
+            newer = self.arrivals[batch.device_id] - self.arrival.get(path, 0)
+            self.metrics.staleness.observe(max(0, newer))
+            log.info(
+                "prompt v%d for %s (environment %s, from batch %d, %d uploads buffered)",
+                outcome.version,
+                batch.device_id,
+                outcome.environment_id,
+                batch.batch_id,
+                len(self.sessions[batch.device_id].buffer),
+            )
+        self.ledger.record(path, batch.device_id, len(batch.images))
+        self.inbox.done(path)  # last: a crash before this re-ingests the batch, loses nothing
+        self.processed += 1
+
+    def _load_all(self, device_id: str, paths: list[Path]) -> list[tuple[Path, StoredBatch]]:
+        """The device's batches that load (the others are rejected), in order."""
+        return [loaded for loaded in (self._load(device_id, path) for path in paths) if loaded]
+
+    def _load(self, device_id: str, path: Path) -> tuple[Path, StoredBatch] | None:
+        """A queued batch, ready to ingest (None: it was rejected)."""
         try:
             batch = self.inbox.load(path)
             if batch.device_id != device_id:
@@ -266,7 +332,7 @@ class AdaptationWorker:
             return None
         if batch.device_id not in self.sessions:
             self._load_session(batch.device_id)
-        return path, batch, fit
+        return path, batch
 
     def _reject(self, path: Path, err: CdcaError) -> None:
         """Move a batch that cannot be ingested to ``rejected/``; the worker goes on."""

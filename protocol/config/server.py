@@ -93,6 +93,8 @@ class ServerConfig:
         upload_slack: uploads a device may make beyond its budget (a burst at its start).
         max_message_bytes: gRPC message cap in both directions.
         max_devices: enrolment stops here.
+        metrics_port: port of the Prometheus endpoint (``/metrics``, on ``host``); 0 picks a
+            free one; empty: none. ``cdca cloud status`` reads it.
         fit_devices: devices whose waiting batches one fit takes together (one teacher pass,
             one ``VPLU.update_many``); 1 fits one device at a time.
         tls: the server's certificate (a ``[server.tls]`` table); none: plain text.
@@ -106,6 +108,7 @@ class ServerConfig:
     upload_slack: int = 16
     max_message_bytes: int = 4 * 1024 * 1024
     max_devices: int = 1024
+    metrics_port: int | None = 9464
     fit_devices: int = 64
     tls: TLSConfig | None = None
     limits: LimitsConfig = field(default_factory=LimitsConfig)
@@ -117,6 +120,8 @@ class ServerConfig:
             raise ConfigError("max_message_bytes below 64 KiB cannot carry one upload chunk")
         if self.upload_slack < 0 or self.max_devices < 1:
             raise ConfigError("upload_slack must be >= 0 and max_devices >= 1")
+        if self.metrics_port is not None and not 0 <= self.metrics_port < 65536:
+            raise ConfigError(f"metrics_port must be in [0, 65535], got {self.metrics_port}")
         if self.fit_devices < 1:
             raise ConfigError(f"fit_devices must be >= 1, got {self.fit_devices}")
 

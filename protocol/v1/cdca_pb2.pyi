@@ -87,14 +87,16 @@ class UploadChunk(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., batch_id: _Optional[int] = ..., samples: _Optional[_Iterable[_Union[Sample, _Mapping]]] = ..., batch_stats: _Optional[_Union[Tensor, _Mapping]] = ..., shift: _Optional[bool] = ..., frames_seen: _Optional[int] = ..., last: _Optional[bool] = ...) -> None: ...
 
 class UploadSummary(_message.Message):
-    __slots__ = ("accepted", "refused_over_budget", "stored_before")
+    __slots__ = ("accepted", "refused_over_budget", "stored_before", "upload_pause_ms")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     REFUSED_OVER_BUDGET_FIELD_NUMBER: _ClassVar[int]
     STORED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_PAUSE_MS_FIELD_NUMBER: _ClassVar[int]
     accepted: int
     refused_over_budget: int
     stored_before: bool
-    def __init__(self, accepted: _Optional[int] = ..., refused_over_budget: _Optional[int] = ..., stored_before: _Optional[bool] = ...) -> None: ...
+    upload_pause_ms: int
+    def __init__(self, accepted: _Optional[int] = ..., refused_over_budget: _Optional[int] = ..., stored_before: _Optional[bool] = ..., upload_pause_ms: _Optional[int] = ...) -> None: ...
 
 class Prompt(_message.Message):
     __slots__ = ("version", "scope", "environment_id", "parts", "learned_from_batch", "created_unix_ms")

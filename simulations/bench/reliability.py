@@ -2,7 +2,10 @@
 
 A real ``cdca cloud serve`` process on loopback; ``clients`` devices enrolled in its
 registry, each a thread with its own channel that registers, uploads a batch of frames every
-``period`` seconds within its budget, and keeps a ``WatchPrompts`` stream open. Reported:
+``period`` seconds within its budget (a 64-frame batch: 64 / ``period`` frames per second),
+holds back while the cloud asks it to (back-pressure), and keeps a ``WatchPrompts`` stream
+open. Reported: prompt staleness (the device's batches since the one a prompt learned from,
+when it arrives), devices that received prompts and the fewest any received,
 RPCs that failed (none is deliberate here, so every failure counts), upload latency p50/p99,
 prompt delivery latency (publication to receipt) p50/p99, prompts received, the server's
 peak resident memory, and the upload backlog left in its inbox. Then the fault scenarios
@@ -48,9 +51,13 @@ class ClientStats:
     """One client's counters."""
 
     uploads: int = 0
+    held_back: int = 0  # batches not uploaded: the cloud asked this device to hold back
+    batch: int = 0  # the device's current batch
     failures: list[str] = field(default_factory=list)
     upload_ms: list[float] = field(default_factory=list)
     delivery_ms: list[float] = field(default_factory=list)
+    # per prompt: the device's batches since the one the prompt learned from, at receipt
+    staleness: list[int] = field(default_factory=list)
 
 
 def run_load(config: LoadConfig) -> dict[str, object]:
@@ -130,10 +137,15 @@ def _client(address, device, token, sha, channels, config, stats, stop):  # type
         target=_watch, args=(stub, device, metadata, stats, stop), daemon=True
     )
     watcher.start()
-    batch = 0
+    batch, pause_until = 0, 0.0
     while not stop.wait(
         config.period * rng.uniform(0.5, 1.5) if batch else rng.uniform(0, config.period)
     ):
+        stats.batch = batch
+        if time.monotonic() < pause_until:  # back-pressure: the cloud still has our last batch
+            stats.held_back += 1
+            batch += 1
+            continue
         images = rng.integers(0, 256, (config.samples, 32, 32, 3), dtype=np.uint8)
         batch_stats = np.abs(rng.normal(0.5, 0.2, (2, channels))).astype(np.float32) + 0.01
         chunks = upload_chunks(
@@ -149,9 +161,10 @@ def _client(address, device, token, sha, channels, config, stats, stop):  # type
         )
         start = time.perf_counter()
         try:
-            stub.Upload(iter(chunks), metadata=metadata, timeout=30)
+            summary = stub.Upload(iter(chunks), metadata=metadata, timeout=30)
             stats.upload_ms.append((time.perf_counter() - start) * 1e3)
             stats.uploads += 1
+            pause_until = time.monotonic() + summary.upload_pause_ms / 1000
         except grpc.RpcError as err:
             stats.failures.append(f"Upload: {err.code().name}")
         batch += 1
@@ -170,6 +183,7 @@ def _watch(stub, device, metadata, stats, stop):  # type: ignore[no-untyped-def]
             ):
                 if prompt.version > known:
                     known = prompt.version
+                    stats.staleness.append(max(0, stats.batch - prompt.learned_from_batch))
                     if prompt.created_unix_ms:
                         stats.delivery_ms.append(time.time() * 1e3 - prompt.created_unix_ms)
         except grpc.RpcError as err:
@@ -194,16 +208,23 @@ def _summary(config, stats, peak, backlog, exit_code) -> dict[str, object]:  # t
     uploads = [ms for s in stats for ms in s.upload_ms]
     delivery = [ms for s in stats for ms in s.delivery_ms]
     failures = [f for s in stats for f in s.failures]
+    staleness = [b for s in stats for b in s.staleness]
     return {
         "clients": config.clients,
         "seconds": config.seconds,
+        "frames_per_second_per_device": round(64 / config.period, 1),
         "uploads": sum(s.uploads for s in stats),
+        "batches_held_back": sum(s.held_back for s in stats),
         "uploads_per_second": round(sum(s.uploads for s in stats) / config.seconds, 1),
         "failed_rpcs": len(failures),
         "failures": sorted(set(failures)),
         "upload_ms_p50": _pct(uploads, 50),
         "upload_ms_p99": _pct(uploads, 99),
         "prompts_received": len(delivery),
+        "devices_with_a_prompt": sum(bool(s.delivery_ms) for s in stats),
+        "fewest_prompts_of_a_device": min((len(s.delivery_ms) for s in stats), default=0),
+        "staleness_batches_p50": _pct(staleness, 50),
+        "staleness_batches_p99": _pct(staleness, 99),
         "prompt_delivery_ms_p50": _pct(delivery, 50),
         "prompt_delivery_ms_p99": _pct(delivery, 99),
         "server_peak_rss_mb": round(peak / 2**20, 1),

@@ -86,6 +86,8 @@ def launch_server(
                 str(port),
                 "--port-file",
                 str(port_file),
+                "--metrics-port",  # a free one: runs and benchmarks may share a machine
+                "0",
                 *extra,
             ],
             stdout=handle,

@@ -79,7 +79,7 @@ def start_server(cloud_models, state_dir: Path, **overrides):
     for device_id, token in TOKENS.items():
         registry.enrol(device_id, token)
     registry.close()
-    config = ServerConfig(port=0, state_dir=state_dir, **overrides)
+    config = ServerConfig(**{"port": 0, "metrics_port": 0, "state_dir": state_dir, **overrides})
     port_file = state_dir / "port"
     port_file.unlink(missing_ok=True)
     loop = asyncio.new_event_loop()

@@ -35,7 +35,8 @@ def test_register_hands_out_the_projects_device_settings_and_the_device_runs_on_
     finally:
         shutdown()
     assert client.agent.settings == CLOUDS  # from the first batch: it registered before it
-    assert report.queued == int(0.25 * 64)  # the cloud's budget, not its own 5 %
+    # the cloud's budget, not its own 5 % (some held back while the cloud was busy)
+    assert report.queued + report.held_back == int(0.25 * 64)
     # a restart without the cloud starts from the settings it was last given
     again = DeviceClient(
         DeviceRuntime.load(exported.manifest), ClientConfig(tmp_path / "device", own), None

@@ -163,3 +163,85 @@ def test_a_server_behind_its_device_fits_on_the_newest_waiting_batch_or_after_ei
         "still queued)" in caplog.text
     )
     assert len(IngestLedger(state_dir / "ingested.log").files("cam-a")) == 12  # none lost
+
+
+def test_a_device_whose_batch_still_waits_is_told_to_hold_back_and_every_batch_is_ingested(
+    live_server, monkeypatch
+):
+    """Back-pressure: while a pass runs, a second batch waits, and its answer asks for a pause."""
+    import threading
+
+    from cloud.adaptation.fleet import FleetCloud
+
+    release, entered = threading.Event(), threading.Event()
+    real = FleetCloud.ingest_many
+
+    def held(self, batches):
+        entered.set()
+        release.wait(10)
+        return real(self, batches)
+
+    monkeypatch.setattr(FleetCloud, "ingest_many", held)
+    first = upload(live_server, good_chunks(n=8, batch_id=0, frames_seen=1000))
+    assert first.upload_pause_ms == 0  # nothing of this device waited
+    assert entered.wait(10)  # the worker holds batch 0 in a pass
+    second = upload(live_server, good_chunks(n=8, batch_id=1, frames_seen=2000, seed=1))
+    third = upload(live_server, good_chunks(n=8, batch_id=2, frames_seen=3000, seed=2))
+    assert second.upload_pause_ms > 0 < third.upload_pause_ms
+    release.set()
+    wait_until_ingested(live_server.state_dir)
+    ledger = IngestLedger(live_server.state_dir / "ingested.log").files("cam-a")
+    assert sum(ledger.values()) == 24  # the next pass took both waiting batches
+
+
+def test_the_device_link_holds_back_uploads_when_the_cloud_asks(live_server, monkeypatch, tmp_path):
+    import threading
+
+    from cloud.adaptation.fleet import FleetCloud
+    from device.link import CloudLink, LinkConfig, encode_upload
+    from device.spool import UploadQueue
+    from protocol.upload import Upload
+    from tests.system.conftest import TOKENS
+
+    release, entered = threading.Event(), threading.Event()
+    real = FleetCloud.ingest_many
+
+    def held(self, batches):
+        entered.set()
+        release.wait(10)
+        return real(self, batches)
+
+    monkeypatch.setattr(FleetCloud, "ingest_many", held)
+    config = LinkConfig(live_server.address, "cam-a", TOKENS["cam-a"], live_server.manifest_sha256)
+    link = CloudLink(config, UploadQueue(tmp_path / "q"), {"norm_affine": (2, K)}, lambda p: None)
+    rng = np.random.default_rng(0)
+
+    def queue(batch_id):
+        link.queue.put(
+            encode_upload(
+                Upload(
+                    batch_id=batch_id,
+                    images=rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8),
+                    uncertainty=np.full(4, 0.5, np.float32),
+                    frame_ids=np.arange(4) + 64 * batch_id,
+                    predicted=np.zeros(4, np.int64),
+                    batch_stats=np.abs(rng.normal(size=(2, K))).astype(np.float32),
+                    shift=False,
+                    frames_seen=1000 * (batch_id + 1),
+                )
+            )
+        )
+
+    queue(0)
+    link.start()
+    try:
+        assert entered.wait(10)  # the worker holds batch 0 in a pass ...
+        time.sleep(1.0)  # ... that has run for a second when batch 1 arrives
+        assert not link.holding_back()
+        queue(1)
+        assert link.drain(10)
+        assert link.stats.pauses == 1
+        assert link.holding_back()  # asked to wait about as long as the pass has run
+    finally:
+        release.set()
+        link.close()
