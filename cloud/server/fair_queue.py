@@ -66,16 +66,6 @@ class FairQueue:
                 del self._queues[device_id]
         return taken
 
-    def drain(self, device_id: str, limit: int) -> list[Path]:
-        """Up to ``limit`` more of the device's waiting batches, oldest first."""
-        queue = self._queues.get(device_id)
-        if not queue:
-            return []
-        out = [queue.popleft() for _ in range(min(limit, len(queue)))]
-        if not queue:
-            del self._queues[device_id]
-        return out
-
     def charge(self, device_id: str, seconds: float) -> None:
         """The worker spent ``seconds`` on the device's batch."""
         self._used[device_id] = self._used.get(device_id, 0.0) + seconds
