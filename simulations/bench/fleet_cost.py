@@ -5,7 +5,9 @@ a batch of 6 and the cloud refits its prompt. One-at-a-time runs ``FleetCloud.in
 device, what a cloud without batching does; batched runs ``FleetCloud.ingest_many`` once
 for the whole fleet (one teacher pass, shared model passes). A one-at-a-time round costs
 the same per device at every fleet size (each fit is alone), so it is timed on at most
-``SEQUENTIAL_SAMPLE`` devices; the batched round always runs the whole fleet.
+``SEQUENTIAL_SAMPLE`` devices; the batched round always runs the whole fleet. Beside it,
+``pass_cost_curve``: the cost per sample of one model pass as the pass grows, which is
+what decides whether batching can pay on this hardware.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from cloud.adaptation.session import SessionConfig, UploadBatch
 from cloud.server.models import CloudModels
 from simulations.harness.memory import tree_rss_bytes
 
+PASS_SIZES = (64, 256, 1024, 4096)  # samples in one forward and backward pass
 SEQUENTIAL_SAMPLE = 16  # devices timed one at a time (the cost per device does not depend on N)
 BUFFER, STEP = 192, 6  # uploads buffered per device; uploads per device in the timed round
 
@@ -45,6 +48,35 @@ def fleet_cost_curve(
             "process_rss_mb": round(tree_rss_bytes(os.getpid()) / 2**20, 1),
         }
     return curve
+
+
+def pass_cost_curve(
+    cloud_models: CloudModels, pixels: torch.Tensor, repeats: int = 3
+) -> dict[str, float]:
+    """Microseconds per sample of one forward and backward through the device model, by pass size.
+
+    What batching many devices can save: if the cost per sample falls as a pass grows, one
+    pass for many devices is cheaper than one per device; on a CPU it does not.
+    """
+    model = cloud_models.device_model
+    norm_affine = torch.zeros(2, model.num_norm_channels, requires_grad=True)
+    curve = {}
+    for size in PASS_SIZES:
+        x = cloud_models.normalization.apply(pixels[torch.arange(size) % len(pixels)])
+        inputs = model.neutral_inputs(cloud_models.class_vectors)
+        inputs.update(x=x, norm_affine=norm_affine)
+        del inputs["stat_mix"]
+
+        _pass(model, inputs)  # warm-up
+        began = time.perf_counter()
+        for _ in range(repeats):
+            _pass(model, inputs)
+        curve[str(size)] = round((time.perf_counter() - began) / repeats / size * 1e6, 1)
+    return curve
+
+
+def _pass(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> None:
+    model.replayed_logits(**inputs).logsumexp(1).sum().backward()  # type: ignore[operator]
 
 
 def _round_ms(

@@ -241,7 +241,7 @@ def cloud_costs(
     from cloud.adaptation.vplu import VPLU, Uploads
     from cloud.server.models import load_cloud_models
     from protocol.config.project import load_project
-    from simulations.bench.fleet_cost import fleet_cost_curve
+    from simulations.bench.fleet_cost import fleet_cost_curve, pass_cost_curve
 
     project = load_project(None)  # the built-in project with the default settings
     cloud_models = load_cloud_models(project, config.out / "cloud")
@@ -260,7 +260,11 @@ def cloud_costs(
             median_ms(partial(vplu.update, uploads, vplu.neutral), config.repeats), 1
         )
     curve = fleet_cost_curve(cloud_models, pixels, stats, config.devices, progress)
-    return {"vplu_update_ms_by_buffer": update_ms, "fleet_cost_by_devices": curve}
+    return {
+        "vplu_update_ms_by_buffer": update_ms,
+        "fit_pass_us_per_sample_by_size": pass_cost_curve(cloud_models, pixels),
+        "fleet_cost_by_devices": curve,
+    }
 
 
 def communication(manifest: Path, images: np.ndarray, budget: float = 0.1) -> dict[str, float]:
@@ -407,6 +411,8 @@ def markdown(results: dict[str, Any]) -> str:
     cloud = results["cloud"]
     lines += ["", "## cloud", "", "| uploads in the buffer | one VPLU update (ms) |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in cloud["vplu_update_ms_by_buffer"].items()]
+    lines += ["", "| samples in one fit pass | forward and backward, us per sample |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in cloud["fit_pass_us_per_sample_by_size"].items()]
     lines += [
         "",
         "| devices | ms per device update, one at a time | batched | process RSS (MiB) |",
