@@ -91,6 +91,9 @@ class FleetCloud:
         self.channels = vplu.model.norm_layers[0].channels if vplu.model.norm_layers else 0
         self.environments = EnvironmentBank(self.adaptation.environment_bank)
         self.sessions: dict[str, AdaptationSession] = {}
+        # banks of devices another process adapts (``cloud.server.ray_workers``): they count
+        # in the shared prompt as if their sessions were here
+        self.peers: dict[str, PromptBank] = {}
         self.stays: dict[str, _Stay] = {}
         self.starts = {"bank": 0, "fleet_shared": 0, "own_shared": 0}
         self.fits = 0  # passes of VPLU.update_many (each fits one or more devices)
@@ -205,8 +208,7 @@ class FleetCloud:
         """
         neutral = self.vplu.neutral
         weighted = []
-        for device_id, session in self.sessions.items():
-            bank = session.bank
+        for device_id, bank in self._banks().items():
             if device_id == leaving:
                 weighted.append((bank.current(), float(bank.environments)))
             else:
@@ -224,6 +226,16 @@ class FleetCloud:
         self.stays.pop(device_id, None)
         return self.environments.forget(device_id)
 
+    def buffered_uploads(self, device_id: str) -> int:
+        """Uploads in the device's buffer (0 for a device without a session)."""
+        session = self.sessions.get(device_id)
+        return len(session.buffer) if session else 0
+
+    @property
+    def rejected_fits(self) -> int:
+        """Fits whose prompt failed the guard, over every session."""
+        return sum(s.rejected_fits for s in self.sessions.values())
+
     def stats(self) -> dict[str, float]:
         """Counters for reports: environments, bank use, stay starts, updates, seconds."""
         return {
@@ -236,6 +248,10 @@ class FleetCloud:
             "fits": self.fits,
             "cloud_seconds": self.teacher_seconds + sum(s.seconds for s in self.sessions.values()),
         }
+
+    def _banks(self) -> dict[str, PromptBank]:
+        """Every device's prompt bank: this cloud's sessions, then its peers'."""
+        return {**self.peers, **{d: s.bank for d, s in self.sessions.items()}}
 
     def _leave(self, device_id: str, session: AdaptationSession, stay: _Stay) -> None:
         signature = stay.signature()
@@ -258,8 +274,8 @@ class FleetCloud:
                 pooled = known.uploads if self.sharing.pool_uploads else None
                 if known.prompt is not None:
                     return known.prompt, pooled, "bank"
-        others = [s for d, s in self.sessions.items() if d != device_id]
-        if self.sharing.share_across_devices and any(s.bank.environments > 1 for s in others):
+        others = [bank for d, bank in self._banks().items() if d != device_id]
+        if self.sharing.share_across_devices and any(bank.environments > 1 for bank in others):
             return self.shared_prompt(leaving=device_id), pooled, "fleet_shared"
         return None, pooled, "own_shared"
 

@@ -53,6 +53,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         type=int,
         help="server.metrics_port: the Prometheus endpoint (default 9464; 0 picks a free one)",
     )
+    serve.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="server.ray_address: fit on Ray actors; 'local' starts a Ray here, 'auto' or "
+        "HOST:PORT joins a cluster (ray start --head)",
+    )
+    serve.add_argument("--workers", type=int, help="server.ray_workers: Ray actors (default 2)")
     serve.add_argument("--port-file", type=Path, help="write the bound port here once listening")
     serve.add_argument("--verbose", action="store_true", help="debug logging")
     serve.set_defaults(handler=_serve)
@@ -137,6 +144,8 @@ def _serve(args: argparse.Namespace) -> int:
         "server.host": args.host,
         "server.port": args.port,
         "server.metrics_port": args.metrics_port,
+        "server.ray_address": args.ray,
+        "server.ray_workers": args.workers,
         "server.state_dir": args.state_dir,
         "server.model_dir": args.model_dir,
         "student.checkpoint": args.student,

@@ -73,6 +73,10 @@ async def run_server(
         metrics,
     )
     requeued = worker.restore()
+    if config.ray_address:
+        from cloud.server.ray_workers import RayWorkers
+
+        worker.ray = RayWorkers(cloud_models, worker.fleet, config.ray_workers, config.ray_address)
     metrics.readings = Readings(
         queued_batches=worker.queue.qsize,
         waiting_devices=worker.queue.devices,

@@ -49,6 +49,7 @@ from cloud.server.fair_queue import FairQueue
 from cloud.server.limits import InboxQuota
 from cloud.server.metrics import ServerMetrics
 from cloud.server.models import CloudModels
+from cloud.server.ray_workers import RayWorkers
 from cloud.server.registry import DeviceRegistry
 from cloud.server.storage import (
     Inbox,
@@ -103,6 +104,8 @@ class AdaptationWorker:
         self.environments_file = state_dir / "environments.safetensors"
         self.fleet = cloud_models.new_fleet()
         self.sessions: dict[str, AdaptationSession] = self.fleet.sessions
+        # where fits run: in this process (the fleet itself), or on Ray actors
+        self.ray: RayWorkers | None = None
         self.queue = FairQueue()
         self.quota = InboxQuota(limits or LimitsConfig())
         self.sizes: dict[Path, int] = {}  # bytes of each queued inbox file
@@ -215,6 +218,8 @@ class AdaptationWorker:
                     self.inbox.done(path)
             self.arrivals.pop(device_id, None)
             entries = self.fleet.forget(device_id)
+            if self.ray is not None:
+                self.ray.forget(device_id)
             (self.banks / f"{device_id}.safetensors").unlink(missing_ok=True)
             self.board.forget(device_id)
             save_environments(self.environments_file, self.fleet.environments)
@@ -255,7 +260,7 @@ class AdaptationWorker:
     @property
     def rejected_fits(self) -> int:
         """Fits whose prompt failed the guard, so far (the devices kept their last prompts)."""
-        return self.unsaved_prompts + sum(s.rejected_fits for s in self.sessions.values())
+        return self.unsaved_prompts + (self.ray or self.fleet).rejected_fits
 
     def close(self) -> None:
         """Stop the running fit within one model pass, then the thread.
@@ -264,6 +269,8 @@ class AdaptationWorker:
         start ingests them again: stopping loses nothing and waits for no long fit.
         """
         self.fleet.vplu.stop.set()
+        if self.ray is not None:
+            self.ray.close()
         self.executor.shutdown(wait=True, cancel_futures=True)
 
     async def _process(
@@ -310,7 +317,7 @@ class AdaptationWorker:
                 batch.device_id,
                 outcome.environment_id,
                 batch.batch_id,
-                len(self.sessions[batch.device_id].buffer),
+                (self.ray or self.fleet).buffered_uploads(batch.device_id),
             )
         self.ledger.record(path, batch.device_id, len(batch.images))
         self.inbox.done(path)  # last: a crash before this re-ingests the batch, loses nothing
@@ -368,7 +375,7 @@ class AdaptationWorker:
                 batch.shift,
             )
             batches.append(DeviceBatch(batch.device_id, upload, fit))
-        outcomes = self.fleet.ingest_many(batches)
+        outcomes = (self.ray or self.fleet).ingest_many(batches)
         if self.fleet.environments.changes != self.saved_changes:  # a device left an environment
             save_environments(self.environments_file, self.fleet.environments)
             self.saved_changes = self.fleet.environments.changes

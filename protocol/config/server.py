@@ -95,6 +95,10 @@ class ServerConfig:
         max_devices: enrolment stops here.
         metrics_port: port of the Prometheus endpoint (``/metrics``, on ``host``); 0 picks a
             free one; empty: none. ``cdca cloud status`` reads it.
+        ray_address: run the fits on Ray actors: ``local`` (a Ray of this machine, started
+            by the server), ``auto`` or ``HOST:PORT`` (a cluster started with ``ray start``);
+            empty: in the server's own process.
+        ray_workers: Ray actors to fit on (each device stays on one).
         fit_devices: devices whose waiting batches one fit takes together (one teacher pass,
             one ``VPLU.update_many``); 1 fits one device at a time.
         tls: the server's certificate (a ``[server.tls]`` table); none: plain text.
@@ -109,6 +113,8 @@ class ServerConfig:
     max_message_bytes: int = 4 * 1024 * 1024
     max_devices: int = 1024
     metrics_port: int | None = 9464
+    ray_address: str = ""
+    ray_workers: int = 2
     fit_devices: int = 64
     tls: TLSConfig | None = None
     limits: LimitsConfig = field(default_factory=LimitsConfig)
@@ -122,6 +128,8 @@ class ServerConfig:
             raise ConfigError("upload_slack must be >= 0 and max_devices >= 1")
         if self.metrics_port is not None and not 0 <= self.metrics_port < 65536:
             raise ConfigError(f"metrics_port must be in [0, 65535], got {self.metrics_port}")
+        if self.ray_workers < 1:
+            raise ConfigError(f"ray_workers must be >= 1, got {self.ray_workers}")
         if self.fit_devices < 1:
             raise ConfigError(f"fit_devices must be >= 1, got {self.fit_devices}")
 
