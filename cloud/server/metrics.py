@@ -3,8 +3,9 @@
 Counted where it happens: uploads and samples (the servicer), refusals by gRPC status code,
 fit passes, their latency and the devices each fitted, prompts published and their
 staleness (the worker). Read when scraped: the worker's queue (batches and devices
-waiting), the inbox's bytes, enrolled devices, devices holding a prompt stream open, and
-each device's last-prompt age. ``cdca cloud status`` reads the same endpoint.
+waiting), the inbox's bytes, enrolled devices, devices holding a prompt stream open, each
+device's last-prompt age, and the devices each fit worker holds (one in-process worker, or
+the Ray actors). ``cdca cloud status`` reads the same endpoint.
 
 Staleness is counted by the server, not from the device's own batch ids (a device could
 claim any): the device's uploads that arrived after the one a prompt learned from, when
@@ -40,6 +41,7 @@ class Readings:
     inbox_bytes: Callable[[], int] = lambda: 0
     enrolled_devices: Callable[[], int] = lambda: 0
     last_prompt_unix: Callable[[], dict[str, float]] = dict
+    worker_devices: Callable[[], dict[str, int]] = dict  # devices each fit worker holds
 
 
 class ServerMetrics:
@@ -115,3 +117,9 @@ class _ReadingsCollector(Collector):
         for device, published in sorted(read.last_prompt_unix().items()):
             age.add_metric([device], max(0.0, now - published))
         yield age
+        workers = GaugeMetricFamily(
+            "cdca_worker_devices", "devices whose fits each worker holds", labels=["worker"]
+        )
+        for worker, devices in sorted(read.worker_devices().items()):
+            workers.add_metric([worker], devices)
+        yield workers

@@ -200,6 +200,14 @@ class RayWorkers:
                 outcomes[i] = outcome
         return outcomes
 
+    def devices_per_worker(self) -> dict[str, int]:
+        """How many devices each live actor holds."""
+        counts = dict.fromkeys(self.actors, 0)
+        for name in list(self.placed.values()):  # one C-level copy: a pass may be placing
+            if name in counts:
+                counts[name] += 1
+        return counts
+
     def buffered_uploads(self, device_id: str) -> int:
         """Uploads in the device's buffer on its actor, as of the last pass."""
         return self.buffered.get(device_id, 0)

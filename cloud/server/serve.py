@@ -83,6 +83,7 @@ async def run_server(
         inbox_bytes=lambda: worker.quota.total,
         enrolled_devices=registry.count,
         last_prompt_unix=board.published_unix,
+        worker_devices=worker.devices_per_worker,
     )
     metrics_url = _start_metrics(metrics, config)
     server, port, health_servicer = _build_server(

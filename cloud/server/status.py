@@ -17,7 +17,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from cloud.server.metrics import METRICS_URL_FILE
+from cloud.server.metrics import METRICS_URL_FILE, STALENESS_BUCKETS
 from protocol.errors import ConfigError
 
 
@@ -59,6 +59,8 @@ def scrape(url: str, timeout: float = 5.0) -> Scrape:
                 out.buckets[family.name].append((float(sample.labels["le"]), sample.value))
             elif "device" in sample.labels:
                 out.labelled[sample.name][sample.labels["device"]] = sample.value
+            elif "worker" in sample.labels:
+                out.labelled[sample.name][sample.labels["worker"]] = sample.value
             elif "code" in sample.labels:
                 out.labelled[sample.name][sample.labels["code"]] = sample.value
             else:
@@ -86,6 +88,7 @@ def report(url: str, data: Scrape) -> str:
     passes = data.get("cdca_fit_passes_total")
     pass_seconds = data.get("cdca_fit_pass_seconds_sum") / passes if passes else 0.0
     enrolled = int(data.get("cdca_devices_enrolled"))
+    workers = data.labelled.get("cdca_worker_devices", {})
     lines = [
         f"cdca cloud at {url}",
         f"devices   {enrolled} enrolled, {int(data.get('cdca_devices_connected'))} with a prompt "
@@ -98,6 +101,8 @@ def report(url: str, data: Scrape) -> str:
         f"queue     {int(data.get('cdca_queue_batches')):,} batches from "
         f"{int(data.get('cdca_queue_devices'))} devices waiting; inbox "
         f"{data.get('cdca_inbox_bytes') / 2**20:.1f} MiB",
+        "workers   "
+        + (", ".join(f"{w} {int(n)} devices" for w, n in sorted(workers.items())) or "none"),
         f"fits      {int(passes):,} passes, {int(data.get('cdca_fitted_devices_total')):,} device "
         f"fits, {pass_seconds:.2f} s per pass on average",
         f"prompts   {int(data.get('cdca_prompts_published_total')):,} published; staleness "
@@ -116,4 +121,6 @@ def report(url: str, data: Scrape) -> str:
 def _at_most(value: float | None) -> str:
     if value is None:
         return "n/a"
-    return "> 55" if math.isinf(value) else f"<= {value:g}"
+    if math.isinf(value):
+        return f"> {STALENESS_BUCKETS[-1]}"
+    return "0" if value == 0 else f"<= {value:g}"

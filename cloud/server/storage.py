@@ -189,7 +189,8 @@ def save_environments(path: Path, bank: EnvironmentBank) -> None:
     tensors: dict[str, torch.Tensor] = {}
     counts = []
     for i, entry in enumerate(bank.entries):
-        tensors[f"{i}.signature"] = torch.from_numpy(np.asarray(entry.signature, np.float64))
+        # a copy: a signature that came back from a Ray worker is a read-only array
+        tensors[f"{i}.signature"] = torch.from_numpy(np.array(entry.signature, np.float64))
         if entry.prompt is not None:  # None: only short stays so far (their uploads pool)
             tensors.update(
                 {

@@ -6,8 +6,9 @@ device leaves an environment). VPLU runs in one background thread (torch release
 GIL, so the gRPC loop keeps answering); a prompt that passes the safety valve is saved,
 then published. An inbox file is removed only after its batch was ingested, the bank
 saved and the batch recorded in ``ingested.log``, so a crash re-runs at most one pass. A
-pass takes one waiting batch from each of up to ``fit_devices`` devices and fits them all
-at once (``FleetCloud.ingest_many``: one teacher pass, shared model passes).
+pass takes one waiting batch from each of up to ``fit_devices`` devices per worker (one
+in-process worker, or the Ray actors) and fits them together (``FleetCloud.ingest_many``:
+one teacher pass, shared model passes); 1, the default, fits one device at a time.
 A batch the session refuses is moved to ``rejected/`` with a log line: one bad batch never
 stops the worker. A cloud slower than its devices catches up instead of falling further
 behind: while a newer batch from the same device waits, a batch is only buffered, and the
@@ -88,7 +89,7 @@ class AdaptationWorker:
         board: PromptBoard,
         state_dir: Path,
         limits: LimitsConfig | None = None,
-        fit_devices: int = 64,
+        fit_devices: int = 1,
         metrics: ServerMetrics | None = None,
     ) -> None:
         self.cloud_models, self.registry, self.inbox, self.board = (
@@ -166,7 +167,7 @@ class AdaptationWorker:
             self.apply_forgets()
             try:
                 taken = await asyncio.wait_for(
-                    self.queue.take(self.fit_devices), FORGET_CHECK_SECONDS
+                    self.queue.take(self.pass_devices()), FORGET_CHECK_SECONDS
                 )
             except TimeoutError:
                 continue
@@ -184,6 +185,11 @@ class AdaptationWorker:
                     self.queue.charge(device_id, seconds / len(taken))
                 self._count_pass(seconds, self.fleet.device_fits - fitted)
 
+    def pass_devices(self) -> int:
+        """Devices one pass takes: ``fit_devices`` for each worker that fits in parallel."""
+        workers = len(self.ray.actors) if self.ray is not None else 1
+        return self.fit_devices * workers
+
     def upload_pause(self, device_id: str) -> float:
         """Seconds a device should hold back uploads: it is getting ahead of the cloud.
 
@@ -197,6 +203,12 @@ class AdaptationWorker:
             return 0.0
         running = time.perf_counter() - self.pass_began if self.pass_began else 0.0
         return min(MAX_UPLOAD_PAUSE_SECONDS, max(self.pass_seconds, running))
+
+    def devices_per_worker(self) -> dict[str, int]:
+        """Devices whose sessions each fit worker holds (``server``: this process)."""
+        if self.ray is not None:
+            return self.ray.devices_per_worker()
+        return {"server": len(self.sessions)}
 
     def _count_pass(self, seconds: float, fitted: int) -> None:
         if fitted:

@@ -99,8 +99,10 @@ class ServerConfig:
             by the server), ``auto`` or ``HOST:PORT`` (a cluster started with ``ray start``);
             empty: in the server's own process.
         ray_workers: Ray actors to fit on (each device stays on one).
-        fit_devices: devices whose waiting batches one fit takes together (one teacher pass,
-            one ``VPLU.update_many``); 1 fits one device at a time.
+        fit_devices: devices one fit pass takes together (one teacher pass, one
+            ``VPLU.update_many``), per Ray worker. 1: one device at a time, which keeps
+            prompts freshest where a pass costs the same per sample at any size, as on a
+            CPU (docs/bench-fleet.md); more pays where larger passes cost less per sample.
         tls: the server's certificate (a ``[server.tls]`` table); none: plain text.
         limits: what one device may cost the server (``[server.limits]``).
     """
@@ -115,7 +117,7 @@ class ServerConfig:
     metrics_port: int | None = 9464
     ray_address: str = ""
     ray_workers: int = 2
-    fit_devices: int = 64
+    fit_devices: int = 1
     tls: TLSConfig | None = None
     limits: LimitsConfig = field(default_factory=LimitsConfig)
 

@@ -274,6 +274,13 @@ def _add_reliability(sub: argparse._SubParsersAction) -> None:
         default="data/fashion-mnist-c",
         help="prepared benchmark for the Flower straggler scenario",
     )
+    load.add_argument(
+        "--server-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting of the load run's server, e.g. server.fit_devices=8 (repeatable)",
+    )
     load.set_defaults(handler=_run_reliability)
 
 
@@ -285,7 +292,11 @@ def _run_reliability(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"… {args.clients} clients for {args.seconds:.0f} s", flush=True)
     results: dict[str, object] = {
-        "load": run_load(LoadConfig(args.out, args.clients, args.seconds, args.period))
+        "load": run_load(
+            LoadConfig(
+                args.out, args.clients, args.seconds, args.period, server_settings=args.server_set
+            )
+        )
     }
     if names:
         print(f"… fault scenarios: {', '.join(names)}", flush=True)

@@ -44,6 +44,7 @@ class LoadConfig:
     seconds: float = 60.0
     period: float = 1.0  # seconds between one client's uploads
     samples: int = 6  # frames per upload (a 64-frame batch at a 10 % budget)
+    server_settings: list[str] = field(default_factory=list)  # KEY=VALUE for the server
 
 
 @dataclass
@@ -74,7 +75,8 @@ def run_load(config: LoadConfig) -> dict[str, object]:
     tokens = {f"load-{i}": registry.enrol(f"load-{i}") for i in range(config.clients)}
     registry.close()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    server, port = launch_server(state, 0, config.out / "server.log", env)
+    extra = tuple(arg for setting in config.server_settings for arg in ("--set", setting))
+    server, port = launch_server(state, 0, config.out / "server.log", env, extra=extra)
     manifest = load_manifest(state / "model" / MANIFEST_FILE)
     channels = int(manifest.input("norm_stats").shape[1])
     stats = [ClientStats() for _ in tokens]
@@ -212,6 +214,7 @@ def _summary(config, stats, peak, backlog, exit_code) -> dict[str, object]:  # t
     return {
         "clients": config.clients,
         "seconds": config.seconds,
+        "server_settings": ", ".join(config.server_settings) or "defaults",
         "frames_per_second_per_device": round(64 / config.period, 1),
         "uploads": sum(s.uploads for s in stats),
         "batches_held_back": sum(s.held_back for s in stats),

@@ -44,13 +44,14 @@ def run_grpc(
     shutil.rmtree(work, ignore_errors=True)
     state = work / "cloud"
     state.mkdir(parents=True)
-    # the server serves the model this run exported, from its own state folder, on loopback
+    # the server serves the model this run exported, from its own state folder, on loopback;
+    # absolute paths: the project file below resolves relative ones against its own folder
     loopback = replace(
         project.server,
         host="127.0.0.1",
         port=0,
-        state_dir=state,
-        model_dir=cloud_models.served.folder,
+        state_dir=state.resolve(),
+        model_dir=cloud_models.served.folder.resolve(),
         tls=None,
         limits=_replay_limits(project),
     )

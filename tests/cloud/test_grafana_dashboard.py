@@ -13,7 +13,8 @@ DASHBOARD = Path(__file__).parents[2] / "docs" / "grafana" / "cdca-cloud.json"
 
 def test_every_metric_the_dashboard_queries_is_exported():
     metrics = ServerMetrics()
-    metrics.readings.last_prompt_unix = lambda: {"cam-a": 0.0}  # so the labelled gauge has a row
+    metrics.readings.last_prompt_unix = lambda: {"cam-a": 0.0}  # labelled gauges need a row
+    metrics.readings.worker_devices = lambda: {"server": 1}
     metrics.refusals.labels("UNAUTHENTICATED").inc()
     exported = set(re.findall(r"^(cdca_\w+)", generate_latest(metrics.registry).decode(), re.M))
     panels = json.loads(DASHBOARD.read_text())["panels"]

@@ -37,6 +37,7 @@ def test_metrics_count_uploads_fits_prompts_and_refusals_and_status_prints_them(
     assert data.labelled["cdca_refusals_total"]["UNAUTHENTICATED"] == 1
     assert "cam-a" in data.labelled["cdca_device_last_prompt_age_seconds"]
     assert data.get("cdca_queue_batches") == 0
+    assert data.labelled["cdca_worker_devices"] == {"server": 1}  # cam-a's session
     assert main(["cloud", "status", "--state-dir", str(live_server.state_dir)]) == 0
     out = capsys.readouterr().out
     assert "3 batches, 24 samples stored" in out
