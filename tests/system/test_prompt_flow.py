@@ -165,10 +165,8 @@ def test_a_server_behind_its_device_fits_on_the_newest_waiting_batch_or_after_ei
     assert len(IngestLedger(state_dir / "ingested.log").files("cam-a")) == 12  # none lost
 
 
-def test_a_device_whose_batch_still_waits_is_told_to_hold_back_and_every_batch_is_ingested(
-    live_server, monkeypatch
-):
-    """Back-pressure: while a pass runs, a device's second waiting batch is answered with a pause."""
+def hold_the_worker(monkeypatch):
+    """Every fit pass waits for ``release``; ``entered`` is set once one is waiting."""
     import threading
 
     from cloud.adaptation.fleet import FleetCloud
@@ -182,6 +180,14 @@ def test_a_device_whose_batch_still_waits_is_told_to_hold_back_and_every_batch_i
         return real(self, batches)
 
     monkeypatch.setattr(FleetCloud, "ingest_many", held)
+    return release, entered
+
+
+def test_a_device_whose_batch_still_waits_is_told_to_hold_back_and_every_batch_is_ingested(
+    live_server, monkeypatch
+):
+    """Back-pressure: while a pass runs, a device's second waiting batch is answered with a pause."""
+    release, entered = hold_the_worker(monkeypatch)
     first = upload(live_server, good_chunks(n=8, batch_id=0, frames_seen=1000))
     assert first.upload_pause_ms == 0  # nothing of this device waited
     assert entered.wait(10)  # the worker holds batch 0 in a pass
@@ -196,23 +202,12 @@ def test_a_device_whose_batch_still_waits_is_told_to_hold_back_and_every_batch_i
 
 
 def test_the_device_link_holds_back_uploads_when_the_cloud_asks(live_server, monkeypatch, tmp_path):
-    import threading
-
-    from cloud.adaptation.fleet import FleetCloud
     from device.link import CloudLink, LinkConfig, encode_upload
     from device.spool import UploadQueue
     from protocol.upload import Upload
     from tests.system.conftest import TOKENS
 
-    release, entered = threading.Event(), threading.Event()
-    real = FleetCloud.ingest_many
-
-    def held(self, batches):
-        entered.set()
-        release.wait(10)
-        return real(self, batches)
-
-    monkeypatch.setattr(FleetCloud, "ingest_many", held)
+    release, entered = hold_the_worker(monkeypatch)
     config = LinkConfig(live_server.address, "cam-a", TOKENS["cam-a"], live_server.manifest_sha256)
     link = CloudLink(config, UploadQueue(tmp_path / "q"), {"norm_affine": (2, K)}, lambda p: None)
     rng = np.random.default_rng(0)
