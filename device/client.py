@@ -97,7 +97,7 @@ class DeviceClient:
                 frames.images, step, self.report.batches - 1, first_id, self.report.frames
             )
             if self.link is not None and self.link.holding_back() and not upload.shift:
-                # the cloud is behind: it still has this device's last batch
+                # back-pressure: this device's batches pile up in the cloud
                 self.report.held_back += len(step.decision.indices)
             else:
                 self.queue.put(encode_upload(upload))

@@ -145,12 +145,12 @@ class AdaptationSession:
     ) -> PendingFit:
         """``ingest`` up to the fit: the fit to run, if any, for ``finish`` to take the result of.
 
+        ``batch`` passed ``check`` (the caller checks before the teacher sees it);
         ``teacher_logits``: the teacher's (n, C) logits for the batch's pixels, computed by
         the caller (one teacher pass for many devices' batches).
         """
         began = time.perf_counter()
         try:
-            self.check(batch)
             return self._take(batch, teacher_logits, start, pooled, fit)
         finally:
             self.seconds += time.perf_counter() - began

@@ -41,12 +41,7 @@ class FairQueue:
         while not self._queues:
             self._ready.clear()
             await self._ready.wait()
-        device_id = min(self._queues, key=lambda d: self._used[d])
-        queue = self._queues[device_id]
-        path = queue.popleft()
-        if not queue:
-            del self._queues[device_id]
-        return device_id, path
+        return self._pop(min(self._queues, key=lambda d: self._used[d]))
 
     async def take(self, devices: int) -> list[tuple[str, Path]]:
         """The oldest batch of up to ``devices`` waiting devices, least worker time first.
@@ -55,16 +50,22 @@ class FairQueue:
         a device's batches stay in order, each seeing the buffer the one before left.
         """
         taken = [await self.get()]
+        served = {taken[0][0]}
         while len(taken) < devices:
-            others = [d for d in self._queues if d not in {t[0] for t in taken}]
+            others = [d for d in self._queues if d not in served]
             if not others:
                 break
-            device_id = min(others, key=lambda d: self._used[d])
-            queue = self._queues[device_id]
-            taken.append((device_id, queue.popleft()))
-            if not queue:
-                del self._queues[device_id]
+            taken.append(self._pop(min(others, key=lambda d: self._used[d])))
+            served.add(taken[-1][0])
         return taken
+
+    def _pop(self, device_id: str) -> tuple[str, Path]:
+        """The device's oldest batch, out of its queue (the queue goes when it empties)."""
+        queue = self._queues[device_id]
+        path = queue.popleft()
+        if not queue:
+            del self._queues[device_id]
+        return device_id, path
 
     def charge(self, device_id: str, seconds: float) -> None:
         """The worker spent ``seconds`` on the device's batch."""

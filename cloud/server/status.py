@@ -23,7 +23,7 @@ from protocol.errors import ConfigError
 
 @dataclass
 class Scrape:
-    """One scrape: plain values by metric name, labelled ones by name and label."""
+    """One scrape: plain values by metric name, ones with one label by name and label value."""
 
     values: dict[str, float] = field(default_factory=dict)
     labelled: dict[str, dict[str, float]] = field(default_factory=lambda: defaultdict(dict))
@@ -57,12 +57,9 @@ def scrape(url: str, timeout: float = 5.0) -> Scrape:
         for sample in family.samples:
             if sample.name.endswith("_bucket"):
                 out.buckets[family.name].append((float(sample.labels["le"]), sample.value))
-            elif "device" in sample.labels:
-                out.labelled[sample.name][sample.labels["device"]] = sample.value
-            elif "worker" in sample.labels:
-                out.labelled[sample.name][sample.labels["worker"]] = sample.value
-            elif "code" in sample.labels:
-                out.labelled[sample.name][sample.labels["code"]] = sample.value
+            elif len(sample.labels) == 1:  # by device, worker or status code
+                (label,) = sample.labels.values()
+                out.labelled[sample.name][label] = sample.value
             else:
                 out.values[sample.name] = sample.value
     return out
