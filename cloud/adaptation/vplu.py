@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from cloud.adaptation.batched import Chunk, chunks, default_chunk_samples, per_sample, split_stacked
+from cloud.adaptation.precision import autocast, channels_last, fit_dtype
 from cloud.export.device_model import AdaptiveBatchNorm, DeviceModel
 from protocol.config.adaptation import PARTS, VPLUConfig
 
@@ -110,7 +111,7 @@ class VPLU:
         chunk_samples: int | None = None,
     ) -> None:
         """``chunk_samples``: samples per model pass when fitting many devices (None: by hardware)."""
-        self.model = model.eval().requires_grad_(False)
+        self.model = model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
         self.class_vectors = class_vectors.detach().float()
         self.config = config or VPLUConfig()
         norms = [m for m in self.model.modules() if isinstance(m, AdaptiveBatchNorm)]
@@ -120,6 +121,8 @@ class VPLU:
         self.norm_mask = encoder_norm_mask(self.model)
         device = self.running_stats.device
         self.chunk_samples = chunk_samples or default_chunk_samples(device)
+        self.device = device
+        self.dtype = fit_dtype(self.config.precision, device)
         # set from another thread to end a running fit within one pass (a server stopping
         # must not wait for many devices' fits)
         self.stop = threading.Event()
@@ -143,7 +146,13 @@ class VPLU:
         inputs.update(prompt)
         inputs.update({"x": x, "norm_stats": norm_stats})
         del inputs["stat_mix"]  # replayed statistics only: the batch's would get weight 0
-        return self.model.replayed_logits(**inputs)
+        return self.replayed_logits(inputs)
+
+    def replayed_logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The model's logits in the fit's precision (``cloud.adaptation.precision``), as float32."""
+        with autocast(self.dtype, self.device):
+            logits = self.model.replayed_logits(**{**inputs, "x": channels_last(inputs["x"])})
+        return logits.float()
 
     def update(
         self,
@@ -279,7 +288,7 @@ class VPLU:
                 yield chunk, chunk.x.new_zeros(0, len(self.class_vectors))
                 continue
             inputs = per_sample(chunk, stacked, shared)
-            yield chunk, self.model.replayed_logits(x=chunk.x, **inputs)
+            yield chunk, self.replayed_logits({"x": chunk.x, **inputs})
 
     def _fit_many(
         self,

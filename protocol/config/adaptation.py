@@ -18,6 +18,7 @@ from protocol.errors import ConfigError
 Score = Literal["entropy", "margin", "disagreement", "random"]
 Gate = Literal["entropy", "off"]
 Target = Literal["ensemble", "teacher"]
+FitPrecision = Literal["auto", "fp32", "bf16"]
 PARTS = ("norm_affine", "input_affine", "class_vectors", "prompt")  # device model inputs
 
 
@@ -86,6 +87,9 @@ class VPLUConfig:
         guided: uncertainty sets the EMA momentum and weighs samples; false: fixed.
         target: ``ensemble`` (teacher and device view, each weighted by its confidence) or
             ``teacher``.
+        precision: the fit's activations: ``auto`` (bfloat16 where the hardware computes it
+            natively: CPUs with AMX or AVX512-BF16, CUDA GPUs; float32 elsewhere), ``fp32``
+            or ``bf16``. The prompt, the optimiser and the loss stay in float32.
     """
 
     parts: tuple[str, ...] = ("norm_affine",)
@@ -100,6 +104,7 @@ class VPLUConfig:
     l2: float = 1e-4
     guided: bool = True
     target: Target = "ensemble"
+    precision: FitPrecision = "auto"
 
     def __post_init__(self) -> None:
         check_choices(self)

@@ -21,6 +21,7 @@ import torch
 
 from cloud.adaptation.fleet import DeviceBatch, FleetCloud
 from cloud.adaptation.session import SessionConfig, UploadBatch
+from cloud.adaptation.vplu import VPLU
 from cloud.server.models import CloudModels
 from simulations.harness.memory import tree_rss_bytes
 
@@ -53,30 +54,30 @@ def fleet_cost_curve(
 def pass_cost_curve(
     cloud_models: CloudModels, pixels: torch.Tensor, repeats: int = 3
 ) -> dict[str, float]:
-    """Microseconds per sample of one forward and backward through the device model, by pass size.
+    """Microseconds per sample of one forward and backward of a fit (its precision), by pass size.
 
     What batching many devices can save: if the cost per sample falls as a pass grows, one
     pass for many devices is cheaper than one per device; on a CPU it does not.
     """
-    model = cloud_models.device_model
-    norm_affine = torch.zeros(2, model.num_norm_channels, requires_grad=True)
+    vplu = VPLU(cloud_models.device_model, cloud_models.class_vectors, cloud_models.adaptation.fit)
+    norm_affine = torch.zeros(2, vplu.model.num_norm_channels, requires_grad=True)
     curve = {}
     for size in PASS_SIZES:
         x = cloud_models.normalization.apply(pixels[torch.arange(size) % len(pixels)])
-        inputs = model.neutral_inputs(cloud_models.class_vectors)
+        inputs = vplu.model.neutral_inputs(cloud_models.class_vectors)
         inputs.update(x=x, norm_affine=norm_affine)
         del inputs["stat_mix"]
 
-        _pass(model, inputs)  # warm-up
+        _pass(vplu, inputs)  # warm-up
         began = time.perf_counter()
         for _ in range(repeats):
-            _pass(model, inputs)
+            _pass(vplu, inputs)
         curve[str(size)] = round((time.perf_counter() - began) / repeats / size * 1e6, 1)
     return curve
 
 
-def _pass(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> None:
-    model.replayed_logits(**inputs).logsumexp(1).sum().backward()  # type: ignore[operator]
+def _pass(vplu: VPLU, inputs: dict[str, torch.Tensor]) -> None:
+    vplu.replayed_logits(inputs).logsumexp(1).sum().backward()
 
 
 def _round_ms(

@@ -99,7 +99,7 @@ def test_short_stays_pool_their_uploads_without_keeping_their_prompts():
 def fleet(distilled):
     student, vectors, _ = distilled
     model = DeviceModel(student)
-    vplu = VPLU(model, vectors, VPLUConfig(steps=2))
+    vplu = VPLU(model, vectors, VPLUConfig(steps=2, precision="fp32"))
 
     def teacher(pixels):
         inputs = model.neutral_inputs(vectors, batch=len(pixels))

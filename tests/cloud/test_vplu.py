@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from cloud.adaptation.vplu import VPLU, FitRequest, Uploads, VPLUConfig
 from cloud.export.device_model import DeviceModel
@@ -16,7 +17,7 @@ def device_view(vplu: VPLU, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 def test_replayed_statistics_reproduce_the_device(distilled):
     student, vectors, _ = distilled
-    vplu = VPLU(DeviceModel(student), vectors)
+    vplu = VPLU(DeviceModel(student), vectors, VPLUConfig(precision="fp32"))
     x = torch.randn(16, 3, 32, 32) * 0.4 + 1.0
     stats, device_logits = device_view(vplu, x)
     replay = vplu.logits(x, vplu.neutral_prompt(), vplu.replay_stats(stats))
@@ -70,7 +71,7 @@ def test_uncertain_uploads_move_the_prompt_faster(distilled):
 
 def test_ensemble_target_sits_between_teacher_and_device(distilled):
     student, vectors, _ = distilled
-    vplu = VPLU(DeviceModel(student), vectors, VPLUConfig(target="ensemble"))
+    vplu = VPLU(DeviceModel(student), vectors, VPLUConfig(target="ensemble", precision="fp32"))
     x = torch.randn(8, 3, 32, 32)
     stats, device_logits = device_view(vplu, x)
     teacher_logits = torch.zeros_like(device_logits)
@@ -145,7 +146,7 @@ def fleet_requests(vplu: VPLU, student, devices: int) -> list[FitRequest]:
 @pytest.mark.parametrize("chunk_samples", [64, 10_000])  # several passes, or one for all
 def test_a_fleet_fitted_at_once_gets_what_each_device_gets_alone(distilled, chunk_samples):
     student, vectors, _ = distilled
-    config = VPLUConfig(steps=4, lr=5e-2)
+    config = VPLUConfig(steps=4, lr=5e-2, precision="fp32")
     alone = VPLU(DeviceModel(student), vectors, config)
     together = VPLU(DeviceModel(student), vectors, config, chunk_samples=chunk_samples)
     requests = fleet_requests(alone, student, 5)
@@ -164,3 +165,38 @@ def test_a_fleet_fitted_at_once_gets_what_each_device_gets_alone(distilled, chun
         for r, q in zip(results, requests, strict=True)
     ]
     assert any(moved)  # the fits learned something, so equality is not of untouched prompts
+
+
+def test_auto_precision_is_bfloat16_only_where_the_cpu_computes_it_natively(monkeypatch):
+    from cloud.adaptation import precision
+
+    cpu = torch.device("cpu")
+    assert precision.fit_dtype("fp32", cpu) == torch.float32
+    assert precision.fit_dtype("bf16", cpu) == torch.bfloat16
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    assert precision.fit_dtype("auto", cpu) == torch.float32
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    assert precision.fit_dtype("auto", cpu) == torch.bfloat16
+    with pytest.raises(ConfigError, match="precision"):
+        VPLUConfig(precision="fp8")
+
+
+def test_a_bfloat16_fit_learns_the_prompt_a_float32_fit_learns(distilled):
+    student, vectors, _ = distilled
+    learned = {}
+    for name in ("fp32", "bf16"):
+        vplu = VPLU(DeviceModel(student), vectors, VPLUConfig(steps=4, precision=name))
+        assert vplu.dtype == (torch.bfloat16 if name == "bf16" else torch.float32)
+        requests = fleet_requests(vplu, student, 3)
+        stats = [vplu.replay_stats(r.uploads.batch_stats) for r in requests]
+        trains = [(r.uploads.x, r.uploads.teacher_logits.softmax(1)) for r in requests]
+        prompts, _ = vplu._fit_many(trains, stats, [r.shipped for r in requests])
+        learned[name] = [
+            p["norm_affine"] - r.shipped["norm_affine"]
+            for p, r in zip(prompts, requests, strict=True)
+        ]
+    for exact, rounded in zip(learned["fp32"], learned["bf16"], strict=True):
+        # Adam's first steps go by the gradient's sign, so channels whose gradient is
+        # near zero may flip under bfloat16's rounding; the prompt as a whole may not
+        assert F.cosine_similarity(exact.flatten(), rounded.flatten(), dim=0) > 0.9
+        assert float(rounded.norm()) == pytest.approx(float(exact.norm()), rel=0.05)
