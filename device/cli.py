@@ -20,9 +20,10 @@ def main(argv: Sequence[str], prog: str = "cdca device") -> int:
         "doctor", help="check this machine can run a cdca device: runtime, providers, no torch"
     )
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
-    from device.run_command import add_parser
+    from device import bench_command, run_command
 
-    add_parser(sub)
+    run_command.add_parser(sub)
+    bench_command.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "doctor":
         return _doctor(as_json=args.json)

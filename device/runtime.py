@@ -44,14 +44,24 @@ class DeviceRuntime:
         self.adaptation = dict(defaults)
 
     @classmethod
-    def load(cls, manifest_path: str | Path, threads: int = 2) -> DeviceRuntime:
-        """Open the model a manifest describes, after checking its hash."""
+    def load(
+        cls,
+        manifest_path: str | Path,
+        threads: int = 2,
+        providers: list[str] | None = None,
+    ) -> DeviceRuntime:
+        """Open the model a manifest describes, after checking its hash.
+
+        ``providers``: onnxruntime execution providers in order of preference (default: CPU).
+        """
         manifest_path = Path(manifest_path)
         manifest = load_manifest(manifest_path)
         model_path = verify_model_file(manifest, manifest_path.parent / manifest.model_file)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
-        session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            str(model_path), options, providers=providers or ["CPUExecutionProvider"]
+        )
         defaults = _load_defaults(manifest, manifest_path.parent)
         return cls(manifest, session, defaults)
 

@@ -18,6 +18,7 @@ from protocol.errors import DataError
 MANIFEST_VERSION = 1
 MANIFEST_FILE = "student.manifest.json"  # what `cdca cloud export` writes, devices look for
 INT8_MANIFEST_FILE = "student.int8.manifest.json"  # its int8 copy's
+SAMPLE_FILE = "student.sample.npz"  # labelled held-out images `cdca device bench` scores
 ALLOWED_DTYPES = frozenset({"float32", "float16", "int64", "uint8"})
 
 

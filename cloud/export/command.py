@@ -10,6 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from cloud.project_cli import add_project_arguments, project_from_args
+from protocol.config.data import DataConfig
+from protocol.errors import DataError
+from protocol.manifest import SAMPLE_FILE
 
 DEFAULT_OUT = Path("runs/device-model")  # under the project's folder
 
@@ -38,6 +41,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=512,
         help="training images int8 is calibrated on (default: %(default)s)",
+    )
+    export.add_argument(
+        "--sample",
+        type=int,
+        default=256,
+        help="labelled data.test images written beside the model for `cdca device bench` "
+        "to score (0: none; default: %(default)s)",
     )
     export.add_argument(
         "--num-test",
@@ -70,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
             "export_seconds": round(result.seconds, 1),
         },
     }
+    sample = write_sample(project.data, args.out, args.sample)
+    if sample is not None:
+        report["sample"] = {"file": str(sample), "images": args.sample}
     if args.int8:
         test = load_split(project.data, "test").take(args.num_test)
         train = load_split(project.data, "train", args.calibration_images)
@@ -95,6 +108,32 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps(report, indent=2))
     print(f"wrote {result.model}, {result.manifest} and {args.out / 'export_report.json'}")
     return 0
+
+
+def write_sample(data: DataConfig, folder: Path, count: int) -> Path | None:
+    """A class-mixed random draw of ``count`` labelled test images, for ``cdca device bench``.
+
+    Held-out images at the model's input size, so a device can check the accuracy of the
+    model it runs (fp32 against int8, one provider against another) without the dataset.
+    """
+    from cloud.data.splits import load_split
+
+    if count < 1:
+        return None
+    try:
+        test = load_split(data, "test")
+    except DataError as error:
+        print(f"no sample for `cdca device bench` written: {error}")
+        return None
+    pick = np.sort(np.random.default_rng(0).permutation(len(test.images))[:count])
+    path = folder / SAMPLE_FILE
+    np.savez_compressed(
+        path,
+        images=test.images[pick],
+        labels=test.labels[pick],
+        class_names=np.array(test.class_names),
+    )
+    return path
 
 
 def _torch_accuracy(student, vectors, eval_sets) -> dict[str, object]:  # type: ignore[no-untyped-def]

@@ -10,7 +10,7 @@ from cloud.distill.student import DistilledStudent
 from cloud.export.device_model import DeviceModel
 from cloud.export.onnx_export import PARITY_TOLERANCE, export_device_model
 from cloud.students import create_student
-from protocol.manifest import load_manifest, sha256_of, verify_model_file
+from protocol.manifest import SAMPLE_FILE, load_manifest, sha256_of, verify_model_file
 from tests.conftest import require_fashion_mnist
 
 # The tiny fixture's norm channels: 320 in the compact CNN's BatchNorm2d layers plus the
@@ -169,6 +169,11 @@ def test_export_command_with_int8_reports_sizes_accuracy_and_latency(distilled, 
     int8_manifest = load_manifest(tmp_path / "m" / "student.int8.manifest.json")
     assert int8_manifest.quantization == "int8-qdq"
     verify_model_file(int8_manifest, tmp_path / "m" / int8_manifest.model_file)
+    with np.load(tmp_path / "m" / SAMPLE_FILE) as sample:  # what `cdca device bench` scores
+        assert sample["images"].shape == (256, 32, 32, 3)
+        assert sample["images"].dtype == np.uint8
+        assert len(set(sample["labels"].tolist())) > 5  # a random draw, not the first class
+        assert list(sample["class_names"]) == list(fashion_mnist.CLASS_NAMES)
 
 
 def test_the_cloud_refuses_a_model_folder_exported_from_another_student(exported, distilled):

@@ -69,6 +69,8 @@ def test_from_an_image_folder_to_a_served_fleet(tmp_path, monkeypatch):
     manifest = load_manifest(tmp_path / "export" / "student.manifest.json")
     assert manifest.class_names == tuple(sorted(CLASSES))  # the folder names, alphabetical
     assert manifest.preprocess.image_size == SIZE
+    with np.load(tmp_path / "export" / "student.sample.npz") as sample:  # held-out, own classes
+        assert sample["images"].shape[1:] == (SIZE, SIZE, 3)
     assert load_project(project_dir / "cdca.toml").data.image_size == SIZE
     report = (project_dir / "models" / "student.report.md").read_text()
     assert "label-trained student" in report  # this project's, not the shipped one
