@@ -38,21 +38,19 @@ def test_the_device_extra_alone_is_small_has_no_torch_and_benches_a_model(export
     assert not any((site / name).exists() for name in ("torch", "torchvision", "open_clip"))
     model = tmp_path / "model"
     shutil.copytree(exported.manifest.parent, model)
-    bench = subprocess.run(
-        [venv / "bin" / "cdca", "device", "bench", "--model", model, "--seconds", "0.05"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
+    bench = venv_cdca(venv, tmp_path, "device", "bench", "--model", model, "--seconds", "0.05")
+    assert "| fp32 | CPU | 64 | on |" in bench
+    # no --model: the student cdca ships, with its sample
+    shipped = venv_cdca(
+        venv, tmp_path, "device", "bench", "--seconds", "0.05", "--batch-sizes", "1"
     )
-    assert bench.returncode == 0, bench.stdout + bench.stderr
-    assert "| fp32 | CPU | 64 | on |" in bench.stdout
-    shipped = subprocess.run(  # no --model: the student cdca ships, with its sample
-        [venv / "bin" / "cdca", "device", "bench", "--seconds", "0.05", "--batch-sizes", "1"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
+    assert "| int8 | CPU | 1 | off |" in shipped
+
+
+def venv_cdca(venv: Path, cwd: Path, *args: object) -> str:
+    """Run the venv's own ``cdca``; its stdout (a failure shows both streams)."""
+    done = subprocess.run(
+        [venv / "bin" / "cdca", *args], capture_output=True, text=True, timeout=300, cwd=cwd
     )
-    assert shipped.returncode == 0, shipped.stdout + shipped.stderr
-    assert "| int8 | CPU | 1 | off |" in shipped.stdout
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
