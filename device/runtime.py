@@ -60,7 +60,10 @@ class DeviceRuntime:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         session = ort.InferenceSession(
-            str(model_path), options, providers=providers or ["CPUExecutionProvider"]
+            str(model_path),
+            options,
+            providers=providers or ["CPUExecutionProvider"],
+            disabled_optimizers=manifest.disabled_optimizers,
         )
         defaults = _load_defaults(manifest, manifest_path.parent)
         return cls(manifest, session, defaults)

@@ -12,7 +12,7 @@ import numpy as np
 from cloud.project_cli import add_project_arguments, project_from_args
 from protocol.config.data import DataConfig
 from protocol.errors import DataError
-from protocol.manifest import SAMPLE_FILE
+from protocol.manifest import INT8_DISABLED_OPTIMIZERS, SAMPLE_FILE
 
 DEFAULT_OUT = Path("runs/device-model")  # under the project's folder
 
@@ -102,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
         for name, path in (("fp32", result.model), ("int8", int8_path)):
             entry = report.setdefault(name, {})
             assert isinstance(entry, dict)
-            entry.update(_measure(path, example, eval_sets))
+            disabled = list(INT8_DISABLED_OPTIMIZERS) if name == "int8" else []
+            entry.update(_measure(path, example, eval_sets, disabled))
             entry["bytes"] = path.stat().st_size
     (args.out / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
@@ -169,20 +170,25 @@ def _shifted(data: str, count: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     }
 
 
-def _measure(path: Path, example, eval_sets) -> dict[str, object]:  # type: ignore[no-untyped-def]
+def _measure(path: Path, example, eval_sets, disabled: list[str]) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """Accuracy as shipped and as an adapting device runs it (own batch statistics), latency."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(path), providers=["CPUExecutionProvider"], disabled_optimizers=disabled
+    )
     neutral = {k: v.numpy() for k, v in example.items() if k != "x"}
+    adapting = {**neutral, "stat_mix": np.ones_like(neutral["stat_mix"])}
     out: dict[str, object] = {}
     for name, (x, labels) in eval_sets.items():
-        preds = np.concatenate(
-            [
-                session.run(["logits"], {**neutral, "x": x[i : i + 256]})[0].argmax(1)
-                for i in range(0, len(x), 256)
-            ]
-        )
-        out[f"accuracy_{name}"] = round(float((preds == labels).mean()), 4)
+        for mode, inputs in (("", neutral), ("_own_statistics", adapting)):
+            preds = np.concatenate(
+                [
+                    session.run(["logits"], {**inputs, "x": x[i : i + 64]})[0].argmax(1)
+                    for i in range(0, len(x), 64)
+                ]
+            )
+            out[f"accuracy_{name}{mode}"] = round(float((preds == labels).mean()), 4)
     x1 = eval_sets["clean"][0][:64]
     for batch in (1, 64):
         feeds = {**neutral, "x": x1[:batch]}

@@ -1,6 +1,8 @@
 import json
+from collections import Counter
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -168,6 +170,11 @@ def test_export_command_with_int8_reports_sizes_accuracy_and_latency(distilled, 
     assert report["fp32"]["ms_per_image_batch1"] > 0
     int8_manifest = load_manifest(tmp_path / "m" / "student.int8.manifest.json")
     assert int8_manifest.quantization == "int8-qdq"
+    assert int8_manifest.disabled_optimizers == ["QDQPropagationTransformer"]
+    ops = Counter(n.op_type for n in onnx.load(tmp_path / "m" / "student.int8.onnx").graph.node)
+    # the convolutions alone: a quantised input and output per Conv, no Q/DQ around the
+    # BatchNorm arithmetic the adaptation inputs feed
+    assert ops["QuantizeLinear"] <= 2 * ops["Conv"]
     verify_model_file(int8_manifest, tmp_path / "m" / int8_manifest.model_file)
     with np.load(tmp_path / "m" / SAMPLE_FILE) as sample:  # what `cdca device bench` scores
         assert sample["images"].shape == (256, 32, 32, 3)

@@ -85,3 +85,26 @@ def test_tampered_model_is_refused(exported, tmp_path):
     with pytest.raises(DataError, match="tampered"):
         DeviceRuntime.load(tmp_path / exported.manifest.name)
     assert load_manifest(tmp_path / exported.manifest.name).model_file == "student.onnx"
+
+
+def test_an_int8_model_runs_without_the_rewrite_that_makes_it_slow(exported, tmp_path, monkeypatch):
+    import shutil
+    from dataclasses import replace
+
+    import onnxruntime as ort
+
+    from protocol.manifest import load_manifest
+
+    folder = tmp_path / "model"
+    shutil.copytree(exported.manifest.parent, folder)
+    fp32 = load_manifest(exported.manifest)
+    assert fp32.disabled_optimizers == []
+    (folder / "int8.json").write_text(replace(fp32, quantization="int8-qdq").to_json())
+    opened = []
+    real = ort.InferenceSession
+    monkeypatch.setattr(
+        ort, "InferenceSession", lambda *a, **kw: opened.append(kw) or real(*a, **kw)
+    )
+    DeviceRuntime.load(folder / "int8.json")
+    DeviceRuntime.load(exported.manifest)
+    assert [kw["disabled_optimizers"] for kw in opened] == [["QDQPropagationTransformer"], []]
