@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -145,7 +145,7 @@ def measure(job: dict) -> list[BenchRow]:  # type: ignore[type-arg]
                 )
             )
     peak = _peak_memory_mb()
-    return [BenchRow(**{**asdict(r), "peak_memory_mb": peak}) for r in rows]
+    return [replace(r, peak_memory_mb=peak) for r in rows]
 
 
 def _sample(folder: Path, size: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -170,7 +170,7 @@ def _prompt(runtime) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
     feeds = dict(runtime.defaults)
     rng = np.random.default_rng(1)
     affine = feeds["norm_affine"]
-    feeds["norm_affine"] = (rng.normal(0, PROMPT_SCALE, affine.shape)).astype(affine.dtype)
+    feeds["norm_affine"] = rng.normal(0, PROMPT_SCALE, affine.shape).astype(affine.dtype)
     feeds["stat_mix"] = np.ones_like(feeds["stat_mix"])
     return feeds
 

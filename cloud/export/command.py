@@ -12,7 +12,7 @@ import numpy as np
 from cloud.project_cli import add_project_arguments, project_from_args
 from protocol.config.data import DataConfig
 from protocol.errors import DataError
-from protocol.manifest import INT8_DISABLED_OPTIMIZERS, SAMPLE_FILE
+from protocol.manifest import SAMPLE_FILE
 
 DEFAULT_OUT = Path("runs/device-model")  # under the project's folder
 
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     }
     sample = write_sample(project.data, args.out, args.sample)
     if sample is not None:
-        report["sample"] = {"file": str(sample), "images": args.sample}
+        report["sample"] = {"file": str(sample[0]), "images": sample[1]}
     if args.int8:
         test = load_split(project.data, "test").take(args.num_test)
         train = load_split(project.data, "train", args.calibration_images)
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         calibration = norm.to_tensor(train.images).numpy()
         example = DeviceModel(student, image_size=info.image_size).neutral_inputs(vectors, batch=2)
         manifest = load_manifest(result.manifest)
-        int8_path, _ = quantize_int8(result, calibration, manifest, example)
+        int8_path, int8_manifest = quantize_int8(result, calibration, manifest, example)
         shifted = _shifted(project.data.shifted, args.num_test // 10)
         raw_sets = {"clean": (test.images, test.labels), **shifted}
         # Normalised once, then shared by the PyTorch, fp32 and int8 measurements.
@@ -99,11 +99,13 @@ def run(args: argparse.Namespace) -> int:
             for name, (images, labels) in raw_sets.items()
         }
         report["torch"] = _torch_accuracy(student, vectors, eval_sets)
-        for name, path in (("fp32", result.model), ("int8", int8_path)):
+        for name, path, described in (
+            ("fp32", result.model, manifest),
+            ("int8", int8_path, load_manifest(int8_manifest)),
+        ):
             entry = report.setdefault(name, {})
             assert isinstance(entry, dict)
-            disabled = list(INT8_DISABLED_OPTIMIZERS) if name == "int8" else []
-            entry.update(_measure(path, example, eval_sets, disabled))
+            entry.update(_measure(path, example, eval_sets, described.disabled_optimizers))
             entry["bytes"] = path.stat().st_size
     (args.out / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
@@ -111,8 +113,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_sample(data: DataConfig, folder: Path, count: int) -> Path | None:
+def write_sample(data: DataConfig, folder: Path, count: int) -> tuple[Path, int] | None:
     """A class-mixed random draw of ``count`` labelled test images, for ``cdca device bench``.
+
+    Returns the file and the images in it (fewer than ``count`` when the test set is smaller).
 
     Held-out images at the model's input size, so a device can check the accuracy of the
     model it runs (fp32 against int8, one provider against another) without the dataset.
@@ -134,7 +138,7 @@ def write_sample(data: DataConfig, folder: Path, count: int) -> Path | None:
         labels=test.labels[pick],
         class_names=np.array(test.class_names),
     )
-    return path
+    return path, len(pick)
 
 
 def _torch_accuracy(student, vectors, eval_sets) -> dict[str, object]:  # type: ignore[no-untyped-def]

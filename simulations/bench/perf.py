@@ -35,7 +35,6 @@ import numpy as np
 import torch
 
 from cloud.students.preprocess import pixels_from_uint8
-from protocol.manifest import INT8_DISABLED_OPTIMIZERS
 
 
 @dataclass(frozen=True)
@@ -107,7 +106,9 @@ def export_models(out: Path) -> dict[str, Path]:
     train = load_fashion_mnist("train").take(256)
     calibration = info.normalization.to_tensor(train.images).numpy()
     example = DeviceModel(student).neutral_inputs(vectors, batch=2)
-    int8, _ = quantize_int8(result, calibration, load_manifest(result.manifest), example)
+    int8, int8_manifest = quantize_int8(
+        result, calibration, load_manifest(result.manifest), example
+    )
     graphs = {
         "plain": ClassVectorHead(student, vectors).eval(),
         "batch_stats": ClassVectorHead(batch_statistics_copy(student), vectors).eval(),
@@ -115,7 +116,13 @@ def export_models(out: Path) -> dict[str, Path]:
     paths = {name: folder / f"student.{name}.onnx" for name in graphs}
     for name, head in graphs.items():
         _export_images_to_logits(head, example["x"], paths[name])
-    return {"manifest": result.manifest, "fp32": result.model, "int8": int8, **paths}
+    return {
+        "manifest": result.manifest,
+        "int8_manifest": int8_manifest,
+        "fp32": result.model,
+        "int8": int8,
+        **paths,
+    }
 
 
 def batch_statistics_copy(student: torch.nn.Module) -> torch.nn.Module:
@@ -160,15 +167,18 @@ def device_latency(models: dict[str, Path], frames: np.ndarray, repeats: int) ->
     x = preprocess(frames, runtime.manifest.preprocess)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    sessions = {
-        name: ort.InferenceSession(
-            str(models[name]),
-            options,
-            providers=["CPUExecutionProvider"],
-            disabled_optimizers=list(INT8_DISABLED_OPTIMIZERS) if name == "int8" else [],
-        )
-        for name in ("fp32", "int8", "plain", "batch_stats")
+    sessions = {  # the prompted models opened as a device opens them (``DeviceRuntime``)
+        "fp32": runtime.session,
+        "int8": DeviceRuntime.load(models["int8_manifest"], threads=1).session,
     }
+    sessions.update(
+        {
+            name: ort.InferenceSession(
+                str(models[name]), options, providers=["CPUExecutionProvider"]
+            )
+            for name in ("plain", "batch_stats")
+        }
+    )
     student, vectors, _ = load_distilled(SHIPPED_DISTILLED)
     eager = DeviceModel(student).eval()
     torch_inputs = {k: torch.from_numpy(v) for k, v in prompt.items()}
