@@ -22,6 +22,8 @@ import grpc
 import numpy as np
 
 from device.spool import UploadQueue
+from device.stats_sender import StatsSender
+from protocol.config.wire import encoding_from_wire
 from protocol.errors import CdcaError
 from protocol.messages import (
     PROTOCOL_VERSION,
@@ -185,6 +187,9 @@ class CloudLink:
         self._registered = False
         self._acked_at: dict[int, float] = {}  # batch id -> when the cloud acknowledged it
         self._pause_until = 0.0  # monotonic time until which the cloud asked for no uploads
+        # how uploads travel: what the cloud's settings say at Register (raw until then)
+        self.encoding = encoding_from_wire({})
+        self.stats_sender = StatsSender(self.encoding.stats_resend_distance)
         self._threads = [
             threading.Thread(target=self._upload_loop, name="uploader", daemon=True),
             threading.Thread(target=self._watch_loop, name="watcher", daemon=True),
@@ -252,14 +257,20 @@ class CloudLink:
             log.warning("dropping an unreadable queued upload %d: %s", seq, err)
             self.queue.ack(seq)
             return True
-        chunks = upload.chunks(self.config.device_id)
+        sender = self.stats_sender
+        with_stats = sender.include(upload.batch_stats, upload.shift)
+        chunks = upload.chunks(self.config.device_id, encoding=self.encoding, with_stats=with_stats)
         start = time.perf_counter()
         try:
             summary = self._stub.Upload(
                 iter(chunks), metadata=self.metadata, timeout=self.config.rpc_timeout
             )
         except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.ABORTED and not with_stats:
+                sender.forget()  # the cloud holds no statistics of ours: resend with them
+                return self._send(seq, payload)
             return self._upload_failed(seq, err)
+        sender.acknowledged(upload.batch_stats, with_stats)
         self.stats.upload_ms.append((time.perf_counter() - start) * 1e3)
         self._acked_at[upload.batch_id] = time.monotonic()
         while len(self._acked_at) > ACK_TIMES_KEPT:
@@ -330,6 +341,9 @@ class CloudLink:
             request, metadata=self.metadata, timeout=timeout or self.config.rpc_timeout
         )
         self._registered = True
+        self.encoding = encoding_from_wire(response.device_settings)
+        # a new registration: the cloud may hold none of this device's statistics
+        self.stats_sender = StatsSender(self.encoding.stats_resend_distance)
         log.info(
             "registered with %s (upload budget %.2f)", self.config.target, response.upload_budget
         )

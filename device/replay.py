@@ -21,6 +21,7 @@ import numpy as np
 
 from device.agent import AgentStep, DeviceAgent
 from device.sources import batch_starts
+from device.stats_sender import StatsSender
 from protocol.errors import DataError
 from protocol.messages import prompt_message
 from protocol.upload import Upload
@@ -73,14 +74,32 @@ class BatchRecord:
 
 
 def step_and_upload(
-    agent: DeviceAgent, device_id: str, images: np.ndarray, batch: int, first_frame: int
+    agent: DeviceAgent,
+    device_id: str,
+    images: np.ndarray,
+    batch: int,
+    first_frame: int,
+    sender: StatsSender | None = None,
 ) -> tuple[AgentStep, Upload | None, int]:
-    """One batch: the agent's step, its upload (None: nothing goes up) and its wire bytes."""
+    """One batch: the agent's step, its upload as the cloud decodes it, and its wire bytes.
+
+    The upload is None when nothing goes up; bytes are in the agent's upload encoding.
+    ``sender``: leaves out statistics the cloud already holds, as a gRPC link does (its
+    upload then carries the held ones, which the cloud would use); None: always sent.
+    """
     step = agent.step(images)
     if not step.uploads:
         return step, None, 0
     upload = agent.upload(images, step, batch, first_frame, first_frame + len(images))
-    return step, upload, upload.wire_bytes(device_id)
+    encoding = agent.settings.encoding
+    known = None
+    if sender is not None:
+        sender.resend_distance = encoding.stats_resend_distance
+        if not sender.include(upload.batch_stats, upload.shift):
+            known = sender.held
+        sender.acknowledged(upload.batch_stats, known is None)
+    received, wire_bytes = upload.as_received(device_id, encoding, known)
+    return step, received, wire_bytes
 
 
 def prompt_bytes(parts: dict[str, np.ndarray], version: int) -> int:
@@ -112,6 +131,7 @@ class ReplayDevice:
         )
         self.starts = batch_starts(self.domain, batch_size)
         self.prompt_version = 0
+        self.stats_sender = StatsSender(agent.settings.stats_resend_distance)
 
     @property
     def num_batches(self) -> int:
@@ -128,7 +148,9 @@ class ReplayDevice:
         """Predict one batch; returns its record and its upload (None: nothing goes up)."""
         start, stop = self.starts[batch], self.starts[batch + 1]
         images, labels = self.images[start:stop], self.labels[start:stop]
-        step, upload, bytes_up = step_and_upload(self.agent, self.device_id, images, batch, start)
+        step, upload, bytes_up = step_and_upload(
+            self.agent, self.device_id, images, batch, start, self.stats_sender
+        )
         correct = int((step.logits.argmax(1) == labels).sum())
         record = BatchRecord(
             batch,
@@ -150,11 +172,13 @@ class ReplayDevice:
                 self.agent.view_rng,
                 self.agent.runtime.adaptation,
                 self.prompt_version,
+                self.stats_sender,
             )
         )
 
     def restore(self, state: bytes) -> None:
         """Take back ``state()`` written by this same node (never data from elsewhere)."""
-        sampler, rng, adaptation, version = pickle.loads(state)  # noqa: S301 - the node's own state
+        sampler, rng, adaptation, version, sender = pickle.loads(state)  # noqa: S301 - own state
         self.agent.sampler, self.agent.view_rng = sampler, rng
         self.agent.runtime.adaptation, self.prompt_version = adaptation, version
+        self.stats_sender = sender

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from protocol.errors import CdcaError
+from protocol.images import DEFAULT_ENCODING, UploadEncoding, decode_image, encode_image
 from protocol.tensors import DEFAULT_MAX_BYTES, decode, encode
 from protocol.v1 import cdca_pb2
 
@@ -133,27 +134,24 @@ def upload_chunks(
     uncertainty: np.ndarray,
     frame_ids: np.ndarray,
     predicted: np.ndarray,
-    batch_stats: np.ndarray,
+    batch_stats: np.ndarray | None,
     *,
     shift: bool,
     frames_seen: int,
     max_chunk_bytes: int = 1024 * 1024,
+    encoding: UploadEncoding = DEFAULT_ENCODING,
 ) -> list[cdca_pb2.UploadChunk]:
     """Split one batch's uploads into chunks under ``max_chunk_bytes``.
 
-    The first chunk carries the statistics, the last says it is the last: the cloud stores
-    nothing of a stream that ends without it.
+    The first chunk carries the statistics (``None``: the cloud reuses the last ones this
+    device sent), the last says it is the last: the cloud stores nothing of a stream that
+    ends without it. ``encoding``: image files or raw pixels, float16 or float32 statistics.
     """
     per_chunk = max(1, max_chunk_bytes // max(1, images[0].nbytes if len(images) else 1))
     chunks = []
     for first in range(0, max(1, len(images)), per_chunk):
         samples = [
-            cdca_pb2.Sample(
-                image=encode(images[i]),
-                uncertainty=float(uncertainty[i]),
-                frame_id=int(frame_ids[i]),
-                predicted_class=int(predicted[i]),
-            )
+            _sample(images[i], encoding, uncertainty[i], frame_ids[i], predicted[i])
             for i in range(first, min(first + per_chunk, len(images)))
         ]
         chunk = cdca_pb2.UploadChunk(
@@ -163,11 +161,53 @@ def upload_chunks(
             shift=shift,
             frames_seen=frames_seen,
         )
-        if first == 0:
-            chunk.batch_stats.CopyFrom(encode(np.asarray(batch_stats, np.float32)))
+        if first == 0 and batch_stats is not None:
+            chunk.batch_stats.CopyFrom(encode(wire_stats(batch_stats, encoding)))
         chunks.append(chunk)
     chunks[-1].last = True
     return chunks
+
+
+def _sample(
+    image: np.ndarray,
+    encoding: UploadEncoding,
+    uncertainty: float,
+    frame_id: int,
+    predicted: int,
+) -> cdca_pb2.Sample:
+    sample = cdca_pb2.Sample(
+        uncertainty=float(uncertainty), frame_id=int(frame_id), predicted_class=int(predicted)
+    )
+    if encoding.image_format == "raw":
+        sample.image.CopyFrom(encode(image))
+    else:
+        sample.image_file.CopyFrom(encode_image(image, encoding))
+    return sample
+
+
+def wire_stats(batch_stats: np.ndarray, encoding: UploadEncoding) -> np.ndarray:
+    """The statistics as they travel: float16 when asked and every value fits, else float32.
+
+    A float16 that overflows would reach the cloud as Inf and be refused, so values beyond
+    its range go as float32 (rare: BatchNorm inputs of a trained network are far smaller).
+    """
+    stats = np.asarray(batch_stats, np.float32)
+    if encoding.stats_dtype == "float16" and np.all(np.abs(stats) <= np.finfo(np.float16).max):
+        return stats.astype(np.float16)
+    return stats
+
+
+def _decode_sample_image(
+    sample: cdca_pb2.Sample, shape: tuple[int, int, int], max_bytes: int, name: str
+) -> np.ndarray:
+    """A sample's frame from raw pixels or an image file; exactly one of the two."""
+    if sample.HasField("image") == sample.HasField("image_file"):
+        raise ProtocolError(
+            f"{name}: a sample carries either image or image_file, not both or none"
+        )
+    if sample.HasField("image_file"):
+        return decode_image(sample.image_file, shape, name)
+    return decode(sample.image, name=name, dtype="uint8", shape=shape, max_bytes=max_bytes)
 
 
 def decode_upload(
@@ -187,26 +227,23 @@ def decode_upload(
     images = np.zeros((n, *image_shape), np.uint8)
     uncertainty = np.zeros(n, np.float32)
     for i, sample in enumerate(samples):
-        images[i] = decode(
-            sample.image,
-            name=f"sample {i} image",
-            dtype="uint8",
-            shape=image_shape,
-            max_bytes=max_bytes,
-        )
+        images[i] = _decode_sample_image(sample, image_shape, max_bytes, f"sample {i} image")
         uncertainty[i] = sample.uncertainty
     if not np.all(np.isfinite(uncertainty) & (uncertainty >= 0) & (uncertainty <= 1)):
         raise ProtocolError("uncertainty scores must be finite and in [0, 1]")
     stats = None
     if chunk.HasField("batch_stats"):
+        if chunk.batch_stats.dtype not in ("float32", "float16"):
+            raise ProtocolError(
+                f"batch_stats must be float32 or float16, got {chunk.batch_stats.dtype!r}"
+            )
         stats = decode(
             chunk.batch_stats,
             name="batch_stats",
-            dtype="float32",
             shape=stats_shape,
             max_bytes=max_bytes,
             finite=True,
-        )
+        ).astype(np.float32)
     return DecodedUpload(
         device_id=chunk.device_id,
         batch_id=chunk.batch_id,

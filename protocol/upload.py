@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from protocol.messages import ProtocolError, upload_chunks
+from protocol.images import DEFAULT_ENCODING, UploadEncoding
+from protocol.messages import ProtocolError, decode_upload, upload_chunks
 from protocol.v1 import cdca_pb2
 
 ARRAY_FIELDS = ("images", "uncertainty", "frame_ids", "predicted", "batch_stats")
@@ -33,9 +34,16 @@ class Upload:
     frames_seen: int  # frames the device has seen so far, this batch included
 
     def chunks(
-        self, device_id: str, max_chunk_bytes: int = 1024 * 1024
+        self,
+        device_id: str,
+        max_chunk_bytes: int = 1024 * 1024,
+        encoding: UploadEncoding = DEFAULT_ENCODING,
+        with_stats: bool = True,
     ) -> list[cdca_pb2.UploadChunk]:
-        """The gRPC messages of this upload (``protocol.messages.upload_chunks``)."""
+        """The gRPC messages of this upload (``protocol.messages.upload_chunks``).
+
+        ``with_stats=False`` leaves the statistics out: the cloud reuses the last ones it has.
+        """
         return upload_chunks(
             device_id,
             self.batch_id,
@@ -43,15 +51,43 @@ class Upload:
             self.uncertainty,
             self.frame_ids,
             self.predicted,
-            self.batch_stats,
+            self.batch_stats if with_stats else None,
             shift=self.shift,
             frames_seen=self.frames_seen,
             max_chunk_bytes=max_chunk_bytes,
+            encoding=encoding,
         )
 
-    def wire_bytes(self, device_id: str) -> int:
+    def wire_bytes(self, device_id: str, encoding: UploadEncoding = DEFAULT_ENCODING) -> int:
         """What this upload costs on the gRPC wire."""
-        return sum(chunk.ByteSize() for chunk in self.chunks(device_id))
+        return sum(chunk.ByteSize() for chunk in self.chunks(device_id, encoding=encoding))
+
+    def as_received(
+        self, device_id: str, encoding: UploadEncoding, known_stats: np.ndarray | None = None
+    ) -> tuple[Upload, int]:
+        """What the cloud decodes from this upload's messages, and their wire bytes.
+
+        In-process fleets hand uploads to the cloud without gRPC; this gives them what the
+        cloud would see (lossy images, float16 statistics) and what the wire would carry.
+        ``known_stats``: the statistics the cloud already holds for this device, sent in
+        their place (None: send these).
+        """
+        chunks = self.chunks(device_id, encoding=encoding, with_stats=known_stats is None)
+        shape = tuple(self.images.shape[1:])
+        parts = [decode_upload(c, shape, tuple(self.batch_stats.shape)) for c in chunks]
+        stats = parts[0].batch_stats if known_stats is None else known_stats
+        assert stats is not None  # sent on the first chunk when not known
+        received = Upload(
+            batch_id=self.batch_id,
+            images=np.concatenate([p.images for p in parts]),
+            uncertainty=self.uncertainty,
+            frame_ids=self.frame_ids,
+            predicted=self.predicted,
+            batch_stats=stats,
+            shift=self.shift,
+            frames_seen=self.frames_seen,
+        )
+        return received, sum(chunk.ByteSize() for chunk in chunks)
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Named arrays (scalars as 0-d arrays) for an ``.npz`` file or a Flower ``ArrayRecord``."""

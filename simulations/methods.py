@@ -106,7 +106,9 @@ class MethodFactory:
             return create_method(name, self.model, source, **self.peer_settings.get(name, {}))
         assert self.cloud_models is not None
         if name == "cloud_teacher":
-            return CloudTeacherMethod(name, self.cloud_models)
+            return CloudTeacherMethod(
+                name, self.cloud_models, self.project.adaptation.device.encoding
+            )
         if name in CEMA_ROWS:
             return self._cema_row(name)
         if name == CEMA_TEACHER:

@@ -103,6 +103,8 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
         self.worker, self.board, self.served = worker, board, served
         self.limits, self.running_stats = config.limits, running_stats
         self.allowances = DeviceAllowances(config.limits)
+        # each device's last batch statistics: uploads without any reuse them (stats_sender)
+        self.held_stats: dict[str, np.ndarray] = {}
         self.warnings = ThrottledWarnings(log)
 
     async def Register(  # noqa: N802 (gRPC method names)
@@ -178,7 +180,7 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
                     f"more than {self.limits.max_chunks_per_upload} chunks in one upload: "
                     "send fewer, fuller chunks",
                 )
-            digest.update(chunk.SerializeToString(deterministic=True))
+            digest.update(_identity(chunk))
             parts.append(await self._decode_chunk(context, device_id, chunk, parts))
         if not parts or not parts[-1].last:  # a cut-off stream also ends here: store nothing
             await self._abort(
@@ -330,11 +332,11 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "one upload stream carries one batch: batch_id changed mid-stream",
             )
-        if not previous and not chunk.HasField("batch_stats"):
-            await self._abort(
+        if not previous and not chunk.HasField("batch_stats") and device_id not in self.held_stats:
+            await self._abort(  # the device resends with them (device/stats_sender.py)
                 context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "the first chunk of an upload must carry batch_stats",
+                grpc.StatusCode.ABORTED,
+                "this server holds no batch_stats of this device: send them with the upload",
             )
         most = self.limits.max_samples_per_upload
         if sum(p.offered for p in previous) + len(chunk.samples) > most:
@@ -404,9 +406,12 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
             )
             shift = False
         refused = sum(p.offered for p in parts) - keep
+        batch_stats = parts[0].batch_stats
+        if batch_stats is None:
+            batch_stats = self.held_stats[device_id]  # checked on the first chunk
+        else:
+            self.held_stats[device_id] = batch_stats
         if keep or shift:
-            batch_stats = parts[0].batch_stats
-            assert batch_stats is not None  # checked on the first chunk
             batch = StoredBatch(
                 device_id,
                 parts[0].batch_id,
@@ -466,3 +471,18 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
                 f"{refusal}: retry in {INBOX_RETRY_MS / 1000:g} s",
                 ((RETRY_AFTER_METADATA, str(INBOX_RETRY_MS)),),
             )
+
+
+def _identity(chunk: cdca_pb2.UploadChunk) -> bytes:
+    """A chunk without its pixels and statistics (what identifies a resend).
+
+    The same batch sent again in another encoding, or with its statistics left out, is
+    still the same batch.
+    """
+    light = cdca_pb2.UploadChunk()
+    light.CopyFrom(chunk)
+    light.ClearField("batch_stats")
+    for sample in light.samples:
+        sample.ClearField("image")
+        sample.ClearField("image_file")
+    return light.SerializeToString(deterministic=True)

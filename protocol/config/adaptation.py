@@ -14,10 +14,12 @@ from typing import Literal
 
 from protocol.config.loader import check_choices
 from protocol.errors import ConfigError
+from protocol.images import ImageFormat, UploadEncoding
 
 Score = Literal["entropy", "margin", "disagreement", "random"]
 Gate = Literal["entropy", "off"]
 Target = Literal["ensemble", "teacher"]
+StatsDtype = Literal["float16", "float32"]
 FitPrecision = Literal["auto", "fp32", "bf16"]
 PARTS = ("norm_affine", "input_affine", "class_vectors", "prompt")  # device model inputs
 
@@ -42,6 +44,16 @@ class DeviceSettings:
             surer (a second pass while a prompt is in force); ``off``: always use it.
         stat_mix: 1: normalise each batch with its own statistics (forward only, no
             training); 0: with the statistics the student was trained with.
+        image_format: how uploaded frames travel: ``png`` (lossless; a grey frame as one
+            channel), ``webp`` (lossy, at ``image_quality``) or ``raw`` pixels.
+        image_quality: WebP quality, 1 to 100.
+        stats_dtype: the uploaded batch statistics' precision, ``float16`` (half the bytes;
+            float32 whenever a value exceeds float16's range) or ``float32``.
+        stats_resend_distance: an upload carries its batch statistics only when they moved
+            this far from the last ones sent (mean over channels of the mean's change in
+            standard deviations plus half the log variance ratio; within one environment
+            about 0.08, between two 0.2 to 0.4), on a shift, or every 16th upload; the cloud
+            reuses the last ones otherwise. 0: with every upload.
     """
 
     budget: float = 0.1
@@ -53,9 +65,26 @@ class DeviceSettings:
     noise_std: float = 0.02
     gate: Gate = "entropy"
     stat_mix: float = 1.0
+    image_format: ImageFormat = "png"
+    image_quality: int = 90
+    stats_dtype: StatsDtype = "float16"
+    stats_resend_distance: float = 0.15
+
+    @property
+    def encoding(self) -> UploadEncoding:
+        """How this device's uploads travel (``protocol.images``)."""
+        return UploadEncoding(
+            self.image_format, self.image_quality, self.stats_dtype, self.stats_resend_distance
+        )
 
     def __post_init__(self) -> None:
         check_choices(self)
+        if self.stats_resend_distance < 0:
+            raise ConfigError(
+                f"stats_resend_distance must be >= 0, got {self.stats_resend_distance}"
+            )
+        if not 1 <= self.image_quality <= 100:
+            raise ConfigError(f"image_quality must be in [1, 100], got {self.image_quality}")
         if not 0 < self.budget <= 1:
             raise ConfigError(f"budget must be in (0, 1], got {self.budget}")
         for name in ("random_fraction", "stat_mix"):

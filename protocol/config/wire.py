@@ -4,7 +4,9 @@ The server hands each device the project's device settings at ``Register``
 (``RegisterResponse.device_settings``), the Flower ServerApp in its messages. Each value
 travels as its TOML literal and is validated on arrival by the same ``DeviceSettings`` the
 cloud holds, so a new device setting needs no new message field. Keys the device does not
-know (a newer cloud) are returned, not fatal.
+know (a newer cloud) are returned, not fatal. A cloud whose settings name no image format
+predates encoded uploads: its devices send raw pixels and float32 statistics with every
+upload, which every cloud decodes.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ from pathlib import Path
 from protocol.config.adaptation import DeviceSettings
 from protocol.config.loader import Layers, Origin, build, to_flat, toml_value
 from protocol.errors import ConfigError
+from protocol.images import UploadEncoding
 
 WIRE_ORIGIN = "the cloud's device settings"
+# What a device sends to a cloud that hands out settings without these keys (an older one)
+OLDER_CLOUD = {"image_format": "raw", "stats_dtype": "float32", "stats_resend_distance": 0.0}
 
 
 def settings_to_wire(settings: DeviceSettings) -> dict[str, str]:
@@ -33,7 +38,9 @@ def settings_from_wire(values: Mapping[str, str]) -> tuple[DeviceSettings, list[
         ConfigError: a value that is not a TOML literal or fails the schema.
     """
     known = {spec.name for spec in fields(DeviceSettings)}
-    table = {}
+    table: dict[str, object] = {}
+    if values and "image_format" not in values:
+        table.update(OLDER_CLOUD)
     for key, text in values.items():
         if key in known:
             try:
@@ -43,3 +50,19 @@ def settings_from_wire(values: Mapping[str, str]) -> tuple[DeviceSettings, list[
     layers = Layers()
     layers.add({"adaptation": {"device": table}}, Origin(WIRE_ORIGIN, Path.cwd()))
     return build(DeviceSettings, layers, "adaptation.device"), sorted(set(values) - known)
+
+
+def encoding_from_wire(values: Mapping[str, str]) -> UploadEncoding:
+    """How to send uploads to a cloud that handed out these settings at ``Register``.
+
+    Raw pixels and float32 statistics with every upload, which every cloud decodes, unless
+    the cloud's own settings name an encoding (none, or settings this device refuses, also
+    mean raw).
+    """
+    older = UploadEncoding("raw", stats_dtype="float32", stats_resend_distance=0.0)
+    if not values:
+        return older
+    try:
+        return settings_from_wire(values)[0].encoding
+    except ConfigError:
+        return older

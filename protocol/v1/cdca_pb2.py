@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protocol/v1/cdca.proto\x12\x07\x63\x64\x63\x61.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xd0\x01\n\x0fRegisterRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\x12\x14\n\x0cmodel_sha256\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x34\n\x06labels\x18\x05 \x03(\x0b\x32$.cdca.v1.RegisterRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe3\x01\n\x10RegisterResponse\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x15\n\rupload_budget\x18\x02 \x01(\x02\x12\x1f\n\x06prompt\x18\x03 \x01(\x0b\x32\x0f.cdca.v1.Prompt\x12\x46\n\x0f\x64\x65vice_settings\x18\x04 \x03(\x0b\x32-.cdca.v1.RegisterResponse.DeviceSettingsEntry\x1a\x35\n\x13\x44\x65viceSettingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"h\n\x06Sample\x12\x1e\n\x05image\x18\x01 \x01(\x0b\x32\x0f.cdca.v1.Tensor\x12\x13\n\x0buncertainty\x18\x02 \x01(\x02\x12\x10\n\x08\x66rame_id\x18\x03 \x01(\x04\x12\x17\n\x0fpredicted_class\x18\x04 \x01(\x05\"\xac\x01\n\x0bUploadChunk\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\x04\x12 \n\x07samples\x18\x03 \x03(\x0b\x32\x0f.cdca.v1.Sample\x12$\n\x0b\x62\x61tch_stats\x18\x04 \x01(\x0b\x32\x0f.cdca.v1.Tensor\x12\r\n\x05shift\x18\x05 \x01(\x08\x12\x13\n\x0b\x66rames_seen\x18\x06 \x01(\x04\x12\x0c\n\x04last\x18\x07 \x01(\x08\"n\n\rUploadSummary\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x04\x12\x1b\n\x13refused_over_budget\x18\x02 \x01(\x04\x12\x15\n\rstored_before\x18\x03 \x01(\x08\x12\x17\n\x0fupload_pause_ms\x18\x04 \x01(\r\"\xdf\x01\n\x06Prompt\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\r\n\x05scope\x18\x02 \x01(\t\x12\x16\n\x0e\x65nvironment_id\x18\x03 \x01(\t\x12)\n\x05parts\x18\x04 \x03(\x0b\x32\x1a.cdca.v1.Prompt.PartsEntry\x12\x1a\n\x12learned_from_batch\x18\x05 \x01(\x04\x12\x17\n\x0f\x63reated_unix_ms\x18\x06 \x01(\x04\x1a=\n\nPartsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1e\n\x05value\x18\x02 \x01(\x0b\x32\x0f.cdca.v1.Tensor:\x02\x38\x01\"9\n\rPromptRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x15\n\rknown_version\x18\x02 \x01(\x04\"!\n\x0cModelRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\"h\n\nModelChunk\x12\x15\n\rmanifest_json\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x12\n\ntotal_size\x18\x04 \x01(\x04\x12\x11\n\tfile_name\x18\x05 \x01(\t2\xbc\x02\n\x0f\x43loudAdaptation\x12?\n\x08Register\x12\x18.cdca.v1.RegisterRequest\x1a\x19.cdca.v1.RegisterResponse\x12\x38\n\x06Upload\x12\x14.cdca.v1.UploadChunk\x1a\x16.cdca.v1.UploadSummary(\x01\x12\x39\n\x0cWatchPrompts\x12\x16.cdca.v1.PromptRequest\x1a\x0f.cdca.v1.Prompt0\x01\x12\x34\n\tGetPrompt\x12\x16.cdca.v1.PromptRequest\x1a\x0f.cdca.v1.Prompt\x12=\n\rDownloadModel\x12\x15.cdca.v1.ModelRequest\x1a\x13.cdca.v1.ModelChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protocol/v1/cdca.proto\x12\x07\x63\x64\x63\x61.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xd0\x01\n\x0fRegisterRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\x12\x14\n\x0cmodel_sha256\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x34\n\x06labels\x18\x05 \x03(\x0b\x32$.cdca.v1.RegisterRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe3\x01\n\x10RegisterResponse\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x15\n\rupload_budget\x18\x02 \x01(\x02\x12\x1f\n\x06prompt\x18\x03 \x01(\x0b\x32\x0f.cdca.v1.Prompt\x12\x46\n\x0f\x64\x65vice_settings\x18\x04 \x03(\x0b\x32-.cdca.v1.RegisterResponse.DeviceSettingsEntry\x1a\x35\n\x13\x44\x65viceSettingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x90\x01\n\x06Sample\x12\x1e\n\x05image\x18\x01 \x01(\x0b\x32\x0f.cdca.v1.Tensor\x12\x13\n\x0buncertainty\x18\x02 \x01(\x02\x12\x10\n\x08\x66rame_id\x18\x03 \x01(\x04\x12\x17\n\x0fpredicted_class\x18\x04 \x01(\x05\x12&\n\nimage_file\x18\x05 \x01(\x0b\x32\x12.cdca.v1.ImageFile\")\n\tImageFile\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\xac\x01\n\x0bUploadChunk\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\x04\x12 \n\x07samples\x18\x03 \x03(\x0b\x32\x0f.cdca.v1.Sample\x12$\n\x0b\x62\x61tch_stats\x18\x04 \x01(\x0b\x32\x0f.cdca.v1.Tensor\x12\r\n\x05shift\x18\x05 \x01(\x08\x12\x13\n\x0b\x66rames_seen\x18\x06 \x01(\x04\x12\x0c\n\x04last\x18\x07 \x01(\x08\"n\n\rUploadSummary\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x04\x12\x1b\n\x13refused_over_budget\x18\x02 \x01(\x04\x12\x15\n\rstored_before\x18\x03 \x01(\x08\x12\x17\n\x0fupload_pause_ms\x18\x04 \x01(\r\"\xdf\x01\n\x06Prompt\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\r\n\x05scope\x18\x02 \x01(\t\x12\x16\n\x0e\x65nvironment_id\x18\x03 \x01(\t\x12)\n\x05parts\x18\x04 \x03(\x0b\x32\x1a.cdca.v1.Prompt.PartsEntry\x12\x1a\n\x12learned_from_batch\x18\x05 \x01(\x04\x12\x17\n\x0f\x63reated_unix_ms\x18\x06 \x01(\x04\x1a=\n\nPartsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1e\n\x05value\x18\x02 \x01(\x0b\x32\x0f.cdca.v1.Tensor:\x02\x38\x01\"9\n\rPromptRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x15\n\rknown_version\x18\x02 \x01(\x04\"!\n\x0cModelRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\"h\n\nModelChunk\x12\x15\n\rmanifest_json\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x12\n\ntotal_size\x18\x04 \x01(\x04\x12\x11\n\tfile_name\x18\x05 \x01(\t2\xbc\x02\n\x0f\x43loudAdaptation\x12?\n\x08Register\x12\x18.cdca.v1.RegisterRequest\x1a\x19.cdca.v1.RegisterResponse\x12\x38\n\x06Upload\x12\x14.cdca.v1.UploadChunk\x1a\x16.cdca.v1.UploadSummary(\x01\x12\x39\n\x0cWatchPrompts\x12\x16.cdca.v1.PromptRequest\x1a\x0f.cdca.v1.Prompt0\x01\x12\x34\n\tGetPrompt\x12\x16.cdca.v1.PromptRequest\x1a\x0f.cdca.v1.Prompt\x12=\n\rDownloadModel\x12\x15.cdca.v1.ModelRequest\x1a\x13.cdca.v1.ModelChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,22 +47,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERRESPONSE']._serialized_end=528
   _globals['_REGISTERRESPONSE_DEVICESETTINGSENTRY']._serialized_start=475
   _globals['_REGISTERRESPONSE_DEVICESETTINGSENTRY']._serialized_end=528
-  _globals['_SAMPLE']._serialized_start=530
-  _globals['_SAMPLE']._serialized_end=634
-  _globals['_UPLOADCHUNK']._serialized_start=637
-  _globals['_UPLOADCHUNK']._serialized_end=809
-  _globals['_UPLOADSUMMARY']._serialized_start=811
-  _globals['_UPLOADSUMMARY']._serialized_end=921
-  _globals['_PROMPT']._serialized_start=924
-  _globals['_PROMPT']._serialized_end=1147
-  _globals['_PROMPT_PARTSENTRY']._serialized_start=1086
-  _globals['_PROMPT_PARTSENTRY']._serialized_end=1147
-  _globals['_PROMPTREQUEST']._serialized_start=1149
-  _globals['_PROMPTREQUEST']._serialized_end=1206
-  _globals['_MODELREQUEST']._serialized_start=1208
-  _globals['_MODELREQUEST']._serialized_end=1241
-  _globals['_MODELCHUNK']._serialized_start=1243
-  _globals['_MODELCHUNK']._serialized_end=1347
-  _globals['_CLOUDADAPTATION']._serialized_start=1350
-  _globals['_CLOUDADAPTATION']._serialized_end=1666
+  _globals['_SAMPLE']._serialized_start=531
+  _globals['_SAMPLE']._serialized_end=675
+  _globals['_IMAGEFILE']._serialized_start=677
+  _globals['_IMAGEFILE']._serialized_end=718
+  _globals['_UPLOADCHUNK']._serialized_start=721
+  _globals['_UPLOADCHUNK']._serialized_end=893
+  _globals['_UPLOADSUMMARY']._serialized_start=895
+  _globals['_UPLOADSUMMARY']._serialized_end=1005
+  _globals['_PROMPT']._serialized_start=1008
+  _globals['_PROMPT']._serialized_end=1231
+  _globals['_PROMPT_PARTSENTRY']._serialized_start=1170
+  _globals['_PROMPT_PARTSENTRY']._serialized_end=1231
+  _globals['_PROMPTREQUEST']._serialized_start=1233
+  _globals['_PROMPTREQUEST']._serialized_end=1290
+  _globals['_MODELREQUEST']._serialized_start=1292
+  _globals['_MODELREQUEST']._serialized_end=1325
+  _globals['_MODELCHUNK']._serialized_start=1327
+  _globals['_MODELCHUNK']._serialized_end=1431
+  _globals['_CLOUDADAPTATION']._serialized_start=1434
+  _globals['_CLOUDADAPTATION']._serialized_end=1750
 # @@protoc_insertion_point(module_scope)

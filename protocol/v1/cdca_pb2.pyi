@@ -57,16 +57,26 @@ class RegisterResponse(_message.Message):
     def __init__(self, protocol_version: _Optional[int] = ..., upload_budget: _Optional[float] = ..., prompt: _Optional[_Union[Prompt, _Mapping]] = ..., device_settings: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Sample(_message.Message):
-    __slots__ = ("image", "uncertainty", "frame_id", "predicted_class")
+    __slots__ = ("image", "uncertainty", "frame_id", "predicted_class", "image_file")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     UNCERTAINTY_FIELD_NUMBER: _ClassVar[int]
     FRAME_ID_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_CLASS_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FILE_FIELD_NUMBER: _ClassVar[int]
     image: Tensor
     uncertainty: float
     frame_id: int
     predicted_class: int
-    def __init__(self, image: _Optional[_Union[Tensor, _Mapping]] = ..., uncertainty: _Optional[float] = ..., frame_id: _Optional[int] = ..., predicted_class: _Optional[int] = ...) -> None: ...
+    image_file: ImageFile
+    def __init__(self, image: _Optional[_Union[Tensor, _Mapping]] = ..., uncertainty: _Optional[float] = ..., frame_id: _Optional[int] = ..., predicted_class: _Optional[int] = ..., image_file: _Optional[_Union[ImageFile, _Mapping]] = ...) -> None: ...
+
+class ImageFile(_message.Message):
+    __slots__ = ("format", "data")
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    format: str
+    data: bytes
+    def __init__(self, format: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class UploadChunk(_message.Message):
     __slots__ = ("device_id", "batch_id", "samples", "batch_stats", "shift", "frames_seen", "last")

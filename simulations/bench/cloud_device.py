@@ -32,8 +32,10 @@ from device.agent import DeviceAgent
 from device.replay import prompt_bytes, step_and_upload
 from device.runtime import DeviceRuntime
 from device.sampling import UncertaintySampler
+from device.stats_sender import StatsSender
 from protocol.config.adaptation import AdaptationConfig
 from protocol.errors import DataError
+from protocol.images import DEFAULT_ENCODING, UploadEncoding
 from protocol.manifest import MANIFEST_FILE
 from protocol.messages import upload_chunks
 from protocol.upload import Upload
@@ -106,6 +108,7 @@ class FleetMethod:
         self.cloud = cloud or SimulatedCloud.build(cloud_models, adaptation, teacher)
         self.num_classes = len(cloud_models.class_vectors)
         self.in_flight: deque[tuple[int, dict[str, np.ndarray], int]] = deque()
+        self.stats_sender = StatsSender(adaptation.device.stats_resend_distance)
         self.batch = 0
         self.traffic = Traffic()
         self.forwards = 0  # frame-passes of the device model (the gate's second pass included)
@@ -129,7 +132,7 @@ class FleetMethod:
         frames = pixels_to_uint8(pixels).permute(0, 2, 3, 1).numpy()
         gated = self.agent.settings.gate != "off" and self.agent.prompted()
         step, upload, bytes_up = step_and_upload(
-            self.agent, DEVICE_ID, frames, self.batch, self.traffic.frames
+            self.agent, DEVICE_ID, frames, self.batch, self.traffic.frames, self.stats_sender
         )
         self.traffic.frames += len(frames)
         self.forwards += len(frames) * (2 if gated else 1)
@@ -185,12 +188,17 @@ class FleetMethod:
 
 
 class CloudTeacherMethod:
-    """The bandwidth-hungry reference: every frame goes up, the teacher's answer comes down."""
+    """The bandwidth-hungry reference: every frame goes up, the teacher's answer comes down.
+
+    Frames travel in the project's upload encoding, as U-VPA's do, so the two compare fairly.
+    """
 
     uses_backprop = False
 
-    def __init__(self, name: str, cloud_models: CloudModels) -> None:
-        self.name, self.cloud_models = name, cloud_models
+    def __init__(
+        self, name: str, cloud_models: CloudModels, encoding: UploadEncoding = DEFAULT_ENCODING
+    ) -> None:
+        self.name, self.cloud_models, self.encoding = name, cloud_models, encoding
         self.traffic = Traffic()
 
     def step(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -208,6 +216,7 @@ class CloudTeacherMethod:
             np.zeros((2, 0), np.float32),
             shift=False,
             frames_seen=self.traffic.frames + count,
+            encoding=self.encoding,
         )
         self.traffic.frames += count
         self.traffic.uploaded += count

@@ -26,7 +26,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,10 @@ import numpy as np
 import torch
 
 from cloud.students.preprocess import pixels_from_uint8
+from protocol.config.adaptation import DeviceSettings
+from protocol.images import UploadEncoding
+from protocol.manifest import load_manifest
+from protocol.messages import upload_chunks
 
 
 @dataclass(frozen=True)
@@ -283,44 +287,75 @@ def cloud_costs(
     }
 
 
-def communication(manifest: Path, images: np.ndarray, budget: float = 0.1) -> dict[str, float]:
-    """Uplink and downlink bytes per 1,000 frames: U-VPA's uploads vs every frame to the cloud."""
-    from device.agent import DeviceAgent
-    from device.runtime import DeviceRuntime
-    from protocol.config.adaptation import DeviceSettings
-    from protocol.messages import upload_chunks
+ENCODINGS = {  # the uplink measured in each; the ratio's target applies to the project's default
+    "raw": UploadEncoding("raw", stats_dtype="float32", stats_resend_distance=0.0),
+    "png": UploadEncoding("png"),
+    "webp90": UploadEncoding("webp", 90),
+    "webp75": UploadEncoding("webp", 75),
+}
 
-    agent = DeviceAgent(DeviceRuntime.load(manifest, threads=1), DeviceSettings(budget=budget))
-    classes = len(agent.runtime.manifest.class_names)
+
+def communication(
+    manifest: Path, images: np.ndarray, settings: DeviceSettings | None = None
+) -> dict[str, float]:
+    """Uplink and downlink bytes per 1,000 frames: U-VPA's uploads vs every frame to the cloud.
+
+    Both sides in the same encoding (``ENCODINGS``); ``uplink_ratio`` is the project's own
+    (``[adaptation.device]`` image_format, image_quality, stats_dtype).
+    """
+    settings = settings or DeviceSettings()
+    encodings = {**ENCODINGS, "default": settings.encoding}
+    out: dict[str, float] = {}
+    for name, encoding in encodings.items():
+        uvpa_up, everything_up = uplink_bytes(manifest, images, settings, encoding)
+        per_k = 1000 / len(images)
+        suffix = "" if name == "default" else f"_{name}"
+        out[f"uvpa_bytes_up_per_1000{suffix}"] = round(uvpa_up * per_k)
+        out[f"cloud_inference_bytes_up_per_1000{suffix}"] = round(everything_up * per_k)
+        out[f"uplink_ratio{suffix}"] = round(uvpa_up / everything_up, 4)
+    classes = len(load_manifest(manifest).class_names)
+    out["cloud_inference_bytes_down_per_1000"] = round(4 * classes * 1000)
+    return out
+
+
+def uplink_bytes(
+    manifest: Path, images: np.ndarray, settings: DeviceSettings, encoding: UploadEncoding
+) -> tuple[int, int]:
+    """Wire bytes of U-VPA's uploads and of sending every frame (cloud inference: no statistics)."""
+    from device.agent import DeviceAgent
+    from device.replay import step_and_upload
+    from device.runtime import DeviceRuntime
+    from device.stats_sender import StatsSender
+
+    settings = replace(
+        settings,
+        image_format=encoding.image_format,
+        image_quality=encoding.image_quality,
+        stats_dtype=encoding.stats_dtype,
+        stats_resend_distance=encoding.stats_resend_distance,
+    )
+    agent = DeviceAgent(DeviceRuntime.load(manifest, threads=1), settings)
+    sender = StatsSender(encoding.stats_resend_distance)
     uvpa_up = everything_up = 0
     for start in range(0, len(images), 64):
         batch = images[start : start + 64]
-        step = agent.step(batch)
-        if step.uploads:
-            upload = agent.upload(batch, step, start // 64, start, start + len(batch))
-            uvpa_up += upload.wire_bytes("perf")
+        step, _, sent = step_and_upload(agent, "perf", batch, start // 64, start, sender)
+        uvpa_up += sent
         every = np.arange(len(batch))
-        everything_up += sum(
-            c.ByteSize()
-            for c in upload_chunks(
-                "perf",
-                start // 64,
-                batch,
-                np.zeros(len(batch), np.float32),
-                start + every,
-                every * 0,
-                step.prediction.batch_stats,
-                shift=False,
-                frames_seen=start + len(batch),
-            )
+        chunks = upload_chunks(
+            "perf",
+            start // 64,
+            batch,
+            np.zeros(len(batch), np.float32),
+            start + every,
+            every * 0,
+            np.zeros((2, 0), np.float32),
+            shift=False,
+            frames_seen=start + len(batch),
+            encoding=encoding,
         )
-    per_k = 1000 / len(images)
-    return {
-        "uvpa_bytes_up_per_1000": round(uvpa_up * per_k),
-        "cloud_inference_bytes_up_per_1000": round(everything_up * per_k),
-        "cloud_inference_bytes_down_per_1000": round(4 * classes * 1000),
-        "uplink_ratio": round(uvpa_up / everything_up, 4),
-    }
+        everything_up += sum(c.ByteSize() for c in chunks)
+    return uvpa_up, everything_up
 
 
 def run_perf(config: PerfConfig, progress: Callable[[str], None] = print) -> dict[str, object]:

@@ -1,9 +1,11 @@
 """``cdca bench uplink``: accuracy against uplink, the cloud-device methods at several upload budgets.
 
 Each cloud-device method (U-VPA, CEMA capped at the budget) runs the same stream once per
-budget; the on-device methods and the every-frame teacher run once and appear as flat
-lines. Writes ``uplink.json``, ``uplink.md`` (a table with bytes up and down per 1,000
-frames) and ``uplink.png`` (accuracy against KB up per 1,000 frames, log scale).
+budget and upload encoding (``--encodings``: raw pixels, lossless PNG, lossy WebP); the
+on-device methods and the every-frame teacher run once and appear as flat lines. Each row
+also gives its uplink against sending every frame of the stream in the same encoding.
+Writes ``uplink.json``, ``uplink.md`` (a table with bytes up and down per 1,000 frames) and
+``uplink.png`` (accuracy against KB up per 1,000 frames, log scale).
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from typing import Any
 from cloud.project_cli import add_project_arguments, project_from_args
 from protocol.config.project import write_resolved
 from protocol.errors import ConfigError
+from protocol.images import UploadEncoding
 from simulations.online import MethodResult
 
 BUDGET_KEY = "adaptation.device.budget"
+Settings = tuple[tuple[str, object], ...]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -46,6 +50,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--flat",
         default="bn_adapt,tent,forward_only,roid,cloud_teacher",
         help="methods run once, drawn as lines (default: %(default)s)",
+    )
+    uplink.add_argument(
+        "--encodings",
+        default="",
+        help="upload encodings the curves run in, e.g. raw,png,webp:75 (default: the "
+        "project's [adaptation.device] image_format)",
     )
     uplink.add_argument("--stream", default="continual", help="continual | random:K | gradual")
     uplink.add_argument("--corruptions", default="test", help="test | comma-separated names")
@@ -78,6 +88,51 @@ def parse_budgets(text: str) -> list[float]:
     return budgets
 
 
+def parse_encodings(text: str) -> list[tuple[str, Settings]]:
+    """'raw,png,webp:75' -> (label, device settings) per encoding; '' -> the project's own.
+
+    ``raw`` sends float32 statistics (what a cloud without encodings takes); the others float16.
+    """
+    out: list[tuple[str, Settings]] = []
+    for item in (v.strip() for v in text.split(",") if v.strip()):
+        name, _, quality = item.partition(":")
+        if name not in ("raw", "png", "webp") or (quality and name != "webp"):
+            raise ConfigError(f"--encodings takes raw, png and webp:QUALITY; got {item!r}")
+        if quality and not (quality.isdigit() and 1 <= int(quality) <= 100):
+            raise ConfigError(f"--encodings: WebP quality must be 1 to 100, got {item!r}")
+        settings: list[tuple[str, object]] = [("adaptation.device.image_format", name)]
+        settings.append(
+            ("adaptation.device.stats_dtype", "float32" if name == "raw" else "float16")
+        )
+        if quality:
+            settings.append(("adaptation.device.image_quality", int(quality)))
+        out.append((item, tuple(settings)))
+    return out or [("project", ())]
+
+
+def every_frame_kb(dataset: Any, stream: Any, encoding: UploadEncoding) -> float:
+    """KB per 1,000 frames (bytes per frame) of sending every frame of ``stream`` in ``encoding``.
+
+    Cloud inference needs no batch statistics, so none are counted.
+    """
+    import numpy as np
+
+    from protocol.messages import upload_chunks
+    from simulations.streams import iterate_batches
+
+    total = frames = 0
+    for batch in iterate_batches(dataset, stream):
+        n = len(batch.images)
+        chunks = upload_chunks(
+            "every-frame", batch.index, batch.images, np.zeros(n, np.float32), np.arange(n),
+            np.zeros(n, np.int64), np.zeros((2, 0), np.float32), shift=False,
+            frames_seen=frames + n, encoding=encoding,
+        )  # fmt: skip
+        total += sum(chunk.ByteSize() for chunk in chunks)
+        frames += n
+    return total / frames
+
+
 def run(args: argparse.Namespace) -> int:
     """Build the jobs, run them with one progress bar, write and print the table."""
     import torch
@@ -91,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     budgets = parse_budgets(args.budgets)
+    encodings = parse_encodings(args.encodings)
     curves = [m.strip() for m in args.curves.split(",") if m.strip()]
     flat = [m.strip() for m in args.flat.split(",") if m.strip()]
     for name in [*curves, *flat]:
@@ -111,15 +167,26 @@ def run(args: argparse.Namespace) -> int:
         args.stream, corruptions, args.severity, args.num_per_domain, args.batch_size
     )[0]
     check_available(dataset, stream.segments)
-    jobs = [Job(m, stream, ((BUDGET_KEY, b),)) for b in budgets for m in curves]
+    jobs = [
+        Job(m, stream, ((BUDGET_KEY, b), *settings))
+        for _, settings in encodings
+        for b in budgets
+        for m in curves
+    ]
     jobs += [Job(m, stream) for m in flat]
+    labels = {settings: label for label, settings in encodings}
+    every_frame = {
+        label: every_frame_kb(dataset, stream, _encoding(project, settings))
+        for label, settings in [*encodings, ("project", ())]
+    }
     start = time.perf_counter()
     with counted_progress("adapting", len(jobs) * stream.num_images(), width=32) as advance:
         results = run_jobs(bench, jobs, args.jobs, advance)
-    rows = [
-        _row(job.method, dict(job.settings).get(BUDGET_KEY), r)
-        for job, r in zip(jobs, results, strict=True)
-    ]
+    rows = []
+    for job, result in zip(jobs, results, strict=True):
+        label = labels.get(job.settings[1:], "project") if job.settings else "project"
+        rows.append(_row(job.method, dict(job.settings).get(BUDGET_KEY), label, result))
+        rows[-1]["every_frame_kb_per_1000"] = every_frame[label]
     settings = {
         "stream": stream.name,
         "corruptions": args.corruptions,
@@ -139,11 +206,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _row(method: str, budget: object, result: MethodResult) -> dict[str, Any]:
+def _encoding(project: Any, settings: Settings) -> UploadEncoding:
+    from protocol.config.project import with_settings
+
+    return with_settings(project, dict(settings), "--encodings").adaptation.device.encoding
+
+
+def _row(method: str, budget: object, encoding: str, result: MethodResult) -> dict[str, Any]:
     costs = result.costs
     return {
         "method": method,
         "budget": budget,
+        "encoding": encoding,
         "accuracy": result.mean,
         "uploaded": costs.get("upload_fraction", 0.0),
         "kb_up_per_1000": costs.get("bytes_up_per_1000", 0.0) / 1e3,
@@ -170,18 +244,25 @@ def markdown(rows: list[dict[str, Any]], settings: dict[str, object]) -> str:
         "",
         "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()),
         "",
-        "| method | budget (%) | uploaded (%) | mean accuracy (%) | up (KB / 1k frames) "
-        "| down (KB / 1k frames) | time (s) |",
-        "|---|---|---|---|---|---|---|",
+        "| method | encoding | budget (%) | uploaded (%) | mean accuracy (%) "
+        "| up (KB / 1k frames) | up / every frame, same encoding | down (KB / 1k frames) "
+        "| time (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in sorted(rows, key=lambda r: (r["budget"] is None, r["method"], r["budget"] or 0)):
+    for row in sorted(rows, key=_table_order):
         budget = "-" if row["budget"] is None else f"{100 * row['budget']:g}"
+        ratio = row["kb_up_per_1000"] / row["every_frame_kb_per_1000"]
         lines.append(
-            f"| {row['method']} | {budget} | {100 * row['uploaded']:.1f} "
-            f"| {100 * row['accuracy']:.1f} | {row['kb_up_per_1000']:.1f} "
+            f"| {row['method']} | {row['encoding']} | {budget} | {100 * row['uploaded']:.1f} "
+            f"| {100 * row['accuracy']:.1f} | {row['kb_up_per_1000']:.1f} | {ratio:.3f} "
             f"| {row['kb_down_per_1000']:.1f} | {row['seconds']:.0f} |"
         )
     return "\n".join([*lines, ""])
+
+
+def _table_order(row: dict[str, Any]) -> tuple[bool, str, str, float]:
+    """Curves by method, encoding and budget, then the flat lines."""
+    return (row["budget"] is None, row["method"], row["encoding"], row["budget"] or 0)
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -193,15 +274,20 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    curves = sorted({r["method"] for r in rows if r["budget"] is not None})
-    for method in curves:
+    curves = sorted({(r["method"], r["encoding"]) for r in rows if r["budget"] is not None})
+    for method, encoding in curves:
         points = sorted(
-            (r for r in rows if r["method"] == method and r["budget"] is not None),
+            (
+                r
+                for r in rows
+                if (r["method"], r["encoding"]) == (method, encoding) and r["budget"] is not None
+            ),
             key=lambda r: r["budget"],
         )
         xs = [max(r["kb_up_per_1000"], 1e-3) for r in points]
         ys = [100 * r["accuracy"] for r in points]
-        (line,) = ax.plot(xs, ys, marker="o", label=method)
+        label = method if encoding == "project" else f"{method}, {encoding}"
+        (line,) = ax.plot(xs, ys, marker="o", label=label)
         for x, y, r in zip(xs, ys, points, strict=True):
             ax.annotate(
                 f"{100 * r['budget']:g}%",

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from protocol.images import UploadEncoding
 from protocol.messages import (
     PROTOCOL_VERSION,
     ProtocolError,
@@ -96,7 +97,7 @@ def test_large_batches_are_chunked_and_reassemble():
 def test_bad_uploads_are_refused(spoil, match):
     from protocol.messages import decode_upload
 
-    _, chunks = upload()
+    _, chunks = upload(encoding=UploadEncoding("raw", stats_dtype="float32"))
     spoil(chunks[0])
     with pytest.raises((TensorError, ProtocolError), match=match):
         decode_upload(chunks[0], (8, 8, 3), (2, 6))

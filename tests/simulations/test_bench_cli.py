@@ -200,6 +200,8 @@ def test_bench_uplink_draws_accuracy_against_bytes(
         "uvpa,cema_budget",
         "--flat",
         "bn_adapt,cloud_teacher",
+        "--encodings",
+        "raw,webp:50",
         "--corruptions",
         "gaussian_noise,contrast",
         "--num-per-domain",
@@ -211,19 +213,29 @@ def test_bench_uplink_draws_accuracy_against_bytes(
     ]
     assert main(args) == 0
     payload = json.loads((out / "uplink.json").read_text())
-    rows = {(r["method"], r["budget"]): r for r in payload["rows"]}
+    rows = {(r["method"], r["budget"], r["encoding"]): r for r in payload["rows"]}
     assert set(rows) == {
-        ("uvpa", 0.25),
-        ("uvpa", 0.5),
-        ("cema_budget", 0.25),
-        ("cema_budget", 0.5),
-        ("bn_adapt", None),
-        ("cloud_teacher", None),
+        *(
+            (m, b, e)
+            for m in ("uvpa", "cema_budget")
+            for b in (0.25, 0.5)
+            for e in ("raw", "webp:50")
+        ),
+        ("bn_adapt", None, "project"),
+        ("cloud_teacher", None, "project"),
     }
-    assert rows[("uvpa", 0.25)]["uploaded"] <= 0.25
-    assert rows[("uvpa", 0.5)]["kb_up_per_1000"] > rows[("uvpa", 0.25)]["kb_up_per_1000"]
-    assert rows[("bn_adapt", None)]["kb_up_per_1000"] == 0
-    assert "| uvpa | 25 |" in (out / "uplink.md").read_text()
+    assert rows[("uvpa", 0.25, "raw")]["uploaded"] <= 0.25
+    assert (
+        rows[("uvpa", 0.5, "raw")]["kb_up_per_1000"] > rows[("uvpa", 0.25, "raw")]["kb_up_per_1000"]
+    )
+    assert (
+        rows[("uvpa", 0.5, "webp:50")]["kb_up_per_1000"]
+        < rows[("uvpa", 0.5, "raw")]["kb_up_per_1000"]
+    )
+    every = {e: rows[("uvpa", 0.5, e)]["every_frame_kb_per_1000"] for e in ("raw", "webp:50")}
+    assert every["webp:50"] < every["raw"] < 3200  # raw: 3,072 pixel bytes a frame, and fields
+    assert rows[("bn_adapt", None, "project")]["kb_up_per_1000"] == 0
+    assert "| uvpa | raw | 25 |" in (out / "uplink.md").read_text()
     assert (out / "uplink.png").stat().st_size > 5000
 
 
@@ -232,3 +244,7 @@ def test_bench_uplink_refuses_bad_budgets_and_on_device_curves(capsys):
     assert "budgets" in capsys.readouterr().err
     assert main(["bench", "uplink", "--curves", "tent"]) == 2
     assert "upload nothing" in capsys.readouterr().err
+    assert main(["bench", "uplink", "--encodings", "png:50"]) == 2
+    assert "webp:QUALITY" in capsys.readouterr().err
+    assert main(["bench", "uplink", "--encodings", "webp:0"]) == 2
+    assert "1 to 100" in capsys.readouterr().err

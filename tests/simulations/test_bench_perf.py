@@ -45,6 +45,9 @@ def test_bench_perf_writes_ratios_json_markdown_and_plot(tmp_path):
     assert ratios["ort_speedup_over_torch_b1"] > 0
     assert ratios["prompt_overhead_over_batch_stats_b64"] > -1
     assert 0 < ratios["uplink_ratio"] < 1
+    traffic = results["communication"]
+    assert traffic["uvpa_bytes_up_per_1000_webp75"] < traffic["uvpa_bytes_up_per_1000_raw"]
+    assert 0 < traffic["uplink_ratio_png"] < 1
     assert ratios["prompt_gate_overhead_b64"] > 0  # a second model pass is never free
     assert ratios["device_step_over_plain_b64"] > 1  # the step runs the plain work and more
     assert ratios["int8_speedup_over_fp32_b64"] > 0

@@ -17,6 +17,7 @@ import pytest
 from cloud.server.registry import DeviceRegistry
 from cloud.server.serve import registry_path
 from protocol.config.server import LimitsConfig
+from protocol.images import UploadEncoding
 from protocol.messages import DEVICE_METADATA, TOKEN_METADATA, call_metadata, upload_chunks
 from protocol.v1 import cdca_pb2
 from tests.system.conftest import TOKENS, registered_server
@@ -92,6 +93,27 @@ def test_a_resent_batch_is_acknowledged_once_and_stored_once(live_server):
     assert len(stored_batches(live_server, "cam-a")) == 1
     record = DeviceRegistry(registry_path(live_server.state_dir)).record("cam-a")
     assert record.accepted == 5
+
+
+def test_an_upload_without_statistics_uses_the_held_ones_or_is_asked_for_them(live_server):
+    bare = good_chunks(n=3, batch_id=5)
+    bare[0].ClearField("batch_stats")
+    code, details = status_of(lambda: upload(live_server, bare))
+    assert code == grpc.StatusCode.ABORTED  # nothing held: the device resends with them
+    assert "send them" in details
+    assert not stored_batches(live_server, "cam-a")
+    assert upload(live_server, good_chunks(n=3, batch_id=6)).accepted == 3
+    assert upload(live_server, bare).accepted == 3  # now the held statistics serve
+    assert len(stored_batches(live_server, "cam-a")) == 2
+
+
+def test_a_batch_resent_in_another_encoding_is_still_stored_once(live_server):
+    first = upload(live_server, good_chunks(n=5, encoding=UploadEncoding("png")))
+    raw = good_chunks(n=5)
+    raw[0].ClearField("batch_stats")  # and the held statistics this time
+    again = upload(live_server, raw)
+    assert (first.stored_before, again.stored_before) == (False, True)
+    assert len(stored_batches(live_server, "cam-a")) == 1
 
 
 def split_chunks(n=4):
