@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -22,7 +23,7 @@ from cloud.teacher.teacher import Teacher
 from protocol.config.project import ProjectConfig, with_settings
 from protocol.errors import ConfigError, unknown_name
 from simulations.bench.cloud_device import CloudTeacherMethod, FleetMethod
-from simulations.experiments import ABLATIONS, LABEL_TARGET
+from simulations.experiments import ABLATIONS, INT8_DEVICE, LABEL_TARGET
 from simulations.harness.simulated_cloud import SimulatedCloud
 from simulations.online import OnlineMethod
 from simulations.peers import PEERS, PixelModel, create_method
@@ -37,7 +38,14 @@ CEMA_ROWS: dict[str, tuple[bool, bool, bool]] = {
     "cema_ugs_selection": (True, False, True),
 }
 CEMA_TEACHER = "uvpa_cema_teacher"
-CLOUD_DEVICE_METHODS = ("uvpa", *ABLATIONS, *CEMA_ROWS, CEMA_TEACHER, "cloud_teacher")
+CLOUD_DEVICE_METHODS = (
+    "uvpa",
+    *ABLATIONS,
+    INT8_DEVICE,
+    *CEMA_ROWS,
+    CEMA_TEACHER,
+    "cloud_teacher",
+)
 
 
 def list_methods() -> list[str]:
@@ -121,7 +129,30 @@ class MethodFactory:
             self.delay,
             self.seed,
             label_target=name == LABEL_TARGET,
+            manifest=self._int8_manifest() if name == INT8_DEVICE else None,
         )
+
+    def _int8_manifest(self) -> Path:
+        """The served model's int8 copy (``cdca cloud export --int8``), quantised here if missing."""
+        from cloud.data.splits import load_split
+        from cloud.export.onnx_export import ExportResult, quantize_int8
+        from protocol.manifest import INT8_MANIFEST_FILE, MANIFEST_FILE
+
+        assert self.cloud_models is not None
+        served = self.cloud_models.served
+        path = served.folder / INT8_MANIFEST_FILE
+        if path.is_file():
+            return path
+        train = load_split(self.project.data, "train", 256)
+        calibration = self.cloud_models.normalization.to_tensor(train.images).numpy()
+        export = ExportResult(
+            served.folder / served.manifest.model_file, served.folder / MANIFEST_FILE,
+            served.folder / str(served.manifest.defaults_file), 0.0, 0.0,
+        )  # fmt: skip
+        example = self.cloud_models.device_model.neutral_inputs(
+            self.cloud_models.class_vectors, batch=2
+        )
+        return quantize_int8(export, calibration, served.manifest, example)[1]
 
     def _check_peer_settings(self) -> None:
         """Fail before any work on a setting for a method that has none of that name."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -81,6 +82,7 @@ class FleetMethod:
     ``cloud``: None builds the project's U-VPA cloud; any ``Cloud`` (CEMA's) replaces it, and
     one with an ``idle()`` is called on every batch that did not reach it. ``sampler``
     replaces the device's upload rule (UGS). ``hyperparameters`` go into the run's record.
+    ``manifest``: the device's model (default: the served fp32 one).
     """
 
     uses_backprop = False  # on the device: backprop happens only in the cloud
@@ -96,10 +98,12 @@ class FleetMethod:
         cloud: Cloud | None = None,
         sampler: UncertaintySampler | None = None,
         hyperparameters: dict[str, object] | None = None,
+        manifest: Path | None = None,
     ) -> None:
         self.name, self.delay = name, delay
         self.wants_labels = label_target
-        runtime = DeviceRuntime.load(cloud_models.served.folder / MANIFEST_FILE, threads=1)
+        manifest = manifest or cloud_models.served.folder / MANIFEST_FILE
+        runtime = DeviceRuntime.load(manifest, threads=1)
         self.agent = DeviceAgent(runtime, adaptation.device, seed)
         if sampler is not None:
             self.agent.sampler = sampler
@@ -112,9 +116,9 @@ class FleetMethod:
         self.batch = 0
         self.traffic = Traffic()
         self.forwards = 0  # frame-passes of the device model (the gate's second pass included)
+        self.gated = self.gate_fallbacks = 0  # batches the gate judged, and answered without
         self.cloud_seconds = 0.0
-        served = cloud_models.served
-        self.model_bytes = (served.folder / served.manifest.model_file).stat().st_size
+        self.model_bytes = (manifest.parent / runtime.manifest.model_file).stat().st_size
         device = adaptation.device
         self.hyperparameters = {
             "budget": device.budget,
@@ -136,6 +140,8 @@ class FleetMethod:
         )
         self.traffic.frames += len(frames)
         self.forwards += len(frames) * (2 if gated else 1)
+        self.gated += gated
+        self.gate_fallbacks += gated and not step.used_prompt
         start = time.perf_counter()
         learned = None
         if upload is not None:
@@ -164,6 +170,7 @@ class FleetMethod:
         costs = {
             **self.traffic.costs(self.cloud_seconds),
             "device_forwards_per_frame": self.forwards / max(1, self.traffic.frames),
+            "gate_fallback_share": self.gate_fallbacks / max(1, self.gated),
             "device_backwards_per_frame": 0.0,
             "device_state_mb": (self.model_bytes + prompt) / 2**20,
             "device_activations_mb": 0.0,

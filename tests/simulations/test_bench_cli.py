@@ -69,6 +69,22 @@ def test_cloud_device_rows_report_uploads_and_bytes(
     assert "| uvpa |" in (tmp_path / "run" / "results.md").read_text()
 
 
+@pytest.mark.usefixtures("fashion_mnist_installed")  # the int8 calibration's training images
+def test_the_int8_row_runs_the_device_on_a_quantised_copy_of_the_served_model(
+    tiny_benchmark, tiny_distilled, shipped_random_teacher, tmp_path
+):
+    args = bench_args(tiny_benchmark, tiny_distilled, tmp_path / "run", "uvpa,uvpa_int8")
+    assert main([*args, "--set", "adaptation.synthetic.count=0"]) == 0
+    assert (tmp_path / "run" / "model" / "student.int8.onnx").is_file()
+    rows = {
+        r["method"]: r
+        for r in json.loads((tmp_path / "run" / "results.json").read_text())["results"]
+    }
+    fp32, int8 = rows["uvpa"]["costs"], rows["uvpa_int8"]["costs"]
+    assert int8["device_state_mb"] < fp32["device_state_mb"]  # the int8 file is what it ran
+    assert int8["upload_fraction"] > 0
+
+
 def test_synthetic_samples_need_training_images_of_the_students_classes(
     tiny_benchmark, tiny_distilled, shipped_random_teacher, tmp_path, capsys
 ):
