@@ -38,6 +38,7 @@ class AgentStep:
     ms: float
     logits: np.ndarray
     used_prompt: bool = True
+    passes: int = 1  # model passes over the batch (2: the gate ran the fallback too)
 
     @property
     def uploads(self) -> bool:
@@ -64,6 +65,7 @@ class DeviceAgent:
         first_norm = int(norm_layers[0]["channels"]) if norm_layers else 32
         self.sampler = UncertaintySampler(self.settings, first_norm, seed)
         self.view_rng = np.random.default_rng(seed)
+        self.trusted_for = 0  # batches the prompt in force still goes without the gate's check
 
     def configure(self, settings: DeviceSettings) -> None:
         """Switch to new settings between batches (the prompt in force stays)."""
@@ -79,29 +81,41 @@ class DeviceAgent:
         """Predict (N, H, W, 3) uint8 frames and decide what goes up."""
         start = time.perf_counter()
         prediction = self.runtime.predict(images)
-        logits, used_prompt = self._answer(images, prediction.logits)
+        logits, used_prompt, passes = self._answer(images, prediction.logits)
         ms = (time.perf_counter() - start) * 1e3
         views = self._view_logits(images) if self.sampler.needs_views else ()
         decision = self.sampler.decide(prediction.logits, prediction.batch_stats, views)
-        return AgentStep(prediction, decision, ms, logits, used_prompt)
+        if decision.shift:
+            self.trusted_for = 0  # a new environment: check the prompt on the next batch
+        return AgentStep(prediction, decision, ms, logits, used_prompt, passes)
 
     def prompted(self) -> bool:
         """Whether a prompt other than the shipped defaults is in force."""
         current = self.runtime.adaptation
         return any(not np.array_equal(current[k], v) for k, v in self.fallback.items())
 
-    def _answer(self, images: np.ndarray, prompted: np.ndarray) -> tuple[np.ndarray, bool]:
-        """The gate: a second pass without the prompt, kept when it is surer (see prompt_gate)."""
+    def _answer(self, images: np.ndarray, prompted: np.ndarray) -> tuple[np.ndarray, bool, int]:
+        """The gate: a second pass without the prompt, kept when it is surer (see prompt_gate).
+
+        A prompt that won its check goes unchecked for ``gate_every - 1`` batches, until a
+        new prompt or a shift; one that lost is checked every batch (both passes run anyway).
+        Returns the answer, whether it is the prompt's, and the passes it took.
+        """
         if self.settings.gate == "off" or not self.prompted():
-            return prompted, True
+            return prompted, True, 1
+        if self.trusted_for > 0:
+            self.trusted_for -= 1
+            return prompted, True, 1
         fallback = self.runtime.predict(images, self.fallback).logits
         if prefers_prompt(prompted, fallback):
-            return prompted, True
-        return fallback, False
+            self.trusted_for = self.settings.gate_every - 1
+            return prompted, True, 2
+        return fallback, False, 2
 
     def apply(self, parts: dict[str, np.ndarray]) -> None:
         """Switch to a prompt (validated by the runtime; a bad one raises and changes nothing)."""
         self.runtime.set_adaptation(**parts)
+        self.trusted_for = 0  # a new prompt is checked on its first batch
 
     def upload(
         self,

@@ -42,6 +42,8 @@ class DeviceSettings:
         noise_std: noise of the noisy copy for ``disagreement``, as a share of 255.
         gate: ``entropy``: per batch, answer without the cloud's prompt when that run is
             surer (a second pass while a prompt is in force); ``off``: always use it.
+        gate_every: a prompt that won the gate's check goes unchecked (one pass) for the
+            next ``gate_every - 1`` batches, until a new prompt or a shift; 1: every batch.
         stat_mix: 1: normalise each batch with its own statistics (forward only, no
             training); 0: with the statistics the student was trained with.
         image_format: how uploaded frames travel: ``png`` (lossless; a grey frame as one
@@ -64,6 +66,7 @@ class DeviceSettings:
     shift_sensitivity: float = 1.8
     noise_std: float = 0.02
     gate: Gate = "entropy"
+    gate_every: int = 1
     stat_mix: float = 1.0
     image_format: ImageFormat = "png"
     image_quality: int = 90
@@ -79,6 +82,8 @@ class DeviceSettings:
 
     def __post_init__(self) -> None:
         check_choices(self)
+        if self.gate_every < 1:
+            raise ConfigError(f"gate_every must be >= 1, got {self.gate_every}")
         if self.stats_resend_distance < 0:
             raise ConfigError(
                 f"stats_resend_distance must be >= 0, got {self.stats_resend_distance}"

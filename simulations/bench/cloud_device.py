@@ -116,7 +116,7 @@ class FleetMethod:
         self.batch = 0
         self.traffic = Traffic()
         self.forwards = 0  # frame-passes of the device model (the gate's second pass included)
-        self.gated = self.gate_fallbacks = 0  # batches the gate judged, and answered without
+        self.gated = self.gate_fallbacks = 0  # batches the gate checked, and answered without
         self.cloud_seconds = 0.0
         self.model_bytes = (manifest.parent / runtime.manifest.model_file).stat().st_size
         device = adaptation.device
@@ -134,14 +134,13 @@ class FleetMethod:
             self.agent.apply(parts)
             self.traffic.bytes_down += prompt_bytes(parts, version)
         frames = pixels_to_uint8(pixels).permute(0, 2, 3, 1).numpy()
-        gated = self.agent.settings.gate != "off" and self.agent.prompted()
         step, upload, bytes_up = step_and_upload(
             self.agent, DEVICE_ID, frames, self.batch, self.traffic.frames, self.stats_sender
         )
         self.traffic.frames += len(frames)
-        self.forwards += len(frames) * (2 if gated else 1)
-        self.gated += gated
-        self.gate_fallbacks += gated and not step.used_prompt
+        self.forwards += len(frames) * step.passes
+        self.gated += step.passes > 1
+        self.gate_fallbacks += not step.used_prompt
         start = time.perf_counter()
         learned = None
         if upload is not None:

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -31,8 +33,9 @@ def test_mismatched_logits_and_unknown_gates_are_refused():
         DeviceSettings(gate="confidence")
 
 
-def _agent(exported, gate="entropy"):
-    return DeviceAgent(DeviceRuntime.load(exported.manifest), DeviceSettings(gate=gate))
+def _agent(exported, gate="entropy", gate_every=1):
+    settings = DeviceSettings(gate=gate, gate_every=gate_every)
+    return DeviceAgent(DeviceRuntime.load(exported.manifest), settings)
 
 
 @pytest.fixture
@@ -57,6 +60,26 @@ def test_a_prompt_that_makes_the_device_less_sure_is_not_used(exported, frames, 
     np.testing.assert_allclose(step.logits, step.prediction.logits if kept else bare, atol=1e-6)
     # whatever is answered, the uploads are scored on the prompted run the cloud learns from
     assert not np.allclose(step.prediction.logits, bare)
+
+
+def test_a_prompt_that_won_goes_unchecked_until_gate_every_a_new_prompt_or_a_shift(
+    exported, frames
+):
+    agent = _agent(exported, gate_every=3)
+    sharper = agent.runtime.defaults["class_vectors"] * np.float32(5.0)  # wins every check
+    agent.apply({"class_vectors": sharper})
+    assert [agent.step(frames).passes for _ in range(5)] == [2, 1, 1, 2, 1]
+    agent.apply({"class_vectors": sharper * np.float32(1.1)})  # a new prompt: checked at once
+    assert agent.step(frames).passes == 2
+    decide = agent.sampler.decide
+    agent.sampler.decide = lambda *args: dataclasses.replace(decide(*args), shift=True)
+    assert agent.step(frames).passes == 1  # still trusted on the batch that shifted ...
+    assert agent.step(frames).passes == 2  # ... checked on the next
+    agent.sampler.decide = decide
+    flat = agent.runtime.defaults["class_vectors"] * np.float32(0.02)  # loses every check
+    agent.apply({"class_vectors": flat})
+    steps = [agent.step(frames) for _ in range(3)]
+    assert [(s.passes, s.used_prompt) for s in steps] == [(2, False)] * 3  # checked each batch
 
 
 def test_gate_off_always_answers_with_the_prompt(exported, frames):
