@@ -24,9 +24,8 @@ from protocol.v1 import cdca_pb2
 
 ImageFormat = Literal["raw", "png", "webp"]
 FILE_FORMATS = {"png": "PNG", "webp": "WEBP"}  # wire name -> Pillow's format name
-HEADER_SLACK = (
-    4096  # bytes an image file may exceed the raw pixels by (headers, incompressible noise)
-)
+# bytes an image file may exceed the raw pixels by (headers, incompressible noise)
+HEADER_SLACK = 4096
 
 
 @dataclass(frozen=True)
@@ -41,11 +40,6 @@ class UploadEncoding:
     image_quality: int = 90  # webp only
     stats_dtype: Literal["float16", "float32"] = "float16"
     stats_resend_distance: float = 0.15
-
-    @property
-    def lossless(self) -> bool:
-        """Whether the cloud decodes exactly the device's pixels."""
-        return self.image_format in ("raw", "png")
 
 
 DEFAULT_ENCODING = UploadEncoding()

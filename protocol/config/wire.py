@@ -22,8 +22,8 @@ from protocol.errors import ConfigError
 from protocol.images import UploadEncoding
 
 WIRE_ORIGIN = "the cloud's device settings"
-# What a device sends to a cloud that hands out settings without these keys (an older one)
-OLDER_CLOUD = {"image_format": "raw", "stats_dtype": "float32", "stats_resend_distance": 0.0}
+# What a device sends to a cloud whose settings name no image format (an older one)
+OLDER_CLOUD_ENCODING = UploadEncoding("raw", stats_dtype="float32", stats_resend_distance=0.0)
 
 
 def settings_to_wire(settings: DeviceSettings) -> dict[str, str]:
@@ -40,7 +40,11 @@ def settings_from_wire(values: Mapping[str, str]) -> tuple[DeviceSettings, list[
     known = {spec.name for spec in fields(DeviceSettings)}
     table: dict[str, object] = {}
     if values and "image_format" not in values:
-        table.update(OLDER_CLOUD)
+        table.update(
+            image_format=OLDER_CLOUD_ENCODING.image_format,
+            stats_dtype=OLDER_CLOUD_ENCODING.stats_dtype,
+            stats_resend_distance=OLDER_CLOUD_ENCODING.stats_resend_distance,
+        )
     for key, text in values.items():
         if key in known:
             try:
@@ -59,10 +63,9 @@ def encoding_from_wire(values: Mapping[str, str]) -> UploadEncoding:
     the cloud's own settings name an encoding (none, or settings this device refuses, also
     mean raw).
     """
-    older = UploadEncoding("raw", stats_dtype="float32", stats_resend_distance=0.0)
     if not values:
-        return older
+        return OLDER_CLOUD_ENCODING
     try:
         return settings_from_wire(values)[0].encoding
     except ConfigError:
-        return older
+        return OLDER_CLOUD_ENCODING

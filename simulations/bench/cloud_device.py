@@ -48,6 +48,31 @@ DEVICE_ID = "device-0"
 LABEL_LOGIT = 8.0
 
 
+def every_frame_bytes(
+    device_id: str,
+    batch_id: int,
+    frames: np.ndarray,
+    frame_ids: np.ndarray,
+    frames_seen: int,
+    encoding: UploadEncoding,
+) -> int:
+    """Wire bytes of sending every frame of a batch for cloud inference (no statistics)."""
+    count = len(frames)
+    chunks = upload_chunks(
+        device_id,
+        batch_id,
+        frames,
+        np.zeros(count, np.float32),
+        frame_ids,
+        np.zeros(count, np.int64),
+        np.zeros((2, 0), np.float32),
+        shift=False,
+        frames_seen=frames_seen,
+        encoding=encoding,
+    )
+    return sum(chunk.ByteSize() for chunk in chunks)
+
+
 class Traffic:
     """Frames, uploads and wire bytes in both directions."""
 
@@ -212,21 +237,16 @@ class CloudTeacherMethod:
         frames = pixels_to_uint8(pixels).permute(0, 2, 3, 1).numpy()
         logits = self.cloud_models.teacher_logits(pixels)
         count = len(frames)
-        chunks = upload_chunks(
+        self.traffic.bytes_up += every_frame_bytes(
             DEVICE_ID,
             self.traffic.frames // count,
             frames,
-            np.zeros(count, np.float32),
             np.arange(count),
-            np.zeros(count, np.int64),
-            np.zeros((2, 0), np.float32),
-            shift=False,
-            frames_seen=self.traffic.frames + count,
-            encoding=self.encoding,
+            self.traffic.frames + count,
+            self.encoding,
         )
         self.traffic.frames += count
         self.traffic.uploaded += count
-        self.traffic.bytes_up += sum(chunk.ByteSize() for chunk in chunks)
         self.traffic.bytes_down += 4 * int(logits.numel()) + 16  # float32 logits and a header
         return logits
 

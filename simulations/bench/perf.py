@@ -36,9 +36,9 @@ import torch
 
 from cloud.students.preprocess import pixels_from_uint8
 from protocol.config.adaptation import DeviceSettings
+from protocol.config.wire import OLDER_CLOUD_ENCODING
 from protocol.images import UploadEncoding
 from protocol.manifest import load_manifest
-from protocol.messages import upload_chunks
 
 
 @dataclass(frozen=True)
@@ -297,7 +297,7 @@ def cloud_costs(
 
 
 ENCODINGS = {  # the uplink measured in each; the ratio's target applies to the project's default
-    "raw": UploadEncoding("raw", stats_dtype="float32", stats_resend_distance=0.0),
+    "raw": OLDER_CLOUD_ENCODING,  # raw pixels, float32 statistics with every upload
     "png": UploadEncoding("png"),
     "webp90": UploadEncoding("webp", 90),
     "webp75": UploadEncoding("webp", 75),
@@ -335,6 +335,7 @@ def uplink_bytes(
     from device.replay import step_and_upload
     from device.runtime import DeviceRuntime
     from device.stats_sender import StatsSender
+    from simulations.bench.cloud_device import every_frame_bytes
 
     settings = replace(
         settings,
@@ -350,20 +351,10 @@ def uplink_bytes(
         batch = images[start : start + 64]
         step, _, sent = step_and_upload(agent, "perf", batch, start // 64, start, sender)
         uvpa_up += sent
-        every = np.arange(len(batch))
-        chunks = upload_chunks(
-            "perf",
-            start // 64,
-            batch,
-            np.zeros(len(batch), np.float32),
-            start + every,
-            every * 0,
-            np.zeros((2, 0), np.float32),
-            shift=False,
-            frames_seen=start + len(batch),
-            encoding=encoding,
+        every = start + np.arange(len(batch))
+        everything_up += every_frame_bytes(
+            "perf", start // 64, batch, every, start + len(batch), encoding
         )
-        everything_up += sum(c.ByteSize() for c in chunks)
     return uvpa_up, everything_up
 
 

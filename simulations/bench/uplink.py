@@ -117,18 +117,15 @@ def every_frame_kb(dataset: Any, stream: Any, encoding: UploadEncoding) -> float
     """
     import numpy as np
 
-    from protocol.messages import upload_chunks
+    from simulations.bench.cloud_device import every_frame_bytes
     from simulations.streams import iterate_batches
 
     total = frames = 0
     for batch in iterate_batches(dataset, stream):
         n = len(batch.images)
-        chunks = upload_chunks(
-            "every-frame", batch.index, batch.images, np.zeros(n, np.float32), np.arange(n),
-            np.zeros(n, np.int64), np.zeros((2, 0), np.float32), shift=False,
-            frames_seen=frames + n, encoding=encoding,
-        )  # fmt: skip
-        total += sum(chunk.ByteSize() for chunk in chunks)
+        total += every_frame_bytes(
+            "every-frame", batch.index, batch.images, np.arange(n), frames + n, encoding
+        )
         frames += n
     return total / frames
 
@@ -167,14 +164,14 @@ def run(args: argparse.Namespace) -> int:
         args.stream, corruptions, args.severity, args.num_per_domain, args.batch_size
     )[0]
     check_available(dataset, stream.segments)
-    jobs = [
-        Job(m, stream, ((BUDGET_KEY, b), *settings))
-        for _, settings in encodings
+    planned = [
+        (label, Job(m, stream, ((BUDGET_KEY, b), *settings)))
+        for label, settings in encodings
         for b in budgets
         for m in curves
     ]
-    jobs += [Job(m, stream) for m in flat]
-    labels = {settings: label for label, settings in encodings}
+    planned += [("project", Job(m, stream)) for m in flat]
+    jobs = [job for _, job in planned]
     every_frame = {
         label: every_frame_kb(dataset, stream, _encoding(project, settings))
         for label, settings in [*encodings, ("project", ())]
@@ -183,8 +180,7 @@ def run(args: argparse.Namespace) -> int:
     with counted_progress("adapting", len(jobs) * stream.num_images(), width=32) as advance:
         results = run_jobs(bench, jobs, args.jobs, advance)
     rows = []
-    for job, result in zip(jobs, results, strict=True):
-        label = labels.get(job.settings[1:], "project") if job.settings else "project"
+    for (label, job), result in zip(planned, results, strict=True):
         rows.append(_row(job.method, dict(job.settings).get(BUDGET_KEY), label, result))
         rows[-1]["every_frame_kb_per_1000"] = every_frame[label]
     settings = {
