@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from device.held_schedule import FALLBACK, PROMPTED, HeldStatistics
 from device.preprocess import as_rgb, resize_bilinear
 from device.prompt_gate import prefers_prompt
 from device.runtime import DeviceRuntime, Prediction
@@ -22,6 +23,8 @@ from device.sampling import UncertaintySampler, UploadDecision
 from device.uncertainty import perturbed_views
 from protocol.config.adaptation import DeviceSettings
 from protocol.upload import Upload
+
+GATE_SHARE = 4  # on held statistics the gate checks 1/GATE_SHARE of the batch
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,8 @@ class AgentStep:
     ms: float
     logits: np.ndarray
     used_prompt: bool = True
-    passes: int = 1  # model passes over the batch (2: the gate ran the fallback too)
+    passes: float = 1.0  # model passes over the batch (2: the gate ran the fallback too)
+    fresh_stats: bool = True  # computed its statistics (False: ran on held ones)
 
     @property
     def uploads(self) -> bool:
@@ -66,6 +70,7 @@ class DeviceAgent:
         self.sampler = UncertaintySampler(self.settings, first_norm, seed)
         self.view_rng = np.random.default_rng(seed)
         self.trusted_for = 0  # batches the prompt in force still goes without the gate's check
+        self.held = self._held_statistics()
 
     def configure(self, settings: DeviceSettings) -> None:
         """Switch to new settings between batches (the prompt in force stays)."""
@@ -73,6 +78,14 @@ class DeviceAgent:
         self._set_stat_mix(settings.stat_mix)
         self.fallback["stat_mix"] = self.runtime.adaptation["stat_mix"]
         self.sampler.reconfigure(settings)
+        self.held = self._held_statistics()
+
+    def _held_statistics(self) -> HeldStatistics | None:
+        """Held statistics between computed ones, when the settings and the model allow them."""
+        settings, model = self.settings, self.runtime.held
+        if settings.stats_every == 1 or settings.stat_mix != 1 or model is None:
+            return None  # a blend with reference statistics needs the statistics graph
+        return HeldStatistics(model, settings.stats_every, settings.shift_sensitivity)
 
     def _set_stat_mix(self, stat_mix: float) -> None:
         self.runtime.set_adaptation(stat_mix=np.full((1,), stat_mix, np.float32))
@@ -80,37 +93,82 @@ class DeviceAgent:
     def step(self, images: np.ndarray) -> AgentStep:
         """Predict (N, H, W, 3) uint8 frames and decide what goes up."""
         start = time.perf_counter()
-        prediction = self.runtime.predict(images)
-        logits, used_prompt, passes = self._answer(images, prediction.logits)
+        x = self.runtime.prepare(images)
+        held = self.held
+        fresh = held is None or held.due(x, needs_fallback=self._gate_due())
+        if fresh:
+            prediction = self.runtime.predict_input(x)
+            logits, used_prompt, passes, fallback_stats = self._answer(x, prediction.logits)
+            if held is not None:
+                held.refreshed(prediction.batch_stats, fallback_stats)
+        else:
+            assert held is not None
+            prediction, logits, used_prompt, passes = self._held_answer(x, held)
+            held.passed()
         ms = (time.perf_counter() - start) * 1e3
         views = self._view_logits(images) if self.sampler.needs_views else ()
-        decision = self.sampler.decide(prediction.logits, prediction.batch_stats, views)
+        stats = prediction.batch_stats if fresh else None
+        decision = self.sampler.decide(prediction.logits, stats, views)
         if decision.shift:
             self.trusted_for = 0  # a new environment: check the prompt on the next batch
-        return AgentStep(prediction, decision, ms, logits, used_prompt, passes)
+        return AgentStep(prediction, decision, ms, logits, used_prompt, passes, fresh)
 
     def prompted(self) -> bool:
         """Whether a prompt other than the shipped defaults is in force."""
         current = self.runtime.adaptation
         return any(not np.array_equal(current[k], v) for k, v in self.fallback.items())
 
-    def _answer(self, images: np.ndarray, prompted: np.ndarray) -> tuple[np.ndarray, bool, int]:
+    def _gate_due(self) -> bool:
+        """Whether the gate checks this batch (a prompt in force and not trusted)."""
+        return self.settings.gate != "off" and self.prompted() and self.trusted_for == 0
+
+    def _answer(
+        self, x: np.ndarray, prompted: np.ndarray
+    ) -> tuple[np.ndarray, bool, float, np.ndarray | None]:
         """The gate: a second pass without the prompt, kept when it is surer (see prompt_gate).
 
         A prompt that won its check goes unchecked for ``gate_every - 1`` batches, until a
         new prompt or a shift; one that lost is checked every batch (both passes run anyway).
-        Returns the answer, whether it is the prompt's, and the passes it took.
+        Returns the answer, whether it is the prompt's, the passes it took and the
+        fallback run's statistics (None: no fallback ran).
         """
-        if self.settings.gate == "off" or not self.prompted():
-            return prompted, True, 1
-        if self.trusted_for > 0:
-            self.trusted_for -= 1
-            return prompted, True, 1
-        fallback = self.runtime.predict(images, self.fallback).logits
-        if prefers_prompt(prompted, fallback):
+        if not self._gate_due():
+            if self.trusted_for > 0:
+                self.trusted_for -= 1
+            return prompted, True, 1.0, None
+        fallback = self.runtime.predict_input(x, self.fallback)
+        if prefers_prompt(prompted, fallback.logits):
             self.trusted_for = self.settings.gate_every - 1
-            return prompted, True, 2
-        return fallback, False, 2
+            return prompted, True, 2.0, fallback.batch_stats
+        return fallback.logits, False, 2.0, fallback.batch_stats
+
+    def _held_answer(
+        self, x: np.ndarray, held: HeldStatistics
+    ) -> tuple[Prediction, np.ndarray, bool, float]:
+        """The batch on held statistics; the gate decides from a quarter of it.
+
+        Held statistics make each frame's answer independent of the rest of the batch, so
+        the fallback can run on the first quarter alone; only when the prompt loses there
+        does the rest run without it too.
+        """
+        current = self.runtime.adaptation
+        session = held.session(PROMPTED, current["norm_affine"])
+        logits, embedding = held.model.run(session, x, current)
+        prediction = Prediction(logits, embedding, held.stats[PROMPTED])
+        if not self._gate_due():
+            if self.trusted_for > 0:
+                self.trusted_for -= 1
+            return prediction, logits, True, 1.0
+        fallback_session = held.session(FALLBACK, self.fallback["norm_affine"])
+        checked = max(1, len(x) // GATE_SHARE)
+        head, _ = held.model.run(fallback_session, x[:checked], self.fallback)
+        if prefers_prompt(logits[:checked], head):
+            self.trusted_for = self.settings.gate_every - 1
+            return prediction, logits, True, 1 + checked / len(x)
+        if checked == len(x):
+            return prediction, head, False, 2.0
+        rest, _ = held.model.run(fallback_session, x[checked:], self.fallback)
+        return prediction, np.concatenate([head, rest]), False, 2.0
 
     def apply(self, parts: dict[str, np.ndarray]) -> None:
         """Switch to a prompt (validated by the runtime; a bad one raises and changes nothing)."""

@@ -8,7 +8,7 @@ import grpc
 
 from protocol.errors import DataError
 from protocol.files import atomic_write
-from protocol.manifest import MANIFEST_FILE, manifest_from_json, verify_model_file
+from protocol.manifest import MANIFEST_FILE, manifest_from_json, verify_file, verify_model_file
 from protocol.messages import call_metadata
 from protocol.v1 import cdca_pb2, cdca_pb2_grpc
 
@@ -31,7 +31,7 @@ def download_model(
         if chunk.file_name:
             files.setdefault(chunk.file_name, bytearray()).extend(chunk.data)
     manifest = manifest_from_json(manifest_text, "downloaded manifest")
-    expected = {manifest.model_file, *([manifest.defaults_file] if manifest.defaults_file else [])}
+    expected = set(manifest.files)
     if set(files) != expected or any(Path(name).name != name for name in files):
         raise DataError(
             f"the cloud sent files {sorted(files)}, the manifest names {sorted(expected)}"
@@ -40,6 +40,9 @@ def download_model(
     for name, data in files.items():
         atomic_write(folder / name, bytes(data))
     verify_model_file(manifest, folder / manifest.model_file)  # before the manifest makes it usable
+    if manifest.held is not None:
+        verify_file(folder / manifest.held.model_file, manifest.held.sha256)
+        verify_file(folder / manifest.held.data_file, manifest.held.data_sha256)
     path = folder / MANIFEST_FILE
     atomic_write(path, manifest_text.encode())
     return path

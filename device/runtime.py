@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from device.held_stats import HeldStatisticsModel
 from device.preprocess import preprocess
 from protocol.errors import DataError
 from protocol.manifest import ModelManifest, load_manifest, verify_model_file
@@ -37,11 +38,13 @@ class DeviceRuntime:
         manifest: ModelManifest,
         session: ort.InferenceSession,
         defaults: dict[str, np.ndarray],
+        held: HeldStatisticsModel | None = None,
     ):
         self.manifest = manifest
         self.session = session
         self.defaults = defaults
         self.adaptation = dict(defaults)
+        self.held = held  # the held-statistics graph, when the model folder has one
 
     @classmethod
     def load(
@@ -66,7 +69,12 @@ class DeviceRuntime:
             disabled_optimizers=manifest.disabled_optimizers,
         )
         defaults = _load_defaults(manifest, manifest_path.parent)
-        return cls(manifest, session, defaults)
+        held = None
+        if manifest.held is not None:
+            held = HeldStatisticsModel(
+                manifest, manifest_path.parent, threads, providers or ["CPUExecutionProvider"]
+            )
+        return cls(manifest, session, defaults, held)
 
     def set_adaptation(self, **inputs: np.ndarray) -> None:
         """Replace some adaptation inputs (prompt, norm_affine, ...) after validating them all."""
@@ -85,7 +93,16 @@ class DeviceRuntime:
         ``adaptation`` must be complete and already checked (e.g. a copy of ``adaptation``
         taken earlier); it serves a one-off pass and leaves the current one in force.
         """
-        x = preprocess(images, self.manifest.preprocess)
+        return self.predict_input(self.prepare(images), adaptation)
+
+    def prepare(self, images: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) uint8 frames -> the model's (N, 3, S, S) float32 input."""
+        return preprocess(images, self.manifest.preprocess)
+
+    def predict_input(
+        self, x: np.ndarray, adaptation: dict[str, np.ndarray] | None = None
+    ) -> Prediction:
+        """``predict`` for an input ``prepare`` made."""
         names = ["logits", "embedding", "batch_stats"]
         inputs = self.adaptation if adaptation is None else adaptation
         logits, embedding, stats = self.session.run(names, {**inputs, IMAGE_INPUT: x})

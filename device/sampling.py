@@ -75,11 +75,13 @@ class UncertaintySampler:
     def decide(
         self,
         logits: np.ndarray,
-        batch_stats: np.ndarray,
+        batch_stats: np.ndarray | None,
         view_logits: Sequence[np.ndarray] = (),
     ) -> UploadDecision:
         """Score the (N, C) logits, choose uploads within budget, check (2, K) stats for a shift.
 
+        ``batch_stats`` None: the batch ran on held statistics, so there are no fresh ones
+        to check (the device computes them whenever its input's statistics jump).
         ``view_logits``: the same frames under ``perturbed_views``, for ``disagreement``.
         The scores sent with the uploads are always the entropy, in [0, 1].
         """
@@ -91,9 +93,9 @@ class UncertaintySampler:
         chosen = self.selector.select(scores, logits.argmax(axis=1))
         return UploadDecision(chosen, uncertainty[chosen], shift)
 
-    def detect_shift(self, batch_stats: np.ndarray) -> bool:
+    def detect_shift(self, batch_stats: np.ndarray | None) -> bool:
         """Whether this batch's (2, K) statistics mark a new environment (False when off)."""
-        if self.detector is None:
+        if self.detector is None or batch_stats is None:
             return False
         return self.detector.update(batch_signature(batch_stats, self.signature_channels))
 

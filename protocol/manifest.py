@@ -49,6 +49,25 @@ class Preprocess:
 
 
 @dataclass(frozen=True)
+class HeldGraph:
+    """The student with its BatchNorms' parameters in a separate file, for held statistics.
+
+    ``data_file`` is float32, per norm layer in ``norm_layers`` order: the BatchNorm's
+    weight, bias, mean and variance (``channels`` values each). A device that normalises
+    with statistics it holds opens this graph with those four replaced
+    (``add_external_initializers``), so onnxruntime folds them into the convolutions and
+    the run costs what the plain student costs. ``layers`` names each layer's four
+    initializers.
+    """
+
+    model_file: str
+    sha256: str
+    data_file: str
+    data_sha256: str
+    layers: tuple[tuple[str, str, str, str], ...]
+
+
+@dataclass(frozen=True)
 class ModelManifest:
     """Everything a device needs to run a model file correctly."""
 
@@ -64,6 +83,7 @@ class ModelManifest:
     versions: dict[str, str] = field(default_factory=dict)
     quantization: str = "fp32"
     parity: dict[str, float] = field(default_factory=dict)
+    held: HeldGraph | None = None  # absent: the device runs ``model_file`` on every batch
     manifest_version: int = MANIFEST_VERSION
 
     def to_json(self) -> str:
@@ -74,6 +94,14 @@ class ModelManifest:
     def disabled_optimizers(self) -> list[str]:
         """The onnxruntime optimisers a session of this model should run without."""
         return list(INT8_DISABLED_OPTIMIZERS) if self.quantization.startswith("int8") else []
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """Every file this manifest names (what a device downloads beside it)."""
+        names = [self.model_file, *([self.defaults_file] if self.defaults_file else [])]
+        if self.held is not None:
+            names += [self.held.model_file, self.held.data_file]
+        return tuple(names)
 
     def input(self, name: str) -> TensorSpec:
         """The input called ``name``."""
@@ -119,6 +147,7 @@ def manifest_from_json(text: str, source: str = "manifest") -> ModelManifest:
                 ),
                 "class_names": tuple(raw["class_names"]),
                 "norm_layers": tuple(raw.get("norm_layers", ())),
+                "held": _held(raw.get("held")),
             }
         )
     except (KeyError, TypeError, ValueError) as err:
@@ -127,13 +156,28 @@ def manifest_from_json(text: str, source: str = "manifest") -> ModelManifest:
     return manifest
 
 
+def _held(raw: dict[str, Any] | None) -> HeldGraph | None:
+    if raw is None:
+        return None
+    layers = tuple(tuple(str(name) for name in layer) for layer in raw["layers"])
+    if any(len(layer) != 4 for layer in layers):
+        raise ValueError("held.layers: each layer names weight, bias, mean and variance")
+    return HeldGraph(**{**raw, "layers": layers})
+
+
 def _spec(raw: dict[str, Any]) -> TensorSpec:
     return TensorSpec(raw["name"], tuple(raw["shape"]), raw["dtype"], raw.get("description", ""))
 
 
 def _check(manifest: ModelManifest, source: str) -> None:
-    if len(manifest.sha256) != 64 or any(c not in "0123456789abcdef" for c in manifest.sha256):
-        raise DataError(f"{source}: sha256 must be 64 lowercase hex digits")
+    held = manifest.held
+    digests = [manifest.sha256, *([held.sha256, held.data_sha256] if held else [])]
+    if any(len(d) != 64 or any(c not in "0123456789abcdef" for c in d) for d in digests):
+        raise DataError(f"{source}: every sha256 must be 64 lowercase hex digits")
+    if any(Path(name).name != name or not name for name in manifest.files):
+        raise DataError(f"{source}: file names must be plain names, not paths")
+    if held is not None and len(held.layers) != len(manifest.norm_layers):
+        raise DataError(f"{source}: held.layers must name every one of the norm_layers")
     for spec in (*manifest.inputs, *manifest.outputs):
         if spec.dtype not in ALLOWED_DTYPES:
             raise DataError(
@@ -163,13 +207,18 @@ def load_manifest(path: str | Path) -> ModelManifest:
 
 def verify_model_file(manifest: ModelManifest, model_path: str | Path) -> Path:
     """Check the model file exists and its bytes match the manifest's SHA-256; return its path."""
-    path = Path(model_path)
+    return verify_file(model_path, manifest.sha256)
+
+
+def verify_file(file_path: str | Path, sha256: str) -> Path:
+    """Check a file the manifest names exists and its bytes match ``sha256``; return its path."""
+    path = Path(file_path)
     if not path.is_file():
         raise DataError(f"model file {path} named by the manifest is missing")
     actual = sha256_of(path)
-    if actual != manifest.sha256:
+    if actual != sha256:
         raise DataError(
-            f"{path} does not match its manifest (sha256 {actual[:12]}... != {manifest.sha256[:12]}...); "
+            f"{path} does not match its manifest (sha256 {actual[:12]}... != {sha256[:12]}...); "
             "the file is corrupt or was tampered with: download or export it again"
         )
     return path

@@ -21,6 +21,7 @@ import torch
 from cloud.distill.checkpoint import DistilledInfo
 from cloud.distill.student import DistilledStudent
 from cloud.export.device_model import DeviceModel
+from cloud.export.held_graph import export_held_graph, held_parity
 from protocol.errors import DataError
 from protocol.manifest import (
     INT8_MANIFEST_FILE,
@@ -81,9 +82,18 @@ def export_device_model(
         raise DataError(
             f"ONNX export disagrees with PyTorch by {diff:.2e} (> {PARITY_TOLERANCE}); not written"
         )
+    held = export_held_graph(student, device_model, example, out_dir)
+    if held is not None:
+        held_diff = held_parity(device_model, out_dir, held, example)
+        if held_diff > PARITY_TOLERANCE:
+            raise DataError(
+                f"the held-statistics graph disagrees with the device graph by {held_diff:.2e}"
+                f" (> {PARITY_TOLERANCE}); not written"
+            )
     manifest = build_manifest(
         device_model, example, info, model_path, defaults_path, model_version, diff
     )
+    manifest = replace(manifest, held=held)
     manifest_path = out_dir / MANIFEST_FILE
     manifest_path.write_text(manifest.to_json())
     return ExportResult(model_path, manifest_path, defaults_path, diff, time.perf_counter() - start)
@@ -271,8 +281,12 @@ def quantize_int8(
     finally:
         root.setLevel(level)
     prepared.unlink(missing_ok=True)
-    int8_manifest = replace(
-        manifest, model_file=int8_path.name, sha256=sha256_of(int8_path), quantization="int8-qdq"
+    int8_manifest = replace(  # the held graph is fp32: an int8 device runs its own every batch
+        manifest,
+        model_file=int8_path.name,
+        sha256=sha256_of(int8_path),
+        quantization="int8-qdq",
+        held=None,
     )
     manifest_path = export.manifest.with_name(INT8_MANIFEST_FILE)
     manifest_path.write_text(int8_manifest.to_json())

@@ -231,12 +231,11 @@ class CloudAdaptationService(cdca_pb2_grpc.CloudAdaptationServicer):
     async def DownloadModel(  # noqa: N802
         self, request: cdca_pb2.ModelRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[cdca_pb2.ModelChunk]:
-        """The manifest, then the model file and its defaults, in chunks."""
+        """The manifest, then each file it names (the model, its defaults, ...), in chunks."""
         await self._authenticate(context, request)
         manifest = self.served.manifest
         yield cdca_pb2.ModelChunk(manifest_json=self.served.manifest_path.read_text())
-        names = [manifest.model_file, *([manifest.defaults_file] if manifest.defaults_file else [])]
-        for name in names:
+        for name in manifest.files:
             data = (
                 self.served.model_bytes()
                 if name == manifest.model_file

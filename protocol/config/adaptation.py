@@ -46,6 +46,11 @@ class DeviceSettings:
             next ``gate_every - 1`` batches, until a new prompt or a shift; 1: every batch.
         stat_mix: 1: normalise each batch with its own statistics (forward only, no
             training); 0: with the statistics the student was trained with.
+        stats_every: with ``stat_mix`` 1, compute the batch statistics on every
+            ``stats_every``-th batch (and whenever the input's per-channel statistics jump)
+            and normalise the batches between with the ones held; those batches run the
+            model's held-statistics graph at the plain student's cost, and the prompt gate
+            checks them on a quarter of the batch. 1: every batch.
         image_format: how uploaded frames travel: ``png`` (lossless; a grey frame as one
             channel), ``webp`` (lossy, at ``image_quality``) or ``raw`` pixels.
         image_quality: WebP quality, 1 to 100.
@@ -68,6 +73,7 @@ class DeviceSettings:
     gate: Gate = "entropy"
     gate_every: int = 1
     stat_mix: float = 1.0
+    stats_every: int = 1
     image_format: ImageFormat = "png"
     image_quality: int = 90
     stats_dtype: StatsDtype = "float16"
@@ -82,8 +88,9 @@ class DeviceSettings:
 
     def __post_init__(self) -> None:
         check_choices(self)
-        if self.gate_every < 1:
-            raise ConfigError(f"gate_every must be >= 1, got {self.gate_every}")
+        for name in ("gate_every", "stats_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.stats_resend_distance < 0:
             raise ConfigError(
                 f"stats_resend_distance must be >= 0, got {self.stats_resend_distance}"

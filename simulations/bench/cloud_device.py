@@ -140,7 +140,7 @@ class FleetMethod:
         self.stats_sender = StatsSender(adaptation.device.stats_resend_distance)
         self.batch = 0
         self.traffic = Traffic()
-        self.forwards = 0  # frame-passes of the device model (the gate's second pass included)
+        self.forwards = 0.0  # frame-passes of the device model (the gate's second pass included)
         self.gated = self.gate_fallbacks = 0  # batches the gate checked, and answered without
         self.cloud_seconds = 0.0
         self.model_bytes = (manifest.parent / runtime.manifest.model_file).stat().st_size

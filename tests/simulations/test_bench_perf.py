@@ -50,6 +50,7 @@ def test_bench_perf_writes_ratios_json_markdown_and_plot(tmp_path):
     assert 0 < traffic["uplink_ratio_png"] < 1
     assert ratios["prompt_gate_overhead_b64"] > 0  # a second model pass is never free
     assert ratios["device_step_over_plain_b64"] > 1  # the step runs the plain work and more
+    assert ratios["held_statistics_speedup_b64"] > 1  # held statistics skip the reductions
     assert ratios["int8_speedup_over_fp32_b64"] > 0
     assert "| int8_speedup_over_fp32_b1 |" in (out / "perf.md").read_text()
     assert set(results["cloud"]["fit_pass_us_per_sample_by_size"]) == {"64", "256", "1024", "4096"}

@@ -47,6 +47,9 @@ def test_a_new_device_downloads_its_model_and_runs_against_the_server(live_serve
         == live_server.manifest_sha256
         == sha256_of(state / "model" / manifest.model_file)
     )
+    held = manifest.held  # the held-statistics graph and its data came down too
+    assert held is not None
+    assert sha256_of(state / "model" / held.data_file) == held.data_sha256
     assert len(result.stdout.splitlines()) == 48
     assert '"queue_left": 0' in result.stderr
 

@@ -44,7 +44,7 @@ class CemaSampler(UncertaintySampler):
     def decide(
         self,
         logits: np.ndarray,
-        batch_stats: np.ndarray,
+        batch_stats: np.ndarray | None,
         view_logits: Sequence[np.ndarray] = (),
     ) -> UploadDecision:
         """Reliable, non-redundant frames, capped by the budget when there is one."""
