@@ -122,6 +122,13 @@ class DeviceAgent:
         """Whether the gate checks this batch (a prompt in force and not trusted)."""
         return self.settings.gate != "off" and self.prompted() and self.trusted_for == 0
 
+    def _gate_skips(self) -> bool:
+        """Whether this batch goes unchecked (one batch fewer for a trusted prompt)."""
+        if self._gate_due():
+            return False
+        self.trusted_for = max(0, self.trusted_for - 1)
+        return True
+
     def _answer(
         self, x: np.ndarray, prompted: np.ndarray
     ) -> tuple[np.ndarray, bool, float, np.ndarray | None]:
@@ -132,9 +139,7 @@ class DeviceAgent:
         Returns the answer, whether it is the prompt's, the passes it took and the
         fallback run's statistics (None: no fallback ran).
         """
-        if not self._gate_due():
-            if self.trusted_for > 0:
-                self.trusted_for -= 1
+        if self._gate_skips():
             return prompted, True, 1.0, None
         fallback = self.runtime.predict_input(x, self.fallback)
         if prefers_prompt(prompted, fallback.logits):
@@ -155,9 +160,7 @@ class DeviceAgent:
         session = held.session(PROMPTED, current["norm_affine"])
         logits, embedding = held.model.run(session, x, current)
         prediction = Prediction(logits, embedding, held.stats[PROMPTED])
-        if not self._gate_due():
-            if self.trusted_for > 0:
-                self.trusted_for -= 1
+        if self._gate_skips():
             return prediction, logits, True, 1.0
         fallback_session = held.session(FALLBACK, self.fallback["norm_affine"])
         checked = max(1, len(x) // GATE_SHARE)

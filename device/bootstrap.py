@@ -8,7 +8,7 @@ import grpc
 
 from protocol.errors import DataError
 from protocol.files import atomic_write
-from protocol.manifest import MANIFEST_FILE, manifest_from_json, verify_file, verify_model_file
+from protocol.manifest import MANIFEST_FILE, manifest_from_json, verify_file
 from protocol.messages import call_metadata
 from protocol.v1 import cdca_pb2, cdca_pb2_grpc
 
@@ -39,10 +39,8 @@ def download_model(
     folder.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
         atomic_write(folder / name, bytes(data))
-    verify_model_file(manifest, folder / manifest.model_file)  # before the manifest makes it usable
-    if manifest.held is not None:
-        verify_file(folder / manifest.held.model_file, manifest.held.sha256)
-        verify_file(folder / manifest.held.data_file, manifest.held.data_sha256)
+    for name, digest in manifest.digests.items():  # before the manifest makes them usable
+        verify_file(folder / name, digest)
     path = folder / MANIFEST_FILE
     atomic_write(path, manifest_text.encode())
     return path

@@ -42,7 +42,6 @@ class HeldStatistics:
         self.stats: dict[str, np.ndarray] = {}
         self._sessions: dict[str, tuple[bytes, ort.InferenceSession]] = {}
         self.since_refresh = 0
-        self.refreshes = 0
 
     def due(self, x: np.ndarray, needs_fallback: bool) -> bool:
         """Whether this batch computes statistics (the watch sees every batch)."""
@@ -57,7 +56,6 @@ class HeldStatistics:
             self.stats[FALLBACK] = fallback.copy()
         self._sessions.clear()
         self.since_refresh = 1
-        self.refreshes += 1
 
     def passed(self) -> None:
         """A batch ran on the held statistics."""

@@ -18,9 +18,8 @@ import numpy as np
 import onnxruntime as ort
 
 from protocol.errors import DataError
+from protocol.held_graph import HELD_INPUTS, held_initializers, read_held_data
 from protocol.manifest import HeldGraph, ModelManifest, verify_file
-
-INPUTS = ("x", "prompt", "input_affine", "class_vectors")
 
 
 class HeldStatisticsModel:
@@ -38,31 +37,18 @@ class HeldStatisticsModel:
             raise DataError("this model has no held-statistics graph; re-export it")
         self.held: HeldGraph = held
         self.model_path = verify_file(folder / held.model_file, held.sha256)
-        data = np.fromfile(verify_file(folder / held.data_file, held.data_sha256), dtype="<f4")
         self.slices = [(int(n["offset"]), int(n["channels"])) for n in manifest.norm_layers]
-        expected = 4 * sum(channels for _, channels in self.slices)
-        if data.size != expected:
-            raise DataError(f"{held.data_file} holds {data.size} values, the manifest {expected}")
+        data = verify_file(folder / held.data_file, held.data_sha256)
         # the source BatchNorms' weight and bias, (2, K) in norm_layers order
-        self.source_affine = np.zeros((2, expected // 4), np.float32)
-        position = 0
-        for offset, channels in self.slices:
-            block = data[position : position + 4 * channels].reshape(4, channels)
-            self.source_affine[:, offset : offset + channels] = block[:2]
-            position += 4 * channels
+        self.source_affine = read_held_data(data, self.slices)[:2]
         self.threads, self.providers = threads, providers
 
     def session(self, norm_affine: np.ndarray, stats: np.ndarray) -> ort.InferenceSession:
         """A session normalising with ``stats`` (2, K) and the prompt's ``norm_affine`` (2, K)."""
-        weight = self.source_affine[0] * (1 + norm_affine[0])
-        bias = self.source_affine[1] + norm_affine[1]
-        values: dict[str, np.ndarray] = {}
-        for names, (offset, channels) in zip(self.held.layers, self.slices, strict=True):
-            part = slice(offset, offset + channels)
-            for name, array in zip(
-                names, (weight[part], bias[part], stats[0, part], stats[1, part]), strict=True
-            ):
-                values[name] = np.ascontiguousarray(array, np.float32)
+        affine = np.stack(
+            [self.source_affine[0] * (1 + norm_affine[0]), self.source_affine[1] + norm_affine[1]]
+        )
+        values = held_initializers(self.held, self.slices, np.concatenate([affine, stats]))
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         ort_values = [ort.OrtValue.ortvalue_from_numpy(a) for a in values.values()]
@@ -74,6 +60,6 @@ class HeldStatisticsModel:
         session: ort.InferenceSession, x: np.ndarray, adaptation: dict[str, np.ndarray]
     ) -> tuple[np.ndarray, np.ndarray]:
         """(logits, embedding) of preprocessed ``x`` under the prompt's other inputs."""
-        feeds = {name: adaptation[name] for name in INPUTS[1:]}
+        feeds = {name: adaptation[name] for name in HELD_INPUTS[1:]}
         logits, embedding = session.run(["logits", "embedding"], {**feeds, "x": x})
         return logits, embedding

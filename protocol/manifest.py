@@ -19,6 +19,7 @@ MANIFEST_VERSION = 1
 MANIFEST_FILE = "student.manifest.json"  # what `cdca cloud export` writes, devices look for
 INT8_MANIFEST_FILE = "student.int8.manifest.json"  # its int8 copy's
 SAMPLE_FILE = "student.sample.npz"  # labelled held-out images `cdca device bench` scores
+HEX = frozenset("0123456789abcdef")
 ALLOWED_DTYPES = frozenset({"float32", "float16", "int64", "uint8"})
 # onnxruntime graph rewrites an int8 model runs without. QDQPropagationTransformer moves a
 # QuantizeLinear above the MaxPool before it, and onnxruntime's uint8 MaxPool is several
@@ -99,9 +100,17 @@ class ModelManifest:
     def files(self) -> tuple[str, ...]:
         """Every file this manifest names (what a device downloads beside it)."""
         names = [self.model_file, *([self.defaults_file] if self.defaults_file else [])]
+        return (*names, *(name for name in self.digests if name != self.model_file))
+
+    @property
+    def digests(self) -> dict[str, str]:
+        """The SHA-256 of each file the manifest names with one (all but the defaults)."""
+        out = {self.model_file: self.sha256}
         if self.held is not None:
-            names += [self.held.model_file, self.held.data_file]
-        return tuple(names)
+            out.update(
+                {self.held.model_file: self.held.sha256, self.held.data_file: self.held.data_sha256}
+            )
+        return out
 
     def input(self, name: str) -> TensorSpec:
         """The input called ``name``."""
@@ -171,9 +180,9 @@ def _spec(raw: dict[str, Any]) -> TensorSpec:
 
 def _check(manifest: ModelManifest, source: str) -> None:
     held = manifest.held
-    digests = [manifest.sha256, *([held.sha256, held.data_sha256] if held else [])]
-    if any(len(d) != 64 or any(c not in "0123456789abcdef" for c in d) for d in digests):
-        raise DataError(f"{source}: every sha256 must be 64 lowercase hex digits")
+    for digest in manifest.digests.values():
+        if not isinstance(digest, str) or len(digest) != 64 or not set(digest) <= HEX:
+            raise DataError(f"{source}: every sha256 must be 64 lowercase hex digits")
     if any(Path(name).name != name or not name for name in manifest.files):
         raise DataError(f"{source}: file names must be plain names, not paths")
     if held is not None and len(held.layers) != len(manifest.norm_layers):

@@ -138,7 +138,7 @@ class DeviceModel(nn.Module):
         self, student: DistilledStudent, for_export: bool = False, image_size: int = 32
     ) -> None:
         super().__init__()
-        self.student = _copy_eval(student)
+        self.student = eval_copy(student)
         self.image_size = image_size  # of x and the pixel prompt (the checkpoint's data.image_size)
         self.knobs = _Knobs()
         self.knobs.fused = for_export
@@ -183,17 +183,11 @@ class DeviceModel(nn.Module):
         self.knobs.norm_stats = norm_stats
         self.knobs.stat_mix = stat_mix
         self.knobs.observed = []
-        if input_affine.ndim == 3:  # (N, 2, 3): each sample its own device's values
-            per_sample = input_affine.view(-1, 2, 3, 1, 1)
-            x = x * (1 + per_sample[:, 0]) + per_sample[:, 1] + prompt
-        else:
-            x = (
-                x * (1 + input_affine[0].view(1, 3, 1, 1))
-                + input_affine[1].view(1, 3, 1, 1)
-                + prompt
-            )
         embedding = F.normalize(
-            self.student.projector(self.student.encoder.forward_features(x)), dim=-1
+            self.student.projector(
+                self.student.encoder.forward_features(transform_input(x, prompt, input_affine))
+            ),
+            dim=-1,
         )
         if class_vectors.ndim == 3:  # (N, C, D): each sample's own class vectors
             logits = self.student.logit_scale * torch.einsum("nd,ncd->nc", embedding, class_vectors)
@@ -236,7 +230,18 @@ class DeviceModel(nn.Module):
         }
 
 
-def _copy_eval(student: DistilledStudent) -> DistilledStudent:
+def transform_input(
+    x: torch.Tensor, prompt: torch.Tensor, input_affine: torch.Tensor
+) -> torch.Tensor:
+    """``x * (1 + a) + b + prompt`` per channel; ``input_affine`` (2, 3) or (N, 2, 3) per sample."""
+    if input_affine.ndim == 3:  # (N, 2, 3): each sample its own device's values
+        per_sample = input_affine.view(-1, 2, 3, 1, 1)
+        return x * (1 + per_sample[:, 0]) + per_sample[:, 1] + prompt
+    return x * (1 + input_affine[0].view(1, 3, 1, 1)) + input_affine[1].view(1, 3, 1, 1) + prompt
+
+
+def eval_copy(student: DistilledStudent) -> DistilledStudent:
+    """A frozen eval-mode copy of the student (the exported graphs must not change the original)."""
     import copy
 
     return copy.deepcopy(student).eval().requires_grad_(False)

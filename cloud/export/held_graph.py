@@ -21,19 +21,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cloud.distill.student import DistilledStudent
-from cloud.export.device_model import DeviceModel
+from cloud.export.device_model import DeviceModel, eval_copy, transform_input
 from protocol.errors import DataError
+from protocol.held_graph import HELD_INPUTS, held_initializers, read_held_data
 from protocol.manifest import HeldGraph, sha256_of
 
 logger = logging.getLogger(__name__)
 
 HELD_MODEL_FILE = "student.held.onnx"
 HELD_DATA_FILE = "student.held.bin"
-INPUTS = ("x", "prompt", "input_affine", "class_vectors")
 PREFIX = "student."  # the head's attribute: initializer names are PREFIX + module path
 
 
@@ -42,9 +41,7 @@ class HeldStatisticsHead(nn.Module):
 
     def __init__(self, student: DistilledStudent) -> None:
         super().__init__()
-        import copy
-
-        self.student = copy.deepcopy(student).eval().requires_grad_(False)
+        self.student = eval_copy(student)
 
     def forward(
         self,
@@ -54,10 +51,7 @@ class HeldStatisticsHead(nn.Module):
         class_vectors: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The device model's input transform, then the student with its own BatchNorms."""
-        x = x * (1 + input_affine[0].view(1, 3, 1, 1)) + input_affine[1].view(1, 3, 1, 1) + prompt
-        embedding = F.normalize(
-            self.student.projector(self.student.encoder.forward_features(x)), dim=-1
-        )
+        embedding = self.student.embed(transform_input(x, prompt, input_affine))
         return self.student.logit_scale * embedding @ class_vectors.T, embedding
 
 
@@ -97,9 +91,9 @@ def _export(
         warnings.simplefilter("ignore")  # exporter chatter about opsets
         program = torch.onnx.export(
             head,
-            tuple(example[name] for name in INPUTS),
+            tuple(example[name] for name in HELD_INPUTS),
             dynamo=True,
-            input_names=list(INPUTS),
+            input_names=list(HELD_INPUTS),
             output_names=["logits", "embedding"],
             dynamic_shapes={
                 "x": {0: batch},
@@ -185,28 +179,23 @@ def held_parity(
 
     from cloud.export.onnx_export import random_adaptation_inputs
 
-    weight = np.fromfile(out_dir / held.data_file, dtype="<f4")
+    slices = [(layer.offset, layer.channels) for layer in device_model.norm_layers]
+    weight, bias, mean, var = read_held_data(out_dir / held.data_file, slices)
     worst = 0.0
     for trial in range(2):
         feeds = random_adaptation_inputs(example, batch=6 + trial, seed=50 + trial)
         affine, deltas = feeds["norm_affine"], feeds["norm_stats"]
-        values, offset = {}, 0
-        for (w, b, m, v), layer in zip(held.layers, device_model.norm_layers, strict=True):
-            c, lo = layer.channels, layer.offset
-            gamma, beta, mean, var = weight[offset : offset + 4 * c].reshape(4, c)
-            values[w] = gamma * (1 + affine[0, lo : lo + c])
-            values[b] = beta + affine[1, lo : lo + c]
-            values[m] = mean + deltas[0, lo : lo + c]
-            values[v] = var * np.exp(deltas[1, lo : lo + c])
-            offset += 4 * c
+        replaced = np.stack(
+            [weight * (1 + affine[0]), bias + affine[1], mean + deltas[0], var * np.exp(deltas[1])]
+        )
+        values = held_initializers(held, slices, replaced)
         options = ort.SessionOptions()
-        arrays = [np.ascontiguousarray(a, np.float32) for a in values.values()]
-        ort_values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]
+        ort_values = [ort.OrtValue.ortvalue_from_numpy(a) for a in values.values()]
         options.add_external_initializers(list(values), ort_values)
         session = ort.InferenceSession(
             str(out_dir / held.model_file), options, providers=["CPUExecutionProvider"]
         )
-        held_logits = session.run(["logits"], {k: feeds[k] for k in INPUTS})[0]
+        held_logits = session.run(["logits"], {k: feeds[k] for k in HELD_INPUTS})[0]
         with torch.no_grad():
             torch_inputs = {k: torch.from_numpy(v) for k, v in feeds.items() if k != "stat_mix"}
             reference = device_model.replayed_logits(**torch_inputs).numpy()

@@ -117,6 +117,10 @@ def test_a_manifest_whose_held_graph_misses_a_layer_is_refused(exported):
     raw["held"]["data_file"] = "../elsewhere.bin"
     with pytest.raises(DataError, match="plain names"):
         manifest_from_json(json.dumps(raw))
+    raw = json.loads(exported.manifest.read_text())
+    raw["held"]["data_sha256"] = 5
+    with pytest.raises(DataError, match="64 lowercase hex"):
+        manifest_from_json(json.dumps(raw))
 
 
 def test_stats_every_below_one_is_refused():
