@@ -73,7 +73,7 @@ class DeviceSettings:
     gate: Gate = "entropy"
     gate_every: int = 1
     stat_mix: float = 1.0
-    stats_every: int = 1
+    stats_every: int = 4
     image_format: ImageFormat = "png"
     image_quality: int = 90
     stats_dtype: StatsDtype = "float16"

@@ -34,7 +34,9 @@ def test_mismatched_logits_and_unknown_gates_are_refused():
 
 
 def _agent(exported, gate="entropy", gate_every=1):
-    settings = DeviceSettings(gate=gate, gate_every=gate_every)
+    # statistics on every batch: the gate's full second pass (test_held_statistics covers
+    # the gate on held batches)
+    settings = DeviceSettings(gate=gate, gate_every=gate_every, stats_every=1)
     return DeviceAgent(DeviceRuntime.load(exported.manifest), settings)
 
 
