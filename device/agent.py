@@ -95,12 +95,13 @@ class DeviceAgent:
         start = time.perf_counter()
         x = self.runtime.prepare(images)
         held = self.held
-        fresh = held is None or held.due(x, needs_fallback=self._gate_due())
+        norm_affine = self.runtime.adaptation["norm_affine"]
+        fresh = held is None or held.due(x, self._gate_due(), norm_affine)
         if fresh:
             prediction = self.runtime.predict_input(x)
             logits, used_prompt, passes, fallback_stats = self._answer(x, prediction.logits)
             if held is not None:
-                held.refreshed(prediction.batch_stats, fallback_stats)
+                held.refreshed(prediction.batch_stats, fallback_stats, norm_affine)
         else:
             assert held is not None
             prediction, logits, used_prompt, passes = self._held_answer(x, held)

@@ -4,7 +4,10 @@ Before deploying to an edge box, a user wants to know what it sustains: latency 
 per second of the exported student with every execution provider onnxruntime offers here
 (CPU, and CUDA, TensorRT, OpenVINO, CoreML or DirectML when installed), fp32 and int8, at
 batch 1 and 64, with a prompt applied and without, the peak memory of a process that runs
-it, and its accuracy on the labelled sample `cdca cloud export` writes beside the model.
+it, and its accuracy on the labelled sample `cdca cloud export` writes beside the model;
+then the whole adapting step a device takes per batch with the project's default device
+settings (batch statistics held between refreshes, the prompt gate, uncertainty scoring and
+the upload choice), which is what an adapting device pays per frame.
 Each model and provider runs in its own process, so peak memory is that configuration's
 alone. Needs only the ``device`` extra (onnxruntime and NumPy, no torch).
 """
@@ -20,11 +23,15 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from protocol.errors import DataError
 from protocol.manifest import INT8_MANIFEST_FILE, MANIFEST_FILE, SAMPLE_FILE
+
+if TYPE_CHECKING:
+    from device.runtime import DeviceRuntime
 
 BUNDLED_MODEL = Path(__file__).parent / "bundled"  # the built-in student and its sample
 MODEL_FILES = {"fp32": MANIFEST_FILE, "int8": INT8_MANIFEST_FILE}
@@ -37,6 +44,8 @@ PROVIDERS = (  # in onnxruntime's order of preference; the CPU always last
     "CPUExecutionProvider",
 )
 PROMPT_SCALE = 0.05  # size of the random BatchNorm scale/shift standing in for a cloud prompt
+STEP_BLOCK = 8  # adapting steps per timing: two refreshes of held statistics (every 4th)
+MODEL_RUN, STEP_RUN = "model", "adapting step"
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,7 @@ class BenchRow:
     provider: str
     batch: int
     prompt: bool
+    run: str = MODEL_RUN  # the model call alone, or the device's whole adapting step
     ms_per_batch: float | None = None
     ms_per_frame: float | None = None
     frames_per_second: float | None = None
@@ -118,7 +128,7 @@ def _in_child(job: dict[str, object]) -> list[BenchRow]:
 
 
 def measure(job: dict) -> list[BenchRow]:  # type: ignore[type-arg]
-    """One model on one provider: every batch size, prompt off and on, and its accuracy."""
+    """One model on one provider: every batch size, prompt off and on, the adapting step."""
     from device.runtime import DeviceRuntime
 
     manifest = Path(job["manifest"])
@@ -132,20 +142,44 @@ def measure(job: dict) -> list[BenchRow]:  # type: ignore[type-arg]
         for prompt in (False, True):
             feeds = prompted if prompt else dict(runtime.defaults)
             ms = _median_ms(partial(runtime.predict, frames, feeds), job["seconds"])
-            rows.append(
-                BenchRow(
-                    job["model"],
-                    job["provider"],
-                    batch,
-                    prompt,
-                    round(ms, 3),
-                    round(ms / batch, 4),
-                    round(1000 * batch / ms, 1),
-                    accuracy=accuracy,
-                )
-            )
+            rows.append(_row(job, batch, prompt, MODEL_RUN, ms, accuracy))
+        ms = _step_ms(runtime, prompted, frames, job["seconds"])
+        rows.append(_row(job, batch, True, STEP_RUN, ms, None))
     peak = _peak_memory_mb()
     return [replace(r, peak_memory_mb=peak) for r in rows]
+
+
+def _row(
+    job: dict[str, Any], batch: int, prompt: bool, run: str, ms: float, accuracy: float | None
+) -> BenchRow:
+    return BenchRow(
+        job["model"],
+        job["provider"],
+        batch,
+        prompt,
+        run,
+        round(ms, 3),
+        round(ms / batch, 4),
+        round(1000 * batch / ms, 1),
+        accuracy=accuracy,
+    )
+
+
+def _step_ms(
+    runtime: DeviceRuntime, prompt: dict[str, np.ndarray], frames: np.ndarray, seconds: float
+) -> float:
+    """Ms per batch of ``DeviceAgent.step`` with the default settings and a prompt in force."""
+    from device.agent import DeviceAgent
+    from protocol.config.adaptation import DeviceSettings
+
+    agent = DeviceAgent(runtime, DeviceSettings())
+    agent.apply({"norm_affine": prompt["norm_affine"]})
+
+    def block() -> None:
+        for _ in range(STEP_BLOCK):
+            agent.step(frames)
+
+    return _median_ms(block, seconds, least=3) / STEP_BLOCK
 
 
 def _sample(folder: Path, size: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -213,17 +247,17 @@ def _provider_name(name: str) -> str:
 def format_table(rows: list[BenchRow]) -> str:
     """A Markdown table for a person."""
     lines = [
-        "| model | provider | batch | prompt | ms / batch | ms / frame | frames/s | peak MiB "
-        "| accuracy (%) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | provider | run | batch | prompt | ms / batch | ms / frame | frames/s "
+        "| peak MiB | accuracy (%) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         provider = r.provider.removesuffix("ExecutionProvider")
         if r.error:
-            lines.append(f"| {r.model} | {provider} | | | failed: {r.error} | | | | |")
+            lines.append(f"| {r.model} | {provider} | | | | failed: {r.error} | | | | |")
             continue
         lines.append(
-            f"| {r.model} | {provider} | {r.batch} | {'on' if r.prompt else 'off'} "
+            f"| {r.model} | {provider} | {r.run} | {r.batch} | {'on' if r.prompt else 'off'} "
             f"| {r.ms_per_batch} | {r.ms_per_frame} | {r.frames_per_second} "
             f"| {_or_dash(r.peak_memory_mb)} | {_or_dash(r.accuracy)} |"
         )

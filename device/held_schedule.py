@@ -3,8 +3,10 @@
 With ``[adaptation.device] stats_every`` k > 1 the device runs its statistics graph on
 every k-th batch and on any batch whose input statistics jump (per-channel mean and log
 standard deviation of the preprocessed pixels, watched by the same outlier test as the
-shift detector: cheap, and most corruptions move them), and holds the statistics it
-saw. The batches between run the held-statistics graph (``device.held_stats``) with them.
+shift detector: cheap, and most corruptions move them), and whenever a prompt with
+another BatchNorm scale/shift arrives (each layer's statistics depend on the layers before
+it, so statistics computed under the old prompt no longer fit the new one), and holds the
+statistics it saw. The batches between run the held-statistics graph (``device.held_stats``) with them.
 Two sets are held: the prompted run's and the no-prompt fallback's (the prompt gate's
 other run), each with a session for the adaptation it was opened with.
 """
@@ -40,18 +42,26 @@ class HeldStatistics:
         self.model, self.every = model, every
         self.watch = ShiftDetector(sensitivity)
         self.stats: dict[str, np.ndarray] = {}
+        self.computed_under = b""  # the norm_affine the prompted statistics were computed with
         self._sessions: dict[str, tuple[bytes, ort.InferenceSession]] = {}
         self.since_refresh = 0
 
-    def due(self, x: np.ndarray, needs_fallback: bool) -> bool:
+    def due(self, x: np.ndarray, needs_fallback: bool, norm_affine: np.ndarray) -> bool:
         """Whether this batch computes statistics (the watch sees every batch)."""
         jumped = self.watch.update(input_signature(x))
         missing = PROMPTED not in self.stats or (needs_fallback and FALLBACK not in self.stats)
-        return jumped or missing or self.since_refresh >= self.every
+        new_prompt = norm_affine.tobytes() != self.computed_under
+        return jumped or missing or new_prompt or self.since_refresh >= self.every
 
-    def refreshed(self, prompted: np.ndarray, fallback: np.ndarray | None) -> None:
-        """Hold the statistics a batch computed (no fallback run: the old ones are dropped)."""
+    def refreshed(
+        self, prompted: np.ndarray, fallback: np.ndarray | None, norm_affine: np.ndarray
+    ) -> None:
+        """Hold the statistics a batch computed under ``norm_affine``.
+
+        Without a fallback run the old fallback statistics are dropped.
+        """
         self.stats = {PROMPTED: prompted.copy()}
+        self.computed_under = norm_affine.tobytes()
         if fallback is not None:
             self.stats[FALLBACK] = fallback.copy()
         self._sessions.clear()

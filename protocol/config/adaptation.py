@@ -47,10 +47,11 @@ class DeviceSettings:
         stat_mix: 1: normalise each batch with its own statistics (forward only, no
             training); 0: with the statistics the student was trained with.
         stats_every: with ``stat_mix`` 1, compute the batch statistics on every
-            ``stats_every``-th batch (and whenever the input's per-channel statistics jump)
-            and normalise the batches between with the ones held; those batches run the
-            model's held-statistics graph at the plain student's cost, and the prompt gate
-            checks them on a quarter of the batch. 1: every batch.
+            ``stats_every``-th batch (and whenever the input's per-channel statistics jump
+            or a prompt changes the BatchNorm scale/shift) and normalise the batches
+            between with the ones held; those batches run the model's held-statistics graph
+            at the plain student's cost, and the prompt gate checks them on a quarter of the
+            batch. 1: every batch.
         image_format: how uploaded frames travel: ``png`` (lossless; a grey frame as one
             channel), ``webp`` (lossy, at ``image_quality``) or ``raw`` pixels.
         image_quality: WebP quality, 1 to 100.

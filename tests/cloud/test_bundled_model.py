@@ -20,3 +20,4 @@ def test_the_bundled_model_is_the_shipped_student_with_its_sample():
     # re-export with `cdca cloud export --int8 --out device/bundled` when this fails
     assert parity_check(model, path, example, trials=1) < 1e-3
     assert (BUNDLED_MODEL / SAMPLE_FILE).stat().st_size < 1_000_000
+    assert fp32.held is not None  # the adapting step on held statistics, as devices take it

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from device.bench import BenchRow, available_providers
+from device.bench import MODEL_RUN, STEP_RUN, BenchRow, available_providers
 from device.runtime import DeviceRuntime
 from protocol.manifest import SAMPLE_FILE
 from simulations.cli import main
@@ -31,10 +31,18 @@ def test_device_bench_measures_every_configuration_and_the_sample_accuracy(
     code = main([*argv, "--batch-sizes", "1,4", "--seconds", "0.05", "--json"])
     assert code == 0
     rows = [BenchRow(**r) for r in json.loads(capsys.readouterr().out)]
-    assert [(r.batch, r.prompt) for r in rows] == [(1, False), (1, True), (4, False), (4, True)]
+    model, step = MODEL_RUN, STEP_RUN
+    assert [(r.batch, r.prompt, r.run) for r in rows] == [
+        (1, False, model),
+        (1, True, model),
+        (1, True, step),  # the device's whole adapting step under a prompt
+        (4, False, model),
+        (4, True, model),
+        (4, True, step),
+    ]
     for row in rows:
         assert (row.model, row.provider, row.error) == ("fp32", "CPUExecutionProvider", "")
-        assert row.accuracy == 50.0
+        assert row.accuracy == (50.0 if row.run == model else None)
         assert row.frames_per_second == pytest.approx(
             1000 * row.batch / row.ms_per_batch, rel=0.01
         )  # ms rounded to 3 places

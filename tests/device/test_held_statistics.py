@@ -62,6 +62,28 @@ def test_statistics_are_computed_every_k_th_batch_and_when_the_input_jumps(expor
     assert agent.step(darker).fresh_stats
 
 
+def test_a_prompt_with_another_norm_affine_makes_the_next_batch_compute_statistics(
+    exported, frames
+):
+    agent = _agent(exported, stats_every=4, gate="off")
+    assert [agent.step(batch).fresh_stats for batch in frames[:2]] == [True, False]
+    # new class vectors leave every BatchNorm's input as it was: the held statistics stay
+    vectors = agent.runtime.defaults["class_vectors"] * np.float32(2.0)
+    agent.apply({"class_vectors": vectors})
+    assert not agent.step(frames[2]).fresh_stats
+    # a new BatchNorm scale/shift changes what every later layer sees: computed afresh
+    affine = agent.runtime.defaults["norm_affine"] + np.float32(0.1)
+    agent.apply({"norm_affine": affine})
+    step = agent.step(frames[3])
+    assert step.fresh_stats
+    x = agent.runtime.prepare(frames[3])
+    np.testing.assert_array_equal(step.prediction.batch_stats, agent.held.stats[PROMPTED])
+    np.testing.assert_allclose(
+        agent.held.stats[PROMPTED], agent.runtime.predict_input(x).batch_stats, atol=1e-6
+    )
+    assert not agent.step(frames[4]).fresh_stats  # and held again under the new prompt
+
+
 def test_every_batch_computes_statistics_by_setting_or_without_a_held_graph(exported, frames):
     assert _agent(exported, stats_every=1).held is None
     assert _agent(exported, stats_every=4, stat_mix=0.5).held is None  # a blend needs the graph
