@@ -25,6 +25,10 @@ from protocol.config.adaptation import DeviceSettings
 from protocol.upload import Upload
 
 GATE_SHARE = 4  # on held statistics the gate checks 1/GATE_SHARE of the batch
+# Smaller batches compute their own statistics and hold none: opening the held graph's
+# sessions (two per refresh) costs about as much as a dozen frames of the statistics graph,
+# and a few frames' statistics are too noisy to hold.
+HELD_MIN_BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,9 @@ class DeviceAgent:
         start = time.perf_counter()
         x = self.runtime.prepare(images)
         held = self.held
+        if held is not None and len(x) < HELD_MIN_BATCH:
+            held.forget()  # the next large batch computes its own
+            held = None
         norm_affine = self.runtime.adaptation["norm_affine"]
         fresh = held is None or held.due(x, self._gate_due(), norm_affine)
         if fresh:

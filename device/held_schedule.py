@@ -67,6 +67,11 @@ class HeldStatistics:
         self._sessions.clear()
         self.since_refresh = 1
 
+    def forget(self) -> None:
+        """Hold nothing: the next batch that could run on held statistics computes them."""
+        self.stats.clear()
+        self._sessions.clear()
+
     def passed(self) -> None:
         """A batch ran on the held statistics."""
         self.since_refresh += 1

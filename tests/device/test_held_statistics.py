@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from device.agent import DeviceAgent
+from device.agent import HELD_MIN_BATCH, DeviceAgent
 from device.held_schedule import FALLBACK, PROMPTED
 from device.runtime import DeviceRuntime
 from protocol.config.adaptation import DeviceSettings
@@ -17,7 +17,7 @@ from protocol.manifest import manifest_from_json
 @pytest.fixture
 def frames():
     rng = np.random.default_rng(3)
-    return [rng.integers(60, 200, (16, 32, 32, 3), dtype=np.uint8) for _ in range(8)]
+    return [rng.integers(60, 200, (HELD_MIN_BATCH, 32, 32, 3), dtype=np.uint8) for _ in range(8)]
 
 
 def _agent(exported, **settings):
@@ -82,6 +82,15 @@ def test_a_prompt_with_another_norm_affine_makes_the_next_batch_compute_statisti
         agent.held.stats[PROMPTED], agent.runtime.predict_input(x).batch_stats, atol=1e-6
     )
     assert not agent.step(frames[4]).fresh_stats  # and held again under the new prompt
+
+
+def test_a_small_batch_computes_its_own_statistics_and_leaves_none_held(exported, frames):
+    agent = _agent(exported, stats_every=4)
+    assert [agent.step(batch).fresh_stats for batch in frames[:2]] == [True, False]
+    assert agent.step(frames[2][:4]).fresh_stats
+    assert agent.held.stats == {}
+    assert agent.step(frames[3]).fresh_stats  # a full batch again: statistics of its own
+    assert not agent.step(frames[4]).fresh_stats
 
 
 def test_every_batch_computes_statistics_by_setting_or_without_a_held_graph(exported, frames):
