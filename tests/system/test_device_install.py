@@ -39,12 +39,13 @@ def test_the_device_extra_alone_is_small_has_no_torch_and_benches_a_model(export
     model = tmp_path / "model"
     shutil.copytree(exported.manifest.parent, model)
     bench = venv_cdca(venv, tmp_path, "device", "bench", "--model", model, "--seconds", "0.05")
-    assert "| fp32 | CPU | 64 | on |" in bench
+    assert "| fp32 | CPU | model | 64 | on |" in bench
+    assert "| fp32 | CPU | adapting step | 64 | on |" in bench  # the agent, torch-free
     # no --model: the student cdca ships, with its sample
     shipped = venv_cdca(
         venv, tmp_path, "device", "bench", "--seconds", "0.05", "--batch-sizes", "1"
     )
-    assert "| int8 | CPU | 1 | off |" in shipped
+    assert "| int8 | CPU | model | 1 | off |" in shipped
 
 
 def venv_cdca(venv: Path, cwd: Path, *args: object) -> str:
