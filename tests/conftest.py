@@ -23,6 +23,18 @@ def make_images(count: int, seed: int = 0, size: int = 32) -> tuple[np.ndarray, 
     return images, labels.astype(np.int64)
 
 
+@pytest.fixture(autouse=True)
+def _pythonpath_restored():
+    """Put PYTHONPATH back after each test: Flower's Ray backend exports the test process's
+    sys.path as PYTHONPATH, which every later subprocess would otherwise inherit."""
+    before = os.environ.get("PYTHONPATH")
+    yield
+    if before is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = before
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)

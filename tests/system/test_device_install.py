@@ -1,5 +1,6 @@
 """The device extra alone: a fresh venv with ``cdca[device]`` is small and runs ``cdca device bench``."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,13 @@ ROOT = Path(__file__).resolve().parents[2]
 DEVICE_INSTALL_LIMIT_MB = 300
 
 
+def clean_env() -> dict[str, str]:
+    """This process's environment without the PYTHON* variables that would let the venv see
+    the test's own packages (Flower's Ray backend exports the driver's sys.path as
+    PYTHONPATH, and every later subprocess would inherit it)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+
+
 def folder_mb(folder: Path) -> float:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
 
@@ -18,7 +26,7 @@ def folder_mb(folder: Path) -> float:
 @pytest.mark.slow
 def test_the_device_extra_alone_is_small_has_no_torch_and_benches_a_model(exported, tmp_path):
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=clean_env())
     python = venv / "bin" / "python"
     source = tmp_path / "src"  # a clean copy: no .venv, runs or build folders in the wheel
     shutil.copytree(
@@ -30,12 +38,19 @@ def test_the_device_extra_alone_is_small_has_no_torch_and_benches_a_model(export
         [python, "-m", "pip", "install", "--quiet", f"{source}[device]"],
         check=True,
         timeout=900,
+        env=clean_env(),
     )
     site = next((venv / "lib").glob("python3*/site-packages"))
     size = folder_mb(site)
     print(f"device extra installed: {size:.1f} MiB in {site}")
     assert size < DEVICE_INSTALL_LIMIT_MB
     assert not any((site / name).exists() for name in ("torch", "torchvision", "open_clip"))
+    assert (site / "onnxruntime").is_dir()  # installed here, not borrowed from the test's venv
+    imports = "import importlib.util as u; print([u.find_spec(n) is None for n in ('torch', 'open_clip')])"
+    found = subprocess.run(
+        [python, "-c", imports], capture_output=True, text=True, check=True, env=clean_env()
+    )
+    assert found.stdout.strip() == "[True, True]"
     model = tmp_path / "model"
     shutil.copytree(exported.manifest.parent, model)
     bench = venv_cdca(venv, tmp_path, "device", "bench", "--model", model, "--seconds", "0.05")
@@ -51,7 +66,12 @@ def test_the_device_extra_alone_is_small_has_no_torch_and_benches_a_model(export
 def venv_cdca(venv: Path, cwd: Path, *args: object) -> str:
     """Run the venv's own ``cdca``; its stdout (a failure shows both streams)."""
     done = subprocess.run(
-        [venv / "bin" / "cdca", *args], capture_output=True, text=True, timeout=300, cwd=cwd
+        [venv / "bin" / "cdca", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+        env=clean_env(),
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
