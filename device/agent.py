@@ -171,13 +171,11 @@ class DeviceAgent:
         if self._gate_skips():
             return prediction, logits, True, 1.0
         fallback_session = held.session(FALLBACK, self.fallback["norm_affine"])
-        checked = max(1, len(x) // GATE_SHARE)
+        checked = len(x) // GATE_SHARE  # at least HELD_MIN_BATCH // GATE_SHARE frames
         head, _ = held.model.run(fallback_session, x[:checked], self.fallback)
         if prefers_prompt(logits[:checked], head):
             self.trusted_for = self.settings.gate_every - 1
             return prediction, logits, True, 1 + checked / len(x)
-        if checked == len(x):
-            return prediction, head, False, 2.0
         rest, _ = held.model.run(fallback_session, x[checked:], self.fallback)
         return prediction, np.concatenate([head, rest]), False, 2.0
 

@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from protocol.errors import DataError
-from protocol.held_graph import HELD_INPUTS, held_initializers, read_held_data
+from protocol.held_graph import HELD_INPUTS, held_initializers, prompted_affine, read_held_data
 from protocol.manifest import HeldGraph, ModelManifest, verify_file
 
 
@@ -45,9 +45,8 @@ class HeldStatisticsModel:
 
     def session(self, norm_affine: np.ndarray, stats: np.ndarray) -> ort.InferenceSession:
         """A session normalising with ``stats`` (2, K) and the prompt's ``norm_affine`` (2, K)."""
-        affine = np.stack(
-            [self.source_affine[0] * (1 + norm_affine[0]), self.source_affine[1] + norm_affine[1]]
-        )
+        weight, bias = self.source_affine
+        affine = prompted_affine(weight, bias, norm_affine)
         values = held_initializers(self.held, self.slices, np.concatenate([affine, stats]))
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads

@@ -36,6 +36,15 @@ def read_held_data(path: Path, slices: Slices) -> np.ndarray:
     return out
 
 
+def prompted_affine(weight: np.ndarray, bias: np.ndarray, norm_affine: np.ndarray) -> np.ndarray:
+    """(2, K) BatchNorm weight and bias under a prompt's (2, K) ``norm_affine``.
+
+    The device graph's rule (``cloud.export.device_model``): the prompt scales the weight
+    by ``1 + a`` and shifts the bias by ``b``.
+    """
+    return np.stack([weight * (1 + norm_affine[0]), bias + norm_affine[1]])
+
+
 def held_initializers(held: HeldGraph, slices: Slices, values: np.ndarray) -> dict[str, np.ndarray]:
     """(4, K) weight, bias, mean and variance -> each layer's four initializers by name."""
     out: dict[str, np.ndarray] = {}

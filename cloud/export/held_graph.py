@@ -26,7 +26,7 @@ from torch import nn
 from cloud.distill.student import DistilledStudent
 from cloud.export.device_model import DeviceModel, eval_copy, transform_input
 from protocol.errors import DataError
-from protocol.held_graph import HELD_INPUTS, held_initializers, read_held_data
+from protocol.held_graph import HELD_INPUTS, held_initializers, prompted_affine, read_held_data
 from protocol.manifest import HeldGraph, sha256_of
 
 logger = logging.getLogger(__name__)
@@ -185,8 +185,8 @@ def held_parity(
     for trial in range(2):
         feeds = random_adaptation_inputs(example, batch=6 + trial, seed=50 + trial)
         affine, deltas = feeds["norm_affine"], feeds["norm_stats"]
-        replaced = np.stack(
-            [weight * (1 + affine[0]), bias + affine[1], mean + deltas[0], var * np.exp(deltas[1])]
+        replaced = np.concatenate(
+            [prompted_affine(weight, bias, affine), [mean + deltas[0], var * np.exp(deltas[1])]]
         )
         values = held_initializers(held, slices, replaced)
         options = ort.SessionOptions()
