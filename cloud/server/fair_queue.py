@@ -80,6 +80,15 @@ class FairQueue:
         queue = self._queues.get(device_id)
         return len(queue) if queue else 0
 
+    def ahead_of(self, device_id: str) -> int:
+        """Waiting devices the worker serves before ``device_id`` (all of them if it waits for none).
+
+        The order ``get`` and ``take`` follow: least worker time first, ties in the order the
+        devices joined (a stable sort breaks ties as ``min`` does).
+        """
+        order = sorted(self._queues, key=lambda d: self._used[d])
+        return order.index(device_id) if device_id in self._queues else len(order)
+
     def drop(self, device_id: str) -> list[Path]:
         """Remove and return everything ``device_id`` has queued, and its account."""
         self._used.pop(device_id, None)

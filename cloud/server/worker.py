@@ -16,8 +16,9 @@ fit runs once, on the newest (a prompt learned from a stale batch would be stale
 most ``MAX_BUFFERED_WITHOUT_FIT`` in a row, though: a server that cannot even buffer as fast
 as its devices upload always has a newer batch waiting, and would otherwise never fit
 (`cdca bench reliability`, 64 devices: 1 prompt in 60 s). A device with two batches
-waiting when it uploads again is told to hold back its uploads for about one pass
-(``upload_pause``: back-pressure; the answer to each upload carries it), which bounds the
+waiting when it uploads again is told to hold back its uploads until the worker should
+reach it again (``upload_pause``: back-pressure; the answer to each upload carries it: one
+pass per ``fit_devices`` devices waiting before it), which bounds the
 inbox and the prompts' staleness when the cloud cannot keep up.
 
 Devices share the worker's time fairly (``cloud.server.fair_queue``), so one device's flood
@@ -194,15 +195,18 @@ class AdaptationWorker:
         """Seconds a device should hold back uploads: it is getting ahead of the cloud.
 
         Two or more of its batches wait: uploading more would only queue batches the
-        worker buffers without a fit (and fill the inbox); one pass is about how long the
-        next of them needs. One waiting batch is normal while a pass runs; pausing then
-        would let a device that slows every pass (a flood, a huge batch) cut the others'
-        uploads too.
+        worker buffers without a fit (and fill the inbox). The pause lasts until the worker
+        should reach the device again: one pass for each ``pass_devices`` devices the fair
+        queue serves before it, so that with many devices waiting a device is not asked
+        back after a single pass only to queue again. One waiting batch is normal while a
+        pass runs; pausing then would let a device that slows every pass (a flood, a huge
+        batch) cut the others' uploads too.
         """
         if self.queue.waiting(device_id) < PAUSE_FROM_WAITING:
             return 0.0
         running = time.perf_counter() - self.pass_began if self.pass_began else 0.0
-        return min(MAX_UPLOAD_PAUSE_SECONDS, max(self.pass_seconds, running))
+        passes = 1 + self.queue.ahead_of(device_id) // self.pass_devices()
+        return min(MAX_UPLOAD_PAUSE_SECONDS, passes * max(self.pass_seconds, running))
 
     def devices_per_worker(self) -> dict[str, int]:
         """Devices whose sessions each fit worker holds (``server``: this process)."""

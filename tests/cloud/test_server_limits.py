@@ -9,6 +9,7 @@ import pytest
 from cloud.server.fair_queue import FairQueue
 from cloud.server.limits import DeviceAllowances, InboxQuota, TokenBucket
 from cloud.server.registry import MAX_COUNT, DeviceRegistry
+from cloud.server.worker import MAX_UPLOAD_PAUSE_SECONDS, AdaptationWorker
 from protocol.config.server import LimitsConfig
 from protocol.errors import ConfigError
 
@@ -77,6 +78,36 @@ def test_the_fair_queue_shares_worker_time_and_keeps_each_devices_order():
     assert waiting == 1
     assert dropped == [Path("f4")]
     assert left == 0
+
+
+def test_the_fair_queue_says_how_many_waiting_devices_go_first():
+    queue = FairQueue()
+    for device in ("a", "b", "c"):
+        queue.put(device, Path(f"{device}0"))
+    queue.charge("a", 2.0)  # a has used the most worker time: served last
+    queue.charge("b", 1.0)
+    assert [queue.ahead_of(d) for d in ("c", "b", "a")] == [0, 1, 2]
+    assert queue.ahead_of("idle") == 3  # waits for nothing: every waiting device goes first
+    first = asyncio.run(queue.get())
+    assert first[0] == "c"
+    assert queue.ahead_of("a") == 1
+
+
+def test_the_upload_pause_lasts_until_the_worker_should_reach_the_device_again():
+    """Back-pressure: one pass per ``fit_devices`` devices the fair queue serves first."""
+    worker = object.__new__(AdaptationWorker)  # the policy alone: no models, no server
+    worker.queue, worker.ray, worker.fit_devices = FairQueue(), None, 1
+    worker.pass_seconds, worker.pass_began = 0.5, 0.0
+    for i in range(10):  # ten devices with one batch each, served before "late"
+        worker.queue.put(f"cam-{i}", Path(f"b{i}"))
+    worker.queue.put("late", Path("l0"))
+    assert worker.upload_pause("late") == 0.0  # one batch waiting: normal
+    worker.queue.put("late", Path("l1"))
+    assert worker.upload_pause("late") == pytest.approx(11 * 0.5)  # ten devices, then its own
+    worker.fit_devices = 4  # four devices per pass: three passes
+    assert worker.upload_pause("late") == pytest.approx(3 * 0.5)
+    worker.pass_seconds = 1e6  # never longer than the cap
+    assert worker.upload_pause("late") == MAX_UPLOAD_PAUSE_SECONDS
 
 
 def test_counters_saturate_whatever_a_device_reports(tmp_path):
