@@ -16,9 +16,10 @@ registry and everything it persists; actors only compute.
 - **Fleet-wide state stays the server's.** The server's own ``FleetCloud`` (the mirror:
   sessions hold banks, never fit) keeps every device's prompt bank and the environment
   bank, and persists them as without Ray. With each pass an actor gets the banks of the
-  devices new to it, the other devices' banks (so the shared prompt counts the whole
-  fleet) and the environment bank when it changed; it returns its devices' banks and the
-  environments its devices left, which the server records in order.
+  devices new to it, the other devices' banks that changed since it last saw them (so the
+  shared prompt counts the whole fleet: ``cloud.server.peer_banks``) and the environment
+  bank when it changed; it returns its devices' banks and the environments its devices
+  left, which the server records in order.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from cloud.adaptation.fleet import DeviceBatch, FleetCloud
 from cloud.adaptation.prompt_bank import Prompt, PromptBank
 from cloud.adaptation.vplu import FitCancelled
 from cloud.server.models import CloudModels
+from cloud.server.peer_banks import PeerBanks
 from protocol.errors import CdcaError, ConfigError
 
 log = logging.getLogger("cdca.cloud")
@@ -85,15 +87,22 @@ class AdaptationActor:
         batches: list[DeviceBatch],
         seed: dict[str, PromptBank],
         peers: dict[str, PromptBank],
+        gone: list[str],
         environments: EnvironmentBank | None,
     ) -> ActorReply:
-        """``FleetCloud.ingest_many`` on this actor's devices, after taking the server's state."""
+        """``FleetCloud.ingest_many`` on this actor's devices, after taking the server's state.
+
+        ``peers``: other devices' banks that changed since this actor's last pass; ``gone``:
+        devices whose banks it should drop.
+        """
         fleet = self.fleet
         for device_id, bank in seed.items():  # new here: start from the server's bank
             fleet.sessions.pop(device_id, None)
             fleet.stays.pop(device_id, None)
             fleet.session(device_id, bank)
-        fleet.peers = peers
+        fleet.peers.update(peers)
+        for device_id in gone:
+            fleet.peers.pop(device_id, None)
         if environments is not None:  # another actor's devices changed it
             fleet.environments = RecordingBank(environments)
         recording = fleet.environments
@@ -164,6 +173,7 @@ class RayWorkers:
             self._spawn()
         self.placed: dict[str, str] = {}  # device -> the actor holding its session
         self.sent_environments: dict[str, int] = {}  # actor -> the bank version it holds
+        self.peer_banks = PeerBanks()  # which devices' banks each actor holds, and how new
         self.buffered: dict[str, int] = {}  # device -> uploads in its buffer (for logs)
         self.rejected_fits = 0  # fits the actors' guards refused
         self.stopping = False
@@ -215,6 +225,7 @@ class RayWorkers:
     def forget(self, device_id: str) -> None:
         """Drop a revoked device's session on the actor that holds it."""
         self.buffered.pop(device_id, None)
+        self.peer_banks.changed(device_id)  # a device enrolled again under the name starts anew
         name = self.placed.pop(device_id, None)
         if name in self.actors:
             self.actors[name].forget.remote(device_id)
@@ -235,18 +246,20 @@ class RayWorkers:
             for d in devices
             if self.placed.get(d) != name and d in mirror.sessions
         }
-        peers = {d: s.bank for d, s in mirror.sessions.items() if d not in devices}
+        banks = {d: s.bank for d, s in mirror.sessions.items()}
+        peers, gone = self.peer_banks.update_for(name, banks, skip=devices)
         version = mirror.environments.changes
         environments = None if self.sent_environments.get(name) == version else mirror.environments
         self.sent_environments[name] = version
         for d in devices:
             self.placed[d] = name
-        return self.actors[name].ingest.remote(batches, seed, peers, environments)
+        return self.actors[name].ingest.remote(batches, seed, peers, gone, environments)
 
     def _take(self, name: str, reply: ActorReply) -> None:
         mirror = self.mirror
         for device_id, bank in reply.banks.items():
             mirror.session(device_id).bank = bank
+            self.peer_banks.changed(device_id)
         for args, kwargs in reply.records:
             mirror.environments.record(*args, **kwargs)
         mirror.fits += reply.fits
@@ -258,6 +271,7 @@ class RayWorkers:
         """An actor died: forget where its devices were; start one if none is left."""
         self.actors.pop(name, None)
         self.sent_environments.pop(name, None)
+        self.peer_banks.lost(name)
         moved = [d for d, where in self.placed.items() if where == name]
         for device_id in moved:
             del self.placed[device_id]
