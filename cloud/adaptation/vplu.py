@@ -15,11 +15,13 @@ pseudo-labels); (3) blend with the last shipped prompt by an EMA whose momentum 
 the uploads' uncertainty rises; (4) the safety valve: ship only if agreement with the
 teacher on the held-out part does not drop. ``guided=False`` (the ablation) weighs every
 sample alike and keeps the momentum fixed. ``update_many`` does this for many devices in
-shared model passes (``cloud.adaptation.batched``), each device's result its own.
+shared model passes (``cloud.adaptation.batched``), each device's result its own. Fits run
+on ``config.device`` (a CUDA GPU when present); what goes in and comes out stays on the CPU.
 """
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from cloud.accelerator import resolve_device, to_device
 from cloud.adaptation.batched import Chunk, chunks, default_chunk_samples, per_sample, split_stacked
 from cloud.adaptation.precision import autocast, channels_last, fit_dtype
 from cloud.export.device_model import AdaptiveBatchNorm, DeviceModel
@@ -110,27 +113,48 @@ class VPLU:
         config: VPLUConfig | None = None,
         chunk_samples: int | None = None,
     ) -> None:
-        """``chunk_samples``: samples per model pass when fitting many devices (None: by hardware)."""
-        self.model = model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
-        self.class_vectors = class_vectors.detach().float()
+        """``chunk_samples``: samples per model pass when fitting many devices (None: by hardware).
+
+        ``model`` and ``class_vectors`` on the CPU; a fit on another device fits a copy there.
+        """
         self.config = config or VPLUConfig()
+        self.device = resolve_device(self.config.device)
+        if self.device.type != "cpu":  # the CPU model is shared (export, other fleets)
+            model = copy.deepcopy(model).to(self.device)
+        self.model = model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
+        self.class_vectors = class_vectors.detach().float().cpu()
         norms = [m for m in self.model.modules() if isinstance(m, AdaptiveBatchNorm)]
         running = [torch.stack([m.running_mean, m.running_var]) for m in norms]
-        self.running_stats = torch.cat(running, dim=1)  # (2, K)
+        self.running_stats = torch.cat(running, dim=1).cpu()  # (2, K)
         self.neutral = self.neutral_prompt()
-        self.norm_mask = encoder_norm_mask(self.model)
-        device = self.running_stats.device
-        self.chunk_samples = chunk_samples or default_chunk_samples(device)
-        self.device = device
-        self.dtype = fit_dtype(self.config.precision, device)
+        # the same on the fit's device, for the hot path
+        self.fit_class_vectors = to_device(self.class_vectors, self.device)
+        self.fit_neutral = self._on_device(self.neutral)
+        self.fit_norm_mask = to_device(encoder_norm_mask(self.model), self.device)
+        self.chunk_samples = chunk_samples or default_chunk_samples(self.device)
+        self.dtype = fit_dtype(self.config.precision, self.device)
         # set from another thread to end a running fit within one pass (a server stopping
         # must not wait for many devices' fits)
         self.stop = threading.Event()
 
     def neutral_prompt(self) -> dict[str, torch.Tensor]:
-        """The prompt parts of the unadapted student (zeros and the shipped class vectors)."""
+        """The prompt parts of the unadapted student (zeros and the shipped class vectors), on the CPU."""
         inputs = self.model.neutral_inputs(self.class_vectors)
         return {name: inputs[name].clone() for name in PARTS}
+
+    def _on_device(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: to_device(v, self.device) for k, v in tensors.items()}
+
+    def _request_on_device(self, request: FitRequest) -> FitRequest:
+        """A request's tensors on the fit's device (one pinned copy each on a GPU)."""
+        u, on = request.uploads, self.device
+        uploads = Uploads(
+            *(to_device(t, on) for t in (u.x, u.batch_stats, u.uncertainty, u.teacher_logits))
+        )
+        extra = None
+        if request.extra is not None:
+            extra = (to_device(request.extra[0], on), to_device(request.extra[1], on))
+        return FitRequest(uploads, self._on_device(request.shipped), extra)
 
     def replay_stats(self, batch_stats: torch.Tensor) -> torch.Tensor:
         """Device batch statistics -> ``norm_stats`` deltas that reproduce them with stat_mix = 0."""
@@ -141,12 +165,12 @@ class VPLU:
     def logits(
         self, x: torch.Tensor, prompt: dict[str, torch.Tensor], norm_stats: torch.Tensor
     ) -> torch.Tensor:
-        """The device model's logits for ``x`` under ``prompt`` and replayed statistics."""
-        inputs = self.model.neutral_inputs(self.class_vectors, batch=len(x))
-        inputs.update(prompt)
-        inputs.update({"x": x, "norm_stats": norm_stats})
+        """The device model's logits for ``x`` under ``prompt`` and replayed statistics (on the CPU)."""
+        inputs = self.model.neutral_inputs(self.fit_class_vectors, batch=len(x))
+        inputs.update(self._on_device(prompt))
+        inputs.update(self._on_device({"x": x, "norm_stats": norm_stats}))
         del inputs["stat_mix"]  # replayed statistics only: the batch's would get weight 0
-        return self.replayed_logits(inputs)
+        return self.replayed_logits(inputs).cpu()
 
     def replayed_logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """The model's logits in the fit's precision (``cloud.adaptation.precision``), as float32."""
@@ -177,11 +201,12 @@ class VPLU:
         if not requests:
             return []
         cfg = self.config
-        stats = [self.replay_stats(r.uploads.batch_stats) for r in requests]
+        stats = [to_device(self.replay_stats(r.uploads.batch_stats), self.device) for r in requests]
+        asked, requests = requests, [self._request_on_device(r) for r in requests]
         targets = self._targets_many(requests, stats)
         helds, trains = [], []
         for request, target in zip(requests, targets, strict=True):
-            held = torch.zeros(len(request.uploads.x), dtype=torch.bool)
+            held = torch.zeros(len(request.uploads.x), dtype=torch.bool, device=self.device)
             held[cfg.holdout_every - 1 :: cfg.holdout_every] = True
             x_train, target_train = request.uploads.x[~held], target[~held]
             if request.extra is not None:
@@ -207,9 +232,9 @@ class VPLU:
         before = self._agreement_many(held_x, held_target, stats, shipped)
         after = self._agreement_many(held_x, held_target, stats, candidates)
         results = []
-        for i, request in enumerate(requests):
+        for i, request in enumerate(asked):
             ship = after[i] >= before[i]  # ties ship: the targets agree no less with the new prompt
-            prompt = candidates[i] if ship else request.shipped
+            prompt = {k: v.cpu() for k, v in candidates[i].items()} if ship else request.shipped
             results.append(UpdateResult(ship, prompt, before[i], after[i], momenta[i], losses[i]))
         return results
 
@@ -235,7 +260,8 @@ class VPLU:
         blur) the device's batch-normalised view often knows better, and neither alone is
         best.
         """
-        return self._targets_many([FitRequest(uploads, shipped)], [stats])[0]
+        request = self._request_on_device(FitRequest(uploads, shipped))
+        return self._targets_many([request], [to_device(stats, self.device)])[0].cpu()
 
     @torch.no_grad()
     def _targets_many(
@@ -279,7 +305,7 @@ class VPLU:
         stacked, shared = split_stacked(prompts, tuple(k for k in PARTS if k not in trained))
         stacked.update(trained)
         stacked["norm_stats"] = torch.stack(stats)
-        neutral = self.model.neutral_inputs(self.class_vectors)
+        neutral = self.model.neutral_inputs(self.fit_class_vectors)
         shared = {"norm_stats": neutral["norm_stats"], **shared}
         for chunk in chunks(xs, self.chunk_samples):
             if self.stop.is_set():
@@ -305,7 +331,7 @@ class VPLU:
         optimizer = torch.optim.Adam(list(params.values()), lr=cfg.lr)
         xs = [x for x, _ in trains]
         terms = [self._loss_terms(target) for _, target in trains]
-        losses = torch.zeros(cfg.steps, len(trains))
+        losses = torch.zeros(cfg.steps, len(trains), device=self.device)
         for step in range(cfg.steps):
             optimizer.zero_grad(set_to_none=True)
             for chunk, student in self._chunk_logits(xs, starts, stats, params):
@@ -315,7 +341,7 @@ class VPLU:
             optimizer.step()
             self._keep_masked(params, start_stacked)
         learned = [{k: v[i].detach() for k, v in params.items()} for i in range(len(trains))]
-        return learned, losses.T.tolist()
+        return learned, losses.T.cpu().tolist()
 
     def _loss_terms(self, target: torch.Tensor) -> _LossTerms:
         confidence, pseudo = target.max(dim=1)
@@ -343,7 +369,7 @@ class VPLU:
         ce = F.cross_entropy(student, pseudo, reduction="none") * confident
         supervised = chunk.per_device(ce) / chunk.per_device(confident).clamp_min(1.0)
         l2 = sum(
-            ((p[chunk.first : chunk.last] - self.neutral[k]) ** 2).flatten(1).sum(1)
+            ((p[chunk.first : chunk.last] - self.fit_neutral[k]) ** 2).flatten(1).sum(1)
             for k, p in params.items()
         )
         return cfg.align_weight * align + cfg.supervised_weight * supervised + cfg.l2 * l2
@@ -353,7 +379,8 @@ class VPLU:
         """Undo a step's change on the projector's BatchNorm (``encoder_norm_mask``)."""
         if "norm_affine" in params:
             norm = params["norm_affine"]
-            norm.copy_(self.norm_mask * norm + (1 - self.norm_mask) * start["norm_affine"])
+            mask = self.fit_norm_mask
+            norm.copy_(mask * norm + (1 - mask) * start["norm_affine"])
 
     @torch.no_grad()
     def _agreement_many(

@@ -210,22 +210,25 @@ class DeviceModel(nn.Module):
         """
         self.knobs.observe = False
         try:
-            return self(**inputs, stat_mix=torch.zeros(1))[0]
+            return self(**inputs, stat_mix=torch.zeros(1, device=inputs["x"].device))[0]
         finally:
             self.knobs.observe = True
 
     def neutral_inputs(
         self, class_vectors: torch.Tensor, batch: int = 1
     ) -> dict[str, torch.Tensor]:
-        """Inputs that reproduce the distilled student (zeros everywhere but x and class vectors)."""
-        size = self.image_size
+        """Inputs that reproduce the distilled student (zeros everywhere but x and class vectors).
+
+        On the class vectors' device.
+        """
+        size, on = self.image_size, class_vectors.device
         return {
-            "x": torch.zeros(batch, 3, size, size),
-            "prompt": torch.zeros(1, 3, size, size),
-            "input_affine": torch.zeros(2, 3),
-            "norm_affine": torch.zeros(2, self.num_norm_channels),
-            "norm_stats": torch.zeros(2, self.num_norm_channels),
-            "stat_mix": torch.zeros(1),
+            "x": torch.zeros(batch, 3, size, size, device=on),
+            "prompt": torch.zeros(1, 3, size, size, device=on),
+            "input_affine": torch.zeros(2, 3, device=on),
+            "norm_affine": torch.zeros(2, self.num_norm_channels, device=on),
+            "norm_stats": torch.zeros(2, self.num_norm_channels, device=on),
+            "stat_mix": torch.zeros(1, device=on),
             "class_vectors": class_vectors.float(),
         }
 

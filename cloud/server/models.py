@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -78,12 +78,18 @@ class CloudModels:
     @cached_property
     def running_stats(self) -> torch.Tensor:
         """(2, K) the student's running means and variances: what uploaded statistics are checked against."""
-        return VPLU(self.device_model, self.class_vectors, self.adaptation.fit).running_stats
+        return self._cpu_vplu().running_stats
 
     @cached_property
     def neutral(self) -> dict[str, torch.Tensor]:
         """The unadapted student's prompt parts (built once; read-only: banks copy them)."""
-        return VPLU(self.device_model, self.class_vectors, self.adaptation.fit).neutral_prompt()
+        return self._cpu_vplu().neutral_prompt()
+
+    def _cpu_vplu(self) -> VPLU:
+        """A VPLU to read the student's constants from (no copy of the model to a GPU)."""
+        return VPLU(
+            self.device_model, self.class_vectors, replace(self.adaptation.fit, device="cpu")
+        )
 
     def new_fleet(
         self,

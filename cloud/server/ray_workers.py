@@ -164,7 +164,11 @@ class RayWorkers:
             )
         self.mirror = mirror
         self.threads = max(1, int(ray.available_resources().get("CPU", 1)) // workers)
-        self.remote = ray.remote(num_cpus=0)(AdaptationActor)
+        # Ray hides GPUs from actors that ask for none: give each a share when fits may use one
+        gpus = ray.available_resources().get("GPU", 0.0)
+        wants_gpu = gpus > 0 and cloud_models.adaptation.fit.device != "cpu"
+        share = min(1.0, gpus / workers) if wants_gpu else 0.0
+        self.remote = ray.remote(num_cpus=0, num_gpus=share)(AdaptationActor)
         self.models = ray.put(cloud_models)
         self.actors: dict[str, Any] = {}
         self.prefix = f"cdca-{os.getpid()}-{id(self):x}"  # names unique in a shared cluster

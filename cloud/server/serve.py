@@ -95,7 +95,7 @@ async def run_server(
     worker_task = asyncio.create_task(worker.run())
     log.info(
         "cdca cloud listening on %s:%d (%s, %d devices enrolled, %d uploads re-queued, state %s"
-        "; metrics %s; fits in %s)",
+        "; metrics %s; fits in %s on %s)",
         config.host,
         port,
         "TLS" if config.tls else "insecure",
@@ -104,6 +104,7 @@ async def run_server(
         config.state_dir,
         metrics_url or "off",
         str(worker.fleet.vplu.dtype).removeprefix("torch."),
+        worker.fleet.vplu.device,
     )
     if port_file is not None:  # tests and scripts start on port 0 and read the real one here
         port_file.write_text(str(port))

@@ -20,6 +20,7 @@ from types import ModuleType
 import torch
 
 from cloud import shipped
+from cloud.accelerator import resolve_device
 from cloud.data.class_names import describe_classes
 from cloud.teacher.teacher import Teacher, TeacherPreprocess
 from cloud.weights_io import read_metadata, read_weights, save_weights
@@ -33,13 +34,6 @@ BUILTIN_ARCH = "cdca-fmnist-vit"
 BUILTIN_CONFIG = Path(__file__).resolve().parent / "configs" / f"{BUILTIN_ARCH}.json"
 BUILTIN_GRID = 8  # the built-in ViT sees an 8 x 8 grid of patches whatever the image size
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/``"auto"``: CUDA when present, else CPU."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def create_teacher(

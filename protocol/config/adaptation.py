@@ -9,6 +9,7 @@ the defaults.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -21,6 +22,7 @@ Gate = Literal["entropy", "off"]
 Target = Literal["ensemble", "teacher"]
 StatsDtype = Literal["float16", "float32"]
 FitPrecision = Literal["auto", "fp32", "bf16"]
+FIT_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")  # torch device names a fit can run on
 PARTS = ("norm_affine", "input_affine", "class_vectors", "prompt")  # device model inputs
 
 
@@ -132,6 +134,8 @@ class VPLUConfig:
         precision: the fit's activations: ``auto`` (bfloat16 where the hardware computes it
             natively: CPUs with AMX or AVX512-BF16, CUDA GPUs; float32 elsewhere), ``fp32``
             or ``bf16``. The prompt, the optimiser and the loss stay in float32.
+        device: where fits run: ``auto`` (the first CUDA GPU when present, else the CPU),
+            ``cpu``, ``cuda`` or ``cuda:N``.
     """
 
     parts: tuple[str, ...] = ("norm_affine",)
@@ -147,9 +151,12 @@ class VPLUConfig:
     guided: bool = True
     target: Target = "ensemble"
     precision: FitPrecision = "auto"
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         check_choices(self)
+        if not FIT_DEVICE.fullmatch(self.device):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         unknown = sorted(set(self.parts) - set(PARTS))
         if unknown or not self.parts:
             raise ConfigError(

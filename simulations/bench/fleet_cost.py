@@ -19,6 +19,7 @@ from dataclasses import replace
 
 import torch
 
+from cloud.accelerator import synchronize
 from cloud.adaptation.fleet import DeviceBatch, FleetCloud
 from cloud.adaptation.session import SessionConfig, UploadBatch
 from cloud.adaptation.vplu import VPLU
@@ -60,18 +61,22 @@ def pass_cost_curve(
     pass for many devices is cheaper than one per device; on a CPU it does not.
     """
     vplu = VPLU(cloud_models.device_model, cloud_models.class_vectors, cloud_models.adaptation.fit)
-    norm_affine = torch.zeros(2, vplu.model.num_norm_channels, requires_grad=True)
+    norm_affine = torch.zeros(
+        2, vplu.model.num_norm_channels, device=vplu.device, requires_grad=True
+    )
     curve = {}
     for size in PASS_SIZES:
         x = cloud_models.normalization.apply(pixels[torch.arange(size) % len(pixels)])
-        inputs = vplu.model.neutral_inputs(cloud_models.class_vectors)
-        inputs.update(x=x, norm_affine=norm_affine)
+        inputs = vplu.model.neutral_inputs(vplu.fit_class_vectors)
+        inputs.update(x=x.to(vplu.device), norm_affine=norm_affine)
         del inputs["stat_mix"]
 
         _pass(vplu, inputs)  # warm-up
+        synchronize(vplu.device)
         began = time.perf_counter()
         for _ in range(repeats):
             _pass(vplu, inputs)
+        synchronize(vplu.device)
         curve[str(size)] = round((time.perf_counter() - began) / repeats / size * 1e6, 1)
     return curve
 

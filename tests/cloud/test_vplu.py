@@ -200,3 +200,14 @@ def test_a_bfloat16_fit_learns_the_prompt_a_float32_fit_learns(distilled):
         # near zero may flip under bfloat16's rounding; the prompt as a whole may not
         assert F.cosine_similarity(exact.flatten(), rounded.flatten(), dim=0) > 0.9
         assert float(rounded.norm()) == pytest.approx(float(exact.norm()), rel=0.05)
+
+
+def test_fits_run_where_the_config_says_and_a_bad_device_is_refused(distilled):
+    student, vectors, _ = distilled
+    vplu = VPLU(DeviceModel(student), vectors, VPLUConfig(device="cpu"))
+    assert vplu.device == torch.device("cpu")
+    assert vplu.running_stats.device == vplu.neutral["norm_affine"].device == torch.device("cpu")
+    for name in ("cuda", "cuda:1", "auto"):
+        assert VPLUConfig(device=name).device == name
+    with pytest.raises(ConfigError, match="device"):
+        VPLUConfig(device="gpu")
