@@ -204,6 +204,9 @@ class RayWorkers:
                 self._lost(name)
                 again += groups[name]
                 continue
+            except Exception:
+                self.peer_banks.lost(name)  # unsure what it took: send it every bank next time
+                raise
             self._take(name, reply)
             for i, outcome in zip(groups[name], reply.outcomes, strict=True):
                 outcomes[i] = outcome
